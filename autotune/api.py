@@ -1,0 +1,124 @@
+"""The Python API: ``search()`` takes paths or in-memory objects and returns a ``SearchResult``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import optuna
+from rich.console import Console
+from torch import nn
+
+from autotune.data import TaskData
+from autotune.export import ExportResult, export_trial
+from autotune.job import DataSpec, Job, ModelSpec
+from autotune.leaderboard import Leaderboard
+from autotune.models import LoadedModel
+from autotune.space import SearchSpace, load_space
+from autotune.study import Search, SearchSettings, prune_checkpoints
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+@dataclass
+class SearchResult:
+    """A finished search: the study, its leaderboard, and the exported best model."""
+
+    search: Search
+    study: optuna.Study
+    best: ExportResult | None
+    """The best trial's bundle (None when the study has no completed trial)."""
+
+    @property
+    def leaderboard(self) -> Leaderboard:
+        return Leaderboard.from_study(self.study, self.search.settings.metric)
+
+    @property
+    def frame(self) -> pd.DataFrame:
+        """Every trial as a pandas DataFrame, best first."""
+        return self.leaderboard.to_frame()
+
+    @property
+    def best_model(self) -> nn.Module | None:
+        return None if self.best is None else self.best.model
+
+    @property
+    def best_config(self) -> dict[str, Any] | None:
+        return None if self.best is None else self.best.config
+
+    def export(self, folder: str | Path, trial: int | None = None) -> ExportResult:
+        """Write trial ``trial`` (default: the best) to ``folder``."""
+        return export_trial(self.search, self.study, trial, Path(folder))
+
+    def __rich__(self) -> Leaderboard:
+        return self.leaderboard
+
+
+def search(
+    model: str | Path | ModelSpec | nn.Module | LoadedModel,
+    data: str | DataSpec | TaskData,
+    *,
+    space: str | Path | Mapping[str, Any] | SearchSpace = "default",
+    trials: int = 20,
+    out: str | Path | None = None,
+    console: Console | None = None,
+    command: str | None = None,
+    **settings: Any,
+) -> SearchResult:
+    """Run (or continue) a search and export its best model.
+
+    Args:
+        model: A model file path, ``"demo"``, an ``nn.Module`` or a ``LoadedModel``.
+        data: A data spec (path, ``sklearn:NAME``, ``demo``) or a ``TaskData``.
+        space: A shipped space name, a YAML path, a dict, or a ``SearchSpace``.
+        trials: Trials in the study, the baseline not counted.
+        out: Output folder (default ``runs/<study_name>``).
+        console: Where the leaderboard goes (default: the terminal).
+        command: The command line to record in the exported config.
+        **settings: Further ``SearchSettings`` fields (``max_epochs``, ``seed``, ``storage``...).
+    """
+    job = make_job(model, data)
+    study_name = settings.pop("study_name", None) or default_study_name(model)
+    folder = Path(out) if out is not None else Path("runs") / study_name
+    the_space = space if isinstance(space, SearchSpace) else load_space(space)
+    run = Search(
+        job,
+        the_space,
+        SearchSettings(trials=trials, out=folder, study_name=study_name, **settings),
+        console=console or Console(),
+        command=command,
+    )
+    study = run.run()
+    completed = [t for t in study.get_trials(deepcopy=False) if t.value is not None]
+    best = export_trial(run, study) if completed else None
+    if best is not None:
+        prune_checkpoints(run.checkpoints, keep=best.trial)
+    return SearchResult(run, study, best)
+
+
+def make_job(
+    model: str | Path | ModelSpec | nn.Module | LoadedModel, data: str | DataSpec | TaskData
+) -> Job:
+    """Load what is given as a path or spec; check the model and data fit each other."""
+    model_spec = ModelSpec(str(model)) if isinstance(model, (str, Path)) else model
+    data_spec = DataSpec(data) if isinstance(data, str) else data
+    loaded = model_spec.load() if isinstance(model_spec, ModelSpec) else model_spec
+    module = loaded.module if isinstance(loaded, LoadedModel) else loaded
+    task = data_spec.load(module) if isinstance(data_spec, DataSpec) else data_spec
+    return Job.from_objects(
+        loaded,
+        task,
+        model_spec if isinstance(model_spec, ModelSpec) else None,
+        data_spec if isinstance(data_spec, DataSpec) else None,
+    )
+
+
+def default_study_name(model: object) -> str:
+    """The model file's stem (``demo`` for the demo), else ``autotune``."""
+    path = model.path if isinstance(model, ModelSpec) else model
+    if isinstance(path, (str, Path)):
+        return Path(path).stem or "autotune"
+    return "autotune"

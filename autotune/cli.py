@@ -1,0 +1,282 @@
+"""The ``autotune`` command line: parses arguments and calls the library, nothing more."""
+
+from __future__ import annotations
+
+import functools
+import shlex
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from autotune.errors import AutotuneError
+
+app = typer.Typer(
+    help="Find how to fine-tune and slim a trained PyTorch model for the data you now care about.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+# Logs and pipes get long lines rather than a table squeezed into 80 columns.
+console = Console(width=None if sys.stdout.isatty() else 160)
+errors = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def friendly(command: F) -> F:
+    """Expected mistakes end with one clear line and exit code 2, not a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except AutotuneError as e:
+            errors.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+Model = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        "-m",
+        help="Model file (TorchScript, .pt2, state_dict, pickled module) or 'demo'.",
+    ),
+]
+Data = Annotated[
+    str | None,
+    typer.Option(
+        "--data",
+        "-d",
+        help="Tensors file (.pt/.npz), CSV, image folder, sklearn:NAME or demo.",
+    ),
+]
+Arch = Annotated[
+    str | None,
+    typer.Option(
+        help="Architecture of a state_dict: torchvision:NAME or package.module:ClassName."
+    ),
+]
+NumClasses = Annotated[int | None, typer.Option(help="num_classes passed to --arch.")]
+Trust = Annotated[
+    bool,
+    typer.Option(
+        "--trust-model",
+        help="Allow loading a pickled module: unpickling runs code stored in the file.",
+    ),
+]
+Code = Annotated[Path | None, typer.Option(help="Python file defining the model's classes.")]
+Target = Annotated[
+    str | None, typer.Option(help="Label column of a CSV file (default: target, else label).")
+]
+ValFraction = Annotated[
+    float,
+    typer.Option(
+        help="Share of training data held out for validation when the data has no validation split."
+    ),
+]
+ImageSize = Annotated[
+    int | None, typer.Option(help="Side that images of an image folder are resized to.")
+]
+Space = Annotated[str, typer.Option(help="Search space: a shipped name (default) or a YAML path.")]
+Trials = Annotated[
+    int,
+    typer.Option(
+        help="Trials in the study, the baseline not counted; a re-run runs only the missing ones."
+    ),
+]
+Epochs = Annotated[int | None, typer.Option(help="Max epochs per trial (default: from the space).")]
+Patience = Annotated[
+    int | None,
+    typer.Option(help="Epochs without improvement before a trial stops (default: from the space)."),
+]
+Metric = Annotated[
+    str, typer.Option(help="Validation metric: accuracy (maximised) or loss (minimised).")
+]
+Seed = Annotated[int, typer.Option(help="Seed of the sampler and of every trial.")]
+Pruner = Annotated[str, typer.Option(help="Trial pruner: median, hyperband or none.")]
+Device = Annotated[str, typer.Option(help="auto (CUDA when available), cpu, cuda, cuda:N.")]
+Threads = Annotated[
+    int, typer.Option(help="torch threads on CPU; one is fastest for small models on few cores.")
+]
+Out = Annotated[Path | None, typer.Option(help="Output folder (default: runs/<study name>).")]
+Storage = Annotated[
+    str | None,
+    typer.Option(help="Optuna storage: sqlite:///f.db, postgresql://..., or a journal file path."),
+]
+StudyName = Annotated[str | None, typer.Option(help="Study name (default: the model file's stem).")]
+Verbose = Annotated[bool, typer.Option("--verbose", help="Keep Optuna's own log lines.")]
+
+
+@app.command()
+@friendly
+def search(
+    model: Model,
+    data: Data = None,
+    arch: Arch = None,
+    num_classes: NumClasses = None,
+    trust_model: Trust = False,
+    code: Code = None,
+    target: Target = None,
+    val_fraction: ValFraction = 0.2,
+    image_size: ImageSize = None,
+    space: Space = "default",
+    trials: Trials = 20,
+    epochs: Epochs = None,
+    patience: Patience = None,
+    metric: Metric = "accuracy",
+    seed: Seed = 0,
+    pruner: Pruner = "median",
+    device: Device = "auto",
+    threads: Threads = 1,
+    out: Out = None,
+    storage: Storage = None,
+    study_name: StudyName = None,
+    verbose: Verbose = False,
+) -> None:
+    """Search how to fine-tune MODEL on DATA; export the best model and its configuration."""
+    from autotune.api import search as run_search
+    from autotune.job import DataSpec, ModelSpec
+
+    if data is None:
+        if model != "demo":
+            raise AutotuneError("--data is missing: pass the data to tune on (see --help)")
+        data = "demo"
+    model_spec = ModelSpec(model, arch, num_classes, trust_model, str(code) if code else None)
+    data_spec = DataSpec(data, target, val_fraction, image_size=image_size)
+    command = shlex.join(["autotune", *sys.argv[1:]])
+    try:
+        result = run_search(
+            model_spec,
+            data_spec,
+            space=space,
+            trials=trials,
+            out=out,
+            console=console,
+            command=command,
+            max_epochs=epochs,
+            patience=patience,
+            metric=metric,
+            seed=seed,
+            pruner=pruner,
+            device=device,
+            threads=threads,
+            storage=storage,
+            study_name=study_name,
+            verbose=verbose,
+        )
+    except KeyboardInterrupt:
+        errors.print("interrupted: finished trials are stored; run the same command to continue")
+        raise typer.Exit(130) from None
+    _summary(result)
+
+
+@app.command()
+@friendly
+def demo(
+    trials: Trials = 20,
+    out: Out = None,
+    seed: Seed = 0,
+    device: Device = "auto",
+) -> None:
+    """Run the built-in demo: tune a digits CNN for rotated, blurred digits (a few minutes)."""
+    search(model="demo", data="demo", trials=trials, out=out, seed=seed, device=device)
+
+
+@app.command()
+@friendly
+def show(
+    out: Annotated[Path, typer.Argument(help="Output folder of a search.")] = Path("runs/demo"),
+    storage: Storage = None,
+    study_name: StudyName = None,
+    top: Annotated[int, typer.Option(help="Rows to show.")] = 20,
+) -> None:
+    """Print the leaderboard of an existing study."""
+    from autotune.leaderboard import Leaderboard
+    from autotune.study import load_study, study_record
+
+    study = load_study(storage, out, study_name)
+    metric = study_record(study)["settings"]["metric"]
+    board = Leaderboard.from_study(study, metric, top=top)
+    console.print(board)
+
+
+@app.command()
+@friendly
+def export(
+    out: Annotated[Path, typer.Option(help="Output folder of a search.")] = Path("runs/demo"),
+    trial: Annotated[int | None, typer.Option(help="Trial to export (default: the best).")] = None,
+    to: Annotated[
+        Path | None, typer.Option(help="Folder to write (default: OUT/trial_N or OUT/best).")
+    ] = None,
+    retrain: Annotated[
+        bool,
+        typer.Option(
+            "--retrain",
+            help="Retrain from the stored parameters even when the trial's weights were saved.",
+        ),
+    ] = False,
+    storage: Storage = None,
+    study_name: StudyName = None,
+    device: Annotated[
+        str, typer.Option(help="Device to rebuild on; cpu reproduces exactly.")
+    ] = "cpu",
+) -> None:
+    """Rebuild a trial's model from its stored parameters and export it with its config."""
+    from autotune.export import export_trial
+    from autotune.job import Job
+    from autotune.study import Search, SearchSettings, load_study, space_of, study_record
+
+    study = load_study(storage, out, study_name)
+    record = study_record(study)
+    with console.status("loading the model and data"):
+        job = Job.from_record(record)
+    stored = record["settings"]
+    settings = SearchSettings(
+        out=out, storage=storage, study_name=study.study_name, device=device, **stored
+    )
+    rebuild = Search(job, space_of(record), settings, console=console)
+    if retrain:
+        rebuild.checkpoints = out / "no-checkpoints"
+    with console.status(f"rebuilding trial {trial if trial is not None else 'best'}"):
+        result = export_trial(rebuild, study, trial, to)
+    metrics = result.config["metrics"]
+    console.print(
+        f"trial {result.trial}: val {metrics['metric']} {metrics['val_' + metrics['metric']]:.4f} "
+        f"(study: {study.trials[result.trial].value:.4f}; reproduced: "
+        f"{metrics['reproduces_study_value']}) -> {result.folder}",
+        highlight=False,
+    )
+
+
+def _summary(result: Any) -> None:
+    console.print(result.leaderboard)
+    best = result.best
+    if best is None:
+        console.print("no trial completed; nothing exported")
+        return
+    m = best.config["metrics"]
+    name = m["metric"]
+    line = (
+        f"best: trial {best.trial}, val {name} {m['val_' + name]:.4f} "
+        f"(baseline {m['baseline_val_' + name]:.4f}, gain {m['gain']:+.4f})"
+    )
+    if m["test_accuracy"] is not None:
+        line += f"; held-out test accuracy {m['test_accuracy']:.4f}"
+    console.print(line, highlight=False)
+    console.print(
+        f"exported to {best.folder}: {', '.join(sorted(best.config['files']))}, config.yaml"
+    )
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""The errors a user can see. Each message says what was wrong, the value, and how to fix it."""
+
+from __future__ import annotations
+
+
+class AutotuneError(Exception):
+    """Root of every error autotune raises for an expected mistake (bad input, bad settings)."""
+
+
+class ModelLoadError(AutotuneError):
+    """The model file cannot be loaded, or loading it needs an explicit choice of the user."""
+
+
+class DataError(AutotuneError):
+    """The data cannot be read, is malformed, or does not fit the model."""
+
+
+class SpaceError(AutotuneError):
+    """The search-space file is broken."""
+
+
+class StorageError(AutotuneError):
+    """The study storage cannot be reached or holds something unexpected."""
+
+
+class TrialFailed(AutotuneError):
+    """One trial cannot go on (NaN loss, a configuration the model cannot take).
+
+    The study records the trial as failed with this message and carries on.
+    """
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (its type name when it has none)."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

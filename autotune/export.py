@@ -1,0 +1,182 @@
+"""The exported bundle: the model (pickled module and torch.export program), config, leaderboard.
+
+``config.yaml`` holds every parameter, the metrics (validation and test), the source model's
+hash, the data spec, the seed, the autotune version and the commands that reproduce it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+import yaml
+from optuna.trial import FrozenTrial, TrialState
+from torch import nn
+
+from autotune import __version__
+from autotune.errors import AutotuneError
+from autotune.leaderboard import Leaderboard
+from autotune.models import count_parameters
+from autotune.study import Search, checkpoint_path, config_of, study_record
+from autotune.train import Evaluation, configure_threads, evaluate
+
+
+@dataclass
+class ExportResult:
+    """What ``export_trial`` wrote."""
+
+    folder: Path
+    trial: int
+    model: nn.Module
+    """The exported model, on the CPU, in eval mode."""
+    config: dict[str, Any]
+    """The content of ``config.yaml``."""
+
+
+def pick_trial(study: optuna.Study, number: int | None) -> FrozenTrial:
+    """Trial ``number``, or the best trial of the study (the baseline when nothing beat it)."""
+    if number is None:
+        try:
+            return study.best_trial
+        except ValueError as e:
+            raise AutotuneError(
+                f"study {study.study_name!r} has no completed trial to export"
+            ) from e
+    trials = study.get_trials(deepcopy=False)
+    if not 0 <= number < len(trials):
+        raise AutotuneError(
+            f"--trial {number}: study {study.study_name!r} has trials 0..{len(trials) - 1}"
+        )
+    trial = trials[number]
+    if trial.state != TrialState.COMPLETE:
+        reason = trial.user_attrs.get("fail_reason") or trial.user_attrs.get("stop_reason", "")
+        raise AutotuneError(
+            f"--trial {number} is {trial.state.name.lower()}{f' ({reason})' if reason else ''}: "
+            "only completed trials have a model to export"
+        )
+    return trial
+
+
+def rebuild(search: Search, trial: FrozenTrial) -> tuple[nn.Module, str]:
+    """The trial's trained model: from its checkpoint, else retrained with its seed."""
+    if trial.user_attrs.get("baseline"):
+        return search.job.model.module.to(search.device), "the source model, unchanged"
+    config = config_of(trial, search.space)
+    model = search.build(config)
+    saved = checkpoint_path(search.checkpoints, trial.number)
+    if saved.is_file():
+        model.load_state_dict(torch.load(saved, map_location=search.device, weights_only=True))
+        return model, f"weights saved by trial {trial.number}"
+    configure_threads(search.device, search.settings.threads)
+    search.fit(model, config, trial.number)
+    return model, f"retrained from trial {trial.number}'s parameters and seed"
+
+
+def export_trial(
+    search: Search,
+    study: optuna.Study,
+    number: int | None = None,
+    folder: Path | None = None,
+) -> ExportResult:
+    """Write trial ``number`` (default: the best) as a bundle that runs without autotune."""
+    trial = pick_trial(study, number)
+    folder = folder or search.settings.out / ("best" if number is None else f"trial_{trial.number}")
+    folder.mkdir(parents=True, exist_ok=True)
+    model, origin = rebuild(search, trial)
+    data = search.data
+    val = evaluate(model, data.x_val, data.y_val)
+    test = None
+    if data.x_test is not None and data.y_test is not None:
+        test = evaluate(model, data.x_test, data.y_test)
+    model = model.cpu().eval()
+    files = save_model(model, data.x_val[:2].cpu(), folder)
+    record = study_record(study)
+    config = _config(search, study, trial, record, val, test, origin, files, model)
+    (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    write_leaderboard(study, search.settings.metric, search.settings.out / "leaderboard.csv")
+    return ExportResult(folder, trial.number, model, config)
+
+
+def save_model(model: nn.Module, example: torch.Tensor, folder: Path) -> dict[str, str]:
+    """Save ``model`` in every format it supports; returns file name -> how to load it."""
+    files: dict[str, str] = {}
+    if isinstance(model, torch.jit.ScriptModule):
+        torch.jit.save(model, str(folder / "model.pt"))
+        files["model.pt"] = "torch.jit.load('model.pt')"
+    elif not isinstance(model, torch.fx.GraphModule):
+        torch.save(model, folder / "model.pt")
+        files["model.pt"] = (
+            "torch.load('model.pt', weights_only=False)  # a pickled module: needs the classes "
+            "it was built from importable"
+        )
+    try:
+        program = torch.export.export(
+            model, (example,), dynamic_shapes=({0: torch.export.Dim.AUTO},)
+        )
+        torch.export.save(program, folder / "model.pt2")
+        files["model.pt2"] = "torch.export.load('model.pt2').module()  # needs only torch"
+    except Exception as e:
+        files["model.pt2"] = f"not written: torch.export failed ({str(e).splitlines()[0][:200]})"
+    return files
+
+
+def _config(
+    search: Search,
+    study: optuna.Study,
+    trial: FrozenTrial,
+    record: dict[str, Any],
+    val: Evaluation,
+    test: Evaluation | None,
+    origin: str,
+    files: dict[str, str],
+    model: nn.Module,
+) -> dict[str, Any]:
+    s = search.settings
+    baseline = next(t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("baseline"))
+    metric = s.metric
+    value = val.metric(metric)
+    sign = 1.0 if metric == "accuracy" else -1.0
+    trainable, total = count_parameters(model)
+    is_baseline = bool(trial.user_attrs.get("baseline"))
+    params = {} if is_baseline else dataclasses.asdict(config_of(trial, search.space))
+    out = str(s.out)
+    return {
+        "autotune_version": __version__,
+        "study": study.study_name,
+        "trial": trial.number,
+        "params": params,
+        "metrics": {
+            "metric": metric,
+            f"val_{metric}": value,
+            "val_accuracy": val.accuracy,
+            "val_loss": val.loss,
+            f"baseline_val_{metric}": baseline.value,
+            "gain": None if baseline.value is None else sign * (value - baseline.value),
+            "test_accuracy": None if test is None else test.accuracy,
+            "test_loss": None if test is None else test.loss,
+            "reproduces_study_value": trial.value is not None and abs(value - trial.value) < 1e-9,
+        },
+        "model": {**record["model"], "trainable_params": trainable, "total_params": total},
+        "data": record["data"],
+        "fit": {
+            "max_epochs": s.max_epochs,
+            "patience": s.patience,
+            "seed": s.seed + trial.number,
+            "study_seed": s.seed,
+            "device": str(search.device),
+            "threads": s.threads,
+        },
+        "weights": origin,
+        "files": files,
+        "reproduce": f"autotune export --out {shlex.quote(out)} --trial {trial.number}",
+        "search_command": record.get("command"),
+    }
+
+
+def write_leaderboard(study: optuna.Study, metric: str, path: Path) -> None:
+    Leaderboard.from_study(study, metric).to_frame().to_csv(path, index=False)

@@ -1,0 +1,165 @@
+"""What a search runs on: the model and data specs, loaded and checked against each other.
+
+The specs are stored with the study, so ``autotune export`` and a second worker rebuild the
+same job from the storage alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from autotune.data import TaskData, check_model_fits, load_data
+from autotune.errors import ModelLoadError
+from autotune.models import LoadedModel, file_sha256, load_model
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How to load the model: the CLI's ``--model``, ``--arch``, ``--num-classes``, ..."""
+
+    path: str
+    arch: str | None = None
+    num_classes: int | None = None
+    trust_model: bool = False
+    code: str | None = None
+
+    def load(self, expected_sha256: str | None = None) -> LoadedModel:
+        if expected_sha256 is not None and self.path != "demo" and Path(self.path).is_file():
+            found = file_sha256(self.path)
+            if found != expected_sha256:
+                raise ModelLoadError(
+                    f"model file {self.path!r} changed since the study started (sha256 "
+                    f"{found[:12]}, study has {expected_sha256[:12]}): restore it, or start a "
+                    "new study with another --study-name"
+                )
+        return load_model(
+            self.path,
+            arch=self.arch,
+            num_classes=self.num_classes,
+            trust_model=self.trust_model,
+            code=self.code,
+        )
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """How to load the data: the CLI's ``--data``, ``--target``, ``--val-fraction``, ..."""
+
+    spec: str
+    target: str | None = None
+    val_fraction: float = 0.2
+    split_seed: int = 0
+    image_size: int | None = None
+    channels: int | None = None
+
+    def load(self, model: nn.Module | None = None) -> TaskData:
+        channels = self.channels
+        if channels is None and model is not None:
+            channels = input_channels(model)
+        return load_data(
+            self.spec,
+            target=self.target,
+            val_fraction=self.val_fraction,
+            split_seed=self.split_seed,
+            image_size=self.image_size,
+            channels=channels,
+        )
+
+
+def input_channels(model: nn.Module) -> int | None:
+    """In-channels of the first Conv2d, so image folders load with the channels the model takes."""
+    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    return first.in_channels if first is not None else None
+
+
+@dataclass
+class Job:
+    """A loaded model and data, checked to fit each other."""
+
+    model: LoadedModel
+    data: TaskData
+    num_classes: int
+    model_spec: ModelSpec | None = None
+    """None when the model was passed in memory."""
+    data_spec: DataSpec | None = None
+    """None when the data was passed in memory."""
+
+    @classmethod
+    def load(
+        cls, model_spec: ModelSpec, data_spec: DataSpec, expected_sha256: str | None = None
+    ) -> Job:
+        model = model_spec.load(expected_sha256)
+        return cls.from_objects(model, data_spec.load(model.module), model_spec, data_spec)
+
+    @classmethod
+    def from_objects(
+        cls,
+        model: nn.Module | LoadedModel,
+        data: TaskData,
+        model_spec: ModelSpec | None = None,
+        data_spec: DataSpec | None = None,
+    ) -> Job:
+        if isinstance(model, nn.Module):
+            model = LoadedModel(model.eval(), "<in memory>", "module", module_sha256(model))
+        return cls(model, data, check_model_fits(model.module, data), model_spec, data_spec)
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready record of the job, stored with the study and in exported configs."""
+        return {
+            "model": {
+                **(
+                    dataclasses.asdict(self.model_spec)
+                    if self.model_spec
+                    else {"path": self.model.path}
+                ),
+                "format": self.model.format,
+                "sha256": self.model.sha256,
+            },
+            "data": {
+                **(
+                    dataclasses.asdict(self.data_spec)
+                    if self.data_spec
+                    else {"spec": self.data.spec}
+                ),
+                "fingerprint": self.data.fingerprint(),
+                "preprocessing": self.data.preprocessing,
+                "classes": self.data.classes,
+                "feature_names": self.data.feature_names,
+            },
+            "num_classes": self.num_classes,
+        }
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Job:
+        """Rebuild the job a study was run on, from ``describe()``'s record."""
+        model_fields = {f.name for f in dataclasses.fields(ModelSpec)}
+        data_fields = {f.name for f in dataclasses.fields(DataSpec)}
+        model = record["model"]
+        if model.get("path") == "<in memory>" or record["data"].get("spec") == "<in memory>":
+            raise ModelLoadError(
+                "this study's model or data was passed in memory from Python, so it cannot be "
+                "reloaded from the storage: export it from Python with SearchResult.export()"
+            )
+        model_spec = ModelSpec(**{k: v for k, v in model.items() if k in model_fields})
+        data_spec = DataSpec(**{k: v for k, v in record["data"].items() if k in data_fields})
+        return cls.load(
+            model_spec, data_spec, model.get("sha256") if model_spec.path != "demo" else None
+        )
+
+
+def module_sha256(model: nn.Module) -> str:
+    """Hash of a module's weights, for models that come from memory rather than a file."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

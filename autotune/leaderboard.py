@@ -1,0 +1,247 @@
+"""The leaderboard: trial rows from a study, rendered by rich (live or final) or as a DataFrame."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import optuna
+from optuna.trial import FrozenTrial
+from rich.console import Console, ConsoleOptions, RenderResult
+from rich.table import Table
+from rich.text import Text
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+KEY_PARAMS = ("lr", "optimizer", "batch_size", "unfreeze", "loss", "dropout", "weight_decay")
+_SHORT = {"batch_size": "bs", "weight_decay": "wd", "unfreeze": "unfreeze", "optimizer": "opt"}
+
+
+@dataclass(frozen=True)
+class TrialRow:
+    """One trial as the leaderboard shows it."""
+
+    number: int
+    state: str
+    """COMPLETE, PRUNED, FAIL, RUNNING or BASELINE."""
+    value: float | None
+    """The validation metric (the best epoch's; the last reported one for a pruned trial)."""
+    gain: float | None
+    """``value`` minus the baseline's, signed so that positive is better."""
+    trainable: int | None
+    total: int | None
+    epochs: int | None
+    seconds: float | None
+    params: dict[str, Any]
+    note: str = ""
+    """Why it failed or stopped early."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "trial": self.number,
+            "state": self.state,
+            "value": self.value,
+            "gain": self.gain,
+            "trainable_params": self.trainable,
+            "total_params": self.total,
+            "epochs": self.epochs,
+            "seconds": self.seconds,
+            **{f"param_{k}": v for k, v in self.params.items()},
+            "note": self.note,
+        }
+
+
+def row_of(trial: FrozenTrial, baseline: float | None, sign: float) -> TrialRow:
+    attrs = trial.user_attrs
+    state = "BASELINE" if attrs.get("baseline") else trial.state.name
+    value = trial.value
+    if value is None and trial.intermediate_values:
+        value = trial.intermediate_values[max(trial.intermediate_values)]
+    gain = None if value is None or baseline is None else sign * (value - baseline)
+    seconds = attrs.get("seconds")
+    if seconds is None and trial.datetime_complete and trial.datetime_start:
+        seconds = (trial.datetime_complete - trial.datetime_start).total_seconds()
+    return TrialRow(
+        number=trial.number,
+        state=state,
+        value=value,
+        gain=gain,
+        trainable=attrs.get("trainable_params"),
+        total=attrs.get("total_params"),
+        epochs=attrs.get("epochs", len(trial.intermediate_values) or None),
+        seconds=seconds,
+        params=dict(trial.params),
+        note=attrs.get("fail_reason") or attrs.get("stop_reason", ""),
+    )
+
+
+@dataclass
+class Leaderboard:
+    """Every trial of a study, best first; renders as a rich table plus a progress line."""
+
+    rows: list[TrialRow]
+    metric: str
+    direction: str
+    """``maximize`` or ``minimize``."""
+    started: float | None = None
+    """``time.time()`` when this search started: shown as elapsed time while live."""
+    planned: int | None = None
+    """Trials planned (baseline excluded)."""
+    top: int = 10
+    running: dict[int, str] = field(default_factory=dict)
+    """Trial number -> what it is doing now (live mode)."""
+
+    @classmethod
+    def from_study(cls, study: optuna.Study, metric: str, **kwargs: Any) -> Leaderboard:
+        direction = (
+            "maximize" if study.direction == optuna.study.StudyDirection.MAXIMIZE else "minimize"
+        )
+        sign = 1.0 if direction == "maximize" else -1.0
+        trials = study.get_trials(deepcopy=False)
+        baseline = next((t.value for t in trials if t.user_attrs.get("baseline")), None)
+        rows = [row_of(t, baseline, sign) for t in trials]
+        return cls(rows, metric, direction, **kwargs)
+
+    @property
+    def baseline(self) -> TrialRow | None:
+        return next((r for r in self.rows if r.state == "BASELINE"), None)
+
+    def ranked(self) -> list[TrialRow]:
+        """Completed trials (and the baseline), best first."""
+        done = [r for r in self.rows if r.state in ("COMPLETE", "BASELINE") and r.value is not None]
+        sign = -1.0 if self.direction == "maximize" else 1.0
+        return sorted(done, key=lambda r: (sign * (r.value or 0.0), r.number))
+
+    def counts(self) -> dict[str, int]:
+        counts = {"COMPLETE": 0, "PRUNED": 0, "FAIL": 0, "RUNNING": 0}
+        for r in self.rows:
+            if r.state in counts:
+                counts[r.state] += 1
+        return counts
+
+    def progress_line(self) -> str:
+        c = self.counts()
+        finished = c["COMPLETE"] + c["PRUNED"] + c["FAIL"]
+        planned = f"/{self.planned}" if self.planned is not None else ""
+        line = (
+            f"trials {finished}{planned} done: {c['COMPLETE']} complete, {c['PRUNED']} pruned, "
+            f"{c['FAIL']} failed, {c['RUNNING']} running"
+        )
+        if self.started is not None:
+            line += f" | elapsed {_duration(time.time() - self.started)}"
+        best = self.ranked()[:1]
+        if best and best[0].value is not None:
+            line += f" | best {self.metric} {_fmt(best[0].value)} (trial {best[0].number})"
+        return line
+
+    def table(self) -> Table:
+        table = Table(title=f"autotune leaderboard: validation {self.metric}", title_justify="left")
+        for name in (
+            "#",
+            "trial",
+            "state",
+            self.metric,
+            "gain",
+            "trainable/total",
+            "epochs",
+            "time",
+        ):
+            table.add_column(name, justify="left" if name == "state" else "right", no_wrap=True)
+        table.add_column("key parameters", overflow="fold", ratio=1, min_width=20)
+        ranked = self.ranked()
+        shown = ranked[: self.top]
+        baseline = self.baseline
+        if baseline is not None and baseline not in shown:
+            shown.append(baseline)
+        for row in shown:
+            rank = ranked.index(row) + 1
+            style = "dim" if row.state == "BASELINE" else ("bold green" if rank == 1 else "")
+            table.add_row(
+                str(rank),
+                str(row.number),
+                row.state.lower(),
+                _fmt(row.value),
+                "" if row.state == "BASELINE" else _gain(row.gain),
+                _params(row),
+                "" if row.epochs is None else str(row.epochs),
+                "" if row.seconds is None else _duration(row.seconds),
+                format_params(row.params),
+                style=style,
+            )
+        return table
+
+    def plain_line(self, row: TrialRow) -> str:
+        """One finished trial as a log line (CI logs, pipes)."""
+        parts = [f"trial {row.number:>3} {row.state.lower():<8} {self.metric}={_fmt(row.value)}"]
+        if row.gain is not None:
+            parts.append(f"gain={_gain(row.gain)}")
+        if row.epochs is not None:
+            parts.append(f"epochs={row.epochs}")
+        if row.seconds is not None:
+            parts.append(f"time={_duration(row.seconds)}")
+        if row.params:
+            parts.append(format_params(row.params))
+        if row.note:
+            parts.append(f"({row.note})")
+        return " ".join(parts)
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield self.table()
+        for number, doing in sorted(self.running.items()):
+            yield Text(f"trial {number}: {doing}", style="cyan")
+        yield Text(self.progress_line())
+
+    def to_frame(self) -> pd.DataFrame:
+        """All trials, ranked ones first, as a pandas DataFrame."""
+        import pandas as pd
+
+        ranked = self.ranked()
+        rest = [r for r in self.rows if r not in ranked]
+        records = []
+        for i, row in enumerate(ranked + rest):
+            records.append({"rank": i + 1 if i < len(ranked) else None, **row.as_dict()})
+        return pd.DataFrame.from_records(records)
+
+
+def format_params(params: dict[str, Any]) -> str:
+    shown = []
+    for key in KEY_PARAMS:
+        if key in params:
+            shown.append(f"{_SHORT.get(key, key)}={_fmt(params[key])}")
+    shown += [f"{k}={_fmt(v)}" for k, v in params.items() if k not in KEY_PARAMS]
+    return " ".join(shown)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return (
+            f"{value:.4g}"
+            if abs(value) < 1e-2 or abs(value) >= 1e4
+            else f"{value:.4f}".rstrip("0").rstrip(".")
+        )
+    return str(value)
+
+
+def _gain(gain: float | None) -> str:
+    return "" if gain is None else f"{gain:+.4f}"
+
+
+def _params(row: TrialRow) -> str:
+    if row.total is None:
+        return ""
+    return f"{_count(row.trainable or 0)}/{_count(row.total)}"
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e6:.2f}M" if n >= 1e6 else (f"{n / 1e3:.1f}k" if n >= 1e3 else str(n))
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}m{secs:02d}s" if minutes < 60 else f"{minutes // 60}h{minutes % 60:02d}m"

@@ -1,0 +1,311 @@
+"""Load a trained model from any supported file format, safely by default.
+
+Formats: TorchScript archives, ``torch.export`` programs (``.pt2``), state_dicts plus an
+architecture (``torchvision:resnet18``, ``package.module:ClassName``), and pickled full modules
+(which run code when unpickled, so they need ``trust_model=True``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import importlib.util
+import pickle
+import sys
+import types
+import warnings
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from autotune.errors import ModelLoadError, first_line
+
+FORMATS = ("torchscript", "export", "state_dict", "pickle")
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model ready for the search, with what is needed to describe where it came from."""
+
+    module: nn.Module
+    """The network, on the CPU, in eval mode."""
+    path: str
+    """The file it was read from."""
+    format: str
+    """One of ``FORMATS``."""
+    sha256: str
+    """Hash of the file's bytes: the exported config names the exact source model."""
+    arch: str | None = None
+    """The architecture spec used to build a state_dict's network, if any."""
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_model(
+    path: str | Path,
+    *,
+    arch: str | None = None,
+    num_classes: int | None = None,
+    trust_model: bool = False,
+    code: str | Path | None = None,
+) -> LoadedModel:
+    """Load ``path`` (or the built-in ``"demo"`` model) as an ``nn.Module`` in eval mode.
+
+    Args:
+        path: A model file, or ``"demo"``.
+        arch: For a state_dict file: ``torchvision:NAME``, ``package.module:ClassName`` or
+            ``path/to/file.py:ClassName``.
+        num_classes: Passed to the architecture's constructor as ``num_classes``.
+        trust_model: Allow unpickling a full module. Unpickling runs code from the file.
+        code: A Python file defining the classes a pickled module or ``arch`` refers to.
+    """
+    if str(path) == "demo":
+        from autotune.demo import DEMO_ARCH, demo_files
+
+        path = demo_files().model
+        arch = DEMO_ARCH
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(
+            f"model file {str(path)!r} does not exist: pass the path of a model file "
+            "(TorchScript, .pt2, state_dict or pickled module), or 'demo'"
+        )
+    code_module = import_code(code) if code is not None else None
+    kind = _sniff_format(path)
+    if kind == "torchscript":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            module = _read(path, lambda: torch.jit.load(str(path), map_location="cpu"))
+        loaded = LoadedModel(module, str(path), "torchscript", file_sha256(path))
+    elif kind == "export":
+        program = _read(path, lambda: torch.export.load(str(path)))
+        loaded = LoadedModel(program.module(), str(path), "export", file_sha256(path))
+    else:
+        loaded = _load_pickle_file(path, arch, num_classes, trust_model, code_module)
+    set_training(loaded.module, False)
+    return loaded
+
+
+def _sniff_format(path: Path) -> str:
+    """Tell TorchScript and torch.export archives from torch.save files by their zip entries."""
+    if not zipfile.is_zipfile(path):
+        return "torch.save"
+    try:
+        names = zipfile.ZipFile(path).namelist()
+    except (zipfile.BadZipFile, OSError) as e:
+        raise ModelLoadError(f"model file {str(path)!r} is a damaged zip archive ({e})") from e
+    if any(n.endswith("/archive_format") or n.endswith("/models/model.json") for n in names):
+        return "export"
+    if any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names):
+        return "torchscript"
+    return "torch.save"
+
+
+def _read(path: Path, reader: Any) -> Any:
+    try:
+        return reader()
+    except (RuntimeError, OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
+        raise _unreadable(path, e) from e
+
+
+def _unreadable(path: Path, e: Exception) -> ModelLoadError:
+    reason = first_line(e)
+    return ModelLoadError(
+        f"cannot read model file {str(path)!r}: {reason}. Write it with torch.save, "
+        "torch.jit.save or torch.export.save"
+    )
+
+
+def _load_pickle_file(
+    path: Path,
+    arch: str | None,
+    num_classes: int | None,
+    trust_model: bool,
+    code_module: types.ModuleType | None,
+) -> LoadedModel:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # A pickled class shows up as an unsupported global; anything else is a damaged file.
+        if "Unsupported global" not in str(e):
+            raise _unreadable(path, e) from e
+        if not trust_model:
+            raise ModelLoadError(
+                f"{str(path)!r} holds a pickled Python object, and unpickling runs code stored in "
+                "the file: pass --trust-model (trust_model=True) only if you trust its source, or "
+                "save the model as a state_dict, TorchScript or torch.export program instead"
+            ) from e
+        obj = _read_trusted(path, code_module)
+        if not isinstance(obj, nn.Module):
+            raise ModelLoadError(
+                f"{str(path)!r} unpickles to a {type(obj).__name__}, not a torch.nn.Module"
+            ) from e
+        return LoadedModel(obj, str(path), "pickle", file_sha256(path))
+    except (RuntimeError, OSError, EOFError, ValueError) as e:
+        raise _unreadable(path, e) from e
+    state = _find_state_dict(obj)
+    if state is None:
+        raise ModelLoadError(
+            f"{str(path)!r} holds a {type(obj).__name__} that is neither a state_dict nor a "
+            "module: save model.state_dict() or the module itself"
+        )
+    if arch is None:
+        raise ModelLoadError(
+            f"{str(path)!r} holds only weights (a state_dict): pass --arch torchvision:NAME or "
+            "--arch package.module:ClassName so autotune can build the network they belong to"
+        )
+    module = build_arch(arch, num_classes)
+    built = f"--arch {arch!r}" + (f" with --num-classes {num_classes}" if num_classes else "")
+    missing, unexpected = _compare_keys(module.state_dict(), state)
+    if missing or unexpected:
+        raise ModelLoadError(
+            f"the weights in {str(path)!r} do not fit {built}: missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]}; check --arch and --num-classes"
+        )
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as e:
+        lines = str(e).strip().splitlines()
+        detail = (lines[1] if len(lines) > 1 else lines[0]).strip().rstrip(".")
+        raise ModelLoadError(
+            f"the weights in {str(path)!r} do not fit {built}: {detail}; "
+            "check --arch and --num-classes"
+        ) from e
+    return LoadedModel(module, str(path), "state_dict", file_sha256(path), arch)
+
+
+def _read_trusted(path: Path, code_module: types.ModuleType | None) -> Any:
+    try:
+        return torch.load(
+            path, map_location="cpu", weights_only=False, pickle_module=_pickle_with(code_module)
+        )
+    except (AttributeError, ModuleNotFoundError) as e:
+        raise ModelLoadError(
+            f"the class pickled in {str(path)!r} cannot be found ({e}): pass --code "
+            "path/to/file.py that defines it, or put its module on PYTHONPATH"
+        ) from e
+
+
+def _pickle_with(code_module: types.ModuleType | None) -> types.ModuleType:
+    """A pickle module whose unpickler also looks up classes in the user's ``--code`` file.
+
+    Models pickled from a script refer to ``__main__.ClassName``; that name only resolves in
+    the process that saved them, so we fall back to the file the user points at.
+    """
+
+    class Unpickler(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            try:
+                return super().find_class(module, name)
+            except (AttributeError, ModuleNotFoundError):
+                if code_module is not None and hasattr(code_module, name):
+                    return getattr(code_module, name)
+                raise
+
+    shim = types.ModuleType("autotune_pickle")
+    shim.__dict__.update({k: getattr(pickle, k) for k in ("load", "loads", "dump", "dumps")})
+    shim.Unpickler = Unpickler  # type: ignore[attr-defined]
+    return shim
+
+
+def _find_state_dict(obj: Any) -> Mapping[str, torch.Tensor] | None:
+    if isinstance(obj, Mapping):
+        if obj and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+            return obj
+        for key in ("state_dict", "model_state_dict", "model"):
+            if key in obj:
+                return _find_state_dict(obj[key])
+    return None
+
+
+def _compare_keys(
+    expected: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor]
+) -> tuple[list[str], list[str]]:
+    return sorted(set(expected) - set(given)), sorted(set(given) - set(expected))
+
+
+def import_code(path: str | Path) -> types.ModuleType:
+    """Import a user's Python file under its own name, so pickles and ``--arch`` can find it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"--code file {str(path)!r} does not exist: pass a Python file")
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    if spec is None or spec.loader is None:
+        raise ModelLoadError(f"--code file {str(path)!r} is not an importable Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:
+        del sys.modules[path.stem]
+        raise ModelLoadError(f"importing --code file {str(path)!r} failed: {e!r}") from e
+    return module
+
+
+def build_arch(arch: str, num_classes: int | None = None) -> nn.Module:
+    """Build an untrained network from ``torchvision:NAME`` or ``module:ClassName``."""
+    if ":" not in arch:
+        raise ModelLoadError(
+            f"--arch {arch!r} is not of the form torchvision:NAME or package.module:ClassName"
+        )
+    where, name = arch.rsplit(":", 1)
+    kwargs: dict[str, Any] = {} if num_classes is None else {"num_classes": num_classes}
+    if where == "torchvision":
+        import torchvision
+
+        available = torchvision.models.list_models(module=torchvision.models)
+        if name not in available:
+            close = [m for m in available if m.startswith(name[:3])][:6]
+            raise ModelLoadError(
+                f"--arch {arch!r}: torchvision has no model {name!r} "
+                f"(for example {close or available[:6]})"
+            )
+        return torchvision.models.get_model(name, weights=None, **kwargs)
+    if where.endswith(".py"):
+        module = import_code(where)
+    else:
+        try:
+            module = importlib.import_module(where)
+        except ImportError as e:
+            raise ModelLoadError(
+                f"--arch {arch!r}: cannot import {where!r} ({e}); put it on PYTHONPATH or pass "
+                "--code path/to/file.py"
+            ) from e
+    cls = getattr(module, name, None)
+    if cls is None:
+        raise ModelLoadError(f"--arch {arch!r}: module {where!r} defines no {name!r}")
+    try:
+        net = cls(**kwargs)
+    except TypeError as e:
+        raise ModelLoadError(f"--arch {arch!r}: cannot build it with {kwargs}: {e}") from e
+    if not isinstance(net, nn.Module):
+        raise ModelLoadError(f"--arch {arch!r} builds a {type(net).__name__}, not an nn.Module")
+    return net
+
+
+def set_training(module: nn.Module, training: bool) -> None:
+    """Switch train/eval mode; ``torch.export`` programs keep the mode they were exported in."""
+    with contextlib.suppress(NotImplementedError):
+        module.train(training)
+
+
+def count_parameters(module: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    total = trainable = 0
+    for p in module.parameters():
+        total += p.numel()
+        if p.requires_grad:
+            trainable += p.numel()
+    return trainable, total

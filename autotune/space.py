@@ -1,0 +1,262 @@
+"""Search-space YAML -> ``SearchSpace``; ``suggest(trial)`` -> ``TrialConfig``.
+
+Each top-level key of the YAML file names one parameter of a trial. Its value is either
+a fixed value (``optimizer: adamw``), a list of choices (``batch_size: [16, 32, 64]``) or a
+range (``lr: {low: 1.0e-4, high: 1.0e-2, log: true}``). An optional ``fit:`` section sets
+``max_epochs`` and ``patience``. See the README for the full format.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.resources
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+
+from autotune.errors import SpaceError
+from autotune.losses import LOSSES
+
+OPTIMIZERS = ("adamw", "sgd")
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """Everything one trial changes about the model and its fine-tuning."""
+
+    lr: float = 1e-3
+    """Learning rate."""
+    weight_decay: float = 0.0
+    """Decoupled weight decay (AdamW) or L2 penalty (SGD), on weight matrices only."""
+    optimizer: str = "adamw"
+    """``adamw`` or ``sgd``."""
+    momentum: float = 0.9
+    """SGD momentum."""
+    batch_size: int = 32
+    """Training batch size."""
+    dropout: float | None = None
+    """Dropout probability for the model's Dropout modules; None leaves them as they are."""
+    loss: str = "cross_entropy"
+    """``cross_entropy``, ``label_smoothing`` or ``focal``."""
+    label_smoothing: float = 0.1
+    """Epsilon of the ``label_smoothing`` loss."""
+    focal_gamma: float = 2.0
+    """Gamma of the ``focal`` loss."""
+    unfreeze: int | None = None
+    """How many layers to train, counted from the output backwards; None trains them all."""
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(TrialConfig)}
+_INT_PARAMS = {"batch_size", "unfreeze"}
+_CHOICES = {"optimizer": OPTIMIZERS, "loss": tuple(LOSSES)}
+# Parameters that matter only under another parameter's value: sampled only then, so TPE
+# and the dashboard see no meaningless values.
+_CONDITIONS = {
+    "momentum": ("optimizer", "sgd"),
+    "label_smoothing": ("loss", "label_smoothing"),
+    "focal_gamma": ("loss", "focal"),
+}
+_FIT_KEYS = {"max_epochs", "patience"}
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter of the space: a fixed value, a list of choices, or a numeric range."""
+
+    name: str
+    fixed: Any = None
+    choices: tuple[Any, ...] | None = None
+    low: float | None = None
+    high: float | str | None = None
+    log: bool = False
+    step: float | None = None
+
+    def sample(self, trial: optuna.Trial, n_layers: int) -> Any:
+        if self.choices is not None:
+            return trial.suggest_categorical(self.name, list(self.choices))
+        if self.low is None:
+            return self.fixed
+        high = n_layers if self.high == "all" else self.high
+        assert high is not None  # set by the parser whenever low is
+        if self.name in _INT_PARAMS:
+            step = int(self.step or 1)
+            return trial.suggest_int(self.name, int(self.low), int(high), step=step, log=self.log)
+        return trial.suggest_float(self.name, self.low, float(high), step=self.step, log=self.log)
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """The parameters a study samples, and the fit settings that come with them."""
+
+    params: dict[str, Param]
+    fit: dict[str, int]
+    source: str
+    """The file (or ``<dict>``) the space was read from."""
+    raw: dict[str, Any]
+    """The YAML content as parsed: stored with the study so exports need no file."""
+
+    def suggest(self, trial: optuna.Trial, n_layers: int) -> TrialConfig:
+        """Sample one configuration; conditional parameters only where they apply."""
+        values: dict[str, Any] = {}
+        for name, param in self.params.items():
+            condition = _CONDITIONS.get(name)
+            if condition is not None:
+                parent, wanted = condition
+                parent_value = values.get(parent, getattr(TrialConfig(), parent))
+                if parent_value != wanted:
+                    continue
+            values[name] = param.sample(trial, n_layers)
+        return config_from(values)
+
+    def without(self, name: str) -> SearchSpace:
+        """The same space with ``name`` left at its default (for models that cannot take it)."""
+        params = {k: v for k, v in self.params.items() if k != name}
+        return dataclasses.replace(self, params=params)
+
+    def fixed_values(self) -> dict[str, Any]:
+        return {k: p.fixed for k, p in self.params.items() if p.low is None and p.choices is None}
+
+
+def config_from(values: Mapping[str, Any]) -> TrialConfig:
+    """A ``TrialConfig`` from sampled or stored values; keys of other components are ignored."""
+    kept = {k: v for k, v in values.items() if k in _FIELDS}
+    if kept.get("unfreeze") == "all":
+        kept["unfreeze"] = None
+    return TrialConfig(**kept)
+
+
+def builtin_spaces() -> list[str]:
+    """Names of the search spaces shipped with autotune."""
+    folder = importlib.resources.files("autotune.search_spaces")
+    return sorted(
+        p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml")
+    )
+
+
+def load_space(name_or_path: str | Path | Mapping[str, Any] = "default") -> SearchSpace:
+    """Read a search space from a shipped name (``default``), a YAML path, or a dict."""
+    if isinstance(name_or_path, Mapping):
+        return parse_space(dict(name_or_path), "<dict>")
+    text_source = str(name_or_path)
+    path = Path(text_source)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise SpaceError(f"search-space file {text_source!r} does not exist")
+        text = path.read_text()
+    else:
+        resource = importlib.resources.files("autotune.search_spaces") / f"{text_source}.yaml"
+        if not resource.is_file():
+            raise SpaceError(
+                f"unknown search space {text_source!r}: use one of {builtin_spaces()} or a path "
+                "to a .yaml file"
+            )
+        text = resource.read_text()
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise SpaceError(f"search space {text_source!r} is not valid YAML: {e}") from e
+    return parse_space(raw, text_source)
+
+
+def parse_space(raw: Any, source: str) -> SearchSpace:
+    if not isinstance(raw, dict):
+        raise SpaceError(
+            f"search space {source!r} must be a mapping of parameter names, "
+            f"got {type(raw).__name__}"
+        )
+    fit = raw.get("fit", {}) or {}
+    if not isinstance(fit, dict) or set(fit) - _FIT_KEYS:
+        raise SpaceError(
+            f"search space {source!r}: 'fit' may only set {sorted(_FIT_KEYS)}, got {fit!r}"
+        )
+    for key, value in fit.items():
+        if not isinstance(value, int) or value < 1:
+            raise SpaceError(
+                f"search space {source!r}: fit.{key} must be a positive integer, got {value!r}"
+            )
+    params = {}
+    for name, spec in raw.items():
+        if name == "fit":
+            continue
+        if name not in _FIELDS:
+            raise SpaceError(
+                f"search space {source!r}: unknown parameter {name!r}; valid parameters are "
+                f"{sorted(_FIELDS)} and 'fit'"
+            )
+        params[name] = _parse_param(name, spec, source)
+    return SearchSpace(params, dict(fit), source, raw)
+
+
+def _parse_param(name: str, spec: Any, source: str) -> Param:
+    where = f"search space {source!r}, parameter {name!r}"
+    if isinstance(spec, list):
+        if not spec:
+            raise SpaceError(f"{where}: the list of choices is empty")
+        for value in spec:
+            _check_value(name, value, where)
+        return Param(name, choices=tuple(spec))
+    if isinstance(spec, dict):
+        unknown = set(spec) - {"low", "high", "log", "step"}
+        if unknown or "low" not in spec or "high" not in spec:
+            raise SpaceError(
+                f"{where}: a range needs 'low' and 'high' (and optionally 'log', 'step'), got "
+                f"keys {sorted(spec)}"
+            )
+        if name in _CHOICES:
+            raise SpaceError(
+                f"{where}: takes a list of choices from {list(_CHOICES[name])}, not a range"
+            )
+        low, high = spec["low"], spec["high"]
+        allow_all = name == "unfreeze"
+        for key, value in (("low", low), ("high", high)):
+            if not (isinstance(value, (int, float)) and not isinstance(value, bool)) and not (
+                allow_all and value == "all" and key == "high"
+            ):
+                raise SpaceError(f"{where}: '{key}' must be a number, got {value!r}")
+        if high != "all" and low > high:
+            raise SpaceError(
+                f"{where}: 'low' <= 'high' must hold, but got low={low!r}, high={high!r}"
+            )
+        log = bool(spec.get("log", False))
+        if log and low <= 0:
+            raise SpaceError(f"{where}: a log range needs 'low' > 0, got low={low!r}")
+        step = spec.get("step")
+        if step is not None and (not isinstance(step, (int, float)) or step <= 0 or log):
+            raise SpaceError(
+                f"{where}: 'step' must be a positive number and cannot go with log, got {step!r}"
+            )
+        if name in _INT_PARAMS and not (
+            isinstance(low, int) and (high == "all" or isinstance(high, int))
+        ):
+            raise SpaceError(
+                f"{where}: an integer parameter needs integer bounds, "
+                f"got low={low!r}, high={high!r}"
+            )
+        return Param(
+            name, low=float(low) if name not in _INT_PARAMS else low, high=high, log=log, step=step
+        )
+    _check_value(name, spec, where)
+    return Param(name, fixed=spec)
+
+
+def _check_value(name: str, value: Any, where: str) -> None:
+    if name in _CHOICES:
+        if value not in _CHOICES[name]:
+            raise SpaceError(f"{where}: {value!r} is not one of {list(_CHOICES[name])}")
+        return
+    if name == "dropout" and value is None:
+        return
+    if name == "unfreeze" and (value is None or value == "all"):
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SpaceError(f"{where}: {value!r} is not a number")
+    if name in _INT_PARAMS and not isinstance(value, int):
+        raise SpaceError(f"{where}: {value!r} is not an integer")
+    if name == "dropout" and not 0.0 <= value < 1.0:
+        raise SpaceError(f"{where}: dropout must be in [0, 1), got {value!r}")
+    if name in ("batch_size", "unfreeze", "lr") and value <= 0:
+        raise SpaceError(f"{where}: must be positive, got {value!r}")

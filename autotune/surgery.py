@@ -1,0 +1,95 @@
+"""TrialConfig -> a changed copy of the model: which layers train, and how much dropout.
+
+A "layer" is a module that owns parameters, in registration order (which follows the forward
+pass in nearly every model). A module whose parameters are all 1-D (BatchNorm, LayerNorm, an
+affine scale) travels with the layer before it: it normalises that layer's output.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+from torch import nn
+
+from autotune.space import TrialConfig
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A trainable unit of the model, as the unfreezing order counts them."""
+
+    name: str
+    """Dotted name of its first module (``features.0``, ``layer4.1.conv2``)."""
+    modules: tuple[str, ...]
+    """Dotted names of every module in the unit (the layer and its normalisation)."""
+
+
+def layers(model: nn.Module) -> list[Layer]:
+    """The model's layers, input side first."""
+    owners: dict[str, list[int]] = {}
+    for param_name, param in model.named_parameters():
+        owner = param_name.rpartition(".")[0]
+        owners.setdefault(owner, []).append(param.ndim)
+    units: list[list[str]] = []
+    for owner, dims in owners.items():
+        if units and max(dims) <= 1:
+            units[-1].append(owner)
+        else:
+            units.append([owner])
+    return [Layer(unit[0], tuple(unit)) for unit in units]
+
+
+def apply(model: nn.Module, config: TrialConfig) -> nn.Module:
+    """A deep copy of ``model`` with ``config``'s unfreezing and dropout applied."""
+    model = copy.deepcopy(model)
+    unfreeze(model, config.unfreeze)
+    if config.dropout is not None:
+        set_dropout(model, config.dropout)
+    return model
+
+
+def unfreeze(model: nn.Module, count: int | None) -> list[str]:
+    """Train only the last ``count`` layers (all when None); returns their names."""
+    units = layers(model)
+    chosen = units if count is None else units[max(len(units) - count, 0) :]
+    trainable = {m for unit in chosen for m in unit.modules}
+    for name, param in model.named_parameters():
+        param.requires_grad_(name.rpartition(".")[0] in trainable)
+    return [unit.name for unit in chosen]
+
+
+def frozen_norms(model: nn.Module) -> list[nn.Module]:
+    """Normalisation modules with frozen parameters: their running statistics stay frozen too."""
+    norms = (nn.modules.batchnorm._BatchNorm,)
+    return [
+        m
+        for m in model.modules()
+        if isinstance(m, norms) and not any(p.requires_grad for p in m.parameters())
+    ]
+
+
+def can_set_dropout(model: nn.Module) -> bool:
+    """Whether dropout can be adjusted or inserted (eager modules; not TorchScript or programs)."""
+    return any(isinstance(m, (nn.Dropout, nn.Linear)) for m in model.modules())
+
+
+def set_dropout(model: nn.Module, p: float) -> None:
+    """Set every Dropout's probability; insert one before the classifier when there is none."""
+    dropouts = [m for m in model.modules() if isinstance(m, nn.Dropout)]
+    for m in dropouts:
+        m.p = p
+    if dropouts:
+        return
+    name, classifier = classifier_of(model)
+    parent_name, _, attr = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, attr, nn.Sequential(nn.Dropout(p), classifier))
+
+
+def classifier_of(model: nn.Module) -> tuple[str, nn.Linear]:
+    """The last ``nn.Linear`` in registration order: the classifier of nearly every model."""
+    found = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not found:
+        raise ValueError("the model has no nn.Linear classifier")
+    return found[-1]

@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from autotune.data import TaskData, from_tensors
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _demo_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    # The demo is built once per test session into its own cache, never the user's.
+    mp = pytest.MonkeyPatch()
+    mp.setenv("AUTOTUNE_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+    yield
+    mp.undo()
+
+
+class TinyNet(nn.Module):
+    """An 8-feature, 3-class MLP with a BatchNorm: small enough to train in milliseconds."""
+
+    def __init__(self, num_classes: int = 3) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU())
+        self.out = nn.Linear(16, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.body(x))
+
+
+def blobs(n: int = 240, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Three separable Gaussian blobs in 8 dimensions."""
+    gen = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 3
+    centers = torch.randn(3, 8, generator=gen) * 3
+    return centers[y] + torch.randn(n, 8, generator=gen), y
+
+
+@pytest.fixture
+def tiny_model() -> nn.Module:
+    torch.manual_seed(0)
+    return TinyNet().eval()
+
+
+@pytest.fixture
+def tiny_data() -> TaskData:
+    x, y = blobs()
+    return from_tensors(x, y)
+
+
+@pytest.fixture
+def tensors_file(tmp_path: Path) -> Path:
+    x, y = blobs()
+    path = tmp_path / "data.pt"
+    torch.save(
+        {
+            "x_train": x[:160],
+            "y_train": y[:160],
+            "x_val": x[160:200],
+            "y_val": y[160:200],
+            "x_test": x[200:],
+            "y_test": y[200:],
+        },
+        path,
+    )
+    return path

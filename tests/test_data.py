@@ -1,0 +1,163 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import TinyNet, blobs
+
+from autotune.data import check_model_fits, from_tensors, load_data
+from autotune.errors import DataError
+
+
+def test_tensors_file_with_all_splits(tensors_file: Path) -> None:
+    data = load_data(str(tensors_file))
+    assert data.x_test is not None
+    assert (len(data.x_train), len(data.x_val), len(data.x_test)) == (160, 40, 40)
+    assert data.y_train.dtype == torch.int64 and data.x_train.dtype == torch.float32
+
+
+def test_npz_file_carves_a_validation_split_by_seed(tmp_path: Path) -> None:
+    x, y = blobs(100)
+    path = tmp_path / "d.npz"
+    np.savez(path, x_train=x.numpy(), y_train=y.numpy().astype(np.float64))
+    a, b = load_data(str(path)), load_data(str(path))
+    assert (len(a.x_train), len(a.x_val)) == (80, 20)
+    assert torch.equal(a.x_val, b.x_val)  # the same split every time
+    assert not torch.equal(a.x_val, load_data(str(path), split_seed=1).x_val)
+
+
+def test_csv_with_named_target_and_string_classes(tmp_path: Path) -> None:
+    path = tmp_path / "d.csv"
+    rows = ["f1,f2,kind"] + [
+        f"{i % 7},{(i * 3) % 5},{'cat' if i % 2 else 'dog'}" for i in range(50)
+    ]
+    path.write_text("\n".join(rows))
+    data = load_data(str(path), target="kind")
+    assert data.classes == ["cat", "dog"]
+    assert data.feature_names == ["f1", "f2"]
+    assert data.x_train.shape[1] == 2 and len(data.x_train) + len(data.x_val) == 50
+
+
+def test_csv_without_target_column_names_the_option(tmp_path: Path) -> None:
+    path = tmp_path / "d.csv"
+    path.write_text("a,b\n1,2\n3,4\n")
+    with pytest.raises(DataError, match="--target"):
+        load_data(str(path))
+
+
+def test_image_folder_loads_with_model_channels(tmp_path: Path) -> None:
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for c, colour in (("red", (255, 0, 0)), ("blue", (0, 0, 255))):
+            folder = tmp_path / split / c
+            folder.mkdir(parents=True)
+            for i in range(3):
+                Image.new("RGB", (12, 10), colour).save(folder / f"{i}.png")
+    data = load_data(str(tmp_path), image_size=8, channels=3)
+    assert data.classes == ["blue", "red"]
+    assert data.x_train.shape == (6, 3, 8, 8) and data.x_val.shape == (6, 3, 8, 8)
+    red = data.x_train[data.y_train == 1][0]
+    assert red[0].mean() > 0.9 and red[2].mean() < 0.1
+    gray = load_data(str(tmp_path), image_size=8, channels=1)
+    assert gray.x_train.shape == (6, 1, 8, 8)
+
+
+@pytest.mark.parametrize(
+    "name,shape,classes",
+    [("digits", (1, 8, 8), 10), ("wine", (13,), 3), ("breast_cancer", (30,), 2)],
+)
+def test_sklearn_sets(name: str, shape: tuple[int, ...], classes: int) -> None:
+    data = load_data(f"sklearn:{name}")
+    assert tuple(data.x_train.shape[1:]) == shape and data.num_classes == classes
+    assert data.x_test is not None and len(data.x_test) > 0
+
+
+def test_demo_data_is_shifted_digits() -> None:
+    data = load_data("demo")
+    assert data.x_train.shape[1:] == (1, 8, 8) and data.x_test is not None
+    assert set(data.y_train.tolist()) == set(range(10))
+
+
+def _file(tmp_path: Path, **arrays: object) -> str:
+    path = tmp_path / "bad.pt"
+    torch.save(arrays, path)
+    return str(path)
+
+
+def test_missing_keys(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"lacks \['y_train'\]"):
+        load_data(_file(tmp_path, x_train=torch.zeros(4, 2)))
+
+
+def test_mismatched_lengths(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="x_train has 4 samples but y_train has 3"):
+        load_data(_file(tmp_path, x_train=torch.zeros(4, 2), y_train=torch.zeros(3)))
+
+
+def test_nan_inputs_name_the_sample(tmp_path: Path) -> None:
+    x = torch.zeros(10, 2)
+    x[7, 1] = float("nan")
+    with pytest.raises(DataError, match="NaN or inf values \\(first in sample 7\\)"):
+        load_data(_file(tmp_path, x_train=x, y_train=torch.zeros(10, dtype=torch.long)))
+
+
+def test_non_integer_labels(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"non-integer labels \(e\.g\. 0\.5\)"):
+        load_data(
+            _file(tmp_path, x_train=torch.zeros(5, 2), y_train=torch.tensor([0, 1, 0.5, 1, 0]))
+        )
+
+
+def test_negative_labels(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="negative label -1"):
+        load_data(
+            _file(tmp_path, x_train=torch.zeros(5, 2), y_train=torch.tensor([0, 1, -1, 1, 0]))
+        )
+
+
+def test_empty_split(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="the val split is empty"):
+        load_data(
+            _file(
+                tmp_path,
+                x_train=torch.zeros(5, 2),
+                y_train=torch.zeros(5),
+                x_val=torch.zeros(0, 2),
+                y_val=torch.zeros(0),
+            )
+        )
+
+
+def test_unknown_format_and_missing_path(tmp_path: Path) -> None:
+    (tmp_path / "d.parquet").write_text("x")
+    with pytest.raises(DataError, match=r"unknown format '\.parquet'"):
+        load_data(str(tmp_path / "d.parquet"))
+    with pytest.raises(DataError, match="does not exist"):
+        load_data(str(tmp_path / "nope.pt"))
+
+
+def test_labels_out_of_the_models_range(tiny_model: torch.nn.Module) -> None:
+    x, y = blobs(30)
+    y[5] = 4  # TinyNet has 3 outputs
+    data = from_tensors(x, y)
+    with pytest.raises(DataError, match="label 4 but the model outputs only 3 class scores"):
+        check_model_fits(tiny_model, data)
+
+
+def test_input_shape_mismatch(tiny_model: torch.nn.Module) -> None:
+    data = from_tensors(torch.randn(30, 5), torch.zeros(30, dtype=torch.long))
+    with pytest.raises(DataError, match=r"cannot take inputs of shape \(5,\)"):
+        check_model_fits(tiny_model, data)
+
+
+def test_output_width_must_match_named_classes() -> None:
+    x, y = blobs(30)
+    data = from_tensors(x, y, classes=["a", "b", "c", "d"])
+    with pytest.raises(
+        DataError, match="outputs 3 class scores but data '<in memory>' has 4 classes"
+    ):
+        check_model_fits(TinyNet().eval(), data)
+    assert check_model_fits(TinyNet(4).eval(), data) == 4

@@ -1,0 +1,135 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from autotune.errors import ModelLoadError
+from autotune.models import load_model
+
+X = torch.randn(4, 8)
+
+
+def _same_outputs(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    with torch.no_grad():
+        return torch.allclose(a(X), b(X))
+
+
+def test_torchscript_file_loads(tmp_path: Path, tiny_model: torch.nn.Module) -> None:
+    path = tmp_path / "m.pt"
+    torch.jit.save(torch.jit.script(tiny_model), str(path))
+    loaded = load_model(path)
+    assert loaded.format == "torchscript"
+    assert _same_outputs(loaded.module, tiny_model)
+
+
+def test_export_program_loads(tmp_path: Path, tiny_model: torch.nn.Module) -> None:
+    path = tmp_path / "m.pt2"
+    torch.export.save(torch.export.export(tiny_model, (X,)), path)
+    loaded = load_model(path)
+    assert loaded.format == "export"
+    assert _same_outputs(loaded.module, tiny_model)
+
+
+def test_state_dict_with_module_arch(tmp_path: Path, tiny_model: torch.nn.Module) -> None:
+    path = tmp_path / "sd.pt"
+    torch.save(tiny_model.state_dict(), path)
+    loaded = load_model(path, arch="conftest:TinyNet")
+    assert loaded.format == "state_dict" and loaded.arch == "conftest:TinyNet"
+    assert _same_outputs(loaded.module, tiny_model)
+
+
+def test_state_dict_with_torchvision_arch(tmp_path: Path) -> None:
+    import torchvision
+
+    net = torchvision.models.resnet18(num_classes=5).eval()
+    path = tmp_path / "r18.pt"
+    torch.save({"state_dict": net.state_dict()}, path)  # a common checkpoint layout
+    loaded = load_model(path, arch="torchvision:resnet18", num_classes=5)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(loaded.module(x), net(x))
+
+
+def test_state_dict_without_arch_says_to_pass_arch(
+    tmp_path: Path, tiny_model: torch.nn.Module
+) -> None:
+    path = tmp_path / "sd.pt"
+    torch.save(tiny_model.state_dict(), path)
+    with pytest.raises(ModelLoadError, match="--arch"):
+        load_model(path)
+
+
+def test_state_dict_of_another_arch_is_refused(tmp_path: Path, tiny_model: torch.nn.Module) -> None:
+    path = tmp_path / "sd.pt"
+    torch.save(tiny_model.state_dict(), path)
+    with pytest.raises(
+        ModelLoadError, match="do not fit --arch 'conftest:TinyNet' with --num-classes 7"
+    ):
+        load_model(path, arch="conftest:TinyNet", num_classes=7)
+
+
+def test_pickled_module_needs_trust(tmp_path: Path, tiny_model: torch.nn.Module) -> None:
+    path = tmp_path / "full.pt"
+    torch.save(tiny_model, path)
+    with pytest.raises(ModelLoadError, match="--trust-model") as info:
+        load_model(path)
+    assert "runs code" in str(info.value)
+    loaded = load_model(path, trust_model=True)
+    assert loaded.format == "pickle"
+    assert _same_outputs(loaded.module, tiny_model)
+
+
+_USER_CODE = """
+import torch
+from torch import nn
+
+class UserNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.fc(x)
+
+if __name__ == "__main__":
+    import sys
+    torch.save(UserNet(), sys.argv[1])
+"""
+
+
+def test_pickled_module_from_user_script_loads_with_code(tmp_path: Path) -> None:
+    code = tmp_path / "usernet.py"
+    code.write_text(textwrap.dedent(_USER_CODE))
+    path = tmp_path / "user.pt"
+    # Saved from a script, the class is pickled as __main__.UserNet.
+    subprocess.run([sys.executable, str(code), str(path)], check=True)
+    with pytest.raises(ModelLoadError, match="--code"):
+        load_model(path, trust_model=True)
+    loaded = load_model(path, trust_model=True, code=code)
+    assert type(loaded.module).__name__ == "UserNet"
+    assert loaded.module(X).shape == (4, 3)
+
+
+@pytest.mark.parametrize("content", [b"", b"not a model at all", b"PK\x03\x04broken zip"])
+def test_corrupt_file_gets_one_clear_error(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "bad.pt"
+    path.write_bytes(content)
+    with pytest.raises(ModelLoadError, match=r"cannot read model file|damaged") as info:
+        load_model(path)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        load_model(tmp_path / "nope.pt")
+
+
+def test_demo_model_loads_and_is_pretrained() -> None:
+    loaded = load_model("demo")
+    assert isinstance(loaded.module, torch.nn.Module) and not loaded.module.training
+    assert loaded.arch == "autotune.demo:DigitsCNN"

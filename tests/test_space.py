@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+
+from autotune.errors import SpaceError
+from autotune.space import TrialConfig, builtin_spaces, load_space
+
+
+def test_default_space_ships_with_the_package() -> None:
+    assert "default" in builtin_spaces()
+    space = load_space("default")
+    assert {"lr", "optimizer", "loss", "unfreeze", "dropout"} <= set(space.params)
+    assert space.fit == {"max_epochs": 20, "patience": 5}
+
+
+def test_conditional_parameters_are_sampled_only_where_they_apply() -> None:
+    space = load_space("default")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(40):
+        trial = study.ask()
+        config = space.suggest(trial, n_layers=4)
+        assert ("momentum" in trial.params) == (config.optimizer == "sgd")
+        assert ("focal_gamma" in trial.params) == (config.loss == "focal")
+        assert ("label_smoothing" in trial.params) == (config.loss == "label_smoothing")
+        assert config.unfreeze is not None and 1 <= config.unfreeze <= 4
+        study.tell(trial, 0.0)
+
+
+def test_fixed_values_and_all() -> None:
+    space = load_space({"optimizer": "sgd", "unfreeze": "all", "lr": 0.01})
+    trial = optuna.create_study().ask()
+    assert space.suggest(trial, 3) == TrialConfig(optimizer="sgd", unfreeze=None, lr=0.01)
+    assert trial.params == {}
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("lrr: 0.1", "unknown parameter 'lrr'"),
+        ("lr: {low: 0.1, high: 0.01}", "parameter 'lr': 'low' <= 'high' must hold"),
+        ("lr: {low: 0, high: 0.1, log: true}", "a log range needs 'low' > 0"),
+        ("optimizer: [adamw, adam]", "'adam' is not one of \\['adamw', 'sgd'\\]"),
+        ("loss: {low: 1, high: 2}", "takes a list of choices"),
+        ("batch_size: {low: 8.5, high: 64}", "integer bounds"),
+        ("lr: {high: 0.1}", "needs 'low' and 'high'"),
+        ("lr: [0.1, fast]", "'fast' is not a number"),
+        ("fit: {epochs: 3}", "'fit' may only set"),
+        ("lr: [unclosed", "not valid YAML"),
+        ("- a list", "must be a mapping"),
+    ],
+)
+def test_broken_space_files_name_the_key(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    with pytest.raises(SpaceError, match=message):
+        load_space(path)
+
+
+def test_unknown_space_name_lists_the_shipped_ones() -> None:
+    with pytest.raises(SpaceError, match="use one of \\['default'"):
+        load_space("nonexistent")

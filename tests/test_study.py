@@ -1,0 +1,107 @@
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from conftest import blobs
+from optuna.trial import TrialState
+from rich.console import Console
+
+from autotune import search
+from autotune.data import TaskData, from_tensors
+from autotune.errors import StorageError
+from autotune.study import open_storage
+from autotune.train import evaluate
+
+QUICK = {
+    "lr": {"low": 1e-3, "high": 3e-2, "log": True},
+    "batch_size": [16, 32],
+    "unfreeze": {"low": 1, "high": "all"},
+    "fit": {"max_epochs": 4, "patience": 2},
+}
+
+
+def _search(model: torch.nn.Module, data: TaskData, out: Path, **kwargs: Any) -> Any:
+    kwargs.setdefault("space", QUICK)
+    return search(model, data, out=out, console=Console(file=io.StringIO()), **kwargs)
+
+
+def test_trial_zero_is_the_untrained_baseline(
+    tiny_model: torch.nn.Module, tiny_data: TaskData, tmp_path: Path
+) -> None:
+    expected = evaluate(tiny_model, tiny_data.x_val, tiny_data.y_val).accuracy
+    result = _search(tiny_model, tiny_data, tmp_path, trials=2)
+    baseline = result.study.trials[0]
+    assert baseline.user_attrs["baseline"] and baseline.params == {}
+    assert baseline.value == pytest.approx(expected)
+    assert len(result.study.trials) == 3
+    best = result.leaderboard.ranked()[0]
+    assert best.gain is not None and best.gain > 0
+
+
+def test_a_failing_trial_is_recorded_and_the_study_goes_on(
+    tiny_model: torch.nn.Module, tiny_data: TaskData, tmp_path: Path
+) -> None:
+    space = {**QUICK, "optimizer": "sgd", "lr": [1.0e30, 1.0e-2]}
+    result = _search(tiny_model, tiny_data, tmp_path, trials=6, space=space, pruner="none")
+    trials = result.study.trials[1:]
+    assert len(trials) == 6
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert failed and done
+    assert all(t.params["lr"] == 1.0e30 for t in failed)
+    assert all("training loss became nan" in t.user_attrs["fail_reason"] for t in failed)
+
+
+def test_a_study_where_every_trial_fails_stops_early(
+    tiny_model: torch.nn.Module, tiny_data: TaskData, tmp_path: Path
+) -> None:
+    console = Console(file=io.StringIO(), width=200)
+    space = {**QUICK, "optimizer": "sgd", "lr": 1.0e30, "unfreeze": "all"}
+    result = search(tiny_model, tiny_data, out=tmp_path, console=console, space=space, trials=20)
+    assert len(result.study.trials) == 1 + 5
+    assert (
+        "5 trials in a row failed; stopping. Last reason: training loss became nan"
+        in console.file.getvalue()
+    )  # type: ignore[attr-defined]
+
+
+def test_rerunning_continues_the_study_without_redoing_trials(
+    tiny_model: torch.nn.Module, tiny_data: TaskData, tmp_path: Path
+) -> None:
+    first = _search(tiny_model, tiny_data, tmp_path, trials=3)
+    stamps = [(t.number, t.datetime_complete, t.value) for t in first.study.trials]
+    second = _search(tiny_model, tiny_data, tmp_path, trials=5)
+    trials = second.study.trials
+    assert len(trials) == 6
+    assert [(t.number, t.datetime_complete, t.value) for t in trials[:4]] == stamps
+    assert sum(1 for t in trials if t.user_attrs.get("baseline")) == 1
+    third = _search(tiny_model, tiny_data, tmp_path, trials=5)
+    assert len(third.study.trials) == 6
+
+
+def test_rerunning_on_other_data_is_refused(
+    tiny_model: torch.nn.Module, tiny_data: TaskData, tmp_path: Path
+) -> None:
+    _search(tiny_model, tiny_data, tmp_path, trials=1)
+    x, y = blobs(seed=1)
+    with pytest.raises(StorageError, match="already holds a search with another data"):
+        _search(tiny_model, from_tensors(x, y), tmp_path, trials=1)
+
+
+def test_journal_file_storage(
+    tiny_model: torch.nn.Module, tiny_data: TaskData, tmp_path: Path
+) -> None:
+    journal = tmp_path / "shared" / "study.log"
+    result = _search(tiny_model, tiny_data, tmp_path / "out", trials=2, storage=str(journal))
+    assert journal.is_file() and len(result.study.trials) == 3
+
+
+@pytest.mark.parametrize("url", ["postgresql://nobody@127.0.0.1:9/none", "nosuchdb://x"])
+def test_unreachable_storage_gets_one_clear_error(url: str, tmp_path: Path) -> None:
+    with pytest.raises(StorageError, match=f"cannot open storage '{url}'") as info:
+        open_storage(url, tmp_path)
+    assert "\n" not in str(info.value)

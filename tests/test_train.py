@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from autotune.data import TaskData
+from autotune.errors import TrialFailed
+from autotune.space import TrialConfig
+from autotune.train import evaluate, fine_tune
+
+
+def test_fine_tuning_improves_and_keeps_the_best_weights(
+    tiny_model: torch.nn.Module, tiny_data: TaskData
+) -> None:
+    before = evaluate(tiny_model, tiny_data.x_val, tiny_data.y_val).accuracy
+    result = fine_tune(tiny_model, tiny_data, TrialConfig(lr=1e-2), max_epochs=10, patience=10)
+    after = evaluate(tiny_model, tiny_data.x_val, tiny_data.y_val).accuracy
+    assert after > before + 0.3
+    assert after == result.best == max(h["val_accuracy"] for h in result.history)
+    assert not tiny_model.training
+
+
+def test_early_stopping_after_patience_epochs(
+    tiny_model: torch.nn.Module, tiny_data: TaskData
+) -> None:
+    # With a zero learning rate nothing improves after the first epoch.
+    result = fine_tune(tiny_model, tiny_data, TrialConfig(lr=0.0), max_epochs=20, patience=3)
+    assert (result.best_epoch, result.epochs_run, result.stop_reason) == (1, 4, "patience")
+
+
+def test_nan_loss_fails_the_trial_with_its_reason(
+    tiny_model: torch.nn.Module, tiny_data: TaskData
+) -> None:
+    with pytest.raises(
+        TrialFailed, match="training loss became nan in epoch 1; lower the learning rate"
+    ):
+        fine_tune(
+            tiny_model, tiny_data, TrialConfig(lr=1e30, optimizer="sgd"), max_epochs=3, patience=3
+        )
+
+
+def test_same_seed_same_result(tiny_model: torch.nn.Module, tiny_data: TaskData) -> None:
+    config = TrialConfig(lr=3e-3, dropout=None, batch_size=16)
+    a, b = copy.deepcopy(tiny_model), copy.deepcopy(tiny_model)
+    ra = fine_tune(a, tiny_data, config, max_epochs=4, patience=4, seed=7)
+    rb = fine_tune(b, tiny_data, config, max_epochs=4, patience=4, seed=7)
+    assert ra.history == rb.history
+    assert all(
+        torch.equal(x, y)
+        for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
+    )
+
+
+def test_frozen_batchnorm_keeps_its_running_statistics(
+    tiny_model: torch.nn.Module, tiny_data: TaskData
+) -> None:
+    from autotune.surgery import unfreeze
+
+    unfreeze(tiny_model, 1)  # only the classifier trains
+    bn = tiny_model.body[1]
+    mean = bn.running_mean.clone()
+    fine_tune(tiny_model, tiny_data, TrialConfig(lr=1e-2), max_epochs=2, patience=2)
+    assert torch.equal(bn.running_mean, mean)
+
+
+def test_loss_metric_is_minimised(tiny_model: torch.nn.Module, tiny_data: TaskData) -> None:
+    result = fine_tune(
+        tiny_model, tiny_data, TrialConfig(lr=1e-2), max_epochs=6, patience=6, metric="loss"
+    )
+    assert result.best == min(h["val_loss"] for h in result.history)
