@@ -1,0 +1,143 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from autotune.cli import app
+
+runner = CliRunner()
+SPACE = """
+lr: {low: 1.0e-3, high: 1.0e-2, log: true}
+batch_size: [32, 64]
+unfreeze: {low: 2, high: all}
+dropout: {low: 0.0, high: 0.3}
+fit: {max_epochs: 4, patience: 2}
+"""
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A short search on the demo, through the command line."""
+    folder = tmp_path_factory.mktemp("run")
+    space = folder / "space.yaml"
+    space.write_text(SPACE)
+    out = folder / "out"
+    result = runner.invoke(
+        app,
+        [
+            "search",
+            "--model",
+            "demo",
+            "--data",
+            "demo",
+            "--trials",
+            "3",
+            "--space",
+            str(space),
+            "--out",
+            str(out),
+            "--pruner",
+            "none",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_search_writes_the_bundle(searched: Path) -> None:
+    best = searched / "best"
+    assert {p.name for p in best.iterdir()} == {"model.pt", "model.pt2", "config.yaml"}
+    config = yaml.safe_load((best / "config.yaml").read_text())
+    assert config["metrics"]["gain"] > 0.1
+    assert config["metrics"]["test_accuracy"] is not None
+    assert config["model"]["sha256"] and config["data"]["spec"] == "demo"
+    assert config["autotune_version"] and config["reproduce"].startswith("autotune export")
+    assert set(config["params"]) >= {"lr", "batch_size", "unfreeze", "dropout", "loss"}
+    assert (searched / "leaderboard.csv").read_text().count("\n") == 5  # header, baseline, 3 trials
+
+
+def test_exported_program_runs_without_autotune(searched: Path) -> None:
+    config = yaml.safe_load((searched / "best" / "config.yaml").read_text())
+    from autotune.demo import demo_files
+
+    script = (
+        "import sys, json, torch\n"
+        "assert 'autotune' not in sys.modules\n"
+        f"m = torch.export.load({str(searched / 'best' / 'model.pt2')!r}).module()\n"
+        f"d = torch.load({str(demo_files().data)!r})\n"
+        "acc = (m(d['x_val']).argmax(1) == d['y_val']).double().mean().item()\n"
+        "print(json.dumps(acc))\n"
+    )
+    # -I: isolated mode, so neither the working directory nor PYTHONPATH can bring autotune in.
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", script], capture_output=True, text=True, check=True
+    )
+    assert json.loads(done.stdout) == pytest.approx(config["metrics"]["val_accuracy"], abs=1e-9)
+
+
+def test_export_retrains_a_trial_and_reproduces_its_metric(searched: Path) -> None:
+    frame = (searched / "leaderboard.csv").read_text().splitlines()
+    trial = int(frame[2].split(",")[1])  # the second-ranked trial: it has no saved weights
+    to = searched / "again"
+    result = runner.invoke(
+        app, ["export", "--out", str(searched), "--trial", str(trial), "--retrain", "--to", str(to)]
+    )
+    assert result.exit_code == 0, result.output
+    config = yaml.safe_load((to / "config.yaml").read_text())
+    assert config["weights"] == f"retrained from trial {trial}'s parameters and seed"
+    assert config["metrics"]["reproduces_study_value"] is True
+    assert "reproduced: True" in result.output
+
+
+def test_show_prints_the_leaderboard(searched: Path) -> None:
+    result = runner.invoke(app, ["show", str(searched)])
+    assert result.exit_code == 0, result.output
+    assert "autotune leaderboard" in result.output and "baseline" in result.output
+
+
+def test_rerun_continues_instead_of_starting_over(searched: Path) -> None:
+    space = searched.parent / "space.yaml"
+    result = runner.invoke(
+        app,
+        [
+            "search",
+            "--model",
+            "demo",
+            "--trials",
+            "3",
+            "--space",
+            str(space),
+            "--out",
+            str(searched),
+            "--pruner",
+            "none",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "trials 3/3 done" in result.output
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["search", "--model", "nope.pt", "--data", "demo"], "model file 'nope.pt' does not exist"),
+        (
+            ["search", "--model", "demo", "--data", "sklearn:wine"],
+            "cannot take inputs of shape (13,)",
+        ),
+        (["search", "--model", "demo", "--space", "nope"], "unknown search space 'nope'"),
+        (["search", "--model", "x.pt"], "--data is missing"),
+        (["export", "--out", "no/such/run"], "no study in 'no/such/run'"),
+    ],
+)
+def test_bad_input_ends_with_one_line_and_exit_code_2(args: list[str], message: str) -> None:
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2
+    assert message in result.output
+    assert "Traceback" not in result.output
