@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _report import emit
 from rich.console import Console
 
 from autotune import search
@@ -123,12 +124,7 @@ def main() -> None:
             f"| {name} | {median:.3f} | {min(values):.3f} | {median / base:.3f} | "
             f"{accuracy[name]:.4f} |"
         )
-    lines.append("")
-    text = "\n".join(lines)
-    print(text)
-    if args.write:
-        with args.write.open("a") as f:
-            f.write(text + "\n")
+    emit(lines, args.write)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 import torchvision
+from _report import emit
 
 from autotune.data import load_data
 from autotune.models import load_model
@@ -79,11 +80,7 @@ def main() -> None:
     for case in cases:
         cells = [f"{statistics.median(results[(case, t)]):.3f}" for t in args.threads]
         lines.append(f"| {case} | " + " | ".join(cells) + " |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.write:
-        with args.write.open("a") as f:
-            f.write(text + "\n")
+    emit(lines, args.write)
 
 
 if __name__ == "__main__":

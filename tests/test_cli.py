@@ -47,6 +47,9 @@ def searched(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ],
     )
     assert result.exit_code == 0, result.output
+    # Not a terminal: one plain line per finished trial instead of a live table.
+    assert "trial   1 complete accuracy=" in result.output
+    assert "exported to" in result.output
     return out
 
 
