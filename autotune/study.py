@@ -308,7 +308,10 @@ class Search:
         if not live:
             yield
             return
-        with Live(self.board, console=self.console, refresh_per_second=4) as display:
+        # Transient: the final leaderboard is printed once, after the search, by the caller.
+        with Live(
+            self.board, console=self.console, refresh_per_second=4, transient=True
+        ) as display:
             self._live = display
             yield
         self._live = None
