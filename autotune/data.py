@@ -296,9 +296,15 @@ def check_model_fits(model: nn.Module, data: TaskData, device: torch.device | st
             out = model(sample)
     except Exception as e:
         reason = first_line(e)
+        fix = "Give inputs of the shape the model was trained on"
+        if "Guard failed" in reason:
+            fix = (
+                "The torch.export program was traced with a fixed batch size: export it with a "
+                "dynamic batch dimension (dynamic_shapes={0: torch.export.Dim.AUTO} on the input)"
+            )
         raise DataError(
             f"the model cannot take inputs of shape {tuple(data.x_train.shape[1:])} from data "
-            f"{data.spec!r}: {reason}. Give inputs of the shape the model was trained on"
+            f"{data.spec!r}: {reason}. {fix}"
         ) from e
     if not isinstance(out, torch.Tensor) or out.ndim != 2:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from autotune.space import TrialConfig
@@ -42,7 +43,10 @@ def layers(model: nn.Module) -> list[Layer]:
 
 def apply(model: nn.Module, config: TrialConfig) -> nn.Module:
     """A deep copy of ``model`` with ``config``'s unfreezing and dropout applied."""
-    model = copy.deepcopy(model)
+    # Copied without autograd: a TorchScript module's copied parameters would otherwise be
+    # non-leaf tensors that no optimizer accepts. unfreeze() sets every requires_grad flag.
+    with torch.no_grad():
+        model = copy.deepcopy(model)
     unfreeze(model, config.unfreeze)
     if config.dropout is not None:
         set_dropout(model, config.dropout)

@@ -1,0 +1,67 @@
+"""Every model format can be tuned, not only loaded."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+import torch
+from rich.console import Console
+
+from autotune import search
+from autotune.data import TaskData
+from autotune.job import ModelSpec
+
+SPACE = {
+    "lr": 1e-2,
+    "unfreeze": {"low": 1, "high": "all"},
+    "dropout": {"low": 0.0, "high": 0.2},
+    "fit": {"max_epochs": 3, "patience": 3},
+}
+
+
+def _save(kind: str, model: torch.nn.Module, path: Path) -> None:
+    if kind == "torchscript":
+        torch.jit.save(torch.jit.script(model), str(path))
+    else:
+        batch = ({0: torch.export.Dim.AUTO},)
+        torch.export.save(
+            torch.export.export(model, (torch.randn(4, 8),), dynamic_shapes=batch), path
+        )
+
+
+@pytest.mark.parametrize("kind", ["torchscript", "export"])
+def test_search_tunes_and_exports_each_format(
+    kind: str, tiny_model: torch.nn.Module, tiny_data: TaskData, tmp_path: Path
+) -> None:
+    path = tmp_path / f"m.{'pt2' if kind == 'export' else 'pt'}"
+    _save(kind, tiny_model, path)
+    console = Console(file=io.StringIO(), width=200)
+    result = search(
+        ModelSpec(str(path)),
+        tiny_data,
+        space=SPACE,
+        trials=2,
+        out=tmp_path / "out",
+        console=console,
+        pruner="none",
+    )
+    assert "'dropout' is left out of the search" in console.file.getvalue()  # type: ignore[attr-defined]
+    assert all("dropout" not in t.params for t in result.study.trials)
+    best = result.leaderboard.ranked()[0]
+    assert best.state == "COMPLETE" and best.gain is not None and best.gain > 0.2
+    assert result.best is not None and (result.best.folder / "model.pt2").is_file() == (
+        kind == "export"
+    )
+
+
+def test_an_export_program_with_a_fixed_batch_is_refused_with_the_fix(
+    tiny_model: torch.nn.Module, tiny_data: TaskData, tmp_path: Path
+) -> None:
+    from autotune.errors import DataError
+
+    path = tmp_path / "static.pt2"
+    torch.export.save(torch.export.export(tiny_model, (torch.randn(4, 8),)), path)
+    with pytest.raises(DataError, match="traced with a fixed batch size"):
+        search(ModelSpec(str(path)), tiny_data, space=SPACE, trials=1, out=tmp_path / "out")
