@@ -144,3 +144,10 @@ def test_bad_input_ends_with_one_line_and_exit_code_2(args: list[str], message: 
     assert result.exit_code == 2
     assert message in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the no-CUDA message")
+def test_asking_for_cuda_without_one_is_refused_up_front() -> None:
+    result = runner.invoke(app, ["search", "--model", "demo", "--device", "cuda"])
+    assert result.exit_code == 2
+    assert "asks for CUDA, but none is available" in result.output
