@@ -27,7 +27,15 @@ from autotune.leaderboard import Leaderboard
 from autotune.models import count_parameters
 from autotune.space import SearchSpace, TrialConfig, config_from, parse_space
 from autotune.surgery import apply, can_set_dropout, layers
-from autotune.train import METRICS, configure_threads, evaluate, fine_tune, resolve_device
+from autotune.train import (
+    METRICS,
+    EpochCallback,
+    FitResult,
+    configure_threads,
+    evaluate,
+    fine_tune,
+    resolve_device,
+)
 
 PRUNERS = ("median", "hyperband", "none")
 ATTR = "autotune"  # study user attribute holding the job, space and settings
@@ -339,8 +347,12 @@ class Search:
         return model.to(self.device)
 
     def fit(
-        self, model: torch.nn.Module, config: TrialConfig, number: int, on_epoch: Any = None
-    ) -> Any:
+        self,
+        model: torch.nn.Module,
+        config: TrialConfig,
+        number: int,
+        on_epoch: EpochCallback | None = None,
+    ) -> FitResult:
         s = self.settings
         assert s.max_epochs is not None and s.patience is not None
         return fine_tune(
