@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from autotune.cli import app
 
@@ -21,6 +21,12 @@ fit: {max_epochs: 4, patience: 2}
 """
 
 
+def _search_demo(space: Path, out: Path) -> Result:
+    """``autotune search`` on the demo: 3 trials, no pruning (so every trial completes)."""
+    args = ["search", "--model", "demo", "--trials", "3", "--space", str(space), "--out", str(out)]
+    return runner.invoke(app, [*args, "--pruner", "none"])
+
+
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A short search on the demo, through the command line."""
@@ -28,24 +34,7 @@ def searched(tmp_path_factory: pytest.TempPathFactory) -> Path:
     space = folder / "space.yaml"
     space.write_text(SPACE)
     out = folder / "out"
-    result = runner.invoke(
-        app,
-        [
-            "search",
-            "--model",
-            "demo",
-            "--data",
-            "demo",
-            "--trials",
-            "3",
-            "--space",
-            str(space),
-            "--out",
-            str(out),
-            "--pruner",
-            "none",
-        ],
-    )
+    result = _search_demo(space, out)
     assert result.exit_code == 0, result.output
     # Not a terminal: one plain line per finished trial instead of a live table.
     assert "trial   1 complete accuracy=" in result.output
@@ -106,22 +95,7 @@ def test_show_prints_the_leaderboard(searched: Path) -> None:
 
 def test_rerun_continues_instead_of_starting_over(searched: Path) -> None:
     space = searched.parent / "space.yaml"
-    result = runner.invoke(
-        app,
-        [
-            "search",
-            "--model",
-            "demo",
-            "--trials",
-            "3",
-            "--space",
-            str(space),
-            "--out",
-            str(searched),
-            "--pruner",
-            "none",
-        ],
-    )
+    result = _search_demo(space, searched)
     assert result.exit_code == 0, result.output
     assert "trials 3/3 done" in result.output
 
