@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from _report import emit
+from _shared import emit
 from rich.console import Console
 
 from autotune import search

@@ -10,7 +10,6 @@ Run: python bench/threads.py [--repeats 5] [--threads 1 2] [--write BENCHMARKS.m
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import statistics
 import time
@@ -19,20 +18,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 import torchvision
-from _report import emit
-
-from autotune.data import load_data
-from autotune.models import load_model
-from autotune.space import TrialConfig
-from autotune.train import fine_tune
+from _shared import emit, time_demo_fit
 
 
 def demo_fit() -> float:
-    model = copy.deepcopy(load_model("demo").module)
-    data = load_data("demo")
-    start = time.perf_counter()
-    fine_tune(model, data, TrialConfig(lr=3e-3), max_epochs=10, patience=10)
-    return time.perf_counter() - start
+    return time_demo_fit(epochs=10)[0]
 
 
 def resnet_steps(steps: int = 5) -> float:

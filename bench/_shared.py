@@ -1,0 +1,37 @@
+"""Shared by the benchmarks: one timed demo fine-tune, and Markdown output."""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+
+import torch
+
+from autotune.data import load_data
+from autotune.models import load_model
+from autotune.space import TrialConfig
+from autotune.train import fine_tune
+
+
+def time_demo_fit(device: str = "cpu", epochs: int = 20) -> tuple[float, float]:
+    """Seconds to fine-tune the demo CNN (AdamW, lr 3e-3, every layer) and its best val accuracy.
+
+    Loading the model and data is not timed.
+    """
+    model = copy.deepcopy(load_model("demo").module).to(device)
+    data = load_data("demo").to(device)
+    start = time.perf_counter()
+    result = fine_tune(model, data, TrialConfig(lr=3e-3), max_epochs=epochs, patience=epochs)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - start, result.best
+
+
+def emit(lines: list[str], write: Path | None) -> None:
+    """Print a Markdown section, and append it to ``write`` when given."""
+    text = "\n".join(lines).rstrip("\n") + "\n"
+    print(text)
+    if write is not None:
+        with write.open("a") as f:
+            f.write(text + "\n")
