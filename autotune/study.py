@@ -387,13 +387,14 @@ class Search:
                     raise optuna.TrialPruned()
 
             result = self.fit(model, config, trial.number, on_epoch)
-            val = evaluate(model, self.data.x_val, self.data.y_val)
+            # The best epoch's scores are those of the weights the model now holds.
+            best_epoch = result.history[result.best_epoch - 1]
             trial.set_user_attr("epochs", result.epochs_run)
             trial.set_user_attr("best_epoch", result.best_epoch)
             trial.set_user_attr("seconds", result.seconds)
             trial.set_user_attr("stop_reason", result.stop_reason)
-            trial.set_user_attr("val_accuracy", val.accuracy)
-            trial.set_user_attr("val_loss", val.loss)
+            trial.set_user_attr("val_accuracy", best_epoch["val_accuracy"])
+            trial.set_user_attr("val_loss", best_epoch["val_loss"])
             trial.set_user_attr("history", result.history)
             self._keep_if_best(trial, result.best, model)
             return result.best
