@@ -4,7 +4,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from autotune.api import SearchResult, make_job, search
+from autotune.analysis import Analysis, AnalysisOptions
+from autotune.api import SearchResult, analyze, make_job, search
 from autotune.data import TaskData, from_tensors, load_data
 from autotune.errors import (
     AutotuneError,
@@ -21,6 +22,8 @@ from autotune.space import SearchSpace, TrialConfig, load_space
 from autotune.study import SearchSettings
 
 __all__ = [
+    "Analysis",
+    "AnalysisOptions",
     "AutotuneError",
     "DataError",
     "ExportResult",
@@ -36,6 +39,7 @@ __all__ = [
     "TrialConfig",
     "TrialFailed",
     "__version__",
+    "analyze",
     "export_trial",
     "from_tensors",
     "load_data",

@@ -8,16 +8,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import optuna
+import torch
 from rich.console import Console
 from torch import nn
 
+from autotune.analysis import Analysis, AnalysisOptions, analyze_job
 from autotune.data import TaskData
+from autotune.errors import AutotuneError
 from autotune.export import ExportResult, export_trial
 from autotune.job import DataSpec, Job, ModelSpec
 from autotune.leaderboard import Leaderboard
 from autotune.models import LoadedModel
 from autotune.space import SearchSpace, load_space
-from autotune.study import Search, SearchSettings, prune_checkpoints
+from autotune.study import SearchSettings, prune_checkpoints
+from autotune.train import configure_threads
+from autotune.worker import Search
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -92,11 +97,49 @@ def search(
         command=command,
     )
     study = run.run()
-    completed = [t for t in study.get_trials(deepcopy=False) if t.value is not None]
-    best = export_trial(run, study) if completed else None
+    completed = [t for t in study.get_trials(deepcopy=False) if t.values is not None]
+    try:
+        best = export_trial(run, study) if completed else None
+    except AutotuneError as e:
+        run.console.print(f"nothing exported: {e}")
+        best = None
     if best is not None:
-        prune_checkpoints(run.checkpoints, keep=best.trial)
+        keep = {best.trial}
+        if len(study.directions) > 1:
+            keep |= {t.number for t in study.best_trials}
+        prune_checkpoints(run.checkpoints, keep=keep)
     return SearchResult(run, study, best)
+
+
+def analyze(
+    model: str | Path | ModelSpec | nn.Module | LoadedModel,
+    data: str | DataSpec | TaskData,
+    *,
+    method: str = "shap",
+    samples: int = 128,
+    background: int = 32,
+    nsamples: int = 16,
+    seed: int = 0,
+    threads: int = 1,
+    cache: bool = True,
+) -> Analysis:
+    """Rank the model's channels, layers and input features on the data's validation split.
+
+    Args:
+        model: As for ``search``.
+        data: As for ``search``.
+        method: ``shap`` (default), ``taylor``, ``l1`` or ``random``.
+        samples: Validation samples explained.
+        background: Random unit coalitions that ``shap`` integrates from.
+        nsamples: Expected-gradient samples per explained sample.
+        seed: Seeds the choice of samples and the coalitions.
+        threads: torch threads on CPU.
+        cache: Reuse (and store) the result in the cache, keyed by model, data and options.
+    """
+    job = make_job(model, data)
+    options = AnalysisOptions(samples, background, nsamples, seed)
+    configure_threads(torch.device("cpu"), threads)
+    return analyze_job(job, method, options, cache=cache)
 
 
 def make_job(

@@ -111,6 +111,19 @@ Storage = Annotated[
 ]
 StudyName = Annotated[str | None, typer.Option(help="Study name (default: the model file's stem).")]
 Verbose = Annotated[bool, typer.Option("--verbose", help="Keep Optuna's own log lines.")]
+MaxParams = Annotated[
+    str | None,
+    typer.Option(
+        help="Parameter budget: a fraction of the source model (0.5, 50%) or a count (1.5M)."
+    ),
+]
+MaxMacs = Annotated[
+    str | None, typer.Option(help="Multiply-accumulates per sample budget, like --max-params.")
+]
+Pareto = Annotated[
+    str | None,
+    typer.Option(help="params or macs: find the Pareto front of the metric vs model size."),
+]
 
 
 @app.command()
@@ -138,8 +151,11 @@ def search(
     storage: Storage = None,
     study_name: StudyName = None,
     verbose: Verbose = False,
+    max_params: MaxParams = None,
+    max_macs: MaxMacs = None,
+    pareto: Pareto = None,
 ) -> None:
-    """Search how to fine-tune MODEL on DATA; export the best model and its configuration."""
+    """Search how to fine-tune and slim MODEL on DATA; export the best model and its config."""
     from autotune.api import search as run_search
     from autotune.job import DataSpec, ModelSpec
 
@@ -169,6 +185,9 @@ def search(
             storage=storage,
             study_name=study_name,
             verbose=verbose,
+            max_params=max_params,
+            max_macs=max_macs,
+            pareto=pareto,
         )
     except KeyboardInterrupt:
         errors.print("interrupted: finished trials are stored; run the same command to continue")
@@ -186,6 +205,74 @@ def demo(
 ) -> None:
     """Run the built-in demo: tune a digits CNN for rotated, blurred digits (a few minutes)."""
     search(model="demo", data="demo", trials=trials, out=out, seed=seed, device=device)
+
+
+@app.command()
+@friendly
+def analyze(
+    model: Model,
+    data: Data = None,
+    arch: Arch = None,
+    num_classes: NumClasses = None,
+    trust_model: Trust = False,
+    code: Code = None,
+    target: Target = None,
+    val_fraction: ValFraction = 0.2,
+    image_size: ImageSize = None,
+    method: Annotated[
+        str, typer.Option(help="Importance: shap (default), taylor, l1 or random.")
+    ] = "shap",
+    samples: Annotated[int, typer.Option(help="Validation samples explained.")] = 128,
+    background: Annotated[
+        int, typer.Option(help="Random unit coalitions shap integrates from.")
+    ] = 32,
+    nsamples: Annotated[
+        int, typer.Option(help="Expected-gradient samples per explained sample.")
+    ] = 16,
+    seed: Seed = 0,
+    threads: Threads = 1,
+    out: Annotated[
+        Path, typer.Option(help="Folder for the JSON rankings and the PNG charts.")
+    ] = Path("runs/analysis"),
+    cache: Annotated[
+        bool, typer.Option(help="Reuse a cached analysis of this model and data.")
+    ] = True,
+) -> None:
+    """Rank MODEL's channels, layers and input features on DATA; save JSON and charts."""
+    from autotune.api import analyze as run_analyze
+    from autotune.job import DataSpec, ModelSpec
+    from autotune.report_analysis import plot_analysis, tables
+
+    if data is None:
+        if model != "demo":
+            raise AutotuneError("--data is missing: pass the data to analyse on (see --help)")
+        data = "demo"
+    model_spec = ModelSpec(model, arch, num_classes, trust_model, str(code) if code else None)
+    data_spec = DataSpec(data, target, val_fraction, image_size=image_size)
+    with console.status(f"{method} analysis"):
+        result = run_analyze(
+            model_spec,
+            data_spec,
+            method=method,
+            samples=samples,
+            background=background,
+            nsamples=nsamples,
+            seed=seed,
+            threads=threads,
+            cache=cache,
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{method}.json"
+    result.save(path)
+    for table in tables(result):
+        console.print(table)
+    charts = plot_analysis(result, out)
+    took = "from the cache" if result.meta.get("cached") else f"in {result.meta['seconds']:.1f}s"
+    console.print(
+        f"{method} analysis of {result.meta['samples']} samples {took}: wrote "
+        f"{', '.join(str(p) for p in [path, *charts])}",
+        highlight=False,
+    )
 
 
 @app.command()
@@ -230,7 +317,8 @@ def export(
     """Rebuild a trial's model from its stored parameters and export it with its config."""
     from autotune.export import export_trial
     from autotune.job import Job
-    from autotune.study import Search, SearchSettings, load_study, space_of, study_record
+    from autotune.study import SearchSettings, load_study, space_of, study_record
+    from autotune.worker import Search
 
     study = load_study(storage, out, study_name)
     record = study_record(study)
@@ -248,7 +336,7 @@ def export(
     metrics = result.config["metrics"]
     console.print(
         f"trial {result.trial}: val {metrics['metric']} {metrics['val_' + metrics['metric']]:.4f} "
-        f"(study: {study.trials[result.trial].value:.4f}; reproduced: "
+        f"(study: {(study.trials[result.trial].values or [float('nan')])[0]:.4f}; reproduced: "
         f"{metrics['reproduces_study_value']}) -> {result.folder}",
         highlight=False,
     )
@@ -269,6 +357,16 @@ def _summary(result: Any) -> None:
     if m["test_accuracy"] is not None:
         line += f"; held-out test accuracy {m['test_accuracy']:.4f}"
     console.print(line, highlight=False)
+    size = best.config["structure"]
+    params, macs = size["params"], size["macs"]
+    console.print(
+        f"size: {params['model']:,} parameters ({params['model'] / params['source']:.0%} "
+        f"of the source), {macs['model']:,} MACs per sample "
+        f"({macs['model'] / max(macs['source'], 1):.0%}), "
+        f"{size['latency_ms']['model']:.1f} ms per batch of 32 (source "
+        f"{size['latency_ms']['source']:.1f} ms)",
+        highlight=False,
+    )
     console.print(
         f"exported to {best.folder}: {', '.join(sorted(best.config['files']))}, config.yaml"
     )

@@ -64,6 +64,17 @@ class TaskData:
         }
         return dataclasses.replace(self, **moved)
 
+    def columns(self, keep: list[int]) -> TaskData:
+        """The same data with only input columns ``keep`` (feature-vector data)."""
+        index = torch.tensor(keep, device=self.x_train.device)
+        sliced = {
+            f"x_{split}": getattr(self, f"x_{split}").index_select(1, index)
+            for split in _SPLITS
+            if getattr(self, f"x_{split}") is not None
+        }
+        names = [self.feature_names[i] for i in keep] if self.feature_names else None
+        return dataclasses.replace(self, **sliced, feature_names=names)
+
 
 def load_data(
     spec: str,

@@ -19,11 +19,15 @@ from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
 from autotune import __version__
+from autotune.cost import measure
+from autotune.data import TaskData
 from autotune.errors import AutotuneError
 from autotune.leaderboard import Leaderboard
 from autotune.models import count_parameters
-from autotune.study import Search, checkpoint_path, config_of, study_record
+from autotune.structure import Changes
+from autotune.study import best_trial, checkpoint_path, config_of, study_record
 from autotune.train import Evaluation, configure_threads, evaluate
+from autotune.worker import Search
 
 
 @dataclass
@@ -41,12 +45,12 @@ class ExportResult:
 def pick_trial(study: optuna.Study, number: int | None) -> FrozenTrial:
     """Trial ``number``, or the best trial of the study (the baseline when nothing beat it)."""
     if number is None:
-        try:
-            return study.best_trial
-        except ValueError as e:
+        best = best_trial(study)
+        if best is None:
             raise AutotuneError(
-                f"study {study.study_name!r} has no completed trial to export"
-            ) from e
+                f"study {study.study_name!r} has no completed trial within its budgets to export"
+            )
+        return best
     trials = study.get_trials(deepcopy=False)
     if not 0 <= number < len(trials):
         raise AutotuneError(
@@ -62,19 +66,34 @@ def pick_trial(study: optuna.Study, number: int | None) -> FrozenTrial:
     return trial
 
 
-def rebuild(search: Search, trial: FrozenTrial) -> tuple[nn.Module, str]:
+@dataclass
+class Rebuilt:
+    """A trial's trained model, the data it takes, and where its weights came from."""
+
+    model: nn.Module
+    data: TaskData
+    changes: Changes
+    origin: str
+
+
+def rebuild(search: Search, trial: FrozenTrial) -> Rebuilt:
     """The trial's trained model: from its checkpoint, else retrained with its seed."""
     if trial.user_attrs.get("baseline"):
-        return search.job.model.module.to(search.device), "the source model, unchanged"
+        module = search.job.model.module.to(search.device)
+        return Rebuilt(module, search.data, Changes(), "the source model, unchanged")
     config = config_of(trial, search.space)
-    model = search.build(config)
+    if search.space.uses_rankings() and not search.analyses:
+        search.prepare()  # the analyses come from the cache: the same ranking as the trial's
+    model, changes, data = search.build(config)
     saved = checkpoint_path(search.checkpoints, trial.number)
     if saved.is_file():
         model.load_state_dict(torch.load(saved, map_location=search.device, weights_only=True))
-        return model, f"weights saved by trial {trial.number}"
+        return Rebuilt(model, data, changes, f"weights saved by trial {trial.number}")
     configure_threads(search.device, search.settings.threads)
-    search.fit(model, config, trial.number)
-    return model, f"retrained from trial {trial.number}'s parameters and seed"
+    search.fit(model, config, trial.number, data)
+    return Rebuilt(
+        model, data, changes, f"retrained from trial {trial.number}'s parameters and seed"
+    )
 
 
 def export_trial(
@@ -87,19 +106,61 @@ def export_trial(
     trial = pick_trial(study, number)
     folder = folder or search.settings.out / ("best" if number is None else f"trial_{trial.number}")
     folder.mkdir(parents=True, exist_ok=True)
-    model, origin = rebuild(search, trial)
-    data = search.data
+    rebuilt = rebuild(search, trial)
+    model, data = rebuilt.model, rebuilt.data
     val = evaluate(model, data.x_val, data.y_val)
     test = None
     if data.x_test is not None and data.y_test is not None:
         test = evaluate(model, data.x_test, data.y_test)
+    structure = _structure(search, rebuilt, model)
     model = model.cpu().eval()
     files = save_model(model, data.x_val[:2].cpu(), folder)
     record = study_record(study)
-    config = _config(search, study, trial, record, val, test, origin, files, model)
+    config = _config(search, study, trial, record, val, test, rebuilt.origin, files, model)
+    config["structure"] = structure
     (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     write_leaderboard(study, search.settings.metric, search.settings.out / "leaderboard.csv")
     return ExportResult(folder, trial.number, model, config)
+
+
+def _structure(search: Search, rebuilt: Rebuilt, model: nn.Module) -> dict[str, Any]:
+    """What the exported model is, against the source: size, speed, channels, input columns."""
+    original = measure(search.job.model.module.to(search.device), search.data.x_val)
+    now = measure(model, rebuilt.data.x_val)
+    changes = rebuilt.changes
+    names = search.job.data.feature_names
+    width = search.job.data.x_val.shape[1] if search.job.data.x_val.ndim == 2 else None
+    kept = (
+        changes.features
+        if changes.features is not None
+        else (list(range(width)) if width is not None else None)
+    )
+    inputs: dict[str, Any] | None = None
+    if kept is not None and width is not None:
+        dropped = [i for i in range(width) if i not in set(kept)]
+        inputs = {
+            "expects": f"{len(kept)} of the data's {width} columns, in this order",
+            "columns": [names[i] for i in kept] if names else kept,
+            "indices": kept,
+            "dropped": [names[i] for i in dropped] if names else dropped,
+        }
+    return {
+        "params": {"model": now.params, "source": original.params},
+        "macs": {"model": now.macs, "source": original.macs},
+        "latency_ms": {
+            "model": round(now.latency_ms, 3),
+            "source": round(original.latency_ms, 3),
+            "batch": 32,
+            "device": str(search.device),
+            "threads": torch.get_num_threads(),
+        },
+        "channels": {
+            layer: {"kept": len(kept_channels), "indices": kept_channels}
+            for layer, kept_channels in changes.channels.items()
+        },
+        "trained_layers": changes.unfrozen,
+        "inputs": inputs,
+    }
 
 
 def save_model(model: nn.Module, example: torch.Tensor, folder: Path) -> dict[str, str]:
@@ -138,12 +199,14 @@ def _config(
 ) -> dict[str, Any]:
     s = search.settings
     baseline = next(t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("baseline"))
+    base_value = baseline.values[0] if baseline.values else None
     metric = s.metric
     value = val.metric(metric)
     sign = 1.0 if metric == "accuracy" else -1.0
     trainable, total = count_parameters(model)
     is_baseline = bool(trial.user_attrs.get("baseline"))
     params = {} if is_baseline else dataclasses.asdict(config_of(trial, search.space))
+    value_of_trial = trial.values[0] if trial.values else None
     out = str(s.out)
     return {
         "autotune_version": __version__,
@@ -155,11 +218,12 @@ def _config(
             f"val_{metric}": value,
             "val_accuracy": val.accuracy,
             "val_loss": val.loss,
-            f"baseline_val_{metric}": baseline.value,
-            "gain": None if baseline.value is None else sign * (value - baseline.value),
+            f"baseline_val_{metric}": base_value,
+            "gain": None if base_value is None else sign * (value - base_value),
             "test_accuracy": None if test is None else test.accuracy,
             "test_loss": None if test is None else test.loss,
-            "reproduces_study_value": trial.value is not None and abs(value - trial.value) < 1e-9,
+            "reproduces_study_value": value_of_trial is not None
+            and abs(value - value_of_trial) < 1e-9,
         },
         "model": {**record["model"], "trainable_params": trainable, "total_params": total},
         "data": record["data"],

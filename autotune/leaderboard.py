@@ -15,8 +15,27 @@ from rich.text import Text
 if TYPE_CHECKING:
     import pandas as pd
 
-KEY_PARAMS = ("lr", "optimizer", "batch_size", "unfreeze", "loss", "dropout", "weight_decay")
-_SHORT = {"batch_size": "bs", "weight_decay": "wd", "unfreeze": "unfreeze", "optimizer": "opt"}
+KEY_PARAMS = (
+    "prune",
+    "drop_features",
+    "importance",
+    "lr",
+    "optimizer",
+    "batch_size",
+    "unfreeze",
+    "unfreeze_order",
+    "loss",
+    "dropout",
+    "weight_decay",
+)
+_SHORT = {
+    "batch_size": "bs",
+    "weight_decay": "wd",
+    "optimizer": "opt",
+    "unfreeze_order": "order",
+    "drop_features": "drop",
+    "importance": "rank",
+}
 
 
 @dataclass(frozen=True)
@@ -37,6 +56,14 @@ class TrialRow:
     params: dict[str, Any]
     note: str = ""
     """Why it failed or stopped early."""
+    macs: int | None = None
+    """Multiply-accumulates per sample of the trial's model."""
+    latency_ms: float | None = None
+    """Measured forward time of a 32-sample batch."""
+    feasible: bool = True
+    """Within the search's budgets (``--max-params``, ``--max-macs``)."""
+    front: bool = False
+    """On the Pareto front (``--pareto`` studies)."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -46,6 +73,10 @@ class TrialRow:
             "gain": self.gain,
             "trainable_params": self.trainable,
             "total_params": self.total,
+            "macs": self.macs,
+            "latency_ms": self.latency_ms,
+            "feasible": self.feasible,
+            "pareto_front": self.front,
             "epochs": self.epochs,
             "seconds": self.seconds,
             **{f"param_{k}": v for k, v in self.params.items()},
@@ -53,10 +84,13 @@ class TrialRow:
         }
 
 
-def row_of(trial: FrozenTrial, baseline: float | None, sign: float) -> TrialRow:
+def row_of(
+    trial: FrozenTrial, baseline: float | None, sign: float, front: frozenset[int] = frozenset()
+) -> TrialRow:
     attrs = trial.user_attrs
     state = "BASELINE" if attrs.get("baseline") else trial.state.name
-    value = trial.value
+    # The metric is the first objective; a Pareto study's second is the model's size.
+    value = trial.values[0] if trial.values else None
     if value is None and trial.intermediate_values:
         value = trial.intermediate_values[max(trial.intermediate_values)]
     gain = None if value is None or baseline is None else sign * (value - baseline)
@@ -74,6 +108,10 @@ def row_of(trial: FrozenTrial, baseline: float | None, sign: float) -> TrialRow:
         seconds=seconds,
         params=dict(trial.params),
         note=attrs.get("fail_reason") or attrs.get("stop_reason", ""),
+        macs=attrs.get("macs"),
+        latency_ms=attrs.get("latency_ms"),
+        feasible=all(v <= 0 for v in trial.constraints.values()),
+        front=trial.number in front,
     )
 
 
@@ -92,16 +130,24 @@ class Leaderboard:
     top: int = 10
     running: dict[int, str] = field(default_factory=dict)
     """Trial number -> what it is doing now (live mode)."""
+    pareto: str | None = None
+    """The size objective of a Pareto study (``params`` or ``macs``)."""
 
     @classmethod
     def from_study(cls, study: optuna.Study, metric: str, **kwargs: Any) -> Leaderboard:
-        direction = (
-            "maximize" if study.direction == optuna.study.StudyDirection.MAXIMIZE else "minimize"
-        )
+        first = study.directions[0]
+        direction = "maximize" if first == optuna.study.StudyDirection.MAXIMIZE else "minimize"
         sign = 1.0 if direction == "maximize" else -1.0
         trials = study.get_trials(deepcopy=False)
-        baseline = next((t.value for t in trials if t.user_attrs.get("baseline")), None)
-        rows = [row_of(t, baseline, sign) for t in trials]
+        base = next((t for t in trials if t.user_attrs.get("baseline")), None)
+        baseline = base.values[0] if base is not None and base.values else None
+        front: frozenset[int] = frozenset()
+        if len(study.directions) > 1:
+            front = frozenset(t.number for t in study.best_trials)
+            kwargs.setdefault(
+                "pareto", study.user_attrs.get("autotune", {}).get("settings", {}).get("pareto")
+            )
+        rows = [row_of(t, baseline, sign, front) for t in trials]
         return cls(rows, metric, direction, **kwargs)
 
     @property
@@ -109,10 +155,10 @@ class Leaderboard:
         return next((r for r in self.rows if r.state == "BASELINE"), None)
 
     def ranked(self) -> list[TrialRow]:
-        """Completed trials (and the baseline), best first."""
+        """Completed trials (and the baseline), best first; those over budget after the rest."""
         done = [r for r in self.rows if r.state in ("COMPLETE", "BASELINE") and r.value is not None]
         sign = -1.0 if self.direction == "maximize" else 1.0
-        return sorted(done, key=lambda r: (sign * (r.value or 0.0), r.number))
+        return sorted(done, key=lambda r: (not r.feasible, sign * (r.value or 0.0), r.number))
 
     def counts(self) -> dict[str, int]:
         counts = {"COMPLETE": 0, "PRUNED": 0, "FAIL": 0, "RUNNING": 0}
@@ -131,20 +177,26 @@ class Leaderboard:
         )
         if self.started is not None:
             line += f" | elapsed {_duration(time.time() - self.started)}"
-        best = self.ranked()[:1]
+        best = [r for r in self.ranked() if r.feasible][:1]
         if best and best[0].value is not None:
             line += f" | best {self.metric} {_fmt(best[0].value)} (trial {best[0].number})"
         return line
 
     def table(self) -> Table:
-        table = Table(title=f"autotune leaderboard: validation {self.metric}", title_justify="left")
+        title = f"autotune leaderboard: validation {self.metric}"
+        if self.pareto:
+            title += f" vs {self.pareto} (Pareto front marked *)"
+        table = Table(title=title, title_justify="left")
         for name in (
             "#",
             "trial",
             "state",
             self.metric,
             "gain",
-            "trainable/total",
+            "trained",
+            "size",
+            "MACs",
+            "latency",
             "epochs",
             "time",
         ):
@@ -158,13 +210,19 @@ class Leaderboard:
         for row in shown:
             rank = ranked.index(row) + 1
             style = "dim" if row.state == "BASELINE" else ("bold green" if rank == 1 else "")
+            if not row.feasible:
+                style = "red"
+            state = row.state.lower() + ("*" if row.front else "")
             table.add_row(
                 str(rank),
                 str(row.number),
-                row.state.lower(),
+                state if row.feasible else f"{state} (over budget)",
                 _fmt(row.value),
                 "" if row.state == "BASELINE" else _gain(row.gain),
                 _params(row),
+                self._relative(row, "total"),
+                self._relative(row, "macs"),
+                "" if row.latency_ms is None else f"{row.latency_ms:.1f}ms",
                 "" if row.epochs is None else str(row.epochs),
                 "" if row.seconds is None else _duration(row.seconds),
                 format_params(row.params),
@@ -172,11 +230,23 @@ class Leaderboard:
             )
         return table
 
+    def _relative(self, row: TrialRow, what: str) -> str:
+        """A count with its share of the source model's (the baseline's)."""
+        value = getattr(row, what)
+        if value is None:
+            return ""
+        base = self.baseline
+        original = getattr(base, what) if base is not None else None
+        share = f" ({value / original:.0%})" if original else ""
+        return f"{_count(value)}{share}"
+
     def plain_line(self, row: TrialRow) -> str:
         """One finished trial as a log line (CI logs, pipes)."""
         parts = [f"trial {row.number:>3} {row.state.lower():<8} {self.metric}={_fmt(row.value)}"]
         if row.gain is not None:
             parts.append(f"gain={_gain(row.gain)}")
+        if row.total is not None:
+            parts.append(f"params={self._relative(row, 'total').replace(' ', '')}")
         if row.epochs is not None:
             parts.append(f"epochs={row.epochs}")
         if row.seconds is not None:
@@ -231,9 +301,8 @@ def _gain(gain: float | None) -> str:
 
 
 def _params(row: TrialRow) -> str:
-    if row.total is None:
-        return ""
-    return f"{_count(row.trainable or 0)}/{_count(row.total)}"
+    """Parameters trained (the size column has the total)."""
+    return "" if row.total is None else _count(row.trainable or 0)
 
 
 def _count(n: int) -> str:

@@ -47,12 +47,32 @@ class TrialConfig:
     focal_gamma: float = 2.0
     """Gamma of the ``focal`` loss."""
     unfreeze: int | None = None
-    """How many layers to train, counted from the output backwards; None trains them all."""
+    """How many layers to train (see ``unfreeze_order``); None trains them all."""
+    unfreeze_order: str = "output"
+    """Which layers ``unfreeze`` counts: ``output`` (from the output backwards) or an importance
+    method's error ranking (``shap``, ``taylor``: the layers driving the mistakes first)."""
+    prune: float = 0.0
+    """Fraction of channels structurally removed from every prunable layer."""
+    prune_layers: dict[str, float] | None = None
+    """Per-layer fractions (space key ``prune_layers``, trial params ``prune:<layer>``)."""
+    importance: str = "shap"
+    """The ranking that ``prune`` and ``drop_features`` remove from the bottom of."""
+    drop_features: float = 0.0
+    """Fraction of input features dropped, least important first (feature-vector models)."""
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrialConfig)}
 _INT_PARAMS = {"batch_size", "unfreeze"}
-_CHOICES = {"optimizer": OPTIMIZERS, "loss": tuple(LOSSES)}
+IMPORTANCES = ("shap", "taylor", "l1", "random")
+_CHOICES = {
+    "optimizer": OPTIMIZERS,
+    "loss": tuple(LOSSES),
+    "importance": IMPORTANCES,
+    "unfreeze_order": ("output", "shap", "taylor"),
+}
+_RATIOS = {"prune", "prune_layers", "drop_features"}
+MAX_RATIO = 0.9
+"""The largest fraction of a layer's channels (or of the features) a trial may remove."""
 # Parameters that matter only under another parameter's value: sampled only then, so TPE
 # and the dashboard see no meaningless values.
 _CONDITIONS = {
@@ -61,6 +81,9 @@ _CONDITIONS = {
     "focal_gamma": ("loss", "focal"),
 }
 _FIT_KEYS = {"max_epochs", "patience"}
+_ANALYSIS_KEYS = {"samples", "background", "nsamples", "seed"}
+LAYER_PREFIX = "prune:"
+"""Trial parameters ``prune:<layer>`` hold ``prune_layers``'s per-layer fractions."""
 
 
 @dataclass(frozen=True)
@@ -75,17 +98,25 @@ class Param:
     log: bool = False
     step: float | None = None
 
-    def sample(self, trial: optuna.Trial, n_layers: int) -> Any:
+    def sample(self, trial: optuna.Trial, n_layers: int, prunable: tuple[str, ...] = ()) -> Any:
+        if self.name == "prune_layers":
+            return {
+                name: self._sample_one(trial, f"{LAYER_PREFIX}{name}", n_layers)
+                for name in prunable
+            }
+        return self._sample_one(trial, self.name, n_layers)
+
+    def _sample_one(self, trial: optuna.Trial, name: str, n_layers: int) -> Any:
         if self.choices is not None:
-            return trial.suggest_categorical(self.name, list(self.choices))
+            return trial.suggest_categorical(name, list(self.choices))
         if self.low is None:
             return self.fixed
         high = n_layers if self.high == "all" else self.high
         assert high is not None  # set by the parser whenever low is
         if self.name in _INT_PARAMS:
             step = int(self.step or 1)
-            return trial.suggest_int(self.name, int(self.low), int(high), step=step, log=self.log)
-        return trial.suggest_float(self.name, self.low, float(high), step=self.step, log=self.log)
+            return trial.suggest_int(name, int(self.low), int(high), step=step, log=self.log)
+        return trial.suggest_float(name, self.low, float(high), step=self.step, log=self.log)
 
 
 @dataclass(frozen=True)
@@ -98,8 +129,12 @@ class SearchSpace:
     """The file (or ``<dict>``) the space was read from."""
     raw: dict[str, Any]
     """The YAML content as parsed: stored with the study so exports need no file."""
+    analysis: dict[str, int] = dataclasses.field(default_factory=dict)
+    """The ``analysis:`` section: options for the rankings the space draws on."""
 
-    def suggest(self, trial: optuna.Trial, n_layers: int) -> TrialConfig:
+    def suggest(
+        self, trial: optuna.Trial, n_layers: int, prunable: tuple[str, ...] = ()
+    ) -> TrialConfig:
         """Sample one configuration; conditional parameters only where they apply."""
         values: dict[str, Any] = {}
         for name, param in self.params.items():
@@ -109,8 +144,39 @@ class SearchSpace:
                 parent_value = values.get(parent, getattr(TrialConfig(), parent))
                 if parent_value != wanted:
                     continue
-            values[name] = param.sample(trial, n_layers)
+            values[name] = param.sample(trial, n_layers, prunable)
         return config_from(values)
+
+    def uses_rankings(self) -> bool:
+        """Whether trials need an analysis: pruning, feature dropping or a ranked unfreezing."""
+        return any(self.may_be_nonzero(name) for name in _RATIOS) or any(
+            v != "output" for v in self.values_of("unfreeze_order")
+        )
+
+    def may_be_nonzero(self, name: str) -> bool:
+        param = self.params.get(name)
+        if param is None:
+            return False
+        if param.low is not None:
+            return float(param.high or 0) > 0
+        return any(bool(v) for v in self.values_of(name))
+
+    def values_of(self, name: str) -> tuple[Any, ...]:
+        """The values a choice or fixed parameter can take (its default when absent)."""
+        param = self.params.get(name)
+        if param is None:
+            return (getattr(TrialConfig(), name),)
+        if param.choices is not None:
+            return param.choices
+        return (param.fixed,)
+
+    def methods(self) -> list[str]:
+        """The importance methods whose analyses the trials may read."""
+        needed = []
+        if any(self.may_be_nonzero(n) for n in _RATIOS):
+            needed += list(self.values_of("importance"))
+        needed += [v for v in self.values_of("unfreeze_order") if v != "output"]
+        return list(dict.fromkeys(needed))
 
     def without(self, name: str) -> SearchSpace:
         """The same space with ``name`` left at its default (for models that cannot take it)."""
@@ -126,6 +192,13 @@ def config_from(values: Mapping[str, Any]) -> TrialConfig:
     kept = {k: v for k, v in values.items() if k in _FIELDS}
     if kept.get("unfreeze") == "all":
         kept["unfreeze"] = None
+    per_layer = {
+        k.removeprefix(LAYER_PREFIX): float(v)
+        for k, v in values.items()
+        if k.startswith(LAYER_PREFIX)
+    }
+    if per_layer:
+        kept["prune_layers"] = per_layer
     return TrialConfig(**kept)
 
 
@@ -178,17 +251,37 @@ def parse_space(raw: Any, source: str) -> SearchSpace:
             raise SpaceError(
                 f"search space {source!r}: fit.{key} must be a positive integer, got {value!r}"
             )
+    analysis = raw.get("analysis", {}) or {}
+    if not isinstance(analysis, dict) or set(analysis) - _ANALYSIS_KEYS:
+        raise SpaceError(
+            f"search space {source!r}: 'analysis' may only set {sorted(_ANALYSIS_KEYS)}, "
+            f"got {analysis!r}"
+        )
+    for key, value in analysis.items():
+        if (
+            not isinstance(value, int)
+            or isinstance(value, bool)
+            or value < (0 if key == "seed" else 1)
+        ):
+            raise SpaceError(
+                f"search space {source!r}: analysis.{key} must be a positive integer, got {value!r}"
+            )
+    if "prune" in raw and "prune_layers" in raw:
+        raise SpaceError(
+            f"search space {source!r}: 'prune' (one fraction for every layer) and 'prune_layers' "
+            "(one per layer) are alternatives: keep one"
+        )
     params = {}
     for name, spec in raw.items():
-        if name == "fit":
+        if name in ("fit", "analysis"):
             continue
         if name not in _FIELDS:
             raise SpaceError(
                 f"search space {source!r}: unknown parameter {name!r}; valid parameters are "
-                f"{sorted(_FIELDS)} and 'fit'"
+                f"{sorted(_FIELDS)}, 'fit' and 'analysis'"
             )
         params[name] = _parse_param(name, spec, source)
-    return SearchSpace(params, dict(fit), source, raw)
+    return SearchSpace(params, dict(fit), source, raw, dict(analysis))
 
 
 def _parse_param(name: str, spec: Any, source: str) -> Param:
@@ -221,6 +314,9 @@ def _parse_param(name: str, spec: Any, source: str) -> Param:
             raise SpaceError(
                 f"{where}: 'low' <= 'high' must hold, but got low={low!r}, high={high!r}"
             )
+        if name in _RATIOS:
+            _check_value(name, low, where)
+            _check_value(name, high, where)
         log = bool(spec.get("log", False))
         if log and low <= 0:
             raise SpaceError(f"{where}: a log range needs 'low' > 0, got low={low!r}")
@@ -258,5 +354,7 @@ def _check_value(name: str, value: Any, where: str) -> None:
         raise SpaceError(f"{where}: {value!r} is not an integer")
     if name == "dropout" and not 0.0 <= value < 1.0:
         raise SpaceError(f"{where}: dropout must be in [0, 1), got {value!r}")
+    if name in _RATIOS and not 0.0 <= value <= MAX_RATIO:
+        raise SpaceError(f"{where}: a fraction removed must be in [0, {MAX_RATIO}], got {value!r}")
     if name in ("batch_size", "unfreeze", "lr") and value <= 0:
         raise SpaceError(f"{where}: must be positive, got {value!r}")

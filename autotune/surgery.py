@@ -41,22 +41,41 @@ def layers(model: nn.Module) -> list[Layer]:
     return [Layer(unit[0], tuple(unit)) for unit in units]
 
 
-def apply(model: nn.Module, config: TrialConfig) -> nn.Module:
-    """A deep copy of ``model`` with ``config``'s unfreezing and dropout applied."""
+def copy_model(model: nn.Module) -> nn.Module:
     # Copied without autograd: a TorchScript module's copied parameters would otherwise be
     # non-leaf tensors that no optimizer accepts. unfreeze() sets every requires_grad flag.
     with torch.no_grad():
-        model = copy.deepcopy(model)
-    unfreeze(model, config.unfreeze)
-    if config.dropout is not None:
-        set_dropout(model, config.dropout)
+        return copy.deepcopy(model)
+
+
+def apply(model: nn.Module, config: TrialConfig, order: list[str] | None = None) -> nn.Module:
+    """A deep copy of ``model`` with ``config``'s unfreezing and dropout applied."""
+    model = copy_model(model)
+    configure(model, config, order)
     return model
 
 
-def unfreeze(model: nn.Module, count: int | None) -> list[str]:
-    """Train only the last ``count`` layers (all when None); returns their names."""
+def configure(model: nn.Module, config: TrialConfig, order: list[str] | None = None) -> None:
+    """Set which layers train and how much dropout there is, in place."""
+    unfreeze(model, config.unfreeze, order)
+    if config.dropout is not None:
+        set_dropout(model, config.dropout)
+
+
+def unfreeze(model: nn.Module, count: int | None, order: list[str] | None = None) -> list[str]:
+    """Train only ``count`` layers (all when None); returns their names.
+
+    The layers are the first ``count`` of ``order`` (layer names, most deserving first), or
+    by default the last ``count`` counted from the output backwards.
+    """
     units = layers(model)
-    chosen = units if count is None else units[max(len(units) - count, 0) :]
+    if count is None:
+        chosen = units
+    elif order is None:
+        chosen = units[max(len(units) - count, 0) :]
+    else:
+        wanted = set(order[:count])
+        chosen = [unit for unit in units if unit.name in wanted]
     trainable = {m for unit in chosen for m in unit.modules}
     for name, param in model.named_parameters():
         param.requires_grad_(name.rpartition(".")[0] in trainable)

@@ -56,7 +56,10 @@ def test_table_ranks_trials_and_shows_gain_over_the_baseline() -> None:
         "complete",
         "0.91",
         "+0.6100",
-        "600/1.0k",
+        "600",
+        "1.0k (100%)",
+        "",
+        "",
         "12",
         "3.5s",
         "lr=0.003",
@@ -74,7 +77,7 @@ def test_plain_lines_for_logs() -> None:
     assert line.startswith("trial   3 fail")
     assert "(training loss became nan in epoch 1)" in line
     best = board.plain_line(board.ranked()[0])
-    assert "accuracy=0.91 gain=+0.6100 epochs=12 time=3.5s lr=0.003" in best
+    assert "accuracy=0.91 gain=+0.6100 params=1.0k(100%) epochs=12 time=3.5s lr=0.003" in best
 
 
 def test_frame_lists_every_trial_best_first() -> None:

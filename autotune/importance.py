@@ -1,0 +1,306 @@
+"""Unit importances: how much each channel, neuron, layer and input feature matters.
+
+Every method scores the same thing: what removing a unit does to the model's evidence for the
+true class (its log-probability). A unit is an output channel of a Conv layer or a neuron of a
+Linear layer, taken after the normalisation that follows it (so zeroing it is exactly what
+structural pruning does to the next layer), or an input feature of a feature-vector model.
+
+A multiplicative gate sits on every unit: 1 keeps it, 0 removes it. The methods:
+
+- ``shap``: ``shap.GradientExplainer`` (expected gradients) explains the true-class
+  log-probability of each sample with the gates as its inputs. The background is a set of
+  random coalitions (each unit kept with a probability drawn per coalition), so a unit's
+  attribution averages its marginal effect over which other units are present: a Shapley value
+  of the "keep these units" game. All layers are explained in one pass.
+- ``taylor``: the gate gradient at "everything kept" (activation x gradient), one pass.
+- ``l1``: the L1 norm of each unit's weights; no data, no layer scores.
+- ``random``: seeded uniform scores, the control.
+
+Per sample, a unit's attribution ``phi`` is in nats of log-probability. A unit's importance is
+``mean |phi|`` over the samples. A layer's error score is the evidence its units give against
+the true class on the samples the model gets wrong, ``mean over errors of sum(max(-phi, 0))``:
+the unfreezing order.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from autotune.surgery import classifier_of, layers
+
+METHODS = ("shap", "taylor", "l1", "random")
+_WEIGHTED = (nn.modules.conv._ConvNd, nn.Linear)
+
+
+@dataclass(frozen=True)
+class Site:
+    """Where one layer's units are gated: the output of its last module."""
+
+    layer: str
+    """The layer's name (its Conv/Linear module), as ``surgery.layers`` names it."""
+    module: str
+    """The module whose output is gated (the layer's normalisation when it has one)."""
+    channel_dim: int
+    """1 for convolutions, -1 (the last axis) for Linear layers."""
+    channels: int
+    prunable: bool
+    """False for the classifier: its outputs are the classes."""
+
+
+@dataclass
+class Scores:
+    """What one method found: per-layer unit importances, layer error scores, feature scores."""
+
+    channels: dict[str, np.ndarray]
+    """Prunable layer -> one importance per output channel or neuron."""
+    layers: dict[str, float] | None
+    """Layer -> error score (higher: drives more of the mistakes); None for ``l1``."""
+    features: np.ndarray | None
+    """One importance per input feature, for feature-vector models."""
+    errors: int
+    """How many explained samples the model got wrong (the error score's basis)."""
+
+
+def sites(model: nn.Module, example: torch.Tensor) -> list[Site]:
+    """The gate sites of ``model``: one per Conv/Linear layer whose output can be gated."""
+    named = dict(model.named_modules())
+    _, classifier = classifier_of(model)
+    candidates = []
+    for unit in layers(model):
+        first = named[unit.name]
+        if isinstance(first, _WEIGHTED):
+            candidates.append((unit, first))
+    shapes: dict[str, list[torch.Size]] = {}
+
+    def record(name: str):
+        def hook(_module: nn.Module, _inputs: object, output: object) -> None:
+            if isinstance(output, torch.Tensor):
+                shapes.setdefault(name, []).append(output.shape)
+
+        return hook
+
+    handles = [
+        named[unit.modules[-1]].register_forward_hook(record(unit.name)) for unit, _ in candidates
+    ]
+    try:
+        with torch.no_grad(), _eval(model):
+            model(example[:2])
+    finally:
+        for handle in handles:
+            handle.remove()
+    found = []
+    for unit, first in candidates:
+        seen = shapes.get(unit.name, [])
+        # A module called twice per forward (weight sharing) has no single output to gate.
+        if len(seen) != 1:
+            continue
+        conv = isinstance(first, nn.modules.conv._ConvNd)
+        dim = 1 if conv else -1
+        channels = int(first.out_channels if conv else first.out_features)  # type: ignore[arg-type]
+        if len(seen[0]) < 2 or seen[0][dim] != channels:
+            continue
+        found.append(Site(unit.name, unit.modules[-1], dim, channels, first is not classifier))
+    return found
+
+
+def score(
+    method: str,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    background: int = 32,
+    nsamples: int = 16,
+    keep: tuple[float, float] = (0.5, 1.0),
+    seed: int = 0,
+) -> Scores:
+    """Score ``model``'s units with ``method`` on samples ``x`` (labels ``y``).
+
+    ``model`` is never changed: the gates go on a deep copy.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown importance method {method!r}: use one of {list(METHODS)}")
+    with torch.no_grad():
+        copied = copy.deepcopy(model).eval()
+    for p in copied.parameters():
+        p.requires_grad_(False)
+    found = sites(copied, x)
+    features = x.ndim == 2
+    if method == "l1":
+        return _l1(copied, found, features)
+    if method == "random":
+        return _random(copied, found, x, seed)
+    gated = Gated(copied, found, features)
+    phis = (
+        _shap(gated, x, y, background, nsamples, keep, seed)
+        if method == "shap"
+        else _taylor(gated, x, y)
+    )
+    with torch.no_grad():
+        wrong = (copied(x).argmax(1) != y).numpy()
+    return _summarise(found, phis, wrong, features)
+
+
+class Gated(nn.Module):
+    """``model`` with a gate on every unit: ``forward(*gates)`` -> true-class log-probability.
+
+    The input and label are bound with ``bind``: shap explains one sample at a time, and the
+    gates are the only inputs it varies.
+    """
+
+    def __init__(self, model: nn.Module, found: list[Site], features: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.sites = found
+        self.features = features
+        self.x = torch.empty(0)
+        self.y = torch.empty(0, dtype=torch.long)
+        self._gates: tuple[torch.Tensor, ...] = ()
+        named = dict(model.named_modules())
+        offset = 1 if features else 0
+        for i, site in enumerate(found):
+            named[site.module].register_forward_hook(self._hook(i + offset, site.channel_dim))
+
+    def gate_sizes(self) -> list[int]:
+        first = [self.x.shape[1]] if self.features else []
+        return first + [s.channels for s in self.sites]
+
+    def bind(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y
+
+    def _hook(self, index: int, dim: int):
+        def hook(_module: nn.Module, _inputs: object, output: torch.Tensor) -> torch.Tensor:
+            if not self._gates:  # an ungated forward pass
+                return output
+            gate = self._gates[index]
+            shape = [1] * output.ndim
+            shape[0], shape[dim] = gate.shape[0], gate.shape[1]
+            return output * gate.reshape(shape)
+
+        return hook
+
+    def forward(self, *gates: torch.Tensor) -> torch.Tensor:
+        batch = gates[0].shape[0]
+        x = self.x if len(self.x) == batch else self.x.expand(batch, *self.x.shape[1:])
+        y = self.y if len(self.y) == batch else self.y.expand(batch)
+        self._gates = gates
+        try:
+            if self.features:
+                x = x * gates[0]
+            logits = self.model(x)
+        finally:
+            self._gates = ()
+        return torch.log_softmax(logits, dim=1).gather(1, y.reshape(-1, 1))
+
+
+def _shap(
+    gated: Gated,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    background: int,
+    nsamples: int,
+    keep: tuple[float, float],
+    seed: int,
+) -> list[np.ndarray]:
+    import shap
+
+    gated.bind(x[:1], y[:1])
+    sizes = gated.gate_sizes()
+    rng = torch.Generator().manual_seed(seed)
+    # Each background coalition keeps every unit with its own probability q ~ U(keep).
+    q = keep[0] + (keep[1] - keep[0]) * torch.rand(background, 1, generator=rng)
+    coalitions = [(torch.rand(background, n, generator=rng) < q).float() for n in sizes]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        explainer = shap.GradientExplainer(gated, coalitions, batch_size=nsamples)
+        everything = [torch.ones(1, n) for n in sizes]
+        rows: list[list[np.ndarray]] = [[] for _ in sizes]
+        for j in range(len(x)):
+            gated.bind(x[j : j + 1], y[j : j + 1])
+            values = explainer.shap_values(everything, nsamples=nsamples, rseed=seed + j)
+            values = values if isinstance(values, list) else [values]
+            for i, v in enumerate(values):
+                rows[i].append(np.asarray(v).reshape(-1))
+    return [np.stack(r) for r in rows]
+
+
+def _taylor(gated: Gated, x: torch.Tensor, y: torch.Tensor, batch: int = 64) -> list[np.ndarray]:
+    sizes = None
+    rows: list[list[np.ndarray]] = []
+    for start in range(0, len(x), batch):
+        gated.bind(x[start : start + batch], y[start : start + batch])
+        sizes = sizes or gated.gate_sizes()
+        gates = [torch.ones(len(gated.x), n, requires_grad=True) for n in sizes]
+        grads = torch.autograd.grad(gated(*gates).sum(), gates)
+        rows = rows or [[] for _ in sizes]
+        for i, g in enumerate(grads):
+            # Removing a unit moves its gate from 1 to 0: first order, the change is -grad.
+            rows[i].append(g.numpy())
+    return [np.concatenate(r) for r in rows]
+
+
+def _summarise(
+    found: list[Site], phis: list[np.ndarray], wrong: np.ndarray, features: bool
+) -> Scores:
+    feature_scores = np.abs(phis[0]).mean(0) if features else None
+    per_site = phis[1:] if features else phis
+    # With no mistakes to explain, the least confident quarter of the samples stands in.
+    basis = wrong if wrong.sum() else _least_confident(per_site, len(wrong))
+    channels = {}
+    layer_scores = {}
+    for site, phi in zip(found, per_site, strict=True):
+        if site.prunable:
+            channels[site.layer] = np.abs(phi).mean(0)
+        layer_scores[site.layer] = float(np.clip(-phi[basis], 0, None).sum(1).mean())
+    return Scores(channels, layer_scores, feature_scores, int(wrong.sum()))
+
+
+def _least_confident(per_site: list[np.ndarray], n: int) -> np.ndarray:
+    total = sum(phi.sum(1) for phi in per_site)
+    chosen = np.zeros(n, dtype=bool)
+    chosen[np.argsort(total)[: max(1, n // 4)]] = True
+    return chosen
+
+
+def _l1(model: nn.Module, found: list[Site], features: bool) -> Scores:
+    named = dict(model.named_modules())
+    channels = {}
+    for site in found:
+        if site.prunable:
+            weight = named[site.layer].weight.detach()
+            channels[site.layer] = weight.abs().flatten(1).sum(1).numpy()
+    feature_scores = None
+    if features:
+        first = _first_linear(model)
+        feature_scores = first.weight.detach().abs().sum(0).numpy() if first is not None else None
+    return Scores(channels, None, feature_scores, 0)
+
+
+def _random(model: nn.Module, found: list[Site], x: torch.Tensor, seed: int) -> Scores:
+    rng = np.random.default_rng(seed)
+    channels = {s.layer: rng.random(s.channels) for s in found if s.prunable}
+    layer_scores = {unit.name: float(rng.random()) for unit in layers(model)}
+    feature_scores = rng.random(x.shape[1]) if x.ndim == 2 else None
+    return Scores(channels, layer_scores, feature_scores, 0)
+
+
+def _first_linear(model: nn.Module) -> nn.Linear | None:
+    return next((m for m in model.modules() if isinstance(m, nn.Linear)), None)
+
+
+@contextmanager
+def _eval(model: nn.Module) -> Iterator[None]:
+    was = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was)

@@ -1,0 +1,148 @@
+"""Structural pruning and input-feature dropping: channels and columns really removed.
+
+Pruning goes through torch-pruning's dependency graph, so everything coupled to a removed
+channel (the BatchNorm after it, the next layer's inputs, every member of a residual sum or a
+concatenation) loses the same channel. Which channels go is decided by our importance scores,
+plugged in as a ``tp.importance.Importance``: the lowest-scored channels go first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from autotune.surgery import classifier_of
+
+_OUT_CHANNELS = (tp.prune_conv_out_channels, tp.prune_linear_out_channels)
+
+
+class RankedImportance(tp.importance.Importance):
+    """A group's channel scores: the mean of its members' scores from an analysis.
+
+    Members of one group (a residual stream, say) are removed together, so each member's score
+    for a channel counts; the mean keeps groups of different sizes comparable.
+    """
+
+    def __init__(self, scores: Mapping[str, np.ndarray], names: Mapping[nn.Module, str]) -> None:
+        self.scores = scores
+        self.names = names
+
+    @torch.no_grad()
+    def __call__(self, group: tp.dependency.Group) -> torch.Tensor:
+        size = len(group[0].idxs)
+        total = torch.zeros(size)
+        count = torch.zeros(size)
+        for i, (dep, idxs) in enumerate(group):
+            name = self.names.get(dep.target.module)
+            if dep.handler not in _OUT_CHANNELS or name is None or name not in self.scores:
+                continue
+            root = torch.tensor([int(r) for r in group[i].root_idxs])
+            values = torch.as_tensor(self.scores[name], dtype=torch.float32)[_plain(idxs)]
+            total.scatter_add_(0, root, values)
+            count.scatter_add_(0, root, torch.ones_like(values))
+        return total / count.clamp(min=1)
+
+
+def prune(
+    model: nn.Module,
+    scores: Mapping[str, np.ndarray],
+    example: torch.Tensor,
+    ratio: float = 0.0,
+    per_layer: Mapping[str, float] | None = None,
+) -> dict[str, list[int]]:
+    """Remove the lowest-scored channels of ``model`` in place; returns layer -> kept channels.
+
+    ``ratio`` is the fraction of channels removed from every scored layer; ``per_layer``
+    overrides it for the layers it names. Layers without scores and the classifier are kept.
+    """
+    per_layer = dict(per_layer or {})
+    if ratio <= 0 and not any(r > 0 for r in per_layer.values()):
+        return {}
+    names = {m: n for n, m in model.named_modules()}
+    modules = dict(model.named_modules())
+    unknown = set(per_layer) - set(scores)
+    if unknown:
+        raise ValueError(f"no scores for layers {sorted(unknown)}; scored: {sorted(scores)}")
+    _, classifier = classifier_of(model)
+    ignored = [
+        m
+        for m in model.modules()
+        if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) and names[m] not in scores
+    ]
+    ignored.append(classifier)
+    sizes = {name: _out_channels(modules[name]) for name in scores}
+    pruner = tp.pruner.BasePruner(
+        model,
+        example,
+        importance=RankedImportance(scores, names),
+        pruning_ratio=ratio,
+        pruning_ratio_dict={modules[n]: r for n, r in per_layer.items()},
+        ignored_layers=ignored,
+        # Never empty a layer, whatever the ratio asked.
+        max_pruning_ratio=0.95,
+    )
+    removed: dict[str, set[int]] = {}
+    for group in pruner.step(interactive=True):
+        for dep, idxs in group:
+            name = names.get(dep.target.module)
+            if dep.handler in _OUT_CHANNELS and name in sizes:
+                removed.setdefault(name, set()).update(_plain(idxs))
+        group.prune()
+    return {
+        name: [c for c in range(size) if c not in removed.get(name, set())]
+        for name, size in sizes.items()
+    }
+
+
+def input_layer(model: nn.Module, example: torch.Tensor) -> tuple[str, nn.Module]:
+    """The module that receives the model's input tensor itself."""
+    found: list[tuple[str, nn.Module]] = []
+
+    def spot(name: str):
+        def hook(module: nn.Module, args: tuple[object, ...]) -> None:
+            if not found and args and args[0] is example:
+                found.append((name, module))
+
+        return hook
+
+    leaves = [(n, m) for n, m in model.named_modules() if not list(m.children())]
+    handles = [m.register_forward_pre_hook(spot(n)) for n, m in leaves]
+    try:
+        with torch.no_grad():
+            was = model.training
+            model.eval()
+            model(example)
+            model.train(was)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not found:
+        raise ValueError("no module receives the model's input directly")
+    return found[0]
+
+
+def drop_features(model: nn.Module, keep: list[int], example: torch.Tensor) -> None:
+    """Keep only input columns ``keep``: the first Linear layer loses the others' weights."""
+    name, layer = input_layer(model, example)
+    if not isinstance(layer, nn.Linear):
+        raise ValueError(
+            f"dropping input features needs a model whose input goes straight into an nn.Linear; "
+            f"here it goes into {name!r} ({type(layer).__name__})"
+        )
+    with torch.no_grad():
+        layer.weight = nn.Parameter(layer.weight[:, keep].clone())
+    layer.in_features = len(keep)
+
+
+def _out_channels(module: nn.Module) -> int:
+    if isinstance(module, nn.Linear):
+        return module.out_features
+    return int(module.out_channels)  # type: ignore[arg-type]
+
+
+def _plain(idxs: object) -> list[int]:
+    return [int(getattr(i, "idx", i)) for i in idxs]  # type: ignore[attr-defined]

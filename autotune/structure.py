@@ -1,0 +1,61 @@
+"""A trial's model: the source model copied, its input features dropped, its channels pruned,
+its layers unfrozen, all read from the analyses' rankings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from autotune.analysis import Analysis
+from autotune.pruning import drop_features, prune
+from autotune.space import MAX_RATIO, TrialConfig
+from autotune.surgery import configure, copy_model, layers
+
+
+@dataclass
+class Changes:
+    """What ``build`` changed in the model's structure."""
+
+    features: list[int] | None = None
+    """Input columns the model still takes, in order; None when all."""
+    channels: dict[str, list[int]] = field(default_factory=dict)
+    """Pruned layer -> the channels it kept."""
+    unfrozen: list[str] = field(default_factory=list)
+
+
+def build(
+    model: nn.Module,
+    config: TrialConfig,
+    analyses: dict[str, Analysis],
+    example: torch.Tensor,
+) -> tuple[nn.Module, Changes]:
+    """A changed copy of ``model`` (on the CPU): ``example`` is a CPU input batch for tracing."""
+    model = copy_model(model).cpu()
+    changes = Changes()
+    if config.drop_features > 0:
+        ranking = _analysis(analyses, config.importance).feature_order()
+        count = min(round(config.drop_features * len(ranking)), round(MAX_RATIO * len(ranking)))
+        changes.features = sorted(ranking[count:])
+        drop_features(model, changes.features, example)
+        example = example[:, changes.features]
+    if config.prune > 0 or config.prune_layers:
+        analysis = _analysis(analyses, config.importance)
+        scores = {k: np.asarray(v) for k, v in analysis.channels.items()}
+        changes.channels = prune(model, scores, example, config.prune, config.prune_layers)
+    order = None
+    if config.unfreeze_order != "output":
+        names = [unit.name for unit in layers(model)]
+        order = _analysis(analyses, config.unfreeze_order).unfreeze_order(names)
+    configure(model, config, order)
+    training = {n.rpartition(".")[0] for n, p in model.named_parameters() if p.requires_grad}
+    changes.unfrozen = [unit.name for unit in layers(model) if training & set(unit.modules)]
+    return model, changes
+
+
+def _analysis(analyses: dict[str, Analysis], method: str) -> Analysis:
+    if method not in analyses:
+        raise KeyError(f"no {method!r} analysis was run for this search; have {sorted(analyses)}")
+    return analyses[method]
