@@ -214,10 +214,7 @@ def _shap(
 
     gated.bind(x[:1], y[:1])
     sizes = gated.gate_sizes()
-    rng = torch.Generator().manual_seed(seed)
-    # Each background coalition keeps every unit with its own probability q ~ U(keep).
-    q = keep[0] + (keep[1] - keep[0]) * torch.rand(background, 1, generator=rng)
-    coalitions = [(torch.rand(background, n, generator=rng) < q).float() for n in sizes]
+    coalitions = _coalitions(sizes, background, keep, seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         explainer = shap.GradientExplainer(gated, coalitions, batch_size=nsamples)
@@ -230,6 +227,30 @@ def _shap(
             for i, v in enumerate(values):
                 rows[i].append(np.asarray(v).reshape(-1))
     return [np.stack(r) for r in rows]
+
+
+def _coalitions(
+    sizes: list[int], background: int, keep: tuple[float, float], seed: int
+) -> list[torch.Tensor]:
+    """Background masks: coalition b keeps a fraction q_b ~ U(keep) of every layer's units.
+
+    Which units each coalition drops cycles through a random permutation, so every unit is
+    dropped about equally often. (Independent draws leave some units kept in every coalition:
+    expected gradients then give them exactly zero attribution, and they would be pruned first.)
+    """
+    gen = torch.Generator().manual_seed(seed)
+    q = keep[0] + (keep[1] - keep[0]) * torch.rand(background, generator=gen)
+    masks = []
+    for n in sizes:
+        order = torch.randperm(n, generator=gen)
+        mask = torch.ones(background, n)
+        start = 0
+        for b in range(background):
+            dropped = round(float(1 - q[b]) * n)
+            mask[b, order[(start + torch.arange(dropped)) % n]] = 0
+            start += dropped
+        masks.append(mask)
+    return masks
 
 
 def _taylor(gated: Gated, x: torch.Tensor, y: torch.Tensor, batch: int = 64) -> list[np.ndarray]:

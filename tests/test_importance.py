@@ -1,0 +1,157 @@
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from autotune.analysis import Analysis, AnalysisOptions, analyze_job
+from autotune.data import from_tensors
+from autotune.importance import Gated, score, sites
+from autotune.job import Job
+
+
+class SmallCNN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.Conv2d(8, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(2),
+            nn.Flatten(),
+        )
+        self.head = nn.Linear(32, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def _zero_channels(model: SmallCNN, conv: int, channels: list[int]) -> None:
+    with torch.no_grad():
+        layer, norm = model.features[conv], model.features[conv + 1]
+        for c in channels:
+            layer.weight[c] = 0
+            layer.bias[c] = 0
+            norm.weight[c] = 0
+            norm.bias[c] = 0
+
+
+def _trained_cnn() -> tuple[SmallCNN, torch.Tensor, torch.Tensor]:
+    """A CNN trained to tell which third of an 8x8 image is brightest."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(96, 1, 8, 8, generator=gen)
+    y = torch.stack([x[:, 0, :, a:b].mean((1, 2)) for a, b in ((0, 3), (3, 5), (5, 8))], 1)
+    y = y.argmax(1)
+    torch.manual_seed(0)
+    model = SmallCNN()
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(60):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    return model.eval(), x[:32], y[:32]
+
+
+def _noisy_tabular(seed: int = 0) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """An MLP trained on 4 informative features followed by 4 columns of pure noise."""
+    gen = torch.Generator().manual_seed(seed)
+    y = torch.arange(300) % 3
+    centers = torch.randn(3, 4, generator=gen) * 2
+    x = torch.cat(
+        [centers[y] + torch.randn(300, 4, generator=gen), torch.randn(300, 4, generator=gen)], 1
+    )
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 3))
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(150):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    return model.eval(), x, y
+
+
+def test_zeroed_channels_rank_last_with_shap() -> None:
+    model, x, y = _trained_cnn()
+    _zero_channels(model, 0, [2, 5])
+    _zero_channels(model, 3, [0, 7])
+    scores = score("shap", model, x, y, background=8, nsamples=8)
+    assert set(scores.channels) == {"features.0", "features.3"}  # the classifier is not pruned
+    found = sites(model, x)
+    for layer, planted in (("features.0", [2, 5]), ("features.3", [0, 7])):
+        ranks = scores.channels[layer]
+        assert ranks[planted].max() == 0
+        # Ranked last: a channel may tie with the planted ones only if removing it changes
+        # no output either (a channel the ReLU after it silences on this data).
+        tied = [c for c in range(8) if c not in planted and ranks[c] <= 0]
+        assert len(tied) <= 2, ranks
+        for c in tied:
+            assert _removal_effect(model, found, layer, c, x, y) < 1e-6
+
+
+def _removal_effect(
+    model: nn.Module, found: list, layer: str, channel: int, x: torch.Tensor, y: torch.Tensor
+) -> float:
+    gated = Gated(copy.deepcopy(model), found, features=False)
+    gated.bind(x, y)
+    full = [torch.ones(len(x), s.channels) for s in found]
+    cut = [g.clone() for g in full]
+    cut[[s.layer for s in found].index(layer)][:, channel] = 0
+    with torch.no_grad():
+        return float((gated(*full) - gated(*cut)).abs().max())
+
+
+def test_noise_features_rank_below_the_real_ones() -> None:
+    model, x, y = _noisy_tabular()
+    features = score("shap", model, x[:64], y[:64], background=16, nsamples=8).features
+    assert features is not None and len(features) == 8
+    assert features[4:].max() < features[:4].min(), features
+
+
+def test_the_explained_model_comes_out_bit_identical() -> None:
+    torch.manual_seed(0)
+    model = SmallCNN().train()  # a mode the analysis must not change
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    names = [n for n, _ in model.named_parameters()]
+    x, y = torch.randn(12, 1, 8, 8), torch.arange(12) % 3
+    for method in ("shap", "taylor", "l1", "random"):
+        score(method, model, x, y, background=4, nsamples=4)
+    assert model.training
+    assert [n for n, _ in model.named_parameters()] == names  # no leaked parameters
+    after = model.state_dict()
+    assert list(after) == list(before)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    for m in model.modules():
+        assert not m._forward_hooks and not m._forward_pre_hooks and not m._backward_hooks
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_analysis_orders_save_reload_and_are_cached() -> None:
+    model, x, y = _noisy_tabular()
+    data = from_tensors(x[:200], y[:200], x_val=x[200:], y_val=y[200:])
+    job = Job.from_objects(model, data)
+    options = AnalysisOptions(samples=32, background=8, nsamples=4)
+    first = analyze_job(job, "shap", options)
+    assert not first.meta["cached"] and first.meta["samples"] == 32
+    assert first.features is not None
+    assert [first.features[i] for i in first.feature_order()] == sorted(first.features)
+    order = first.pruning_order("0")
+    assert [first.channels["0"][i] for i in order] == sorted(first.channels["0"])
+    assert first.unfreeze_order(["0", "2"])[0] in {"0", "2"}
+    again = analyze_job(job, "shap", options)
+    assert again.meta["cached"] and again.channels == first.channels
+    other = analyze_job(job, "shap", AnalysisOptions(samples=16, background=8, nsamples=4))
+    assert not other.meta["cached"]  # other options, another cache entry
+
+
+def test_analysis_json_round_trip(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    analysis = Analysis("l1", {"a": [0.3, 0.1]}, None, [1.0, 2.0], ["x", "z"], {"samples": 4})
+    path = tmp_path / "a.json"
+    analysis.save(path)
+    loaded = Analysis.load(path)
+    assert loaded == analysis
+    assert loaded.pruning_order("a") == [1, 0]
+    assert loaded.unfreeze_order(["a", "b"]) == ["b", "a"]  # no error scores: output first
