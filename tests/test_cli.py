@@ -125,3 +125,27 @@ def test_asking_for_cuda_without_one_is_refused_up_front() -> None:
     result = runner.invoke(app, ["search", "--model", "demo", "--device", "cuda"])
     assert result.exit_code == 2
     assert "asks for CUDA, but none is available" in result.output
+
+
+def test_analyze_writes_rankings_and_charts(tmp_path: Path) -> None:
+    from autotune.analysis import Analysis
+
+    args = ["analyze", "--model", "demo", "--samples", "16", "--nsamples", "4"]
+    result = runner.invoke(app, [*args, "--background", "8", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "layers, most error-driving first (the unfreezing order)" in result.output
+    assert "features.0" in result.output and "head.3" in result.output
+    analysis = Analysis.load(tmp_path / "shap.json")
+    assert set(analysis.channels) == {"features.0", "features.3", "features.7", "head.1"}
+    assert len(analysis.channels["features.3"]) == 32
+    assert analysis.meta["samples"] == 16 and analysis.layers is not None
+    png = (tmp_path / "shap-layers.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 2000
+    again = runner.invoke(app, [*args, "--background", "8", "--out", str(tmp_path)])
+    assert "from the cache" in again.output
+
+
+def test_analyze_refuses_an_unknown_method(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["analyze", "--model", "demo", "--method", "magic"])
+    assert result.exit_code == 2
+    assert "unknown importance method 'magic'" in result.output

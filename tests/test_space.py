@@ -62,3 +62,37 @@ def test_broken_space_files_name_the_key(tmp_path: Path, text: str, message: str
 def test_unknown_space_name_lists_the_shipped_ones() -> None:
     with pytest.raises(SpaceError, match="use one of \\['default'"):
         load_space("nonexistent")
+
+
+def test_slimming_parameters_parse_and_sample_per_layer() -> None:
+    space = load_space(
+        {
+            "prune_layers": {"low": 0.0, "high": 0.5},
+            "importance": ["shap", "l1"],
+            "unfreeze_order": ["output", "shap"],
+            "analysis": {"samples": 64},
+        }
+    )
+    assert space.analysis == {"samples": 64}
+    assert space.uses_rankings() and space.methods() == ["shap", "l1"]
+    trial = optuna.create_study().ask()
+    config = space.suggest(trial, 4, ("a", "b"))
+    assert set(trial.params) >= {"prune:a", "prune:b", "importance", "unfreeze_order"}
+    assert config.prune_layers == {"a": trial.params["prune:a"], "b": trial.params["prune:b"]}
+    assert not load_space("default").uses_rankings()
+    assert load_space("vision").uses_rankings() and load_space("tabular").methods() == ["shap"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"prune": {"low": 0.0, "high": 0.99}}, "must be in \\[0, 0.9\\]"),
+        ({"prune": 0.3, "prune_layers": {"low": 0, "high": 0.5}}, "are alternatives"),
+        ({"importance": ["shap", "magic"]}, "'magic' is not one of"),
+        ({"analysis": {"samples": 0}}, "analysis.samples must be a positive integer"),
+        ({"analysis": {"explainer": "deep"}}, "'analysis' may only set"),
+    ],
+)
+def test_bad_slimming_parameters_name_the_fix(raw: dict, message: str) -> None:
+    with pytest.raises(SpaceError, match=message):
+        load_space(raw)

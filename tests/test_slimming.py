@@ -1,0 +1,132 @@
+"""Searches that slim the model: pruning, feature dropping, budgets, the Pareto front."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from optuna.trial import TrialState
+from rich.console import Console
+from torch import nn
+
+from autotune import search
+from autotune.data import TaskData, from_tensors
+
+ANALYSIS = {"samples": 32, "background": 8, "nsamples": 4}
+
+
+def _wide_data(seed: int = 0) -> TaskData:
+    """Three classes told apart by 4 features, plus 4 columns of noise."""
+    gen = torch.Generator().manual_seed(seed)
+    y = torch.arange(300) % 3
+    centers = torch.randn(3, 4, generator=gen) * 3
+    x = torch.cat(
+        [centers[y] + torch.randn(300, 4, generator=gen), torch.randn(300, 4, generator=gen)], 1
+    )
+    data = from_tensors(x[:200], y[:200], x_val=x[200:260], y_val=y[200:260])
+    data.feature_names = [f"real{i}" for i in range(4)] + [f"noise{i}" for i in range(4)]
+    return data
+
+
+def _mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 3)
+    ).eval()
+
+
+def _quiet() -> Console:
+    return Console(file=io.StringIO(), width=200)
+
+
+def test_budgeted_search_prunes_drops_features_and_documents_the_inputs(tmp_path: Path) -> None:
+    data = _wide_data()
+    model = _mlp()
+    original = sum(p.numel() for p in model.parameters())
+    space = {
+        "lr": 1e-2,
+        "prune": {"low": 0.0, "high": 0.8},
+        "drop_features": {"low": 0.0, "high": 0.5},
+        "unfreeze_order": ["output", "shap"],
+        "fit": {"max_epochs": 4, "patience": 4},
+        "analysis": ANALYSIS,
+    }
+    console = _quiet()
+    result = search(
+        model, data, space=space, trials=8, out=tmp_path, console=console, max_params="0.6"
+    )
+    trials = result.study.trials
+    # Seeds from the rankings come first: prune the bottom quarter, then half.
+    assert trials[1].params["prune"] == 0.25 and trials[2].params["prune"] == 0.5
+    assert trials[3].params["unfreeze_order"] == "shap"
+    limit = int(0.6 * original)
+    for t in trials[1:]:
+        over = t.user_attrs["total_params"] > limit
+        assert (t.constraints["params"] > 0) == over
+        if over:  # never trained: pruned with the reason
+            assert t.state == TrialState.PRUNED and "over budget" in t.user_attrs["stop_reason"]
+    assert trials[0].user_attrs["baseline"] and trials[0].constraints["params"] > 0
+    assert any(t.state == TrialState.PRUNED for t in trials[1:])
+    best = result.best
+    assert best is not None and best.config["structure"]["params"]["model"] <= limit
+    assert best.config["structure"]["params"]["source"] == original
+    inputs = best.config["structure"]["inputs"]
+    kept = inputs["indices"]
+    assert inputs["columns"] == [data.feature_names[i] for i in kept]  # type: ignore[index]
+    assert len(kept) + len(inputs["dropped"]) == 8
+    # The exported program takes exactly the documented columns and reproduces the metric.
+    program = torch.export.load(best.folder / "model.pt2").module()
+    with torch.no_grad():
+        predicted = program(data.x_val[:, kept]).argmax(1)
+    accuracy = (predicted == data.y_val).float().mean().item()
+    assert accuracy == pytest.approx(best.config["metrics"]["val_accuracy"])
+    saved = yaml.safe_load((best.folder / "config.yaml").read_text())
+    assert saved["structure"]["inputs"]["columns"] == inputs["columns"]
+    text = console.file.getvalue()  # type: ignore[attr-defined]
+    assert "shap analysis: 2 prunable layers" in text
+    assert (tmp_path / "analysis" / "shap.json").is_file()
+
+
+def test_pareto_search_marks_the_front_and_exports_its_most_accurate(tmp_path: Path) -> None:
+    space = {
+        "lr": 1e-2,
+        "prune": {"low": 0.0, "high": 0.8},
+        "fit": {"max_epochs": 3, "patience": 3},
+        "analysis": ANALYSIS,
+    }
+    result = search(
+        _mlp(), _wide_data(), space=space, trials=5, out=tmp_path, console=_quiet(), pareto="params"
+    )
+    study = result.study
+    assert len(study.directions) == 2
+    front = {t.number for t in study.best_trials}
+    board = result.leaderboard
+    assert {r.number for r in board.rows if r.front} == front
+    out = io.StringIO()
+    Console(file=out, width=200).print(board)
+    assert "Pareto front marked *" in out.getvalue()
+    assert result.best is not None and result.best.trial in front
+    best_value = max(study.trials[n].values[0] for n in front)
+    assert result.best.config["metrics"]["val_accuracy"] == pytest.approx(best_value)
+    # Only the front's checkpoints are kept.
+    kept = {int(p.stem.split("_")[1]) for p in (tmp_path / "checkpoints").glob("trial_*.pt")}
+    assert kept <= front
+
+
+def test_an_unparsable_budget_is_refused_before_any_trial(tmp_path: Path) -> None:
+    from autotune import AutotuneError
+
+    with pytest.raises(AutotuneError, match="--max-params 'half' is not a budget"):
+        search(
+            _mlp(),
+            _wide_data(),
+            space={"lr": 1e-2},
+            trials=2,
+            out=tmp_path,
+            console=_quiet(),
+            max_params="half",
+        )
+    assert not (tmp_path / "checkpoints").exists()
