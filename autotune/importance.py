@@ -9,9 +9,10 @@ A multiplicative gate sits on every unit: 1 keeps it, 0 removes it. The methods:
 
 - ``shap``: ``shap.GradientExplainer`` (expected gradients) explains the true-class
   log-probability of each sample with the gates as its inputs. The background is a set of
-  random coalitions (each unit kept with a probability drawn per coalition), so a unit's
-  attribution averages its marginal effect over which other units are present: a Shapley value
-  of the "keep these units" game. All layers are explained in one pass.
+  random coalitions, each keeping a fraction q ~ U(0, 1) of the units: uniform coalition sizes
+  are the Shapley value's own weighting, so a unit's attribution averages its marginal effect
+  over which other units are present (a Shapley value of the "keep these units" game, sampled
+  along expected-gradient paths). All layers are explained in one pass.
 - ``taylor``: the gate gradient at "everything kept" (activation x gradient), one pass.
 - ``l1``: the L1 norm of each unit's weights; no data, no layer scores.
 - ``random``: seeded uniform scores, the control.
@@ -119,7 +120,7 @@ def score(
     *,
     background: int = 32,
     nsamples: int = 16,
-    keep: tuple[float, float] = (0.5, 1.0),
+    keep: tuple[float, float] = (0.0, 1.0),
     seed: int = 0,
 ) -> Scores:
     """Score ``model``'s units with ``method`` on samples ``x`` (labels ``y``).
