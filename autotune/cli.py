@@ -203,8 +203,16 @@ def demo(
     seed: Seed = 0,
     device: Device = "auto",
 ) -> None:
-    """Run the built-in demo: tune a digits CNN for rotated, blurred digits (a few minutes)."""
-    search(model="demo", data="demo", trials=trials, out=out, seed=seed, device=device)
+    """Run the built-in demo: tune and slim a digits CNN for rotated, blurred digits."""
+    search(
+        model="demo",
+        data="demo",
+        space="vision",
+        trials=trials,
+        out=out,
+        seed=seed,
+        device=device,
+    )
 
 
 @app.command()

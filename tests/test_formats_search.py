@@ -65,3 +65,20 @@ def test_an_export_program_with_a_fixed_batch_is_refused_with_the_fix(
     torch.export.save(torch.export.export(tiny_model, (torch.randn(4, 8),)), path)
     with pytest.raises(DataError, match="traced with a fixed batch size"):
         search(ModelSpec(str(path)), tiny_data, space=SPACE, trials=1, out=tmp_path / "out")
+
+
+def test_a_torchscript_model_searches_without_the_structural_parameters(
+    tiny_model: torch.nn.Module, tiny_data: TaskData, tmp_path: Path
+) -> None:
+    path = tmp_path / "m.pt"
+    _save("torchscript", tiny_model, path)
+    console = Console(file=io.StringIO(), width=200)
+    space = {**SPACE, "prune": {"low": 0.0, "high": 0.5}, "unfreeze_order": ["output", "shap"]}
+    result = search(
+        ModelSpec(str(path)), tiny_data, space=space, trials=2, out=tmp_path / "o", console=console
+    )
+    text = console.file.getvalue()  # type: ignore[attr-defined]
+    assert "torchscript models cannot be analysed, pruned or cut down" in text
+    assert "'prune', 'unfreeze_order' are left out of the search" in text
+    assert all("prune" not in t.params for t in result.study.trials)
+    assert result.best is not None
