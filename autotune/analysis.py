@@ -22,7 +22,7 @@ import torch
 
 from autotune.demo import cache_dir
 from autotune.errors import AutotuneError
-from autotune.importance import METHODS, score
+from autotune.importance import EXPLAINERS, METHODS, score
 from autotune.job import Job
 from autotune.surgery import layers
 
@@ -40,8 +40,14 @@ class AnalysisOptions:
     nsamples: int = 16
     """Expected-gradient samples per explained sample (``shap``)."""
     seed: int = 0
+    explainer: str = "gradient"
+    """``gradient`` (shap's GradientExplainer) or ``deep`` (DeepExplainer), for ``shap``."""
 
     def __post_init__(self) -> None:
+        if self.explainer not in EXPLAINERS:
+            raise AutotuneError(
+                f"unknown explainer {self.explainer!r}: use one of {list(EXPLAINERS)}"
+            )
         for name in ("samples", "background", "nsamples"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -159,15 +165,19 @@ def analyze_job(
     chosen = order[: options.samples]
     x, y = data.x_val[chosen].cpu(), data.y_val[chosen].cpu()
     started = time.perf_counter()
-    scores = score(
-        method,
-        job.model.module,
-        x,
-        y,
-        background=options.background,
-        nsamples=options.nsamples,
-        seed=options.seed,
-    )
+    try:
+        scores = score(
+            method,
+            job.model.module,
+            x,
+            y,
+            background=options.background,
+            nsamples=options.nsamples,
+            seed=options.seed,
+            explainer=options.explainer,
+        )
+    except ValueError as e:
+        raise AutotuneError(str(e)) from e
     seconds = time.perf_counter() - started
     result = Analysis(
         method=method,

@@ -120,6 +120,7 @@ def analyze(
     background: int = 32,
     nsamples: int = 16,
     seed: int = 0,
+    explainer: str = "gradient",
     threads: int = 1,
     cache: bool = True,
 ) -> Analysis:
@@ -133,11 +134,12 @@ def analyze(
         background: Random unit coalitions that ``shap`` integrates from.
         nsamples: Expected-gradient samples per explained sample.
         seed: Seeds the choice of samples and the coalitions.
+        explainer: ``gradient`` (shap's GradientExplainer) or ``deep`` (its DeepExplainer).
         threads: torch threads on CPU.
         cache: Reuse (and store) the result in the cache, keyed by model, data and options.
     """
     job = make_job(model, data)
-    options = AnalysisOptions(samples, background, nsamples, seed)
+    options = AnalysisOptions(samples, background, nsamples, seed, explainer)
     configure_threads(torch.device("cpu"), threads)
     return analyze_job(job, method, options, cache=cache)
 

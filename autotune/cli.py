@@ -237,6 +237,9 @@ def analyze(
     nsamples: Annotated[
         int, typer.Option(help="Expected-gradient samples per explained sample.")
     ] = 16,
+    explainer: Annotated[
+        str, typer.Option(help="shap explainer: gradient (default) or deep (DeepLIFT).")
+    ] = "gradient",
     seed: Seed = 0,
     threads: Threads = 1,
     out: Annotated[
@@ -266,6 +269,7 @@ def analyze(
             background=background,
             nsamples=nsamples,
             seed=seed,
+            explainer=explainer,
             threads=threads,
             cache=cache,
         )

@@ -30,6 +30,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,6 +39,9 @@ from torch import nn
 from autotune.surgery import classifier_of, layers
 
 METHODS = ("shap", "taylor", "l1", "random")
+EXPLAINERS = ("gradient", "deep")
+"""shap explainers for the ``shap`` method: ``GradientExplainer`` (expected gradients, the
+default: better rankings in BENCHMARKS.md) or ``DeepExplainer`` (DeepLIFT)."""
 _WEIGHTED = (nn.modules.conv._ConvNd, nn.Linear)
 
 
@@ -122,6 +126,7 @@ def score(
     nsamples: int = 16,
     keep: tuple[float, float] = (0.0, 1.0),
     seed: int = 0,
+    explainer: str = "gradient",
 ) -> Scores:
     """Score ``model``'s units with ``method`` on samples ``x`` (labels ``y``).
 
@@ -129,6 +134,8 @@ def score(
     """
     if method not in METHODS:
         raise ValueError(f"unknown importance method {method!r}: use one of {list(METHODS)}")
+    if explainer not in EXPLAINERS:
+        raise ValueError(f"unknown explainer {explainer!r}: use one of {list(EXPLAINERS)}")
     with torch.no_grad():
         copied = copy.deepcopy(model).eval()
     for p in copied.parameters():
@@ -141,7 +148,7 @@ def score(
         return _random(copied, found, x, seed)
     gated = Gated(copied, found, features)
     phis = (
-        _shap(gated, x, y, background, nsamples, keep, seed)
+        _shap(gated, x, y, background, nsamples, keep, seed, explainer)
         if method == "shap"
         else _taylor(gated, x, y)
     )
@@ -210,6 +217,7 @@ def _shap(
     nsamples: int,
     keep: tuple[float, float],
     seed: int,
+    kind: str = "gradient",
 ) -> list[np.ndarray]:
     import shap
 
@@ -218,16 +226,35 @@ def _shap(
     coalitions = _coalitions(sizes, background, keep, seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        explainer = shap.GradientExplainer(gated, coalitions, batch_size=nsamples)
+        explainer: Any
+        if kind == "deep":
+            explainer = shap.DeepExplainer(gated, coalitions)
+        else:
+            explainer = shap.GradientExplainer(gated, coalitions, batch_size=nsamples)
         everything = [torch.ones(1, n) for n in sizes]
         rows: list[list[np.ndarray]] = [[] for _ in sizes]
         for j in range(len(x)):
             gated.bind(x[j : j + 1], y[j : j + 1])
-            values = explainer.shap_values(everything, nsamples=nsamples, rseed=seed + j)
+            if kind == "gradient":
+                values = explainer.shap_values(everything, nsamples=nsamples, rseed=seed + j)
+            else:
+                values = _deep_values(explainer, everything)
             values = values if isinstance(values, list) else [values]
             for i, v in enumerate(values):
                 rows[i].append(np.asarray(v).reshape(-1))
     return [np.stack(r) for r in rows]
+
+
+def _deep_values(explainer: Any, everything: list[torch.Tensor]) -> Any:
+    try:
+        # DeepLIFT's rescale rule does not sum exactly through the gate products.
+        return explainer.shap_values(everything, check_additivity=False)
+    except RuntimeError as e:
+        raise ValueError(
+            f"shap's DeepExplainer failed on this model ({str(e).splitlines()[0][:120]}); it "
+            "breaks on in-place operations such as nn.ReLU(inplace=True): use the default "
+            "explainer 'gradient'"
+        ) from e
 
 
 def _coalitions(

@@ -81,7 +81,7 @@ _CONDITIONS = {
     "focal_gamma": ("loss", "focal"),
 }
 _FIT_KEYS = {"max_epochs", "patience"}
-_ANALYSIS_KEYS = {"samples", "background", "nsamples", "seed"}
+_ANALYSIS_KEYS = {"samples", "background", "nsamples", "seed", "explainer"}
 LAYER_PREFIX = "prune:"
 """Trial parameters ``prune:<layer>`` hold ``prune_layers``'s per-layer fractions."""
 
@@ -129,7 +129,7 @@ class SearchSpace:
     """The file (or ``<dict>``) the space was read from."""
     raw: dict[str, Any]
     """The YAML content as parsed: stored with the study so exports need no file."""
-    analysis: dict[str, int] = dataclasses.field(default_factory=dict)
+    analysis: dict[str, Any] = dataclasses.field(default_factory=dict)
     """The ``analysis:`` section: options for the rankings the space draws on."""
 
     def suggest(
@@ -258,6 +258,13 @@ def parse_space(raw: Any, source: str) -> SearchSpace:
             f"got {analysis!r}"
         )
     for key, value in analysis.items():
+        if key == "explainer":
+            if value not in ("gradient", "deep"):
+                raise SpaceError(
+                    f"search space {source!r}: analysis.explainer must be 'gradient' or 'deep', "
+                    f"got {value!r}"
+                )
+            continue
         if (
             not isinstance(value, int)
             or isinstance(value, bool)

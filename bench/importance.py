@@ -27,7 +27,7 @@ import torchvision
 from _shared import emit
 
 from autotune.data import TaskData, load_data
-from autotune.importance import METHODS, score
+from autotune.importance import EXPLAINERS, METHODS, score
 from autotune.models import load_model
 from autotune.pruning import prune
 from autotune.space import TrialConfig
@@ -146,6 +146,40 @@ def unfreeze_table(model: torch.nn.Module, data: TaskData, seeds: int) -> list[s
     return [*lines, ""]
 
 
+def explainer_table(model: torch.nn.Module, data: TaskData, seeds: int) -> list[str]:
+    """shap's two explainers on the same gates: pruning without fine-tuning, and time."""
+    results: dict[tuple[str, float], list[float]] = {}
+    times: dict[str, list[float]] = {}
+    for seed in range(seeds):
+        x, y = explained(data, seed)
+        for explainer in EXPLAINERS:
+            start = time.perf_counter()
+            channels = score("shap", model, x, y, seed=seed, explainer=explainer).channels
+            times.setdefault(explainer, []).append(time.perf_counter() - start)
+            for ratio in RATIOS[:2]:
+                pruned = copy.deepcopy(model)
+                prune(pruned, channels, x[:2], ratio)
+                results.setdefault((explainer, ratio), []).append(
+                    test_accuracy(pruned, data, 0, seed)
+                )
+    lines = [
+        f"**shap explainers, clean task, no fine-tuning** (test accuracy, {seeds} seeds)",
+        "",
+        "| explainer | 0.3 pruned | 0.5 pruned | time (128 samples) |",
+        "|---|---|---|---|",
+    ]
+    for explainer in EXPLAINERS:
+        cells = [
+            f"{statistics.mean(results[(explainer, r)]):.3f} ± "
+            f"{statistics.pstdev(results[(explainer, r)]):.3f}"
+            for r in RATIOS[:2]
+        ]
+        lines.append(
+            f"| {explainer} | {' | '.join(cells)} | {statistics.mean(times[explainer]):.2f} s |"
+        )
+    return [*lines, ""]
+
+
 def timing_table(model: torch.nn.Module, data: TaskData) -> list[str]:
     x, y = explained(data, 0)
     lines = [
@@ -194,6 +228,7 @@ def main() -> None:
     ]
     lines += pruning_table(model, tasks, args.seeds)
     lines += unfreeze_table(model, tasks["shifted"], args.seeds)
+    lines += explainer_table(model, tasks["clean"], args.seeds)
     lines += timing_table(model, tasks["clean"])
     lines.append(f"(whole run: {time.perf_counter() - start:.0f} s)")
     emit(lines, args.write)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 from torch import nn
 
@@ -155,3 +156,16 @@ def test_analysis_json_round_trip(tmp_path) -> None:  # type: ignore[no-untyped-
     assert loaded == analysis
     assert loaded.pruning_order("a") == [1, 0]
     assert loaded.unfreeze_order(["a", "b"]) == ["b", "a"]  # no error scores: output first
+
+
+def test_deep_explainer_ranks_zeroed_channels_last_and_names_its_limit() -> None:
+    import torchvision
+
+    model, x, y = _trained_cnn()
+    _zero_channels(model, 0, [2, 5])
+    scores = score("shap", model, x, y, background=8, explainer="deep")
+    assert scores.channels["features.0"][[2, 5]].max() == 0
+    assert sorted(scores.channels["features.0"])[2] > 0
+    resnet = torchvision.models.resnet18(num_classes=3).eval()
+    with pytest.raises(ValueError, match=r"in-place operations .* use the default explainer"):
+        score("shap", resnet, torch.randn(2, 3, 16, 16), y[:2], background=4, explainer="deep")
