@@ -93,8 +93,14 @@ def frozen_norms(model: nn.Module) -> list[nn.Module]:
 
 
 def can_set_dropout(model: nn.Module) -> bool:
-    """Whether dropout can be adjusted or inserted (eager modules; not TorchScript or programs)."""
-    return any(isinstance(m, (nn.Dropout, nn.Linear)) for m in model.modules())
+    """Whether dropout can be adjusted or inserted (eager modules; not TorchScript or programs).
+
+    Inserting needs a parent to put the new Dropout in: a bare ``nn.Linear`` model has none.
+    """
+    if any(isinstance(m, nn.Dropout) for m in model.modules()):
+        return True
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    return bool(linears) and linears[-1] != ""
 
 
 def set_dropout(model: nn.Module, p: float) -> None:

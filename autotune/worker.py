@@ -67,7 +67,13 @@ class Search:
         self.settings = self.settings.resolved(self.space)
         module = self.job.model.module
         if not can_set_dropout(module) and "dropout" in self.space.params:
-            self._leave_out(("dropout",), f"{self.job.model.format} models keep their dropout")
+            fmt = self.job.model.format
+            why = (
+                f"{fmt} models keep their dropout"
+                if fmt in ("torchscript", "export")
+                else "the model has no Dropout, nor a module around its classifier to add one to"
+            )
+            self._leave_out(("dropout",), why)
         if self.space.uses_rankings() and self.job.model.format in ("torchscript", "export"):
             self._leave_out(
                 _STRUCTURE,

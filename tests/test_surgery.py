@@ -43,3 +43,12 @@ def test_existing_dropout_is_adjusted_not_duplicated() -> None:
     model = apply(source, TrialConfig(dropout=0.4))
     dropouts = [m for m in model.modules() if isinstance(m, nn.Dropout)]
     assert len(dropouts) == 1 and dropouts[0].p == 0.4
+
+
+def test_a_bare_linear_model_cannot_take_dropout() -> None:
+    from torch import nn
+
+    from autotune.surgery import can_set_dropout
+
+    assert not can_set_dropout(nn.Linear(4, 2))
+    assert can_set_dropout(nn.Sequential(nn.Linear(4, 2)))
