@@ -90,7 +90,8 @@ def test_slimming_parameters_parse_and_sample_per_layer() -> None:
         ({"prune": 0.3, "prune_layers": {"low": 0, "high": 0.5}}, "are alternatives"),
         ({"importance": ["shap", "magic"]}, "'magic' is not one of"),
         ({"analysis": {"samples": 0}}, "analysis.samples must be a positive integer"),
-        ({"analysis": {"explainer": "deep"}}, "'analysis' may only set"),
+        ({"analysis": {"kernel": "rbf"}}, "'analysis' may only set"),
+        ({"analysis": {"explainer": "kernel"}}, "analysis.explainer must be 'gradient' or 'deep'"),
     ],
 )
 def test_bad_slimming_parameters_name_the_fix(raw: dict, message: str) -> None:
