@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from rich.console import Group
+from rich.jupyter import JupyterMixin
 
 from autotune.demo import cache_dir
 from autotune.errors import AutotuneError
@@ -55,8 +57,11 @@ class AnalysisOptions:
 
 
 @dataclass
-class Analysis:
-    """One method's rankings of a model's units on the user's data."""
+class Analysis(JupyterMixin):
+    """One method's rankings of a model's units on the user's data.
+
+    Renders as its tables in a terminal (``rich.print``) or a notebook cell.
+    """
 
     method: str
     channels: dict[str, list[float]]
@@ -68,6 +73,11 @@ class Analysis:
     feature_names: list[str] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     """Options, timings, hashes: what the analysis was computed from."""
+
+    def __rich__(self) -> Group:
+        from autotune.report_analysis import tables
+
+        return Group(*tables(self))
 
     def pruning_order(self, layer: str) -> list[int]:
         """Channels of ``layer``, least important first."""

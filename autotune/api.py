@@ -10,15 +10,19 @@ from typing import TYPE_CHECKING, Any
 import optuna
 import torch
 from rich.console import Console
+from rich.jupyter import JupyterMixin
 from torch import nn
+from torch.utils.data import Dataset
 
 from autotune.analysis import Analysis, AnalysisOptions, analyze_job
-from autotune.data import TaskData
+from autotune.artifacts import attach
+from autotune.data import TaskData, from_datasets
 from autotune.errors import AutotuneError
 from autotune.export import ExportResult, export_trial
 from autotune.job import DataSpec, Job, ModelSpec
 from autotune.leaderboard import Leaderboard
 from autotune.models import LoadedModel
+from autotune.report import write_report
 from autotune.space import SearchSpace, load_space
 from autotune.study import SearchSettings, prune_checkpoints
 from autotune.train import configure_threads
@@ -29,13 +33,26 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class SearchResult:
+class SearchResult(JupyterMixin):
     """A finished search: the study, its leaderboard, and the exported best model."""
 
     search: Search
     study: optuna.Study
     best: ExportResult | None
     """The best trial's bundle (None when the study has no completed trial)."""
+    report: Path | None = None
+    """The study's ``report.html``."""
+
+    @property
+    def analyses(self) -> dict[str, Analysis]:
+        """The rankings the search read, by method (empty when its space used none)."""
+        return self.search.analyses
+
+    @property
+    def analysis(self) -> Analysis | None:
+        """The ``shap`` analysis, or the only one there is."""
+        found = self.search.analyses
+        return found.get("shap") or next(iter(found.values()), None)
 
     @property
     def leaderboard(self) -> Leaderboard:
@@ -64,7 +81,7 @@ class SearchResult:
 
 def search(
     model: str | Path | ModelSpec | nn.Module | LoadedModel,
-    data: str | DataSpec | TaskData,
+    data: str | DataSpec | TaskData | Dataset,
     *,
     space: str | Path | Mapping[str, Any] | SearchSpace = "default",
     trials: int = 20,
@@ -77,7 +94,8 @@ def search(
 
     Args:
         model: A model file path, ``"demo"``, an ``nn.Module`` or a ``LoadedModel``.
-        data: A data spec (path, ``sklearn:NAME``, ``demo``) or a ``TaskData``.
+        data: A data spec (path, ``sklearn:NAME``, ``demo``), a ``TaskData``, or a torch
+            ``Dataset`` of ``(input, label)`` pairs.
         space: A shipped space name, a YAML path, a dict, or a ``SearchSpace``.
         trials: Trials in the study, the baseline not counted.
         out: Output folder (default ``runs/<study_name>``).
@@ -108,12 +126,15 @@ def search(
         if len(study.directions) > 1:
             keep |= {t.number for t in study.best_trials}
         prune_checkpoints(run.checkpoints, keep=keep)
-    return SearchResult(run, study, best)
+        attach(study, sorted(best.folder.iterdir()), folder, prefix=f"trial_{best.trial}-")
+    attach(study, sorted((folder / "analysis").glob("*")), folder)
+    report = write_report(folder, run.settings.storage, run.settings.study_name).html
+    return SearchResult(run, study, best, report)
 
 
 def analyze(
     model: str | Path | ModelSpec | nn.Module | LoadedModel,
-    data: str | DataSpec | TaskData,
+    data: str | DataSpec | TaskData | Dataset,
     *,
     method: str = "shap",
     samples: int = 128,
@@ -145,9 +166,16 @@ def analyze(
 
 
 def make_job(
-    model: str | Path | ModelSpec | nn.Module | LoadedModel, data: str | DataSpec | TaskData
+    model: str | Path | ModelSpec | nn.Module | LoadedModel,
+    data: str | DataSpec | TaskData | Dataset,
 ) -> Job:
-    """Load what is given as a path or spec; check the model and data fit each other."""
+    """Load what is given as a path or spec; check the model and data fit each other.
+
+    ``data`` may also be a torch ``Dataset`` of ``(input, label)`` pairs: its validation split is
+    carved out with a fixed seed.
+    """
+    if isinstance(data, Dataset):
+        data = from_datasets(data)
     model_spec = ModelSpec(str(model)) if isinstance(model, (str, Path)) else model
     data_spec = DataSpec(data) if isinstance(data, str) else data
     loaded = model_spec.load() if isinstance(model_spec, ModelSpec) else model_spec

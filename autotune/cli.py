@@ -354,6 +354,45 @@ def export(
     )
 
 
+@app.command()
+@friendly
+def report(
+    out: Annotated[Path, typer.Argument(help="Output folder of a search.")] = Path("runs/demo"),
+    storage: Storage = None,
+    study_name: StudyName = None,
+) -> None:
+    """Write OUT/report.html (self-contained, offline) and PNGs of the key plots."""
+    from autotune.report import write_report
+
+    with console.status("writing the report"):
+        written = write_report(out, storage, study_name)
+    console.print(f"wrote {written.html} and {len(written.pngs)} PNGs in {out / 'report'}")
+
+
+@app.command()
+@friendly
+def dashboard(
+    out: Annotated[Path, typer.Argument(help="Output folder of a search.")] = Path("runs/demo"),
+    storage: Storage = None,
+    host: Annotated[str, typer.Option(help="Address to serve on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to serve on.")] = 8080,
+) -> None:
+    """Serve optuna-dashboard on a search's study, with its plots and exported files."""
+    from optuna_dashboard import run_server
+
+    from autotune.artifacts import artifact_folder, artifact_store
+    from autotune.study import load_study, open_storage
+
+    study = load_study(storage, out)  # checks the study is there before serving
+    store = artifact_store(out) if artifact_folder(out).is_dir() else None
+    url = f"http://{host}:{port}/dashboard/"
+    console.print(f"optuna-dashboard for study {study.study_name!r}: {url}  (Ctrl+C stops it)")
+    try:
+        run_server(open_storage(storage, out), host=host, port=port, artifact_store=store)
+    except OSError as e:
+        raise AutotuneError(f"cannot serve on {host}:{port}: {e}; choose another --port") from e
+
+
 def _summary(result: Any) -> None:
     console.print(result.leaderboard)
     best = result.best
@@ -382,6 +421,8 @@ def _summary(result: Any) -> None:
     console.print(
         f"exported to {best.folder}: {', '.join(sorted(best.config['files']))}, config.yaml"
     )
+    if result.report is not None:
+        console.print(f"report: {result.report}")
 
 
 def main() -> None:

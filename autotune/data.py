@@ -152,6 +152,32 @@ def from_tensors(
     return data
 
 
+def from_datasets(
+    train: torch.utils.data.Dataset,
+    val: torch.utils.data.Dataset | None = None,
+    test: torch.utils.data.Dataset | None = None,
+    **kwargs: Any,
+) -> TaskData:
+    """``TaskData`` from torch Datasets of ``(input, label)`` pairs, read once into memory."""
+
+    def stacked(dataset: torch.utils.data.Dataset, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        try:
+            pairs = [dataset[i] for i in range(len(dataset))]  # type: ignore[arg-type]
+            xs = torch.stack([torch.as_tensor(p[0], dtype=torch.float32) for p in pairs])
+            ys = torch.as_tensor([int(p[1]) for p in pairs])
+        except Exception as e:
+            raise DataError(
+                f"the {name} dataset must give (input tensor, integer label) pairs of one shape "
+                f"and have a length: {first_line(e)}"
+            ) from e
+        return xs, ys
+
+    x, y = stacked(train, "training")
+    x_val, y_val = stacked(val, "validation") if val is not None else (None, None)
+    x_test, y_test = stacked(test, "test") if test is not None else (None, None)
+    return from_tensors(x, y, x_val=x_val, y_val=y_val, x_test=x_test, y_test=y_test, **kwargs)
+
+
 def _read_tensors_file(path: Path) -> dict[str, Any]:
     try:
         if path.suffix == ".npz":

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import FrozenTrial
 from rich.console import Console, ConsoleOptions, RenderResult
+from rich.jupyter import JupyterMixin
 from rich.table import Table
 from rich.text import Text
 
@@ -116,8 +117,11 @@ def row_of(
 
 
 @dataclass
-class Leaderboard:
-    """Every trial of a study, best first; renders as a rich table plus a progress line."""
+class Leaderboard(JupyterMixin):
+    """Every trial of a study, best first; renders as a rich table plus a progress line.
+
+    In a notebook it renders as that table in the cell's output (rich's Jupyter support).
+    """
 
     rows: list[TrialRow]
     metric: str

@@ -26,6 +26,7 @@ from autotune.job import Job
 from autotune.leaderboard import Leaderboard
 from autotune.models import count_parameters
 from autotune.pruning import input_layer
+from autotune.report_analysis import plot_analysis
 from autotune.seeds import seed_configs
 from autotune.space import SearchSpace, TrialConfig
 from autotune.structure import Changes, build
@@ -96,6 +97,7 @@ class Search:
         self.analyses: dict[str, Analysis] = {}
         self.original: Cost | None = None
         self.limits: dict[str, int] = {}
+        self.baseline_value: float | None = None
         self._live: Live | None = None
 
     def _leave_out(self, names: tuple[str, ...], why: str) -> None:
@@ -130,7 +132,9 @@ class Search:
             started = time.perf_counter()
             with self.console.status(f"{method} analysis of {len(self.prunable)} layers..."):
                 analysis = analyze_job(self.job, method, options)
-            analysis.save(self.settings.out / "analysis" / f"{method}.json")
+            folder = self.settings.out / "analysis"
+            analysis.save(folder / f"{method}.json")
+            plot_analysis(analysis, folder)
             how = (
                 "cached"
                 if analysis.meta.get("cached")
@@ -221,6 +225,8 @@ class Search:
                     "baseline": True,
                     "val_accuracy": val.accuracy,
                     "val_loss": val.loss,
+                    **self._test_attrs(model, self.data),
+                    "gain": 0.0,
                     "trainable_params": 0,
                     **self._cost_attrs(self.original),
                     "epochs": 0,
@@ -259,11 +265,16 @@ class Search:
         self.console.print(self._header(), highlight=False)
         self.prepare()
         self.add_baseline(study)
+        self.baseline_value = next(
+            (t.values[0] for t in study.get_trials(deepcopy=False) if t.user_attrs.get("baseline")),
+            None,
+        )
         self.add_seeds(study)
         remaining = s.trials - self.finished_trials(study)
         self.board = Leaderboard.from_study(study, s.metric, started=time.time(), planned=s.trials)
         self.fails_in_a_row = 0
-        live = self.console.is_terminal
+        # A terminal or a notebook cell updates the table in place; logs get one line a trial.
+        live = self.console.is_terminal or self.console.is_jupyter
         if not live:
             self.console.print(self.board.progress_line())
         if remaining <= 0:
@@ -399,6 +410,11 @@ class Search:
             trial.set_user_attr("stop_reason", result.stop_reason)
             trial.set_user_attr("val_accuracy", best_epoch["val_accuracy"])
             trial.set_user_attr("val_loss", best_epoch["val_loss"])
+            for key, value in self._test_attrs(model, data).items():
+                trial.set_user_attr(key, value)
+            if self.baseline_value is not None:
+                sign = 1.0 if METRICS[self.settings.metric] == "maximize" else -1.0
+                trial.set_user_attr("gain", sign * (result.best - self.baseline_value))
             trial.set_user_attr("history", result.history)
             self._keep_if_best(trial, result.best, model, cost)
             size = self._size_objective(cost)
@@ -410,6 +426,13 @@ class Search:
             raise
         finally:
             self.board.running.pop(trial.number, None)
+
+    def _test_attrs(self, model: torch.nn.Module, data: TaskData) -> dict[str, Any]:
+        """Held-out scores, for the record and the dashboard: never used to pick a trial."""
+        if data.x_test is None or data.y_test is None:
+            return {}
+        test = evaluate(model, data.x_test, data.y_test)
+        return {"test_accuracy": test.accuracy, "test_loss": test.loss}
 
     def _cost_attrs(self, cost: Cost) -> dict[str, Any]:
         return {

@@ -69,3 +69,29 @@ def tensors_file(tmp_path: Path) -> Path:
         path,
     )
     return path
+
+
+@pytest.fixture(scope="session")
+def slimmed_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The output folder of a short search that prunes: study, analysis, report, artifacts."""
+    import io
+
+    from rich.console import Console
+
+    from autotune import search
+
+    out = tmp_path_factory.mktemp("slimmed")
+    x, y = blobs(300)
+    data = from_tensors(
+        x[:200], y[:200], x_val=x[200:260], y_val=y[200:260], x_test=x[260:], y_test=y[260:]
+    )
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 3)).eval()
+    space = {
+        "lr": {"low": 1e-3, "high": 3e-2, "log": True},
+        "prune": {"low": 0.0, "high": 0.7},
+        "fit": {"max_epochs": 4, "patience": 4},
+        "analysis": {"samples": 32, "background": 8, "nsamples": 4},
+    }
+    search(model, data, space=space, trials=6, out=out, console=Console(file=io.StringIO()))
+    return out
