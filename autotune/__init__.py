@@ -6,7 +6,7 @@ __version__ = "0.1.0"
 
 from autotune.analysis import Analysis, AnalysisOptions
 from autotune.api import SearchResult, analyze, make_job, search
-from autotune.data import TaskData, from_tensors, load_data
+from autotune.data import TaskData, from_datasets, from_tensors, load_data
 from autotune.errors import (
     AutotuneError,
     DataError,
@@ -18,6 +18,7 @@ from autotune.errors import (
 from autotune.export import ExportResult, export_trial
 from autotune.leaderboard import Leaderboard
 from autotune.models import LoadedModel, load_model
+from autotune.report import Report, write_report
 from autotune.space import SearchSpace, TrialConfig, load_space
 from autotune.study import SearchSettings
 
@@ -30,6 +31,7 @@ __all__ = [
     "Leaderboard",
     "LoadedModel",
     "ModelLoadError",
+    "Report",
     "SearchResult",
     "SearchSettings",
     "SearchSpace",
@@ -41,10 +43,12 @@ __all__ = [
     "__version__",
     "analyze",
     "export_trial",
+    "from_datasets",
     "from_tensors",
     "load_data",
     "load_model",
     "load_space",
     "make_job",
     "search",
+    "write_report",
 ]
