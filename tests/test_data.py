@@ -161,3 +161,17 @@ def test_output_width_must_match_named_classes() -> None:
     ):
         check_model_fits(TinyNet().eval(), data)
     assert check_model_fits(TinyNet(4).eval(), data) == 4
+
+
+def test_torch_datasets_become_task_data(tiny_model) -> None:  # type: ignore[no-untyped-def]
+    from torch.utils.data import TensorDataset
+
+    from autotune import from_datasets, make_job
+
+    x, y = blobs()
+    data = from_datasets(TensorDataset(x[:200], y[:200]), test=TensorDataset(x[200:], y[200:]))
+    assert len(data.x_train) + len(data.x_val) == 200 and len(data.x_test) == 40
+    job = make_job(tiny_model, TensorDataset(x, y))  # a Dataset straight into the API
+    assert job.num_classes == 3 and len(job.data.x_val) == 48
+    with pytest.raises(DataError, match="the training dataset must give"):
+        from_datasets([(torch.zeros(2), 0), (torch.zeros(3), 1)])  # type: ignore[arg-type]
