@@ -20,7 +20,7 @@ from torch import nn
 from autotune.errors import DataError, first_line
 
 SKLEARN_SETS = ("digits", "breast_cancer", "wine")
-_SPLITS = ("train", "val", "test")
+SPLITS = ("train", "val", "test")
 
 
 @dataclass
@@ -49,7 +49,7 @@ class TaskData:
     def fingerprint(self) -> str:
         """A hash of every tensor: two searches on the same data share cached analyses."""
         digest = hashlib.sha256()
-        for split in _SPLITS:
+        for split in SPLITS:
             for t in (getattr(self, f"x_{split}"), getattr(self, f"y_{split}")):
                 if t is not None:
                     digest.update(t.contiguous().numpy().tobytes())
@@ -69,7 +69,7 @@ class TaskData:
         index = torch.tensor(keep, device=self.x_train.device)
         sliced = {
             f"x_{split}": getattr(self, f"x_{split}").index_select(1, index)
-            for split in _SPLITS
+            for split in SPLITS
             if getattr(self, f"x_{split}") is not None
         }
         names = [self.feature_names[i] for i in keep] if self.feature_names else None
@@ -99,13 +99,15 @@ def load_data(
     """
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"val_fraction must be in (0, 1), but got {val_fraction!r}")
+    from autotune.readers import load_csv, load_image_folder, load_sklearn, read_tensors_file
+
     if spec == "demo":
         from autotune.demo import demo_files
 
-        data = _from_mapping(_read_tensors_file(demo_files().data), spec, val_fraction, split_seed)
+        data = from_mapping(read_tensors_file(demo_files().data), spec, val_fraction, split_seed)
         data.preprocessing = {"input": "1x8x8 digits in [0, 1], rotated 30-60 degrees and blurred"}
     elif spec.startswith("sklearn:"):
-        data = _load_sklearn(spec, val_fraction, split_seed)
+        data = load_sklearn(spec, val_fraction, split_seed)
     else:
         path = Path(spec)
         if not path.exists():
@@ -114,11 +116,11 @@ def load_data(
                 f"sklearn:{{{'|'.join(SKLEARN_SETS)}}} or demo"
             )
         if path.is_dir():
-            data = _load_image_folder(path, image_size, channels, val_fraction, split_seed)
+            data = load_image_folder(path, image_size, channels, val_fraction, split_seed)
         elif path.suffix in (".pt", ".pth", ".npz"):
-            data = _from_mapping(_read_tensors_file(path), spec, val_fraction, split_seed)
+            data = from_mapping(read_tensors_file(path), spec, val_fraction, split_seed)
         elif path.suffix == ".csv":
-            data = _load_csv(path, target, val_fraction, split_seed)
+            data = load_csv(path, target, val_fraction, split_seed)
         else:
             raise DataError(
                 f"data file {spec!r} has an unknown format {path.suffix!r}: use .pt, .npz, .csv "
@@ -146,7 +148,7 @@ def from_tensors(
     for name, value in (("x_val", x_val), ("y_val", y_val), ("x_test", x_test), ("y_test", y_test)):
         if value is not None:
             mapping[name] = value
-    data = _from_mapping(mapping, "<in memory>", val_fraction, split_seed)
+    data = from_mapping(mapping, "<in memory>", val_fraction, split_seed)
     data.classes = classes
     validate(data)
     return data
@@ -178,26 +180,7 @@ def from_datasets(
     return from_tensors(x, y, x_val=x_val, y_val=y_val, x_test=x_test, y_test=y_test, **kwargs)
 
 
-def _read_tensors_file(path: Path) -> dict[str, Any]:
-    try:
-        if path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as npz:
-                return {k: npz[k] for k in npz.files}
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise DataError(
-            f"cannot read tensors file {str(path)!r} ({first_line(e)}): "
-            "save a dict of tensors with torch.save or numpy.savez"
-        ) from e
-    if not isinstance(obj, dict):
-        raise DataError(
-            f"tensors file {str(path)!r} holds a {type(obj).__name__}; it must hold a dict with "
-            "x_train, y_train (and optionally x_val, y_val, x_test, y_test)"
-        )
-    return obj
-
-
-def _from_mapping(m: dict[str, Any], spec: str, val_fraction: float, seed: int) -> TaskData:
+def from_mapping(m: dict[str, Any], spec: str, val_fraction: float, seed: int) -> TaskData:
     missing = [k for k in ("x_train", "y_train") if k not in m]
     if missing:
         raise DataError(
@@ -212,8 +195,8 @@ def _from_mapping(m: dict[str, Any], spec: str, val_fraction: float, seed: int) 
                 f"{'y' if has_x else 'x'}_{split}: give both or neither"
             )
     t = {k: _as_tensor(k, v, spec) for k, v in m.items() if k[:2] in ("x_", "y_")}
-    for split in _SPLITS:
-        _check_pair(spec, split, t.get(f"x_{split}"), t.get(f"y_{split}"))
+    for split in SPLITS:
+        check_pair(spec, split, t.get(f"x_{split}"), t.get(f"y_{split}"))
     x_train, y_train = t["x_train"], t["y_train"]
     if "x_val" in t:
         x_val, y_val = t["x_val"], t["y_val"]
@@ -237,10 +220,10 @@ def _as_tensor(name: str, value: Any, spec: str) -> torch.Tensor:
                 f"data {spec!r}: {name} has dtype {tensor.dtype}; inputs must be numbers"
             )
         return tensor.float()
-    return _as_labels(name, tensor, spec)
+    return as_labels(name, tensor, spec)
 
 
-def _as_labels(name: str, y: torch.Tensor, spec: str) -> torch.Tensor:
+def as_labels(name: str, y: torch.Tensor, spec: str) -> torch.Tensor:
     if y.ndim != 1:
         raise DataError(
             f"data {spec!r}: {name} has shape {tuple(y.shape)}; labels must be one class index "
@@ -266,7 +249,7 @@ def _as_labels(name: str, y: torch.Tensor, spec: str) -> torch.Tensor:
     return y
 
 
-def _check_pair(spec: str, split: str, x: torch.Tensor | None, y: torch.Tensor | None) -> None:
+def check_pair(spec: str, split: str, x: torch.Tensor | None, y: torch.Tensor | None) -> None:
     if x is None or y is None:
         return
     if len(x) != len(y):
@@ -301,8 +284,8 @@ def carve(
 
 def validate(data: TaskData) -> None:
     """Check that the splits agree with each other: shapes, values, label ranges."""
-    for split in _SPLITS:
-        _check_pair(data.spec, split, getattr(data, f"x_{split}"), getattr(data, f"y_{split}"))
+    for split in SPLITS:
+        check_pair(data.spec, split, getattr(data, f"x_{split}"), getattr(data, f"y_{split}"))
     for split in ("val", "test"):
         x = getattr(data, f"x_{split}")
         if x is not None and x.shape[1:] != data.x_train.shape[1:]:
@@ -311,7 +294,7 @@ def validate(data: TaskData) -> None:
                 f"x_train samples have {tuple(data.x_train.shape[1:])}; they must match"
             )
     if data.num_classes is not None:
-        for split in _SPLITS:
+        for split in SPLITS:
             y = getattr(data, f"y_{split}")
             if y is not None and y.max() >= data.num_classes:
                 raise DataError(
@@ -356,7 +339,7 @@ def check_model_fits(model: nn.Module, data: TaskData, device: torch.device | st
             f"{data.num_classes} classes {data.classes}; build the model for {data.num_classes} "
             "classes (e.g. --num-classes with --arch)"
         )
-    for split in _SPLITS:
+    for split in SPLITS:
         y = getattr(data, f"y_{split}")
         if y is not None and y.max() >= width:
             raise DataError(
@@ -364,157 +347,3 @@ def check_model_fits(model: nn.Module, data: TaskData, device: torch.device | st
                 f"only {width} class scores; labels must be 0..{width - 1}"
             )
     return int(width)
-
-
-def _load_sklearn(spec: str, val_fraction: float, seed: int) -> TaskData:
-    import sklearn.datasets as sk
-
-    name = spec.split(":", 1)[1]
-    if name not in SKLEARN_SETS:
-        raise DataError(f"unknown data set {spec!r}: use sklearn:{{{'|'.join(SKLEARN_SETS)}}}")
-    bunch = getattr(sk, f"load_{name}")()
-    y = torch.tensor(bunch.target, dtype=torch.int64)
-    if name == "digits":
-        x = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
-        preprocessing: dict[str, Any] = {"input": "1x8x8 images, pixel values / 16"}
-        features = None
-    else:
-        raw = torch.tensor(bunch.data, dtype=torch.float32)
-        mean, std = raw.mean(0), raw.std(0)
-        x = (raw - mean) / std
-        preprocessing = {
-            "input": "features standardised with the whole set's mean and std",
-            "mean": mean.tolist(),
-            "std": std.tolist(),
-        }
-        features = [str(f) for f in bunch.feature_names]
-    # A fixed test split, then validation from the rest, both by seed.
-    x_rest, y_rest, x_test, y_test = carve(x, y, 0.2, seed, spec)
-    x_train, y_train, x_val, y_val = carve(x_rest, y_rest, val_fraction, seed, spec)
-    classes = [str(c) for c in bunch.target_names]
-    return TaskData(
-        x_train, y_train, x_val, y_val, x_test, y_test, spec, classes, features, preprocessing
-    )
-
-
-def _load_csv(path: Path, target: str | None, val_fraction: float, seed: int) -> TaskData:
-    import pandas as pd
-
-    try:
-        frame = pd.read_csv(path)
-    except Exception as e:
-        raise DataError(f"cannot read CSV file {str(path)!r}: {e}") from e
-    if target is None:
-        target = next((c for c in ("target", "label") if c in frame.columns), None)
-        if target is None:
-            raise DataError(
-                f"CSV file {str(path)!r} has no 'target' or 'label' column; name the label "
-                f"column with --target (columns: {list(frame.columns)[:10]})"
-            )
-    elif target not in frame.columns:
-        raise DataError(
-            f"CSV file {str(path)!r} has no column {target!r}; --target must be one of "
-            f"{list(frame.columns)[:10]}"
-        )
-    if frame[target].isna().any():
-        raise DataError(
-            f"CSV file {str(path)!r}: column {target!r} has empty labels; fill or drop them"
-        )
-    features = frame.drop(columns=[target])
-    bad = [c for c in features.columns if not pd.api.types.is_numeric_dtype(features[c])]
-    if bad:
-        raise DataError(
-            f"CSV file {str(path)!r}: feature column {bad[0]!r} is not numeric; encode it as "
-            "numbers first"
-        )
-    labels = frame[target]
-    if pd.api.types.is_numeric_dtype(labels):
-        y = _as_labels("the target column", torch.tensor(labels.to_numpy()), str(path))
-        classes = None
-    else:
-        classes = sorted(str(v) for v in labels.unique())
-        index = {c: i for i, c in enumerate(classes)}
-        y = torch.tensor([index[str(v)] for v in labels], dtype=torch.int64)
-    x = torch.tensor(features.to_numpy(dtype=np.float32))
-    _check_pair(str(path), "train", x, y)
-    x_train, y_train, x_val, y_val = carve(x, y, val_fraction, seed, str(path))
-    return TaskData(
-        x_train,
-        y_train,
-        x_val,
-        y_val,
-        None,
-        None,
-        str(path),
-        classes,
-        [str(c) for c in features.columns],
-        {"input": f"CSV columns {list(features.columns)} as float32, label {target!r}"},
-    )
-
-
-def _load_image_folder(
-    root: Path, image_size: int | None, channels: int | None, val_fraction: float, seed: int
-) -> TaskData:
-    """Load an ``ImageFolder`` tree, or ``train/``, ``val/``, ``test/`` trees side by side."""
-    subsets = {s: root / s for s in _SPLITS if (root / s).is_dir()}
-    if "train" not in subsets:
-        subsets = {"train": root}
-    loaded: dict[str, tuple[torch.Tensor, torch.Tensor, list[str]]] = {}
-    for split, folder in subsets.items():
-        loaded[split] = _read_images(folder, image_size, channels)
-        image_size = loaded[split][0].shape[-1]
-    classes = loaded["train"][2]
-    for split, (_, _, names) in loaded.items():
-        if names != classes:
-            raise DataError(
-                f"image folder {str(root)!r}: {split}/ has classes {names} but train/ has "
-                f"{classes}; they must be the same folders"
-            )
-    x_train, y_train, _ = loaded["train"]
-    if "val" in loaded:
-        x_val, y_val, _ = loaded["val"]
-    else:
-        x_train, y_train, x_val, y_val = carve(x_train, y_train, val_fraction, seed, str(root))
-    x_test, y_test = loaded["test"][:2] if "test" in loaded else (None, None)
-    c = x_train.shape[1]
-    return TaskData(
-        x_train,
-        y_train,
-        x_val,
-        y_val,
-        x_test,
-        y_test,
-        str(root),
-        classes,
-        None,
-        {"input": f"{c}x{image_size}x{image_size} images resized, scaled to [0, 1]"},
-    )
-
-
-def _read_images(
-    folder: Path, image_size: int | None, channels: int | None
-) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    from torchvision import datasets, transforms
-
-    try:
-        dataset = datasets.ImageFolder(str(folder))
-    except (FileNotFoundError, RuntimeError) as e:
-        raise DataError(
-            f"image folder {str(folder)!r} cannot be read ({e}); it needs one sub-folder of "
-            "images per class"
-        ) from e
-    if image_size is None:
-        image_size = max(dataset[0][0].size)
-    mode = "L" if channels == 1 else "RGB"
-    to_tensor = transforms.Compose(
-        [transforms.Resize((image_size, image_size)), transforms.ToTensor()]
-    )
-    xs, ys = [], []
-    for path, label in dataset.samples:
-        try:
-            image = dataset.loader(path).convert(mode)
-        except Exception as e:
-            raise DataError(f"image {path!r} cannot be read ({e}); remove or replace it") from e
-        xs.append(to_tensor(image))
-        ys.append(label)
-    return torch.stack(xs), torch.tensor(ys, dtype=torch.int64), list(dataset.classes)

@@ -11,7 +11,7 @@ from typing import Any
 
 import optuna
 from optuna.storages import BaseStorage, RetryHeartbeatStaleTrialCallback
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
 from autotune.cost import BUDGETS
 from autotune.errors import AutotuneError, StorageError, first_line
@@ -117,6 +117,54 @@ def open_storage(url: str | None, out: Path) -> BaseStorage | str:
             "postgresql://user@host/db, or a journal file path), that the server is running, and "
             "that its driver is installed"
         ) from e
+
+
+def open_study(settings: SearchSettings, record: dict[str, Any]) -> optuna.Study:
+    """Create the study with ``record`` stored on it, or load it and check it holds the same
+    search (model, data, metric, Pareto mode and space): ``settings`` must be resolved."""
+    storage = open_storage(settings.storage, settings.out)
+    sampler, pruner = make_sampler_and_pruner(settings)
+    directions = [METRICS[settings.metric]] + (["minimize"] if settings.pareto else [])
+    try:
+        study = optuna.create_study(
+            storage=storage,
+            study_name=settings.study_name,
+            directions=directions,
+            sampler=sampler,
+            pruner=pruner,
+            load_if_exists=True,
+        )
+    except Exception as e:
+        raise StorageError(
+            f"cannot create study {settings.study_name!r} in the storage: {e}"
+        ) from e
+    previous = study.user_attrs.get(ATTR)
+    if previous is None:
+        study.set_user_attr(ATTR, record)
+        return study
+    checks = [
+        ("model", previous["model"]["sha256"], record["model"]["sha256"]),
+        ("data", previous["data"]["fingerprint"], record["data"]["fingerprint"]),
+        ("metric", previous["settings"]["metric"], record["settings"]["metric"]),
+        ("--pareto", previous["settings"].get("pareto"), record["settings"].get("pareto")),
+        ("search space", previous["space"], record["space"]),
+    ]
+    for what, before, now in checks:
+        if before != now:
+            raise StorageError(
+                f"study {study.study_name!r} already holds a search with another {what}: "
+                "re-run with the same settings to continue it, or choose a new --study-name "
+                "or --out to start another"
+            )
+    return study
+
+
+def finished_trials(study: optuna.Study) -> int:
+    """Trials that ran to an end (complete, pruned or failed), the baseline not counted."""
+    done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    return sum(
+        1 for t in study.get_trials(deepcopy=False, states=done) if not t.user_attrs.get("baseline")
+    )
 
 
 def load_study(storage: str | None, out: Path, study_name: str | None = None) -> optuna.Study:

@@ -20,7 +20,7 @@ from autotune import __version__
 from autotune.analysis import Analysis, AnalysisOptions, analyze_job
 from autotune.cost import Cost, measure, parse_budget
 from autotune.data import TaskData
-from autotune.errors import AutotuneError, StorageError, first_line
+from autotune.errors import AutotuneError, first_line
 from autotune.importance import sites
 from autotune.job import Job
 from autotune.leaderboard import Leaderboard
@@ -31,12 +31,11 @@ from autotune.seeds import seed_configs
 from autotune.space import SearchSpace, TrialConfig
 from autotune.structure import Changes, build
 from autotune.study import (
-    ATTR,
     SearchSettings,
     best_trial,
     checkpoint_path,
-    make_sampler_and_pruner,
-    open_storage,
+    finished_trials,
+    open_study,
 )
 from autotune.surgery import can_set_dropout, layers
 from autotune.train import (
@@ -163,51 +162,15 @@ class Search:
 
     def open(self) -> optuna.Study:
         """Create the study, or load it when it exists (and check it is the same search)."""
-        s = self.settings
-        storage = open_storage(s.storage, s.out)
-        sampler, pruner = make_sampler_and_pruner(s)
-        directions = [METRICS[s.metric]] + (["minimize"] if s.pareto else [])
-        try:
-            study = optuna.create_study(
-                storage=storage,
-                study_name=s.study_name,
-                directions=directions,
-                sampler=sampler,
-                pruner=pruner,
-                load_if_exists=True,
-            )
-        except Exception as e:
-            raise StorageError(f"cannot create study {s.study_name!r} in the storage: {e}") from e
         record = {
             **self.job.describe(),
             "space": self.space.raw,
             "space_source": self.space.source,
-            "settings": s.stored(),
+            "settings": self.settings.stored(),
             "autotune_version": __version__,
             "command": self.command,
         }
-        previous = study.user_attrs.get(ATTR)
-        if previous is None:
-            study.set_user_attr(ATTR, record)
-        else:
-            self._check_same(study, previous, record)
-        return study
-
-    def _check_same(self, study: optuna.Study, old: dict[str, Any], new: dict[str, Any]) -> None:
-        checks = [
-            ("model", old["model"]["sha256"], new["model"]["sha256"]),
-            ("data", old["data"]["fingerprint"], new["data"]["fingerprint"]),
-            ("metric", old["settings"]["metric"], new["settings"]["metric"]),
-            ("--pareto", old["settings"].get("pareto"), new["settings"].get("pareto")),
-            ("search space", old["space"], new["space"]),
-        ]
-        for what, before, now in checks:
-            if before != now:
-                raise StorageError(
-                    f"study {study.study_name!r} already holds a search with another {what}: "
-                    "re-run with the same settings to continue it, or choose a new --study-name "
-                    "or --out to start another"
-                )
+        return open_study(self.settings, record)
 
     def add_baseline(self, study: optuna.Study) -> None:
         """Trial 0: the model as it is, evaluated without training."""
@@ -240,18 +203,10 @@ class Search:
 
     def add_seeds(self, study: optuna.Study) -> None:
         """Enqueue the rankings' seed configurations in a study that has run no trial yet."""
-        if not self.settings.seed_trials or self.finished_trials(study) or not self.analyses:
+        if not self.settings.seed_trials or finished_trials(study) or not self.analyses:
             return
         for params in seed_configs(self.space, self.n_layers, self.prunable):
             study.enqueue_trial(params, skip_if_exists=True)
-
-    def finished_trials(self, study: optuna.Study) -> int:
-        done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-        return sum(
-            1
-            for t in study.get_trials(deepcopy=False, states=done)
-            if not t.user_attrs.get("baseline")
-        )
 
     def run(self) -> optuna.Study:
         """Run this worker's trials with the live leaderboard; returns the study."""
@@ -270,7 +225,7 @@ class Search:
             None,
         )
         self.add_seeds(study)
-        remaining = s.trials - self.finished_trials(study)
+        remaining = s.trials - finished_trials(study)
         self.board = Leaderboard.from_study(study, s.metric, started=time.time(), planned=s.trials)
         self.fails_in_a_row = 0
         # A terminal or a notebook cell updates the table in place; logs get one line a trial.
