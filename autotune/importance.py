@@ -136,8 +136,10 @@ def score(
         raise ValueError(f"unknown importance method {method!r}: use one of {list(METHODS)}")
     if explainer not in EXPLAINERS:
         raise ValueError(f"unknown explainer {explainer!r}: use one of {list(EXPLAINERS)}")
+    # On the CPU, whatever device the model is on: seeded, so every worker gets the same ranks.
     with torch.no_grad():
-        copied = copy.deepcopy(model).eval()
+        copied = copy.deepcopy(model).cpu().eval()
+    x, y = x.cpu(), y.cpu()
     for p in copied.parameters():
         p.requires_grad_(False)
     found = sites(copied, x)
