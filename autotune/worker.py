@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -49,6 +51,8 @@ from autotune.train import (
 )
 
 MAX_FAILS_IN_A_ROW = 5
+WORKER = f"{socket.gethostname()}:{os.getpid()}"
+"""Which process ran a trial, recorded on it (several workers may share one study)."""
 _STRUCTURE = ("prune", "prune_layers", "drop_features", "importance", "unfreeze_order")
 
 
@@ -173,14 +177,20 @@ class Search:
         return open_study(self.settings, record)
 
     def add_baseline(self, study: optuna.Study) -> None:
-        """Trial 0: the model as it is, evaluated without training."""
-        if any(t.user_attrs.get("baseline") for t in study.get_trials(deepcopy=False)):
-            return
+        """Trial 0: the model as it is, evaluated without training.
+
+        Optuna's storages have no "add if absent": two workers starting within the same moment
+        can both add one. Evaluating before looking keeps that window to milliseconds, and
+        everything that reads the baseline takes the first.
+        """
         assert self.original is not None, "prepare() measures the source model"
         model = self.job.model.module.to(self.device)
         start = time.perf_counter()
         val = evaluate(model, self.data.x_val, self.data.y_val)
         value = val.metric(self.settings.metric)
+        test = self._test_attrs(model, self.data)
+        if any(t.user_attrs.get("baseline") for t in study.get_trials(deepcopy=False)):
+            return
         study.add_trial(
             optuna.trial.create_trial(
                 values=[value, *self._size_objective(self.original)],
@@ -188,7 +198,7 @@ class Search:
                     "baseline": True,
                     "val_accuracy": val.accuracy,
                     "val_loss": val.loss,
-                    **self._test_attrs(model, self.data),
+                    **test,
                     "gain": 0.0,
                     "trainable_params": 0,
                     **self._cost_attrs(self.original),
@@ -323,6 +333,7 @@ class Search:
 
     def objective(self, trial: optuna.Trial) -> float | tuple[float, float]:
         try:
+            trial.set_user_attr("worker", WORKER)
             config = self.space.suggest(trial, self.n_layers, self.prunable)
             model, changes, data = self.build(config)
             cost = measure(model, data.x_val)

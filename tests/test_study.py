@@ -105,3 +105,43 @@ def test_unreachable_storage_gets_one_clear_error(url: str, tmp_path: Path) -> N
     with pytest.raises(StorageError, match=f"cannot open storage '{url}'") as info:
         open_storage(url, tmp_path)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.slow
+def test_two_worker_processes_share_one_journal_study(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import time
+
+    import optuna
+
+    space = tmp_path / "space.yaml"
+    # Trials long enough (10 epochs) that the second worker starts before the first is done.
+    space.write_text("lr: {low: 1.0e-3, high: 1.0e-2, log: true}\nfit: {max_epochs: 10}\n")
+    journal = tmp_path / "journal.log"
+    command = [
+        sys.executable, "-m", "autotune.cli", "search", "--model", "demo", "--space", str(space),
+        "--trials", "16", "--storage", str(journal), "--study-name", "shared", "--pruner", "none",
+    ]  # fmt: skip
+    first = subprocess.Popen([*command, "--out", str(tmp_path / "a")], stdout=subprocess.DEVNULL)
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(journal))
+    )
+    for _ in range(300):  # the second worker joins once the first has created the study
+        if journal.exists() and optuna.get_all_study_names(storage):
+            break
+        time.sleep(0.1)
+    second = subprocess.run(
+        [*command, "--out", str(tmp_path / "b")], capture_output=True, text=True
+    )
+    assert first.wait(timeout=300) == 0 and second.returncode == 0, second.stderr
+    study = optuna.load_study(study_name="shared", storage=storage)
+    trials = study.get_trials(deepcopy=False)
+    baselines = [t for t in trials if t.user_attrs.get("baseline")]
+    ran = [t for t in trials if not t.user_attrs.get("baseline")]
+    assert len(baselines) == 1
+    # The study's total is shared: each worker stops once the study has its 16 trials (a trial
+    # already running in the other worker when the target is reached still finishes).
+    assert 16 <= len(ran) <= 17
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in ran)
+    assert len({t.user_attrs["worker"] for t in ran}) == 2
