@@ -1,4 +1,5 @@
-"""GPU check: the demo search on CUDA, and the training loop on CUDA against the CPU.
+"""GPU check: the demo search (vision space: SHAP analysis, structural pruning) on CUDA, and
+the training loop on CUDA against the CPU.
 
 For sessions with an accelerator. Prints a Markdown section for BENCHMARKS.md; needs no
 download (the demo builds from scikit-learn's bundled digits).
@@ -38,6 +39,7 @@ def main() -> None:
         result = search(
             "demo",
             "demo",
+            space="vision",
             trials=args.trials,
             out=out,
             device="cuda",
@@ -46,6 +48,9 @@ def main() -> None:
         search_s = time.perf_counter() - start
         best = result.best_config or {}
     metrics = best.get("metrics", {})
+    structure = best.get("structure", {})
+    params = structure.get("params", {"model": 0, "source": 1})
+    latency = structure.get("latency_ms", {})
     emit(
         [
             f"### GPU check ({time.strftime('%Y-%m-%d')}, {name})",
@@ -56,11 +61,14 @@ def main() -> None:
             "| --- | ---: | ---: |",
             f"| fine_tune, demo CNN, 20 epochs, CPU 1 thread | {cpu_s:.2f} | {cpu_acc:.4f} |",
             f"| fine_tune, demo CNN, 20 epochs, CUDA | {gpu_s:.2f} | {gpu_acc:.4f} |",
-            f"| demo search, {args.trials} trials, CUDA (incl. export) | {search_s:.2f} | "
+            f"| demo search, vision space, {args.trials} trials, CUDA (incl. analysis, export) | "
+            f"{search_s:.2f} | "
             f"{metrics.get('val_accuracy', float('nan')):.4f} |",
             "",
             f"Exported from {best.get('fit', {}).get('device')}; gain over baseline "
-            f"{metrics.get('gain', float('nan')):+.4f}.",
+            f"{metrics.get('gain', float('nan')):+.4f}; "
+            f"{params['model'] / params['source']:.0%} of the source's parameters; "
+            f"latency (32 samples, CUDA) {latency.get('model')} ms vs {latency.get('source')} ms.",
         ],
         args.write,
     )
