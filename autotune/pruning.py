@@ -53,11 +53,14 @@ def prune(
     example: torch.Tensor,
     ratio: float = 0.0,
     per_layer: Mapping[str, float] | None = None,
+    global_ranking: bool = False,
 ) -> dict[str, list[int]]:
     """Remove the lowest-scored channels of ``model`` in place; returns layer -> kept channels.
 
-    ``ratio`` is the fraction of channels removed from every scored layer; ``per_layer``
-    overrides it for the layers it names. Layers without scores and the classifier are kept.
+    ``ratio`` is the fraction of channels removed from every scored layer, or with
+    ``global_ranking`` the fraction of all scored channels, the lowest across the model;
+    ``per_layer`` overrides it for the layers it names. Layers without scores and the
+    classifier are kept; no layer loses more than 95% of its channels.
     """
     per_layer = dict(per_layer or {})
     if ratio <= 0 and not any(r > 0 for r in per_layer.values()):
@@ -82,6 +85,7 @@ def prune(
         pruning_ratio=ratio,
         pruning_ratio_dict={modules[n]: r for n, r in per_layer.items()},
         ignored_layers=ignored,
+        global_pruning=global_ranking,
         # Never empty a layer, whatever the ratio asked.
         max_pruning_ratio=0.95,
     )

@@ -52,7 +52,11 @@ class TrialConfig:
     """Which layers ``unfreeze`` counts: ``output`` (from the output backwards) or an importance
     method's error ranking (``shap``, ``taylor``: the layers driving the mistakes first)."""
     prune: float = 0.0
-    """Fraction of channels structurally removed from every prunable layer."""
+    """Fraction of channels structurally removed (see ``prune_scope``)."""
+    prune_scope: str = "layer"
+    """``layer``: ``prune`` of every layer's channels; ``global``: ``prune`` of all channels,
+    the lowest-ranked across the whole model (for rankings comparable across layers: shap's are
+    in nats of log-probability)."""
     prune_layers: dict[str, float] | None = None
     """Per-layer fractions (space key ``prune_layers``, trial params ``prune:<layer>``)."""
     importance: str = "shap"
@@ -69,6 +73,7 @@ _CHOICES = {
     "loss": tuple(LOSSES),
     "importance": IMPORTANCES,
     "unfreeze_order": ("output", "shap", "taylor"),
+    "prune_scope": ("layer", "global"),
 }
 _RATIOS = {"prune", "prune_layers", "drop_features"}
 MAX_RATIO = 0.9

@@ -44,7 +44,14 @@ def build(
     if config.prune > 0 or config.prune_layers:
         analysis = _analysis(analyses, config.importance)
         scores = {k: np.asarray(v) for k, v in analysis.channels.items()}
-        changes.channels = prune(model, scores, example, config.prune, config.prune_layers)
+        changes.channels = prune(
+            model,
+            scores,
+            example,
+            config.prune,
+            config.prune_layers,
+            global_ranking=config.prune_scope == "global",
+        )
     order = None
     if config.unfreeze_order != "output":
         names = [unit.name for unit in layers(model)]

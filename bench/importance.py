@@ -146,6 +146,57 @@ def unfreeze_table(model: torch.nn.Module, data: TaskData, seeds: int) -> list[s
     return [*lines, ""]
 
 
+def _params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _pruned(model: torch.nn.Module, channels, x, ratio: float, global_ranking: bool):  # type: ignore[no-untyped-def]
+    pruned = copy.deepcopy(model)
+    prune(pruned, channels, x[:2], ratio, global_ranking=global_ranking)
+    return pruned
+
+
+def scope_table(model: torch.nn.Module, data: TaskData, seeds: int) -> list[str]:
+    """One ranking across the whole model against the same fraction of every layer, at the
+    same parameter count (the global fraction is bisected to match the per-layer one's)."""
+    methods = ("shap", "taylor", "l1")
+    results: dict[tuple[str, float, str, str], list[float]] = {}
+    for seed in range(seeds):
+        x, y = explained(data, seed)
+        for method in methods:
+            channels = score(method, model, x, y, seed=seed).channels
+            for ratio in RATIOS[:2]:
+                layered = _pruned(model, channels, x, ratio, False)
+                target, low, high = _params(layered), 0.0, 0.95
+                for _ in range(14):
+                    middle = (low + high) / 2
+                    if _params(_pruned(model, channels, x, middle, True)) > target:
+                        low = middle
+                    else:
+                        high = middle
+                pruned = {"layer": layered, "global": _pruned(model, channels, x, high, True)}
+                for scope, net in pruned.items():
+                    for fit in ("none", "short"):
+                        acc = test_accuracy(copy.deepcopy(net), data, FITS[fit], seed)
+                        results.setdefault((method, ratio, scope, fit), []).append(acc)
+    lines = [
+        f"**Per-layer vs global ranking, clean task** (test accuracy, {seeds} seeds; the global "
+        "fraction is bisected to keep at most the per-layer one's parameters)",
+        "",
+        "| ratio | fine-tune | " + " | ".join(f"{m} layer | {m} global" for m in methods) + " |",
+        "|---|---|" + "---|---|" * len(methods),
+    ]
+    for ratio in RATIOS[:2]:
+        for fit in ("none", "short"):
+            cells = []
+            for m in methods:
+                for scope in ("layer", "global"):
+                    runs = results[(m, ratio, scope, fit)]
+                    cells.append(f"{statistics.mean(runs):.3f} ± {statistics.pstdev(runs):.3f}")
+            lines.append(f"| {ratio} | {fit} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
 def explainer_table(model: torch.nn.Module, data: TaskData, seeds: int) -> list[str]:
     """shap's two explainers on the same gates: pruning without fine-tuning, and time."""
     results: dict[tuple[str, float], list[float]] = {}
@@ -228,6 +279,7 @@ def main() -> None:
     ]
     lines += pruning_table(model, tasks, args.seeds)
     lines += unfreeze_table(model, tasks["shifted"], args.seeds)
+    lines += scope_table(model, tasks["clean"], args.seeds)
     lines += explainer_table(model, tasks["clean"], args.seeds)
     lines += timing_table(model, tasks["clean"])
     lines.append(f"(whole run: {time.perf_counter() - start:.0f} s)")

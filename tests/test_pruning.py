@@ -134,3 +134,21 @@ def test_feature_dropping_needs_a_linear_input_layer() -> None:
     model = nn.Sequential(nn.BatchNorm1d(6), nn.Linear(6, 3)).eval()
     with pytest.raises(ValueError, match="goes into '0' \\(BatchNorm1d\\)"):
         drop_features(model, [0, 1], torch.randn(4, 6))
+
+
+def test_global_ranking_prunes_the_lowest_channels_across_layers() -> None:
+    import numpy as np
+
+    torch.manual_seed(0)
+    model = TwoBranch().eval()
+    x = torch.randn(4, 3, 6, 6)
+    scores = {
+        "left.0": np.array([0.01, 0.02, 0.03, 0.04, 2, 2, 2, 2]),
+        "right.0": np.array([0.05, 0.06, 3, 3, 3, 3]),
+        "mix.0": np.linspace(1.0, 2.0, 12),
+    }
+    kept = prune(model, scores, x[:2], 0.3, global_ranking=True)  # 8 of the 26 channels
+    assert kept["left.0"] == [4, 5, 6, 7]
+    assert kept["right.0"] == [2, 3, 4, 5]
+    assert kept["mix.0"] == list(range(2, 12))
+    assert model(x).shape == (4, 4)
