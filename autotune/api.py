@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 from autotune.analysis import Analysis, AnalysisOptions, analyze_job
 from autotune.artifacts import attach
 from autotune.data import TaskData, from_datasets
-from autotune.errors import AutotuneError
+from autotune.errors import AutotuneError, first_line
 from autotune.export import ExportResult, export_trial
 from autotune.job import DataSpec, Job, ModelSpec
 from autotune.leaderboard import Leaderboard
@@ -126,10 +126,28 @@ def search(
         if len(study.directions) > 1:
             keep |= {t.number for t in study.best_trials}
         prune_checkpoints(run.checkpoints, keep=keep)
-        attach(study, sorted(best.folder.iterdir()), folder, prefix=f"trial_{best.trial}-")
-    attach(study, sorted((folder / "analysis").glob("*")), folder)
-    report = write_report(folder, run.settings.storage, run.settings.study_name).html
+    report = _publish(run, study, best)
     return SearchResult(run, study, best, report)
+
+
+def _publish(run: Search, study: optuna.Study, best: ExportResult | None) -> Path | None:
+    """Attach the files to the study for the dashboard and write the report.
+
+    Both come after the study's results are stored and exported: a failure here is reported
+    in one line and loses nothing.
+    """
+    out = run.settings.out
+    try:
+        if best is not None:
+            attach(study, sorted(best.folder.iterdir()), out, prefix=f"trial_{best.trial}-")
+        attach(study, sorted((out / "analysis").glob("*")), out)
+    except Exception as e:
+        run.console.print(f"note: files not attached for the dashboard: {first_line(e)}")
+    try:
+        return write_report(out, run.settings.storage, run.settings.study_name).html
+    except Exception as e:
+        run.console.print(f"note: report not written ({first_line(e)}); try `autotune report`")
+        return None
 
 
 def analyze(
