@@ -157,14 +157,10 @@ def search(
 ) -> None:
     """Search how to fine-tune and slim MODEL on DATA; export the best model and its config."""
     from autotune.api import search as run_search
-    from autotune.job import DataSpec, ModelSpec
 
-    if data is None:
-        if model != "demo":
-            raise AutotuneError("--data is missing: pass the data to tune on (see --help)")
-        data = "demo"
-    model_spec = ModelSpec(model, arch, num_classes, trust_model, str(code) if code else None)
-    data_spec = DataSpec(data, target, val_fraction, image_size=image_size)
+    model_spec, data_spec = _specs(
+        model, data, arch, num_classes, trust_model, code, target, val_fraction, image_size
+    )
     command = shlex.join(["autotune", *sys.argv[1:]])
     try:
         result = run_search(
@@ -251,15 +247,11 @@ def analyze(
 ) -> None:
     """Rank MODEL's channels, layers and input features on DATA; save JSON and charts."""
     from autotune.api import analyze as run_analyze
-    from autotune.job import DataSpec, ModelSpec
     from autotune.report_analysis import plot_analysis, tables
 
-    if data is None:
-        if model != "demo":
-            raise AutotuneError("--data is missing: pass the data to analyse on (see --help)")
-        data = "demo"
-    model_spec = ModelSpec(model, arch, num_classes, trust_model, str(code) if code else None)
-    data_spec = DataSpec(data, target, val_fraction, image_size=image_size)
+    model_spec, data_spec = _specs(
+        model, data, arch, num_classes, trust_model, code, target, val_fraction, image_size
+    )
     with console.status(f"{method} analysis"):
         result = run_analyze(
             model_spec,
@@ -391,6 +383,28 @@ def dashboard(
         run_server(open_storage(storage, out), host=host, port=port, artifact_store=store)
     except OSError as e:
         raise AutotuneError(f"cannot serve on {host}:{port}: {e}; choose another --port") from e
+
+
+def _specs(
+    model: str,
+    data: str | None,
+    arch: str | None,
+    num_classes: int | None,
+    trust_model: bool,
+    code: Path | None,
+    target: str | None,
+    val_fraction: float,
+    image_size: int | None,
+) -> tuple[Any, Any]:
+    """The model and data specs of the options every model-and-data command shares."""
+    from autotune.job import DataSpec, ModelSpec
+
+    if data is None:
+        if model != "demo":
+            raise AutotuneError("--data is missing: pass the data to work on (see --help)")
+        data = "demo"
+    model_spec = ModelSpec(model, arch, num_classes, trust_model, str(code) if code else None)
+    return model_spec, DataSpec(data, target, val_fraction, image_size=image_size)
 
 
 def _summary(result: Any) -> None:

@@ -215,7 +215,7 @@ def _pngs(study: optuna.Study, metric: str, analyses: list[Analysis], folder: Pa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from autotune.report_analysis import plot_analysis
+    from autotune.report_analysis import plot_analysis, save_figure
 
     folder.mkdir(parents=True, exist_ok=True)
     written = []
@@ -232,7 +232,7 @@ def _pngs(study: optuna.Study, metric: str, analyses: list[Analysis], folder: Pa
         ax.set_xlabel("trial")
         ax.set_ylabel(f"validation {metric}")
         ax.legend()
-        written.append(_save(fig, folder / "history.png"))
+        written.append(save_figure(fig, folder / "history.png"))
     points = _size_points(study)
     if points:
         front = _front(points, _maximize(study))
@@ -242,7 +242,7 @@ def _pngs(study: optuna.Study, metric: str, analyses: list[Analysis], folder: Pa
         ax.set_xlabel("parameters")
         ax.set_ylabel(f"validation {metric}")
         ax.legend()
-        written.append(_save(fig, folder / "size_front.png"))
+        written.append(save_figure(fig, folder / "size_front.png"))
     best_t = best_trial(study)
     history = best_t.user_attrs.get("history") if best_t is not None else None
     if best_t is not None and history:
@@ -252,16 +252,7 @@ def _pngs(study: optuna.Study, metric: str, analyses: list[Analysis], folder: Pa
         ax.set_xlabel("epoch")
         ax.set_title(f"best trial {best_t.number}")
         ax.legend()
-        written.append(_save(fig, folder / "learning_curve.png"))
+        written.append(save_figure(fig, folder / "learning_curve.png"))
     for analysis in analyses:
         written += plot_analysis(analysis, folder)
     return written
-
-
-def _save(fig: Any, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path

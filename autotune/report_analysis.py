@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from rich.table import Table
@@ -62,40 +63,56 @@ def plot_analysis(analysis: Analysis, folder: Path) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display, no GUI toolkit
-    import matplotlib.pyplot as plt
 
     folder.mkdir(parents=True, exist_ok=True)
-    written = []
     layer_scores = analysis.layers or {
         name: float(np.mean(scores)) for name, scores in analysis.channels.items()
     }
-    label = "error score" if analysis.layers else "mean channel importance"
-    names = list(layer_scores)
-    fig, ax = plt.subplots(figsize=(8, max(2.5, 0.3 * len(names) + 1)))
-    ax.barh(names[::-1], [layer_scores[n] for n in names][::-1], color="#4c72b0")
-    ax.set_xlabel(label)
-    ax.set_title(f"{analysis.method}: layers, input side at the top")
-    fig.tight_layout()
-    path = folder / f"{analysis.method}-layers.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    written.append(path)
+    written = [
+        _bars(
+            list(layer_scores),
+            list(layer_scores.values()),
+            "error score" if analysis.layers else "mean channel importance",
+            f"{analysis.method}: layers, input side at the top",
+            folder / f"{analysis.method}-layers.png",
+        )
+    ]
     if analysis.features is not None:
         values = np.asarray(analysis.features)
         order = np.argsort(values)[::-1][:30]
-        feature_names = analysis.feature_names or [str(i) for i in range(len(values))]
-        fig, ax = plt.subplots(figsize=(8, max(2.5, 0.3 * len(order) + 1)))
-        ax.barh([feature_names[i] for i in order][::-1], values[order][::-1], color="#dd8452")
-        ax.set_xlabel(
-            "importance (mean |SHAP|, nats)" if analysis.method == "shap" else "importance"
+        names = analysis.feature_names or [str(i) for i in range(len(values))]
+        unit = "mean |SHAP|, nats" if analysis.method == "shap" else analysis.method
+        written.append(
+            _bars(
+                [names[i] for i in order],
+                [float(values[i]) for i in order],
+                f"importance ({unit})",
+                f"{analysis.method}: input features, most important at the top",
+                folder / f"{analysis.method}-features.png",
+            )
         )
-        ax.set_title(f"{analysis.method}: input features, most important at the top")
-        fig.tight_layout()
-        path = folder / f"{analysis.method}-features.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        written.append(path)
     return written
+
+
+def _bars(names: list[str], values: list[float], xlabel: str, title: str, path: Path) -> Path:
+    """A horizontal bar chart, the first name at the top."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, max(2.5, 0.3 * len(names) + 1)))
+    ax.barh(names[::-1], values[::-1], color="#4c72b0")
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    return save_figure(fig, path)
+
+
+def save_figure(fig: Any, path: Path) -> Path:
+    """Write a matplotlib figure as a PNG and free it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def _units(indices: list[int], scores: list[float]) -> str:

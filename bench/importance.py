@@ -240,21 +240,19 @@ def timing_table(model: torch.nn.Module, data: TaskData) -> list[str]:
         "| model | " + " | ".join(METHODS) + " |",
         "|---|" + "---|" * len(METHODS),
     ]
-    cells = []
-    for method in METHODS:
-        start = time.perf_counter()
-        score(method, model, x, y)
-        cells.append(f"{time.perf_counter() - start:.2f} s")
-    lines.append("| demo CNN | " + " | ".join(cells) + " |")
     torch.manual_seed(0)
     resnet = torchvision.models.resnet18(num_classes=10).eval()
     rx, ry = torch.randn(SAMPLES, 3, 32, 32), torch.arange(SAMPLES) % 10
-    cells = []
-    for method in METHODS:
-        start = time.perf_counter()
-        score(method, resnet, rx, ry)
-        cells.append(f"{time.perf_counter() - start:.2f} s")
-    lines.append("| resnet18, 32x32 | " + " | ".join(cells) + " |")
+    for label, net, inputs, labels in (
+        ("demo CNN", model, x, y),
+        ("resnet18, 32x32", resnet, rx, ry),
+    ):
+        cells = []
+        for method in METHODS:
+            start = time.perf_counter()
+            score(method, net, inputs, labels)
+            cells.append(f"{time.perf_counter() - start:.2f} s")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return [*lines, ""]
 
 
