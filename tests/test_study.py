@@ -116,8 +116,11 @@ def test_two_worker_processes_share_one_journal_study(tmp_path: Path) -> None:
     import optuna
 
     space = tmp_path / "space.yaml"
-    # Trials long enough (10 epochs) that the second worker starts before the first is done.
-    space.write_text("lr: {low: 1.0e-3, high: 1.0e-2, log: true}\nfit: {max_epochs: 10}\n")
+    # Trials long enough (20 epochs) that the second worker, which needs seconds to import
+    # torch, joins while the first still has many trials to run.
+    space.write_text(
+        "lr: {low: 1.0e-3, high: 1.0e-2, log: true}\nfit: {max_epochs: 20, patience: 20}\n"
+    )
     journal = tmp_path / "journal.log"
     command = [
         sys.executable, "-m", "autotune.cli", "search", "--model", "demo", "--space", str(space),
