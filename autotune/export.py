@@ -125,7 +125,10 @@ def export_trial(
 
 def _structure(search: Search, rebuilt: Rebuilt, model: nn.Module) -> dict[str, Any]:
     """What the exported model is, against the source: size, speed, channels, input columns."""
-    original = measure(search.job.model.module.to(search.device), search.data.x_val)
+    # The search measured the source already; a bare export measures it here.
+    original = search.original or measure(
+        search.job.model.module.to(search.device), search.data.x_val
+    )
     now = measure(model, rebuilt.data.x_val)
     changes = rebuilt.changes
     names = search.job.data.feature_names

@@ -129,14 +129,20 @@ def input_layer(model: nn.Module, example: torch.Tensor) -> tuple[str, nn.Module
     return found[0]
 
 
-def drop_features(model: nn.Module, keep: list[int], example: torch.Tensor) -> None:
-    """Keep only input columns ``keep``: the first Linear layer loses the others' weights."""
+def feature_layer(model: nn.Module, example: torch.Tensor) -> nn.Linear:
+    """The ``nn.Linear`` that takes the input features; ValueError when there is none."""
     name, layer = input_layer(model, example)
     if not isinstance(layer, nn.Linear):
         raise ValueError(
             f"dropping input features needs a model whose input goes straight into an nn.Linear; "
             f"here it goes into {name!r} ({type(layer).__name__})"
         )
+    return layer
+
+
+def drop_features(model: nn.Module, keep: list[int], example: torch.Tensor) -> None:
+    """Keep only input columns ``keep``: the first Linear layer loses the others' weights."""
+    layer = feature_layer(model, example)
     with torch.no_grad():
         layer.weight = nn.Parameter(layer.weight[:, keep].clone())
     layer.in_features = len(keep)
