@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from autotune.analysis import Analysis, AnalysisOptions
 from autotune.api import SearchResult, analyze, make_job, search
-from autotune.data import TaskData, from_datasets, from_tensors, load_data
+from autotune.config import VERSION as __version__
+from autotune.config import AnalysisOptions, SearchSettings, TrialConfig
 from autotune.errors import (
     AutotuneError,
     DataError,
@@ -15,12 +13,14 @@ from autotune.errors import (
     StorageError,
     TrialFailed,
 )
-from autotune.export import ExportResult, export_trial
-from autotune.leaderboard import Leaderboard
-from autotune.models import LoadedModel, load_model
-from autotune.report import Report, write_report
-from autotune.space import SearchSpace, TrialConfig, load_space
-from autotune.study import SearchSettings
+from autotune.load.data import load_data
+from autotune.load.models import LoadedModel, load_model
+from autotune.load.tasks import TaskData, from_datasets, from_tensors
+from autotune.rank.analysis import Analysis
+from autotune.results.export import ExportResult, export_trial
+from autotune.results.leaderboard import Leaderboard
+from autotune.results.report import Report, write_report
+from autotune.search.space import SearchSpace, load_space
 
 __all__ = [
     "Analysis",

@@ -14,19 +14,24 @@ from rich.jupyter import JupyterMixin
 from torch import nn
 from torch.utils.data import Dataset
 
-from autotune.analysis import Analysis, AnalysisOptions, analyze_job
-from autotune.artifacts import attach
-from autotune.data import TaskData, from_datasets
+from autotune.config import AnalysisOptions, SearchSettings
 from autotune.errors import AutotuneError, first_line
-from autotune.export import ExportResult, export_trial
-from autotune.job import DataSpec, Job, ModelSpec
-from autotune.leaderboard import Leaderboard
-from autotune.models import LoadedModel
-from autotune.report import write_report
-from autotune.space import SearchSpace, load_space
-from autotune.study import SearchSettings, prune_checkpoints
-from autotune.train import configure_threads
-from autotune.worker import Search
+from autotune.load.job import DataSpec, Job, ModelSpec
+from autotune.load.models import LoadedModel
+from autotune.load.tasks import TaskData, from_datasets
+from autotune.paths import analysis_dir
+from autotune.rank.analysis import Analysis
+from autotune.rank.analyze import analyze_job
+from autotune.results.artifacts import attach
+from autotune.results.charts import plot_analysis
+from autotune.results.export import ExportResult, Workspace, export_trial
+from autotune.results.leaderboard import Leaderboard
+from autotune.results.live import LiveLeaderboard
+from autotune.results.report import write_report
+from autotune.search.runner import Search
+from autotune.search.space import SearchSpace, load_space
+from autotune.search.study import prune_checkpoints
+from autotune.trial.fit import configure_threads
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -73,7 +78,7 @@ class SearchResult(JupyterMixin):
 
     def export(self, folder: str | Path, trial: int | None = None) -> ExportResult:
         """Write trial ``trial`` (default: the best) to ``folder``."""
-        return export_trial(self.search, self.study, trial, Path(folder))
+        return export_trial(workspace(self.search), self.study, trial, Path(folder))
 
     def __rich__(self) -> Leaderboard:
         return self.leaderboard
@@ -107,17 +112,14 @@ def search(
     study_name = settings.pop("study_name", None) or default_study_name(model)
     folder = Path(out) if out is not None else Path("runs") / study_name
     the_space = space if isinstance(space, SearchSpace) else load_space(space)
-    run = Search(
-        job,
-        the_space,
-        SearchSettings(trials=trials, out=folder, study_name=study_name, **settings),
-        console=console or Console(),
-        command=command,
-    )
+    console = console or Console()
+    the_settings = SearchSettings(trials=trials, out=folder, study_name=study_name, **settings)
+    display = LiveLeaderboard(console, the_settings.metric, the_settings.trials)
+    run = Search(job, the_space, the_settings, console=console, command=command, display=display)
     study = run.run()
     completed = [t for t in study.get_trials(deepcopy=False) if t.values is not None]
     try:
-        best = export_trial(run, study) if completed else None
+        best = export_trial(workspace(run), study) if completed else None
     except AutotuneError as e:
         run.console.print(f"nothing exported: {e}")
         best = None
@@ -130,17 +132,25 @@ def search(
     return SearchResult(run, study, best, report)
 
 
-def _publish(run: Search, study: optuna.Study, best: ExportResult | None) -> Path | None:
-    """Attach the files to the study for the dashboard and write the report.
+def workspace(run: Search) -> Workspace:
+    """What export needs of a finished search (its fitted space, rankings and measurements)."""
+    return Workspace(run.job, run.space, run.settings, run.maker, run.checkpoints, run.original)
 
-    Both come after the study's results are stored and exported: a failure here is reported
+
+def _publish(run: Search, study: optuna.Study, best: ExportResult | None) -> Path | None:
+    """Draw the analyses' charts, attach the files to the study for the dashboard, and write
+    the report.
+
+    All come after the study's results are stored and exported: a failure here is reported
     in one line and loses nothing.
     """
     out = run.settings.out
     try:
+        for analysis in run.analyses.values():
+            plot_analysis(analysis, analysis_dir(out))
         if best is not None:
             attach(study, sorted(best.folder.iterdir()), out, prefix=f"trial_{best.trial}-")
-        attach(study, sorted((out / "analysis").glob("*")), out)
+        attach(study, sorted(analysis_dir(out).glob("*")), out)
     except Exception as e:
         run.console.print(f"note: files not attached for the dashboard: {first_line(e)}")
     try:

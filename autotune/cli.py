@@ -247,7 +247,8 @@ def analyze(
 ) -> None:
     """Rank MODEL's channels, layers and input features on DATA; save JSON and charts."""
     from autotune.api import analyze as run_analyze
-    from autotune.report_analysis import plot_analysis, tables
+    from autotune.rank.analysis import tables
+    from autotune.results.charts import plot_analysis
 
     model_spec, data_spec = _specs(
         model, data, arch, num_classes, trust_model, code, target, val_fraction, image_size
@@ -288,8 +289,8 @@ def show(
     top: Annotated[int, typer.Option(help="Rows to show.")] = 20,
 ) -> None:
     """Print the leaderboard of an existing study."""
-    from autotune.leaderboard import Leaderboard
-    from autotune.study import load_study, study_record
+    from autotune.results.leaderboard import Leaderboard
+    from autotune.search.study import load_study, study_record
 
     study = load_study(storage, out, study_name)
     metric = study_record(study)["settings"]["metric"]
@@ -319,10 +320,10 @@ def export(
     ] = "cpu",
 ) -> None:
     """Rebuild a trial's model from its stored parameters and export it with its config."""
-    from autotune.export import export_trial
-    from autotune.job import Job
-    from autotune.study import SearchSettings, load_study, space_of, study_record
-    from autotune.worker import Search
+    from autotune.config import SearchSettings
+    from autotune.load.job import Job
+    from autotune.results.export import Workspace, export_trial
+    from autotune.search.study import load_study, space_of, study_record
 
     study = load_study(storage, out, study_name)
     record = study_record(study)
@@ -332,7 +333,7 @@ def export(
     settings = SearchSettings(
         out=out, storage=storage, study_name=study.study_name, device=device, **stored
     )
-    rebuild = Search(job, space_of(record), settings, console=console)
+    rebuild = Workspace.create(job, space_of(record), settings)
     if retrain:
         rebuild.checkpoints = out / "no-checkpoints"
     with console.status(f"rebuilding trial {trial if trial is not None else 'best'}"):
@@ -354,7 +355,7 @@ def report(
     study_name: StudyName = None,
 ) -> None:
     """Write OUT/report.html (self-contained, offline) and PNGs of the key plots."""
-    from autotune.report import write_report
+    from autotune.results.report import write_report
 
     with console.status("writing the report"):
         written = write_report(out, storage, study_name)
@@ -372,11 +373,12 @@ def dashboard(
     """Serve optuna-dashboard on a search's study, with its plots and exported files."""
     from optuna_dashboard import run_server
 
-    from autotune.artifacts import artifact_folder, artifact_store
-    from autotune.study import load_study, open_storage
+    from autotune.paths import artifacts_dir
+    from autotune.results.artifacts import artifact_store
+    from autotune.search.study import load_study, open_storage
 
     study = load_study(storage, out)  # checks the study is there before serving
-    store = artifact_store(out) if artifact_folder(out).is_dir() else None
+    store = artifact_store(out) if artifacts_dir(out).is_dir() else None
     url = f"http://{host}:{port}/dashboard/"
     console.print(f"optuna-dashboard for study {study.study_name!r}: {url}  (Ctrl+C stops it)")
     try:
@@ -397,7 +399,7 @@ def _specs(
     image_size: int | None,
 ) -> tuple[Any, Any]:
     """The model and data specs of the options every model-and-data command shares."""
-    from autotune.job import DataSpec, ModelSpec
+    from autotune.load.job import DataSpec, ModelSpec
 
     if data is None:
         if model != "demo":

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import torch
 
-from autotune.data import load_data
-from autotune.models import load_model
-from autotune.space import TrialConfig
-from autotune.train import fine_tune
+from autotune.config import TrialConfig
+from autotune.load.data import load_data
+from autotune.load.models import load_model
+from autotune.trial.fit import fine_tune
 
 
 def time_demo_fit(device: str = "cpu", epochs: int = 20) -> tuple[float, float]:

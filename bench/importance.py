@@ -26,13 +26,15 @@ import torch
 import torchvision
 from _shared import emit
 
-from autotune.data import TaskData, load_data
-from autotune.importance import EXPLAINERS, METHODS, score
-from autotune.models import load_model
-from autotune.pruning import prune
-from autotune.space import TrialConfig
-from autotune.surgery import configure, layers
-from autotune.train import evaluate, fine_tune
+from autotune.config import EXPLAINERS, TrialConfig
+from autotune.load.anatomy import layers
+from autotune.load.data import load_data
+from autotune.load.models import load_model
+from autotune.load.tasks import TaskData
+from autotune.rank.methods import METHODS, score
+from autotune.trial.fit import evaluate, fine_tune
+from autotune.trial.freeze import configure
+from autotune.trial.prune import prune
 
 RATIOS = (0.3, 0.5, 0.7)
 FITS = {"none": 0, "short": 3, "full": 20}

@@ -27,10 +27,10 @@ from _shared import emit
 from rich.console import Console
 
 from autotune import search
-from autotune.data import load_data
-from autotune.models import load_model
-from autotune.space import TrialConfig
-from autotune.train import fine_tune
+from autotune.config import TrialConfig
+from autotune.load.data import load_data
+from autotune.load.models import load_model
+from autotune.trial.fit import fine_tune
 
 EPOCHS, LR, BATCH = 20, 3e-3, 32
 CONFIG = TrialConfig(lr=LR, batch_size=BATCH, optimizer="adamw", weight_decay=0.0)

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 import autotune
-from autotune.job import ModelSpec
+from autotune.load.job import ModelSpec
 
 
 class WineNet(nn.Module):

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from autotune.data import TaskData, from_tensors
+from autotune.load.tasks import TaskData, from_tensors
 
 torch.set_num_threads(1)
 

@@ -56,7 +56,7 @@ def test_search_writes_the_bundle(searched: Path) -> None:
 
 def test_exported_program_runs_without_autotune(searched: Path) -> None:
     config = yaml.safe_load((searched / "best" / "config.yaml").read_text())
-    from autotune.demo import demo_files
+    from autotune.load.demo import demo_files
 
     script = (
         "import sys, json, torch\n"
@@ -128,7 +128,7 @@ def test_asking_for_cuda_without_one_is_refused_up_front() -> None:
 
 
 def test_analyze_writes_rankings_and_charts(tmp_path: Path) -> None:
-    from autotune.analysis import Analysis
+    from autotune.rank.analysis import Analysis
 
     args = ["analyze", "--model", "demo", "--samples", "16", "--nsamples", "4"]
     result = runner.invoke(app, [*args, "--background", "8", "--out", str(tmp_path)])

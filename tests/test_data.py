@@ -7,8 +7,9 @@ import pytest
 import torch
 from conftest import TinyNet, blobs
 
-from autotune.data import check_model_fits, from_tensors, load_data
 from autotune.errors import DataError
+from autotune.load.data import check_model_fits, load_data
+from autotune.load.tasks import from_tensors
 
 
 def test_tensors_file_with_all_splits(tensors_file: Path) -> None:

@@ -8,9 +8,9 @@ import yaml
 from typer.testing import CliRunner
 
 from autotune.cli import app
-from autotune.demo import build_demo, demo_files
-from autotune.models import load_model
-from autotune.train import evaluate
+from autotune.load.demo import build_demo, demo_files
+from autotune.load.models import load_model
+from autotune.trial.fit import evaluate
 
 
 def test_demo_is_deterministic_and_the_shift_hurts() -> None:

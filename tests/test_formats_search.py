@@ -10,8 +10,8 @@ import torch
 from rich.console import Console
 
 from autotune import search
-from autotune.data import TaskData
-from autotune.job import ModelSpec
+from autotune.load.job import ModelSpec
+from autotune.load.tasks import TaskData
 
 SPACE = {
     "lr": 1e-2,

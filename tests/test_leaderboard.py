@@ -7,7 +7,7 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 from rich.console import Console
 
-from autotune.leaderboard import Leaderboard
+from autotune.results.leaderboard import Leaderboard
 
 
 def _study() -> optuna.Study:

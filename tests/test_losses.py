@@ -3,8 +3,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from autotune.losses import focal_loss, make_loss
-from autotune.space import TrialConfig
+from autotune.config import TrialConfig
+from autotune.trial.losses import focal_loss, make_loss
 
 LOGITS = torch.randn(16, 5, generator=torch.Generator().manual_seed(0))
 TARGET = torch.arange(16) % 5

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from autotune.errors import ModelLoadError
-from autotune.models import load_model
+from autotune.load.models import load_model
 
 X = torch.randn(4, 8)
 
@@ -132,4 +132,4 @@ def test_missing_file(tmp_path: Path) -> None:
 def test_demo_model_loads_and_is_pretrained() -> None:
     loaded = load_model("demo")
     assert isinstance(loaded.module, torch.nn.Module) and not loaded.module.training
-    assert loaded.arch == "autotune.demo:DigitsCNN"
+    assert loaded.arch == "autotune.load.demo:DigitsCNN"

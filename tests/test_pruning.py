@@ -8,9 +8,10 @@ import torch
 import torchvision
 from torch import nn
 
-from autotune.export import save_model
-from autotune.importance import Gated, Site, score, sites
-from autotune.pruning import drop_features, prune
+from autotune.rank.gates import Gated, Site, sites
+from autotune.rank.methods import score
+from autotune.results.export import save_model
+from autotune.trial.prune import drop_features, prune
 
 
 class TwoBranch(nn.Module):

@@ -13,7 +13,7 @@ from rich.console import Console
 from torch import nn
 
 from autotune import search
-from autotune.data import TaskData, from_tensors
+from autotune.load.tasks import TaskData, from_tensors
 
 ANALYSIS = {"samples": 32, "background": 8, "nsamples": 4}
 

@@ -5,8 +5,9 @@ from pathlib import Path
 import optuna
 import pytest
 
+from autotune.config import TrialConfig
 from autotune.errors import SpaceError
-from autotune.space import TrialConfig, builtin_spaces, load_space
+from autotune.search.space import builtin_spaces, load_space
 
 
 def test_default_space_ships_with_the_package() -> None:

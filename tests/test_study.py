@@ -11,10 +11,10 @@ from optuna.trial import TrialState
 from rich.console import Console
 
 from autotune import search
-from autotune.data import TaskData, from_tensors
 from autotune.errors import StorageError
-from autotune.study import open_storage
-from autotune.train import evaluate
+from autotune.load.tasks import TaskData, from_tensors
+from autotune.search.study import open_storage
+from autotune.trial.fit import evaluate
 
 QUICK = {
     "lr": {"low": 1e-3, "high": 3e-2, "log": True},

@@ -3,9 +3,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from autotune.demo import DigitsCNN
-from autotune.space import TrialConfig
-from autotune.surgery import apply, layers, unfreeze
+from autotune.config import TrialConfig
+from autotune.load.anatomy import layers
+from autotune.load.demo import DigitsCNN
+from autotune.trial.freeze import apply, unfreeze
 
 
 def test_norm_layers_travel_with_the_layer_before() -> None:
@@ -48,7 +49,7 @@ def test_existing_dropout_is_adjusted_not_duplicated() -> None:
 def test_a_bare_linear_model_cannot_take_dropout() -> None:
     from torch import nn
 
-    from autotune.surgery import can_set_dropout
+    from autotune.trial.freeze import can_set_dropout
 
     assert not can_set_dropout(nn.Linear(4, 2))
     assert can_set_dropout(nn.Sequential(nn.Linear(4, 2)))

@@ -5,10 +5,10 @@ import copy
 import pytest
 import torch
 
-from autotune.data import TaskData
+from autotune.config import TrialConfig
 from autotune.errors import TrialFailed
-from autotune.space import TrialConfig
-from autotune.train import evaluate, fine_tune
+from autotune.load.tasks import TaskData
+from autotune.trial.fit import evaluate, fine_tune
 
 
 def test_fine_tuning_improves_and_keeps_the_best_weights(
@@ -56,7 +56,7 @@ def test_same_seed_same_result(tiny_model: torch.nn.Module, tiny_data: TaskData)
 def test_frozen_batchnorm_keeps_its_running_statistics(
     tiny_model: torch.nn.Module, tiny_data: TaskData
 ) -> None:
-    from autotune.surgery import unfreeze
+    from autotune.trial.freeze import unfreeze
 
     unfreeze(tiny_model, 1)  # only the classifier trains
     bn = tiny_model.body[1]
@@ -70,3 +70,21 @@ def test_loss_metric_is_minimised(tiny_model: torch.nn.Module, tiny_data: TaskDa
         tiny_model, tiny_data, TrialConfig(lr=1e-2), max_epochs=6, patience=6, metric="loss"
     )
     assert result.best == min(h["val_loss"] for h in result.history)
+
+
+def test_the_best_epochs_weights_come_back_after_a_worse_last_epoch() -> None:
+    # Training labels are noise, so a large learning rate drifts the validation loss around:
+    # the best epoch is not the last, and the model must end with the best epoch's weights.
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(120, 8, generator=gen)
+    y = (x[:, 0] > 0).long()
+    noise = torch.randint(0, 2, (80,), generator=gen)
+    data = TaskData(x[:80], noise, x[80:], y[80:])
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 2))
+    result = fine_tune(
+        model, data, TrialConfig(lr=0.05), max_epochs=12, patience=12, metric="loss"
+    )
+    assert result.best_epoch < result.epochs_run
+    assert result.history[-1]["val_loss"] > result.best
+    assert evaluate(model, data.x_val, data.y_val).loss == pytest.approx(result.best, abs=1e-6)

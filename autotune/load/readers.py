@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from autotune.data import SKLEARN_SETS, SPLITS, TaskData, as_labels, carve, check_pair
 from autotune.errors import DataError, first_line
+from autotune.load.tasks import SKLEARN_SETS, SPLITS, TaskData, as_labels, carve, check_pair
 
 
 def read_tensors_file(path: Path) -> dict[str, Any]:

@@ -18,16 +18,42 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
-from autotune import __version__
-from autotune.cost import measure
-from autotune.data import TaskData
+from autotune.config import VERSION, SearchSettings, sign
 from autotune.errors import AutotuneError
-from autotune.leaderboard import Leaderboard
-from autotune.models import count_parameters
-from autotune.structure import Changes
-from autotune.study import best_trial, checkpoint_path, config_of, study_record
-from autotune.train import Evaluation, configure_threads, evaluate
-from autotune.worker import Search
+from autotune.load.anatomy import count_parameters
+from autotune.load.job import Job
+from autotune.load.tasks import TaskData
+from autotune.paths import checkpoint_path, checkpoints_dir, export_dir, leaderboard_csv
+from autotune.results.leaderboard import Leaderboard
+from autotune.search.prepare import adapt_space, make_maker, run_analyses
+from autotune.search.space import SearchSpace
+from autotune.search.study import best_trial, config_of, study_record
+from autotune.trial.build import Changes
+from autotune.trial.cost import Cost, measure
+from autotune.trial.fit import Evaluation, configure_threads, evaluate
+from autotune.trial.maker import TrialMaker
+
+
+@dataclass
+class Workspace:
+    """What rebuilding a study's trials needs: the job, the space as the search ran it (fitted to
+    the model), the resolved settings, and the ``TrialMaker`` with its rankings."""
+
+    job: Job
+    space: SearchSpace
+    settings: SearchSettings
+    maker: TrialMaker
+    checkpoints: Path
+    """Where trials' weights were saved (``OUT/checkpoints``)."""
+    original: Cost | None = None
+    """The source model's cost, when the search measured it already."""
+
+    @classmethod
+    def create(cls, job: Job, space: SearchSpace, settings: SearchSettings) -> Workspace:
+        """The workspace of a stored study, for ``autotune export``."""
+        settings = settings.resolved(space.fit)
+        space, _ = adapt_space(space, job)
+        return cls(job, space, settings, make_maker(job, settings), checkpoints_dir(settings.out))
 
 
 @dataclass
@@ -76,63 +102,64 @@ class Rebuilt:
     origin: str
 
 
-def rebuild(search: Search, trial: FrozenTrial) -> Rebuilt:
+def rebuild(work: Workspace, trial: FrozenTrial) -> Rebuilt:
     """The trial's trained model: from its checkpoint, else retrained with its seed."""
+    maker = work.maker
     if trial.user_attrs.get("baseline"):
-        module = search.job.model.module.to(search.device)
-        return Rebuilt(module, search.data, Changes(), "the source model, unchanged")
-    config = config_of(trial, search.space)
-    if search.space.uses_rankings() and not search.analyses:
-        search.prepare()  # the analyses come from the cache: the same ranking as the trial's
-    model, changes, data = search.build(config)
-    saved = checkpoint_path(search.checkpoints, trial.number)
+        module = work.job.model.module.to(maker.device)
+        return Rebuilt(module, maker.data, Changes(), "the source model, unchanged")
+    config = config_of(trial, work.space)
+    # The analyses come from the cache: the same rankings as the trial's.
+    run_analyses(work.job, work.space, maker.analyses)
+    model, changes, data = maker.build(config)
+    saved = checkpoint_path(work.checkpoints, trial.number)
     if saved.is_file():
-        model.load_state_dict(torch.load(saved, map_location=search.device, weights_only=True))
+        model.load_state_dict(torch.load(saved, map_location=maker.device, weights_only=True))
         return Rebuilt(model, data, changes, f"weights saved by trial {trial.number}")
-    configure_threads(search.device, search.settings.threads)
-    search.fit(model, config, trial.number, data)
+    configure_threads(maker.device, work.settings.threads)
+    maker.fit(model, config, trial.number, data)
     return Rebuilt(
         model, data, changes, f"retrained from trial {trial.number}'s parameters and seed"
     )
 
 
 def export_trial(
-    search: Search,
+    work: Workspace,
     study: optuna.Study,
     number: int | None = None,
     folder: Path | None = None,
 ) -> ExportResult:
     """Write trial ``number`` (default: the best) as a bundle that runs without autotune."""
     trial = pick_trial(study, number)
-    folder = folder or search.settings.out / ("best" if number is None else f"trial_{trial.number}")
+    out = work.settings.out
+    folder = folder or export_dir(out, None if number is None else trial.number)
     folder.mkdir(parents=True, exist_ok=True)
-    rebuilt = rebuild(search, trial)
+    rebuilt = rebuild(work, trial)
     model, data = rebuilt.model, rebuilt.data
     val = evaluate(model, data.x_val, data.y_val)
     test = None
     if data.x_test is not None and data.y_test is not None:
         test = evaluate(model, data.x_test, data.y_test)
-    structure = _structure(search, rebuilt, model)
+    structure = _structure(work, rebuilt, model)
     model = model.cpu().eval()
     files = save_model(model, data.x_val[:2].cpu(), folder)
     record = study_record(study)
-    config = _config(search, study, trial, record, val, test, rebuilt.origin, files, model)
+    config = _config(work, study, trial, record, val, test, rebuilt.origin, files, model)
     config["structure"] = structure
     (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    write_leaderboard(study, search.settings.metric, search.settings.out / "leaderboard.csv")
+    write_leaderboard(study, work.settings.metric, leaderboard_csv(out))
     return ExportResult(folder, trial.number, model, config)
 
 
-def _structure(search: Search, rebuilt: Rebuilt, model: nn.Module) -> dict[str, Any]:
+def _structure(work: Workspace, rebuilt: Rebuilt, model: nn.Module) -> dict[str, Any]:
     """What the exported model is, against the source: size, speed, channels, input columns."""
     # The search measured the source already; a bare export measures it here.
-    original = search.original or measure(
-        search.job.model.module.to(search.device), search.data.x_val
-    )
+    device = work.maker.device
+    original = work.original or measure(work.job.model.module.to(device), work.maker.data.x_val)
     now = measure(model, rebuilt.data.x_val)
     changes = rebuilt.changes
-    names = search.job.data.feature_names
-    width = search.job.data.x_val.shape[1] if search.job.data.x_val.ndim == 2 else None
+    names = work.job.data.feature_names
+    width = work.job.data.x_val.shape[1] if work.job.data.x_val.ndim == 2 else None
     kept = (
         changes.features
         if changes.features is not None
@@ -154,7 +181,7 @@ def _structure(search: Search, rebuilt: Rebuilt, model: nn.Module) -> dict[str, 
             "model": round(now.latency_ms, 3),
             "source": round(original.latency_ms, 3),
             "batch": 32,
-            "device": str(search.device),
+            "device": str(device),
             "threads": torch.get_num_threads(),
         },
         "channels": {
@@ -190,7 +217,7 @@ def save_model(model: nn.Module, example: torch.Tensor, folder: Path) -> dict[st
 
 
 def _config(
-    search: Search,
+    work: Workspace,
     study: optuna.Study,
     trial: FrozenTrial,
     record: dict[str, Any],
@@ -200,19 +227,18 @@ def _config(
     files: dict[str, str],
     model: nn.Module,
 ) -> dict[str, Any]:
-    s = search.settings
+    s = work.settings
     baseline = next(t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("baseline"))
     base_value = baseline.values[0] if baseline.values else None
     metric = s.metric
     value = val.metric(metric)
-    sign = 1.0 if metric == "accuracy" else -1.0
     trainable, total = count_parameters(model)
     is_baseline = bool(trial.user_attrs.get("baseline"))
-    params = {} if is_baseline else dataclasses.asdict(config_of(trial, search.space))
+    params = {} if is_baseline else dataclasses.asdict(config_of(trial, work.space))
     value_of_trial = trial.values[0] if trial.values else None
     out = str(s.out)
     return {
-        "autotune_version": __version__,
+        "autotune_version": VERSION,
         "study": study.study_name,
         "trial": trial.number,
         "params": params,
@@ -222,7 +248,7 @@ def _config(
             "val_accuracy": val.accuracy,
             "val_loss": val.loss,
             f"baseline_val_{metric}": base_value,
-            "gain": None if base_value is None else sign * (value - base_value),
+            "gain": None if base_value is None else sign(metric) * (value - base_value),
             "test_accuracy": None if test is None else test.accuracy,
             "test_loss": None if test is None else test.loss,
             "reproduces_study_value": value_of_trial is not None
@@ -235,7 +261,7 @@ def _config(
             "patience": s.patience,
             "seed": s.seed + trial.number,
             "study_seed": s.seed,
-            "device": str(search.device),
+            "device": str(work.maker.device),
             "threads": s.threads,
         },
         "weights": origin,

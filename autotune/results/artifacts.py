@@ -18,13 +18,11 @@ from pathlib import Path
 import optuna
 from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta, upload_artifact
 
-
-def artifact_folder(out: Path) -> Path:
-    return out / "artifacts"
+from autotune.paths import artifacts_dir
 
 
 def artifact_store(out: Path) -> FileSystemArtifactStore:
-    folder = artifact_folder(out)
+    folder = artifacts_dir(out)
     folder.mkdir(parents=True, exist_ok=True)
     return FileSystemArtifactStore(str(folder))
 

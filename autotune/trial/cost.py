@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from autotune.errors import AutotuneError
-from autotune.models import set_training
+from autotune.load.anatomy import set_training
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,6 @@ class Cost:
 
 
 LATENCY_BATCH = 32
-BUDGETS = ("params", "macs")
 
 
 def measure(model: nn.Module, example: torch.Tensor, repeats: int = 5) -> Cost:

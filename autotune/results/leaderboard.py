@@ -13,6 +13,8 @@ from rich.jupyter import JupyterMixin
 from rich.table import Table
 from rich.text import Text
 
+from autotune.config import METRICS, sign
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -86,7 +88,7 @@ class TrialRow:
 
 
 def row_of(
-    trial: FrozenTrial, baseline: float | None, sign: float, front: frozenset[int] = frozenset()
+    trial: FrozenTrial, baseline: float | None, metric: str, front: frozenset[int] = frozenset()
 ) -> TrialRow:
     attrs = trial.user_attrs
     state = "BASELINE" if attrs.get("baseline") else trial.state.name
@@ -94,7 +96,7 @@ def row_of(
     value = trial.values[0] if trial.values else None
     if value is None and trial.intermediate_values:
         value = trial.intermediate_values[max(trial.intermediate_values)]
-    gain = None if value is None or baseline is None else sign * (value - baseline)
+    gain = None if value is None or baseline is None else sign(metric) * (value - baseline)
     seconds = attrs.get("seconds")
     if seconds is None and trial.datetime_complete and trial.datetime_start:
         seconds = (trial.datetime_complete - trial.datetime_start).total_seconds()
@@ -139,9 +141,7 @@ class Leaderboard(JupyterMixin):
 
     @classmethod
     def from_study(cls, study: optuna.Study, metric: str, **kwargs: Any) -> Leaderboard:
-        first = study.directions[0]
-        direction = "maximize" if first == optuna.study.StudyDirection.MAXIMIZE else "minimize"
-        sign = 1.0 if direction == "maximize" else -1.0
+        direction = METRICS[metric]
         trials = study.get_trials(deepcopy=False)
         base = next((t for t in trials if t.user_attrs.get("baseline")), None)
         baseline = base.values[0] if base is not None and base.values else None
@@ -151,7 +151,7 @@ class Leaderboard(JupyterMixin):
             kwargs.setdefault(
                 "pareto", study.user_attrs.get("autotune", {}).get("settings", {}).get("pareto")
             )
-        rows = [row_of(t, baseline, sign, front) for t in trials]
+        rows = [row_of(t, baseline, metric, front) for t in trials]
         return cls(rows, metric, direction, **kwargs)
 
     @property
@@ -161,8 +161,8 @@ class Leaderboard(JupyterMixin):
     def ranked(self) -> list[TrialRow]:
         """Completed trials (and the baseline), best first; those over budget after the rest."""
         done = [r for r in self.rows if r.state in ("COMPLETE", "BASELINE") and r.value is not None]
-        sign = -1.0 if self.direction == "maximize" else 1.0
-        return sorted(done, key=lambda r: (not r.feasible, sign * (r.value or 0.0), r.number))
+        s = sign(self.metric)
+        return sorted(done, key=lambda r: (not r.feasible, -s * (r.value or 0.0), r.number))
 
     def counts(self) -> dict[str, int]:
         counts = {"COMPLETE": 0, "PRUNED": 0, "FAIL": 0, "RUNNING": 0}

@@ -10,19 +10,17 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 from torch import nn
 
-from autotune.data import TaskData
+from autotune.config import TrialConfig, better
 from autotune.errors import AutotuneError, TrialFailed
-from autotune.losses import make_loss
-from autotune.models import set_training
-from autotune.space import TrialConfig
-from autotune.surgery import frozen_norms
+from autotune.load.anatomy import set_training
+from autotune.load.tasks import TaskData
+from autotune.trial.freeze import frozen_norms
+from autotune.trial.losses import make_loss
 
-METRICS: dict[str, Literal["maximize", "minimize"]] = {"accuracy": "maximize", "loss": "minimize"}
 EVAL_BATCH = 1024
 
 
@@ -136,7 +134,6 @@ def fine_tune(
     loss_fn = make_loss(config)
     optimizer = make_optimizer(model, config)
     frozen = frozen_norms(model)
-    better = (lambda a, b: a > b) if METRICS[metric] == "maximize" else (lambda a, b: a < b)
     x, y, n = data.x_train, data.y_train, len(data.x_train)
     # A last batch of one sample breaks BatchNorm in training mode: fold it into the previous.
     stops = [i for i in range(0, n, config.batch_size) if n - i > 1 or i == 0]
@@ -169,7 +166,7 @@ def fine_tune(
         history.append(
             {"train_loss": train_loss, "val_accuracy": scores.accuracy, "val_loss": scores.loss}
         )
-        if best_state is None or better(value, best):
+        if best_state is None or better(metric, value, best):
             best, best_epoch = value, epoch
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         if on_epoch is not None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from autotune.space import LAYER_PREFIX, SearchSpace
+from autotune.search.space import LAYER_PREFIX, SearchSpace
 
 
 def seed_configs(

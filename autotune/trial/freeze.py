@@ -1,44 +1,17 @@
-"""TrialConfig -> a changed copy of the model: which layers train, and how much dropout.
+"""TrialConfig -> which layers of a copied model train, and how much dropout it has.
 
-A "layer" is a module that owns parameters, in registration order (which follows the forward
-pass in nearly every model). A module whose parameters are all 1-D (BatchNorm, LayerNorm, an
-affine scale) travels with the layer before it: it normalises that layer's output.
+Layers are counted as ``load.anatomy.layers`` names them, input side first.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from autotune.space import TrialConfig
-
-
-@dataclass(frozen=True)
-class Layer:
-    """A trainable unit of the model, as the unfreezing order counts them."""
-
-    name: str
-    """Dotted name of its first module (``features.0``, ``layer4.1.conv2``)."""
-    modules: tuple[str, ...]
-    """Dotted names of every module in the unit (the layer and its normalisation)."""
-
-
-def layers(model: nn.Module) -> list[Layer]:
-    """The model's layers, input side first."""
-    owners: dict[str, list[int]] = {}
-    for param_name, param in model.named_parameters():
-        owner = param_name.rpartition(".")[0]
-        owners.setdefault(owner, []).append(param.ndim)
-    units: list[list[str]] = []
-    for owner, dims in owners.items():
-        if units and max(dims) <= 1:
-            units[-1].append(owner)
-        else:
-            units.append([owner])
-    return [Layer(unit[0], tuple(unit)) for unit in units]
+from autotune.config import TrialConfig
+from autotune.load.anatomy import classifier_of, layers
 
 
 def copy_model(model: nn.Module) -> nn.Module:
@@ -114,11 +87,3 @@ def set_dropout(model: nn.Module, p: float) -> None:
     parent_name, _, attr = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, attr, nn.Sequential(nn.Dropout(p), classifier))
-
-
-def classifier_of(model: nn.Module) -> tuple[str, nn.Linear]:
-    """The last ``nn.Linear`` in registration order: the classifier of nearly every model."""
-    found = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    if not found:
-        raise ValueError("the model has no nn.Linear classifier")
-    return found[-1]

@@ -7,7 +7,6 @@ architecture (``torchvision:resnet18``, ``package.module:ClassName``), and pickl
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib
 import importlib.util
@@ -25,6 +24,8 @@ import torch
 from torch import nn
 
 from autotune.errors import ModelLoadError, first_line
+from autotune.load.anatomy import set_training
+from autotune.load.demo import DEMO_ARCH, demo_files
 
 FORMATS = ("torchscript", "export", "state_dict", "pickle")
 
@@ -72,8 +73,6 @@ def load_model(
         code: A Python file defining the classes a pickled module or ``arch`` refers to.
     """
     if str(path) == "demo":
-        from autotune.demo import DEMO_ARCH, demo_files
-
         path = demo_files().model
         arch = DEMO_ARCH
     path = Path(path)
@@ -293,19 +292,3 @@ def build_arch(arch: str, num_classes: int | None = None) -> nn.Module:
     if not isinstance(net, nn.Module):
         raise ModelLoadError(f"--arch {arch!r} builds a {type(net).__name__}, not an nn.Module")
     return net
-
-
-def set_training(module: nn.Module, training: bool) -> None:
-    """Switch train/eval mode; ``torch.export`` programs keep the mode they were exported in."""
-    with contextlib.suppress(NotImplementedError):
-        module.train(training)
-
-
-def count_parameters(module: nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameter counts."""
-    total = trainable = 0
-    for p in module.parameters():
-        total += p.numel()
-        if p.requires_grad:
-            trainable += p.numel()
-    return trainable, total

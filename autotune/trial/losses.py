@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 if TYPE_CHECKING:
-    from autotune.space import TrialConfig
+    from autotune.config import TrialConfig
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

@@ -18,7 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-DEMO_ARCH = "autotune.demo:DigitsCNN"
+from autotune.paths import cache_dir
+
+DEMO_ARCH = "autotune.load.demo:DigitsCNN"
 _VERSION = "v1"  # bump when the demo model or data change, so caches rebuild
 
 
@@ -54,14 +56,6 @@ class DemoFiles:
     """state_dict of ``DigitsCNN`` pretrained on the source domain."""
     data: Path
     """Tensors file of the target domain: train/val/test splits."""
-
-
-def cache_dir() -> Path:
-    """``$AUTOTUNE_CACHE_DIR``, else ``$XDG_CACHE_HOME/autotune``, else ``~/.cache/autotune``."""
-    if os.environ.get("AUTOTUNE_CACHE_DIR"):
-        return Path(os.environ["AUTOTUNE_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "autotune"
 
 
 def demo_files() -> DemoFiles:

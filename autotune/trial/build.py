@@ -9,10 +9,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from autotune.analysis import Analysis
-from autotune.pruning import drop_features, prune
-from autotune.space import MAX_RATIO, TrialConfig
-from autotune.surgery import configure, copy_model, layers
+from autotune.config import MAX_RATIO, TrialConfig
+from autotune.load.anatomy import layers
+from autotune.rank.analysis import Analysis
+from autotune.trial.freeze import configure, copy_model
+from autotune.trial.prune import drop_features, prune
 
 
 @dataclass

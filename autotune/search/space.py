@@ -18,51 +18,11 @@ from typing import Any
 import optuna
 import yaml
 
+from autotune.config import MAX_RATIO, TrialConfig
 from autotune.errors import SpaceError
-from autotune.losses import LOSSES
+from autotune.trial.losses import LOSSES
 
 OPTIMIZERS = ("adamw", "sgd")
-
-
-@dataclass(frozen=True)
-class TrialConfig:
-    """Everything one trial changes about the model and its fine-tuning."""
-
-    lr: float = 1e-3
-    """Learning rate."""
-    weight_decay: float = 0.0
-    """Decoupled weight decay (AdamW) or L2 penalty (SGD), on weight matrices only."""
-    optimizer: str = "adamw"
-    """``adamw`` or ``sgd``."""
-    momentum: float = 0.9
-    """SGD momentum."""
-    batch_size: int = 32
-    """Training batch size."""
-    dropout: float | None = None
-    """Dropout probability for the model's Dropout modules; None leaves them as they are."""
-    loss: str = "cross_entropy"
-    """``cross_entropy``, ``label_smoothing`` or ``focal``."""
-    label_smoothing: float = 0.1
-    """Epsilon of the ``label_smoothing`` loss."""
-    focal_gamma: float = 2.0
-    """Gamma of the ``focal`` loss."""
-    unfreeze: int | None = None
-    """How many layers to train (see ``unfreeze_order``); None trains them all."""
-    unfreeze_order: str = "output"
-    """Which layers ``unfreeze`` counts: ``output`` (from the output backwards) or an importance
-    method's error ranking (``shap``, ``taylor``: the layers driving the mistakes first)."""
-    prune: float = 0.0
-    """Fraction of channels structurally removed (see ``prune_scope``)."""
-    prune_scope: str = "layer"
-    """``layer``: ``prune`` of every layer's channels; ``global``: ``prune`` of all channels,
-    the lowest-ranked across the whole model (for rankings comparable across layers: shap's are
-    in nats of log-probability)."""
-    prune_layers: dict[str, float] | None = None
-    """Per-layer fractions (space key ``prune_layers``, trial params ``prune:<layer>``)."""
-    importance: str = "shap"
-    """The ranking that ``prune`` and ``drop_features`` remove from the bottom of."""
-    drop_features: float = 0.0
-    """Fraction of input features dropped, least important first (feature-vector models)."""
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrialConfig)}
@@ -76,8 +36,6 @@ _CHOICES = {
     "prune_scope": ("layer", "global"),
 }
 _RATIOS = {"prune", "prune_layers", "drop_features"}
-MAX_RATIO = 0.9
-"""The largest fraction of a layer's channels (or of the features) a trial may remove."""
 # Parameters that matter only under another parameter's value: sampled only then, so TPE
 # and the dashboard see no meaningless values.
 _CONDITIONS = {

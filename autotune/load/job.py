@@ -14,9 +14,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from autotune.data import TaskData, check_model_fits, load_data
 from autotune.errors import ModelLoadError
-from autotune.models import LoadedModel, file_sha256, load_model
+from autotune.load.data import check_model_fits, load_data
+from autotune.load.models import LoadedModel, file_sha256, load_model
+from autotune.load.tasks import TaskData
 
 
 @dataclass(frozen=True)

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,84 +11,19 @@ import optuna
 from optuna.storages import BaseStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from autotune.cost import BUDGETS
-from autotune.errors import AutotuneError, StorageError, first_line
-from autotune.space import SearchSpace, TrialConfig, config_from, parse_space
-from autotune.train import METRICS
+from autotune.config import METRICS, SearchSettings, TrialConfig, metric_of_direction, sign
+from autotune.errors import StorageError, first_line
+from autotune.paths import checkpoint_path, study_db
+from autotune.search.space import SearchSpace, config_from, parse_space
 
-PRUNERS = ("median", "hyperband", "none")
 ATTR = "autotune"  # study user attribute holding the job, space and settings
-
-
-@dataclass
-class SearchSettings:
-    """How a search runs; the search space says what it samples."""
-
-    trials: int = 20
-    """Trials in the study, the baseline not counted: a re-run only runs the missing ones."""
-    max_epochs: int | None = None
-    """Epochs per trial at most (default: the space's ``fit.max_epochs``, else 20)."""
-    patience: int | None = None
-    """Epochs without improvement before a trial stops (default: the space's, else 5)."""
-    metric: str = "accuracy"
-    """``accuracy`` (maximised) or ``loss`` (validation cross-entropy, minimised)."""
-    seed: int = 0
-    """Seeds the sampler and each trial (trial N trains with seed + N)."""
-    pruner: str = "median"
-    device: str = "auto"
-    threads: int = 1
-    """torch intra-op threads on CPU (see ``train.configure_threads``)."""
-    study_name: str = "autotune"
-    storage: str | None = None
-    """Optuna storage URL or journal file; default: SQLite in the output folder."""
-    out: Path = field(default_factory=lambda: Path("runs/autotune"))
-    verbose: bool = False
-    """Keep Optuna's own log lines (they interleave with the live leaderboard)."""
-    max_params: str | float | None = None
-    """Parameter budget: a fraction of the original (``0.5``, ``50%``) or a count (``1.5M``)."""
-    max_macs: str | float | None = None
-    """Multiply-accumulate budget per sample, in the same forms as ``max_params``."""
-    pareto: str | None = None
-    """``params`` or ``macs``: a two-objective study (metric vs size), early stopping only."""
-    seed_trials: bool = True
-    """Start a new study with configurations read off the rankings (prune the bottom, ...)."""
-
-    def resolved(self, space: SearchSpace) -> SearchSettings:
-        max_epochs = self.max_epochs or space.fit.get("max_epochs", 20)
-        patience = self.patience or space.fit.get("patience", 5)
-        if self.trials < 0:
-            raise AutotuneError(f"--trials must be >= 0, got {self.trials}")
-        if self.metric not in METRICS:
-            raise AutotuneError(f"--metric must be one of {list(METRICS)}, got {self.metric!r}")
-        if self.pruner not in PRUNERS:
-            raise AutotuneError(f"--pruner must be one of {list(PRUNERS)}, got {self.pruner!r}")
-        if self.pareto not in (None, *BUDGETS):
-            raise AutotuneError(f"--pareto must be one of {list(BUDGETS)}, got {self.pareto!r}")
-        if max_epochs < 1 or patience < 1:
-            raise AutotuneError(f"epochs and patience must be >= 1, got {max_epochs}, {patience}")
-        return dataclasses.replace(
-            self, max_epochs=max_epochs, patience=patience, out=Path(self.out)
-        )
-
-    def stored(self) -> dict[str, Any]:
-        keep = (
-            "max_epochs",
-            "patience",
-            "metric",
-            "seed",
-            "threads",
-            "pareto",
-            "max_params",
-            "max_macs",
-        )
-        return {k: getattr(self, k) for k in keep}
 
 
 def open_storage(url: str | None, out: Path) -> BaseStorage | str:
     """An Optuna storage: SQLite in ``out`` by default, any RDB URL, or a journal file."""
     if url is None:
         out.mkdir(parents=True, exist_ok=True)
-        url = f"sqlite:///{out / 'study.db'}"
+        url = f"sqlite:///{study_db(out)}"
     try:
         if "://" not in url:
             from optuna.storages.journal import JournalFileBackend, JournalStorage
@@ -169,9 +102,9 @@ def finished_trials(study: optuna.Study) -> int:
 
 def load_study(storage: str | None, out: Path, study_name: str | None = None) -> optuna.Study:
     """An existing study from ``storage`` (default: the SQLite file in ``out``)."""
-    if storage is None and not (out / "study.db").is_file():
+    if storage is None and not study_db(out).is_file():
         raise StorageError(
-            f"no study in {str(out)!r}: there is no {str(out / 'study.db')!r}; pass the output "
+            f"no study in {str(out)!r}: there is no {str(study_db(out))!r}; pass the output "
             "folder of a search, or --storage"
         )
     opened = open_storage(storage, out)
@@ -225,12 +158,14 @@ def best_trial(study: optuna.Study) -> FrozenTrial | None:
         return None
     if not front:
         return None
-    sign = 1.0 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else -1.0
-    return max(front, key=lambda t: (sign * t.values[0], -t.number))
+    s = metric_sign(study)
+    return max(front, key=lambda t: (s * t.values[0], -t.number))
 
 
-def checkpoint_path(folder: Path, number: int) -> Path:
-    return folder / f"trial_{number:04d}.pt"
+def metric_sign(study: optuna.Study) -> float:
+    """``config.sign`` of the study's metric, read off its first direction."""
+    maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
+    return sign(metric_of_direction(maximize))
 
 
 def prune_checkpoints(folder: Path, keep: set[int]) -> None:

@@ -17,9 +17,11 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from autotune.analysis import Analysis
-from autotune.leaderboard import KEY_PARAMS, Leaderboard
-from autotune.study import best_trial, load_study, study_record
+from autotune.paths import analysis_dir, report_dir, report_html
+from autotune.rank.analysis import Analysis
+from autotune.results.charts import plot_analysis, save_figure
+from autotune.results.leaderboard import KEY_PARAMS, Leaderboard
+from autotune.search.study import best_trial, load_study, metric_sign, study_record
 
 
 @dataclass
@@ -33,12 +35,12 @@ def write_report(out: Path, storage: str | None = None, study_name: str | None =
     study = load_study(storage, out, study_name)
     record = study_record(study)
     metric = record["settings"]["metric"]
-    analyses = [Analysis.load(p) for p in sorted((out / "analysis").glob("*.json"))]
+    analyses = [Analysis.load(p) for p in sorted(analysis_dir(out).glob("*.json"))]
     sections = _sections(study, metric, analyses)
     page = _page(study, record, sections)
-    path = out / "report.html"
+    path = report_html(out)
     path.write_text(page, encoding="utf-8")
-    pngs = _pngs(study, metric, analyses, out / "report")
+    pngs = _pngs(study, metric, analyses, report_dir(out))
     return Report(path, pngs)
 
 
@@ -53,14 +55,16 @@ def _completed(study: optuna.Study) -> list[FrozenTrial]:
     ]
 
 
-def _front(
-    points: list[tuple[float, float, int]], maximize: bool
-) -> list[tuple[float, float, int]]:
-    """Points (size, metric, trial) not beaten by a smaller-or-equal, better-or-equal one."""
-    ordered = sorted(points, key=lambda p: (p[0], -p[1] if maximize else p[1]))
+def _front(points: list[tuple[float, float, int]], s: float) -> list[tuple[float, float, int]]:
+    """Points (size, metric, trial) not beaten by a smaller-or-equal, better-or-equal one.
+
+    ``s`` is the metric's sign (``config.sign``). A single-objective study has no Pareto front
+    of its own (``study.best_trials`` is its best trial), so the size front is computed here.
+    """
+    ordered = sorted(points, key=lambda p: (p[0], -s * p[1]))
     front: list[tuple[float, float, int]] = []
     for point in ordered:
-        if not front or (point[1] > front[-1][1] if maximize else point[1] < front[-1][1]):
+        if not front or s * (point[1] - front[-1][1]) > 0:
             front.append(point)
     return front
 
@@ -71,10 +75,6 @@ def _size_points(study: optuna.Study) -> list[tuple[float, float, int]]:
         for t in _completed(study)
         if "total_params" in t.user_attrs
     ]
-
-
-def _maximize(study: optuna.Study) -> bool:
-    return study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
 
 
 # -- HTML ------------------------------------------------------------------------------------
@@ -104,8 +104,7 @@ def _sections(study: optuna.Study, metric: str, analyses: list[Analysis]) -> lis
             figures.append(("Parameter importances", f"not available: {e}"))
     points = _size_points(study)
     if points:
-        maximize = _maximize(study)
-        front = _front(points, maximize)
+        front = _front(points, metric_sign(study))
         fig = go.Figure()
         fig.add_scatter(
             x=[p[0] for p in points],
@@ -215,8 +214,6 @@ def _pngs(study: optuna.Study, metric: str, analyses: list[Analysis], folder: Pa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from autotune.report_analysis import plot_analysis, save_figure
-
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     completed = _completed(study)
@@ -227,7 +224,7 @@ def _pngs(study: optuna.Study, metric: str, analyses: list[Analysis], folder: Pa
         ax.plot(xs, ys, "o", label="trial")
         best: list[float] = []
         for y in ys:
-            best.append(y if not best else (max if _maximize(study) else min)(best[-1], y))
+            best.append(y if not best else (max if metric_sign(study) > 0 else min)(best[-1], y))
         ax.plot(xs, best, "-", label="best so far")
         ax.set_xlabel("trial")
         ax.set_ylabel(f"validation {metric}")
@@ -235,7 +232,7 @@ def _pngs(study: optuna.Study, metric: str, analyses: list[Analysis], folder: Pa
         written.append(save_figure(fig, folder / "history.png"))
     points = _size_points(study)
     if points:
-        front = _front(points, _maximize(study))
+        front = _front(points, metric_sign(study))
         fig, ax = plt.subplots(figsize=(7, 4))
         ax.plot([p[0] for p in points], [p[1] for p in points], "o", alpha=0.6, label="trials")
         ax.step([p[0] for p in front], [p[1] for p in front], "-", where="post", label="front")

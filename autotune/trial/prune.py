@@ -15,7 +15,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from autotune.surgery import classifier_of
+from autotune.load.anatomy import classifier_of
 
 _OUT_CHANNELS = (tp.prune_conv_out_channels, tp.prune_linear_out_channels)
 

@@ -1,8 +1,6 @@
-"""Data specs -> validated tensors, split into train/val(/test), and checked against the model.
+"""The user's data as validated tensors: ``TaskData``, built from arrays, mappings or Datasets.
 
-Specs: a tensors file (``.pt``/``.npz`` with ``x_train, y_train`` and optionally ``x_val, y_val,
-x_test, y_test``), a CSV file with a target column, an image folder (torchvision ``ImageFolder``),
-``sklearn:digits|breast_cancer|wine``, and ``demo``. Everything is checked before any training.
+Every split is checked before any training: shapes, dtypes, finite values, label ranges.
 """
 
 from __future__ import annotations
@@ -10,12 +8,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from autotune.errors import DataError, first_line
 
@@ -74,61 +70,6 @@ class TaskData:
         }
         names = [self.feature_names[i] for i in keep] if self.feature_names else None
         return dataclasses.replace(self, **sliced, feature_names=names)
-
-
-def load_data(
-    spec: str,
-    *,
-    target: str | None = None,
-    val_fraction: float = 0.2,
-    split_seed: int = 0,
-    image_size: int | None = None,
-    channels: int | None = None,
-) -> TaskData:
-    """Read and validate the data named by ``spec``.
-
-    Args:
-        spec: A file or folder path, ``sklearn:NAME`` or ``demo``.
-        target: The label column of a CSV file (default: ``target``, else ``label``).
-        val_fraction: Share of the training data carved out as validation when none is given.
-        split_seed: Seed of that carving; fixed by default so that studies with other search
-            seeds still compare on the same validation data.
-        image_size: Side that images of an image folder are resized to (default: the first
-            image's size).
-        channels: 1 or 3 channels for an image folder (default 3).
-    """
-    if not 0.0 < val_fraction < 1.0:
-        raise DataError(f"val_fraction must be in (0, 1), but got {val_fraction!r}")
-    from autotune.readers import load_csv, load_image_folder, load_sklearn, read_tensors_file
-
-    if spec == "demo":
-        from autotune.demo import demo_files
-
-        data = from_mapping(read_tensors_file(demo_files().data), spec, val_fraction, split_seed)
-        data.preprocessing = {"input": "1x8x8 digits in [0, 1], rotated 30-60 degrees and blurred"}
-    elif spec.startswith("sklearn:"):
-        data = load_sklearn(spec, val_fraction, split_seed)
-    else:
-        path = Path(spec)
-        if not path.exists():
-            raise DataError(
-                f"data {spec!r} does not exist: pass a .pt/.npz/.csv file, an image folder, "
-                f"sklearn:{{{'|'.join(SKLEARN_SETS)}}} or demo"
-            )
-        if path.is_dir():
-            data = load_image_folder(path, image_size, channels, val_fraction, split_seed)
-        elif path.suffix in (".pt", ".pth", ".npz"):
-            data = from_mapping(read_tensors_file(path), spec, val_fraction, split_seed)
-        elif path.suffix == ".csv":
-            data = load_csv(path, target, val_fraction, split_seed)
-        else:
-            raise DataError(
-                f"data file {spec!r} has an unknown format {path.suffix!r}: use .pt, .npz, .csv "
-                "or an image folder"
-            )
-    data.spec = spec
-    validate(data)
-    return data
 
 
 def from_tensors(
@@ -302,48 +243,3 @@ def validate(data: TaskData) -> None:
                     f"{data.num_classes} classes {data.classes}; labels must be "
                     f"0..{data.num_classes - 1}"
                 )
-
-
-def check_model_fits(model: nn.Module, data: TaskData, device: torch.device | str = "cpu") -> int:
-    """Run one dry forward pass and check the model's output against the labels.
-
-    Returns:
-        The model's output width (its number of classes).
-    """
-    sample = data.x_train[:2].to(device)
-    try:
-        with torch.no_grad():
-            out = model(sample)
-    except Exception as e:
-        reason = first_line(e)
-        fix = "Give inputs of the shape the model was trained on"
-        if "Guard failed" in reason:
-            fix = (
-                "The torch.export program was traced with a fixed batch size: export it with a "
-                "dynamic batch dimension (dynamic_shapes={0: torch.export.Dim.AUTO} on the input)"
-            )
-        raise DataError(
-            f"the model cannot take inputs of shape {tuple(data.x_train.shape[1:])} from data "
-            f"{data.spec!r}: {reason}. {fix}"
-        ) from e
-    if not isinstance(out, torch.Tensor) or out.ndim != 2:
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise DataError(
-            f"the model returns {shape} for a batch of 2; autotune tunes classifiers that "
-            "return one row of class scores per sample (N, C)"
-        )
-    width = out.shape[1]
-    if data.num_classes is not None and data.num_classes != width:
-        raise DataError(
-            f"the model outputs {width} class scores but data {data.spec!r} has "
-            f"{data.num_classes} classes {data.classes}; build the model for {data.num_classes} "
-            "classes (e.g. --num-classes with --arch)"
-        )
-    for split in SPLITS:
-        y = getattr(data, f"y_{split}")
-        if y is not None and y.max() >= width:
-            raise DataError(
-                f"data {data.spec!r}: y_{split} holds label {y.max().item()} but the model outputs "
-                f"only {width} class scores; labels must be 0..{width - 1}"
-            )
-    return int(width)

@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,28 +34,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from autotune.surgery import classifier_of, layers
+from autotune.config import EXPLAINERS
+from autotune.load.anatomy import layers
+from autotune.rank.gates import Gated, Site, sites
 
 METHODS = ("shap", "taylor", "l1", "random")
-EXPLAINERS = ("gradient", "deep")
-"""shap explainers for the ``shap`` method: ``GradientExplainer`` (expected gradients, the
-default: better rankings in BENCHMARKS.md) or ``DeepExplainer`` (DeepLIFT)."""
-_WEIGHTED = (nn.modules.conv._ConvNd, nn.Linear)
-
-
-@dataclass(frozen=True)
-class Site:
-    """Where one layer's units are gated: the output of its last module."""
-
-    layer: str
-    """The layer's name (its Conv/Linear module), as ``surgery.layers`` names it."""
-    module: str
-    """The module whose output is gated (the layer's normalisation when it has one)."""
-    channel_dim: int
-    """1 for convolutions, -1 (the last axis) for Linear layers."""
-    channels: int
-    prunable: bool
-    """False for the classifier: its outputs are the classes."""
 
 
 @dataclass
@@ -72,48 +53,6 @@ class Scores:
     """One importance per input feature, for feature-vector models."""
     errors: int
     """How many explained samples the model got wrong (the error score's basis)."""
-
-
-def sites(model: nn.Module, example: torch.Tensor) -> list[Site]:
-    """The gate sites of ``model``: one per Conv/Linear layer whose output can be gated."""
-    named = dict(model.named_modules())
-    _, classifier = classifier_of(model)
-    candidates = []
-    for unit in layers(model):
-        first = named[unit.name]
-        if isinstance(first, _WEIGHTED):
-            candidates.append((unit, first))
-    shapes: dict[str, list[torch.Size]] = {}
-
-    def record(name: str):
-        def hook(_module: nn.Module, _inputs: object, output: object) -> None:
-            if isinstance(output, torch.Tensor):
-                shapes.setdefault(name, []).append(output.shape)
-
-        return hook
-
-    handles = [
-        named[unit.modules[-1]].register_forward_hook(record(unit.name)) for unit, _ in candidates
-    ]
-    try:
-        with torch.no_grad(), _eval(model):
-            model(example[:2])
-    finally:
-        for handle in handles:
-            handle.remove()
-    found = []
-    for unit, first in candidates:
-        seen = shapes.get(unit.name, [])
-        # A module called twice per forward (weight sharing) has no single output to gate.
-        if len(seen) != 1:
-            continue
-        conv = isinstance(first, nn.modules.conv._ConvNd)
-        dim = 1 if conv else -1
-        channels = int(first.out_channels if conv else first.out_features)  # type: ignore[arg-type]
-        if len(seen[0]) < 2 or seen[0][dim] != channels:
-            continue
-        found.append(Site(unit.name, unit.modules[-1], dim, channels, first is not classifier))
-    return found
 
 
 def score(
@@ -157,58 +96,6 @@ def score(
     with torch.no_grad():
         wrong = (copied(x).argmax(1) != y).numpy()
     return _summarise(found, phis, wrong, features)
-
-
-class Gated(nn.Module):
-    """``model`` with a gate on every unit: ``forward(*gates)`` -> true-class log-probability.
-
-    The input and label are bound with ``bind``: shap explains one sample at a time, and the
-    gates are the only inputs it varies.
-    """
-
-    def __init__(self, model: nn.Module, found: list[Site], features: bool) -> None:
-        super().__init__()
-        self.model = model
-        self.sites = found
-        self.features = features
-        self.x = torch.empty(0)
-        self.y = torch.empty(0, dtype=torch.long)
-        self._gates: tuple[torch.Tensor, ...] = ()
-        named = dict(model.named_modules())
-        offset = 1 if features else 0
-        for i, site in enumerate(found):
-            named[site.module].register_forward_hook(self._hook(i + offset, site.channel_dim))
-
-    def gate_sizes(self) -> list[int]:
-        first = [self.x.shape[1]] if self.features else []
-        return first + [s.channels for s in self.sites]
-
-    def bind(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        self.x, self.y = x, y
-
-    def _hook(self, index: int, dim: int):
-        def hook(_module: nn.Module, _inputs: object, output: torch.Tensor) -> torch.Tensor:
-            if not self._gates:  # an ungated forward pass
-                return output
-            gate = self._gates[index]
-            shape = [1] * output.ndim
-            shape[0], shape[dim] = gate.shape[0], gate.shape[1]
-            return output * gate.reshape(shape)
-
-        return hook
-
-    def forward(self, *gates: torch.Tensor) -> torch.Tensor:
-        batch = gates[0].shape[0]
-        x = self.x if len(self.x) == batch else self.x.expand(batch, *self.x.shape[1:])
-        y = self.y if len(self.y) == batch else self.y.expand(batch)
-        self._gates = gates
-        try:
-            if self.features:
-                x = x * gates[0]
-            logits = self.model(x)
-        finally:
-            self._gates = ()
-        return torch.log_softmax(logits, dim=1).gather(1, y.reshape(-1, 1))
 
 
 def _shap(
@@ -345,13 +232,3 @@ def _random(model: nn.Module, found: list[Site], x: torch.Tensor, seed: int) -> 
 
 def _first_linear(model: nn.Module) -> nn.Linear | None:
     return next((m for m in model.modules() if isinstance(m, nn.Linear)), None)
-
-
-@contextmanager
-def _eval(model: nn.Module) -> Iterator[None]:
-    was = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was)

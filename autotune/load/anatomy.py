@@ -1,0 +1,62 @@
+"""What a model is made of: its layers in forward order, its classifier, its parameter counts.
+
+A "layer" is a module that owns parameters, in registration order (which follows the forward
+pass in nearly every model). A module whose parameters are all 1-D (BatchNorm, LayerNorm, an
+affine scale) travels with the layer before it: it normalises that layer's output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A trainable unit of the model, as the unfreezing order counts them."""
+
+    name: str
+    """Dotted name of its first module (``features.0``, ``layer4.1.conv2``)."""
+    modules: tuple[str, ...]
+    """Dotted names of every module in the unit (the layer and its normalisation)."""
+
+
+def layers(model: nn.Module) -> list[Layer]:
+    """The model's layers, input side first."""
+    owners: dict[str, list[int]] = {}
+    for param_name, param in model.named_parameters():
+        owner = param_name.rpartition(".")[0]
+        owners.setdefault(owner, []).append(param.ndim)
+    units: list[list[str]] = []
+    for owner, dims in owners.items():
+        if units and max(dims) <= 1:
+            units[-1].append(owner)
+        else:
+            units.append([owner])
+    return [Layer(unit[0], tuple(unit)) for unit in units]
+
+
+def classifier_of(model: nn.Module) -> tuple[str, nn.Linear]:
+    """The last ``nn.Linear`` in registration order: the classifier of nearly every model."""
+    found = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not found:
+        raise ValueError("the model has no nn.Linear classifier")
+    return found[-1]
+
+
+def set_training(module: nn.Module, training: bool) -> None:
+    """Switch train/eval mode; ``torch.export`` programs keep the mode they were exported in."""
+    with contextlib.suppress(NotImplementedError):
+        module.train(training)
+
+
+def count_parameters(module: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    total = trainable = 0
+    for p in module.parameters():
+        total += p.numel()
+        if p.requires_grad:
+            trainable += p.numel()
+    return trainable, total

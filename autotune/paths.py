@@ -1,0 +1,63 @@
+"""Where files go: the cache folder, and the layout of a search's output folder (``OUT/``).
+
+```
+OUT/study.db            the Optuna study (SQLite, unless --storage says otherwise)
+OUT/analysis/           the rankings (JSON) and their charts (PNG)
+OUT/checkpoints/        weights of trials that may be exported
+OUT/best/, OUT/trial_N/ exported bundles: model.pt, model.pt2, config.yaml
+OUT/leaderboard.csv     every trial
+OUT/report.html, OUT/report/   the report and its PNGs
+OUT/artifacts/          files attached to the study for optuna-dashboard
+```
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def cache_dir() -> Path:
+    """``$AUTOTUNE_CACHE_DIR``, else ``$XDG_CACHE_HOME/autotune``, else ``~/.cache/autotune``."""
+    if os.environ.get("AUTOTUNE_CACHE_DIR"):
+        return Path(os.environ["AUTOTUNE_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "autotune"
+
+
+def study_db(out: Path) -> Path:
+    return out / "study.db"
+
+
+def analysis_dir(out: Path) -> Path:
+    return out / "analysis"
+
+
+def checkpoints_dir(out: Path) -> Path:
+    return out / "checkpoints"
+
+
+def checkpoint_path(folder: Path, number: int) -> Path:
+    """The weights file of trial ``number`` in a checkpoints folder."""
+    return folder / f"trial_{number:04d}.pt"
+
+
+def export_dir(out: Path, number: int | None) -> Path:
+    """``OUT/best`` for the best trial, ``OUT/trial_N`` for trial N."""
+    return out / ("best" if number is None else f"trial_{number}")
+
+
+def leaderboard_csv(out: Path) -> Path:
+    return out / "leaderboard.csv"
+
+
+def report_html(out: Path) -> Path:
+    return out / "report.html"
+
+
+def report_dir(out: Path) -> Path:
+    return out / "report"
+
+
+def artifacts_dir(out: Path) -> Path:
+    return out / "artifacts"

@@ -1,0 +1,144 @@
+"""``Analysis``: one method's rankings of channels, layers and input features, as JSON and tables.
+
+The pruning order of each layer's channels, the unfreezing order of the layers, and the dropping
+order of the input features. It renders as rich tables in a terminal or a notebook cell.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Group
+from rich.jupyter import JupyterMixin
+from rich.table import Table
+
+from autotune.errors import AutotuneError
+
+FORMAT_VERSION = 1
+SHOWN = 3
+"""Channels shown at each end of a layer's ranking."""
+
+
+@dataclass
+class Analysis(JupyterMixin):
+    """One method's rankings of a model's units on the user's data.
+
+    Renders as its tables in a terminal (``rich.print``) or a notebook cell.
+    """
+
+    method: str
+    channels: dict[str, list[float]]
+    """Prunable layer -> importance of each output channel (higher: keep)."""
+    layers: dict[str, float] | None
+    """Layer -> error score (higher: drives more mistakes); None when the method has none."""
+    features: list[float] | None
+    """Importance of each input feature (feature-vector models only)."""
+    feature_names: list[str] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    """Options, timings, hashes: what the analysis was computed from."""
+
+    def __rich__(self) -> Group:
+        return Group(*tables(self))
+
+    def pruning_order(self, layer: str) -> list[int]:
+        """Channels of ``layer``, least important first."""
+        return [int(i) for i in np.argsort(self.channels[layer], kind="stable")]
+
+    def unfreeze_order(self, all_layers: list[str]) -> list[str]:
+        """Layers by error score, highest first; unscored ones after, from the output back."""
+        scored = self.layers or {}
+        ranked = sorted((n for n in all_layers if n in scored), key=lambda n: -scored[n])
+        return ranked + [n for n in reversed(all_layers) if n not in scored]
+
+    def feature_order(self) -> list[int]:
+        """Input features, least important first."""
+        if self.features is None:
+            raise AutotuneError(
+                "this analysis has no feature scores: the model's input is not a vector"
+            )
+        return [int(i) for i in np.argsort(self.features, kind="stable")]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format_version": FORMAT_VERSION, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Analysis:
+        if raw.get("format_version") != FORMAT_VERSION:
+            raise AutotuneError(
+                f"analysis format {raw.get('format_version')!r} is not {FORMAT_VERSION}: "
+                "re-run the analysis"
+            )
+        fields = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in fields})
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=1))
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Analysis:
+        path = Path(path)
+        try:
+            raw = json.loads(path.read_text())
+        except FileNotFoundError as e:
+            raise AutotuneError(f"analysis file {str(path)!r} does not exist") from e
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise AutotuneError(
+                f"analysis file {str(path)!r} is not valid JSON ({e}): delete it and re-run"
+            ) from e
+        return cls.from_dict(raw)
+
+
+def tables(analysis: Analysis, features: int = 5) -> list[Table]:
+    """The layers (unfreezing order, channel extremes) and the input features' two ends."""
+    out = []
+    all_layers = analysis.meta.get("all_layers") or list(analysis.channels)
+    order = analysis.unfreeze_order(all_layers)
+    layers = Table(
+        title=f"{analysis.method}: layers, most error-driving first (the unfreezing order)",
+        title_justify="left",
+    )
+    for name in ("#", "layer", "error score", "channels", "lowest (pruned first)", "highest"):
+        layers.add_column(name, justify="left" if "layer" in name or "est" in name else "right")
+    for rank, name in enumerate(order, 1):
+        scores = analysis.channels.get(name)
+        error = (analysis.layers or {}).get(name)
+        low = high = ""
+        if scores is not None:
+            ranked = analysis.pruning_order(name)
+            low = _units(ranked[:SHOWN], scores)
+            high = _units(ranked[::-1][:SHOWN], scores)
+        layers.add_row(
+            str(rank),
+            name,
+            "-" if error is None else f"{error:.4g}",
+            "classifier" if scores is None else str(len(scores)),
+            low,
+            high,
+        )
+    out.append(layers)
+    if analysis.features is not None:
+        ranked = analysis.feature_order()
+        table = Table(
+            title=f"{analysis.method}: input features, least and most important",
+            title_justify="left",
+        )
+        for name in ("end", "feature", "importance"):
+            table.add_column(name)
+        names = analysis.feature_names or [str(i) for i in range(len(analysis.features))]
+        for end, picked in (("bottom", ranked[:features]), ("top", ranked[::-1][:features])):
+            for i in picked:
+                table.add_row(end, names[i], f"{analysis.features[i]:.4g}")
+        out.append(table)
+    return out
+
+
+def _units(indices: list[int], scores: list[float]) -> str:
+    return " ".join(f"{i}:{scores[i]:.2g}" for i in indices)

@@ -1,0 +1,168 @@
+"""The objective: one Optuna trial, from sampled parameters to a scored, recorded model.
+
+Sample a configuration, build the slimmed copy, measure it against the budgets (an over-budget
+trial is pruned before training), fine-tune it while reporting every epoch to the pruner, record
+what it achieved on the trial, and keep its weights when it may be exported.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from torch import nn
+
+from autotune.config import SearchSettings, better, sign
+from autotune.errors import AutotuneError, first_line
+from autotune.load.anatomy import count_parameters
+from autotune.load.tasks import TaskData
+from autotune.paths import checkpoint_path
+from autotune.search.space import SearchSpace
+from autotune.search.study import best_trial
+from autotune.trial.cost import Cost, measure
+from autotune.trial.fit import evaluate
+from autotune.trial.maker import TrialMaker
+
+WORKER = f"{socket.gethostname()}:{os.getpid()}"
+"""Which process ran a trial, recorded on it (several workers may share one study)."""
+
+Progress = Callable[[int, str], None]
+"""Told (trial number, what it is doing) after every epoch: the live display listens."""
+
+
+@dataclass
+class Budgets:
+    """The size limits of a search, as absolute counts, and the optional Pareto size axis."""
+
+    limits: dict[str, int] = field(default_factory=dict)
+    """``params`` / ``macs`` -> the most a model may have."""
+    pareto: str | None = None
+
+    def violations(self, cost: Cost) -> dict[str, float]:
+        """Constraint values: positive is over budget (by that fraction of the budget)."""
+        return {k: getattr(cost, k) / limit - 1.0 for k, limit in self.limits.items()}
+
+    def feasible(self, cost: Cost) -> bool:
+        return all(v <= 0 for v in self.violations(cost).values())
+
+    def size_objective(self, cost: Cost) -> list[float]:
+        """The second objective of a Pareto study; nothing otherwise."""
+        return [float(getattr(cost, self.pareto))] if self.pareto else []
+
+
+def cost_attrs(cost: Cost) -> dict[str, Any]:
+    """What a trial records of its model's cost."""
+    return {"total_params": cost.params, "macs": cost.macs, "latency_ms": round(cost.latency_ms, 3)}
+
+
+def held_out_attrs(model: nn.Module, data: TaskData) -> dict[str, Any]:
+    """Held-out scores, for the record and the dashboard: never used to pick a trial."""
+    if data.x_test is None or data.y_test is None:
+        return {}
+    test = evaluate(model, data.x_test, data.y_test)
+    return {"test_accuracy": test.accuracy, "test_loss": test.loss}
+
+
+@dataclass
+class Objective:
+    """``study.optimize``'s function: runs one trial and returns its value(s)."""
+
+    maker: TrialMaker
+    space: SearchSpace
+    settings: SearchSettings
+    budgets: Budgets
+    n_layers: int
+    prunable: tuple[str, ...]
+    checkpoints: Path
+    baseline_value: float | None = None
+    progress: Progress | None = None
+
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
+        try:
+            return self._run(trial)
+        except optuna.TrialPruned:
+            raise
+        except Exception as e:
+            trial.set_user_attr("fail_reason", _one_line(e))
+            raise
+
+    def _run(self, trial: optuna.Trial) -> float | tuple[float, float]:
+        trial.set_user_attr("worker", WORKER)
+        config = self.space.suggest(trial, self.n_layers, self.prunable)
+        model, changes, data = self.maker.build(config)
+        cost = measure(model, data.x_val)
+        trainable, _ = count_parameters(model)
+        trial.set_user_attr("trainable_params", trainable)
+        for key, value in cost_attrs(cost).items():
+            trial.set_user_attr(key, value)
+        if changes.features is not None:
+            trial.set_user_attr("features_kept", len(changes.features))
+        started = time.perf_counter()
+        over = self.budgets.violations(cost)
+        for key, value in over.items():
+            trial.set_constraint(key, value)
+        exceeded = [k for k, v in over.items() if v > 0]
+        if exceeded:
+            # Over budget: no point training it. The sampler learns from the constraint.
+            limits = self.budgets.limits
+            what = ", ".join(f"{k} {getattr(cost, k):,} > {limits[k]:,}" for k in exceeded)
+            trial.set_user_attr("stop_reason", f"over budget: {what}")
+            raise optuna.TrialPruned()
+        metric = self.settings.metric
+
+        def on_epoch(epoch: int, value: float) -> None:
+            if self.progress is not None:
+                self.progress(trial.number, f"epoch {epoch}, {metric} {value:.4f}")
+            if self.settings.pareto:
+                return  # multi-objective trials are not pruned: early stopping only
+            trial.report(value, epoch)
+            if trial.should_prune():
+                trial.set_user_attr("epochs", epoch)
+                trial.set_user_attr("seconds", time.perf_counter() - started)
+                trial.set_user_attr("stop_reason", f"pruned after epoch {epoch}")
+                raise optuna.TrialPruned()
+
+        result = self.maker.fit(model, config, trial.number, data, on_epoch)
+        # The best epoch's scores are those of the weights the model now holds.
+        best_epoch = result.history[result.best_epoch - 1]
+        trial.set_user_attr("epochs", result.epochs_run)
+        trial.set_user_attr("best_epoch", result.best_epoch)
+        trial.set_user_attr("seconds", result.seconds)
+        trial.set_user_attr("stop_reason", result.stop_reason)
+        trial.set_user_attr("val_accuracy", best_epoch["val_accuracy"])
+        trial.set_user_attr("val_loss", best_epoch["val_loss"])
+        for key, value in held_out_attrs(model, data).items():
+            trial.set_user_attr(key, value)
+        if self.baseline_value is not None:
+            trial.set_user_attr("gain", sign(metric) * (result.best - self.baseline_value))
+        trial.set_user_attr("history", result.history)
+        self._keep_if_best(trial, result.best, model, cost)
+        size = self.budgets.size_objective(cost)
+        return (result.best, size[0]) if size else result.best
+
+    def _keep_if_best(
+        self, trial: optuna.Trial, value: float, model: nn.Module, cost: Cost
+    ) -> None:
+        """Save the weights of a trial that may be exported, so export need not retrain."""
+        if self.settings.pareto:
+            keep = True  # any trial may join the front; the rest are deleted at the end
+        else:
+            best = best_trial(trial.study)
+            improves = best is None or better(self.settings.metric, value, best.values[0])
+            keep = self.budgets.feasible(cost) and improves
+        if keep:
+            self.checkpoints.mkdir(parents=True, exist_ok=True)
+            state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+            torch.save(state, checkpoint_path(self.checkpoints, trial.number))
+
+
+def _one_line(e: BaseException) -> str:
+    message = first_line(e)
+    return message if isinstance(e, AutotuneError) else f"{type(e).__name__}: {message}"

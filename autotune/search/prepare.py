@@ -1,0 +1,104 @@
+"""Before trials (and before rebuilding one for export): fit the space to the model, get the
+rankings it reads, and set up the ``TrialMaker``. The search and ``export`` share these, so an
+exported trial is rebuilt exactly as the search built it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from autotune.config import AnalysisOptions, SearchSettings
+from autotune.load.job import Job
+from autotune.paths import analysis_dir
+from autotune.rank.analysis import Analysis
+from autotune.rank.analyze import analyze_job
+from autotune.search.space import SearchSpace
+from autotune.trial.fit import resolve_device
+from autotune.trial.freeze import can_set_dropout
+from autotune.trial.maker import TrialMaker
+from autotune.trial.prune import feature_layer
+
+STRUCTURE = ("prune", "prune_layers", "drop_features", "importance", "unfreeze_order")
+"""Space parameters that change the model's structure (they need an eager, analysable model)."""
+
+
+def adapt_space(space: SearchSpace, job: Job) -> tuple[SearchSpace, list[str]]:
+    """The space without the parameters the model cannot take, and a note for each left out."""
+    notes = []
+    fmt = job.model.format
+
+    def leave_out(names: tuple[str, ...], why: str) -> None:
+        nonlocal space
+        present = [n for n in names if n in space.params]
+        if not present:
+            return
+        listed = ", ".join(repr(n) for n in present)
+        notes.append(f"{why}; {listed} {'is' if len(present) == 1 else 'are'} left out")
+        for name in present:
+            space = space.without(name)
+
+    if not can_set_dropout(job.model.module) and "dropout" in space.params:
+        why = (
+            f"{fmt} models keep their dropout"
+            if fmt in ("torchscript", "export")
+            else "the model has no Dropout, nor a module around its classifier to add one to"
+        )
+        leave_out(("dropout",), why)
+    if space.uses_rankings() and fmt in ("torchscript", "export"):
+        leave_out(STRUCTURE, f"{fmt} models cannot be analysed, pruned or cut down")
+    if space.may_be_nonzero("drop_features"):
+        reason = _why_no_feature_dropping(job)
+        if reason:
+            leave_out(("drop_features",), reason)
+    return space, notes
+
+
+def _why_no_feature_dropping(job: Job) -> str | None:
+    if job.data.x_val.ndim != 2:
+        return "the input is not a feature vector, so there are no features to drop"
+    try:
+        feature_layer(job.model.module, job.data.x_val[:2])
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+def make_maker(job: Job, settings: SearchSettings) -> TrialMaker:
+    """A ``TrialMaker`` for ``job`` with ``settings`` (resolved), its data on the device."""
+    assert settings.max_epochs is not None and settings.patience is not None, "resolve settings"
+    device = resolve_device(settings.device)
+    return TrialMaker(
+        job.model.module, job.data.to(device), {}, device,
+        settings.max_epochs, settings.patience, settings.metric, settings.seed,
+    )  # fmt: skip
+
+
+def run_analyses(
+    job: Job,
+    space: SearchSpace,
+    analyses: dict[str, Analysis],
+    out: Path | None = None,
+    say: Callable[[str], None] | None = None,
+) -> None:
+    """Add to ``analyses`` (in place) each ranking the space reads that is not there yet.
+
+    They come from the cache when the model, data and options are the same; each is saved to
+    ``OUT/analysis/METHOD.json`` when ``out`` is given.
+    """
+    options = AnalysisOptions(**space.analysis)
+    for method in space.methods():
+        if method in analyses:
+            continue
+        started = time.perf_counter()
+        analysis = analyze_job(job, method, options)
+        if out is not None:
+            analysis.save(analysis_dir(out) / f"{method}.json")
+        if say is not None:
+            took = time.perf_counter() - started
+            how = "cached" if analysis.meta.get("cached") else f"{took:.1f}s"
+            say(
+                f"{method} analysis: {len(analysis.channels)} prunable layers, "
+                f"{analysis.meta.get('errors', 0)} mistakes explained ({how})"
+            )
+        analyses[method] = analysis

@@ -1,0 +1,62 @@
+"""Build and fine-tune one trial's model: what the search's objective and ``export`` share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from autotune.config import TrialConfig
+from autotune.load.tasks import TaskData
+from autotune.rank.analysis import Analysis
+from autotune.trial.build import Changes, build
+from autotune.trial.fit import EpochCallback, FitResult, fine_tune
+
+
+@dataclass
+class TrialMaker:
+    """The source model, the data on the device, the rankings, and how long a trial trains."""
+
+    source: nn.Module
+    data: TaskData
+    """On ``device``."""
+    analyses: dict[str, Analysis]
+    """The rankings trials read, by method (filled in by the search before trials start)."""
+    device: torch.device
+    max_epochs: int
+    patience: int
+    metric: str
+    seed: int
+    """Trial N trains with ``seed + N``."""
+
+    @property
+    def example(self) -> torch.Tensor:
+        """A CPU input batch for tracing the model's structure."""
+        return self.data.x_val[:2].cpu()
+
+    def build(self, config: TrialConfig) -> tuple[nn.Module, Changes, TaskData]:
+        """The trial's model before training, on the device, and the data it takes."""
+        model, changes = build(self.source, config, self.analyses, self.example)
+        data = self.data if changes.features is None else self.data.columns(changes.features)
+        return model.to(self.device), changes, data
+
+    def fit(
+        self,
+        model: nn.Module,
+        config: TrialConfig,
+        number: int,
+        data: TaskData | None = None,
+        on_epoch: EpochCallback | None = None,
+    ) -> FitResult:
+        """Fine-tune ``model`` in place with trial ``number``'s seed."""
+        return fine_tune(
+            model,
+            self.data if data is None else data,
+            config,
+            max_epochs=self.max_epochs,
+            patience=self.patience,
+            metric=self.metric,
+            seed=self.seed + number,
+            on_epoch=on_epoch,
+        )

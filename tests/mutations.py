@@ -1,0 +1,119 @@
+"""Mutation check: break one core behaviour at a time and confirm a test fails.
+
+Run from the repository root with the project installed in editable mode:
+    python tests/mutations.py [NAME ...]
+Each mutation edits one line of the package, runs the tests that should catch it, and puts the
+line back. The results go in tests/README.md. Not collected by pytest (no ``test_`` prefix).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# name: (file, line as it is, line broken, tests that must fail)
+MUTATIONS: dict[str, tuple[str, str, str, str]] = {
+    "best-weight restore deleted": (
+        "autotune/trial/fit.py",
+        "    model.load_state_dict(best_state)\n",
+        "",
+        "tests/test_train.py",
+    ),
+    "early stopping never stops": (
+        "autotune/trial/fit.py",
+        "        if epoch - best_epoch >= patience:\n",
+        "        if False:\n",
+        "tests/test_train.py",
+    ),
+    "frozen BatchNorm left in train mode": (
+        "autotune/trial/fit.py",
+        "            m.eval()\n",
+        "            pass\n",
+        "tests/test_train.py",
+    ),
+    "epochs not reported to the pruner": (
+        "autotune/search/objective.py",
+        "            trial.report(value, epoch)\n",
+        "",
+        "tests/test_objective.py",
+    ),
+    "pruner's verdict ignored": (
+        "autotune/search/objective.py",
+        "            if trial.should_prune():\n",
+        "            if False:\n",
+        "tests/test_objective.py",
+    ),
+    "budget constraints not recorded": (
+        "autotune/search/objective.py",
+        "            trial.set_constraint(key, value)\n",  # noqa: E501
+        "            pass\n",
+        "tests/test_slimming.py",
+    ),
+    "over-budget trials trained anyway": (
+        "autotune/search/objective.py",
+        "        if exceeded:\n",
+        "        if False:\n",
+        "tests/test_slimming.py",
+    ),
+    "gate placed before the layer's normalisation": (
+        "autotune/rank/gates.py",
+        "        found.append(Site(unit.name, unit.modules[-1], dim, channels, first is not classifier))\n",  # noqa: E501
+        "        found.append(Site(unit.name, unit.name, dim, channels, first is not classifier))\n",  # noqa: E501
+        "tests/test_pruning.py tests/test_importance.py",
+    ),
+    "pruning removes the highest-ranked channels": (
+        "autotune/trial/prune.py",
+        "        return total / count.clamp(min=1)\n",
+        "        return -total / count.clamp(min=1)\n",
+        "tests/test_pruning.py",
+    ),
+    "analysis explains the user's model itself, not a copy": (
+        "autotune/rank/methods.py",
+        "        copied = copy.deepcopy(model).cpu().eval()\n",
+        "        copied = model.cpu().eval()\n",
+        "tests/test_importance.py",
+    ),
+    "re-run redoes finished trials": (
+        "autotune/search/runner.py",
+        "        remaining = s.trials - finished_trials(study)\n",
+        "        remaining = s.trials\n",
+        "tests/test_study.py",
+    ),
+    "checkpoint kept for a worse trial, not the best": (
+        "autotune/search/objective.py",
+        "            improves = best is None or better(self.settings.metric, value, best.values[0])\n",  # noqa: E501
+        "            improves = best is None or better(self.settings.metric, best.values[0], value)\n",  # noqa: E501
+        "tests/test_cli.py tests/test_slimming.py",
+    ),
+}
+
+
+def run(name: str) -> bool:
+    """Apply mutation ``name``, run its tests, restore the file; True when a test failed."""
+    file, before, after, tests = MUTATIONS[name]
+    path = ROOT / file
+    original = path.read_text()
+    if original.count(before) != 1:
+        raise SystemExit(f"{name}: the line to break is not in {file} exactly once: {before!r}")
+    path.write_text(original.replace(before, after))
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests.split()],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
+    finally:
+        path.write_text(original)
+    failed = [ln for ln in done.stdout.splitlines() if ln.startswith("FAILED")]
+    print(f"{'caught' if done.returncode else 'MISSED'}: {name} -> {failed[:1] or tests}")
+    return done.returncode != 0
+
+
+if __name__ == "__main__":
+    names = sys.argv[1:] or list(MUTATIONS)
+    missed = [n for n in names if not run(n)]
+    sys.exit(1 if missed else 0)
