@@ -48,7 +48,7 @@ MUTATIONS: dict[str, tuple[str, str, str, str]] = {
     ),
     "budget constraints not recorded": (
         "autotune/search/objective.py",
-        "            trial.set_constraint(key, value)\n",  # noqa: E501
+        "            trial.set_constraint(key, value)\n",
         "            pass\n",
         "tests/test_slimming.py",
     ),
