@@ -28,6 +28,7 @@ from autotune.results.export import ExportResult, Workspace, export_trial
 from autotune.results.leaderboard import Leaderboard
 from autotune.results.live import LiveLeaderboard
 from autotune.results.report import write_report
+from autotune.search.prepare import space_for
 from autotune.search.runner import Search
 from autotune.search.space import SearchSpace, load_space
 from autotune.search.study import prune_checkpoints
@@ -88,7 +89,7 @@ def search(
     model: str | Path | ModelSpec | nn.Module | LoadedModel,
     data: str | DataSpec | TaskData | Dataset,
     *,
-    space: str | Path | Mapping[str, Any] | SearchSpace = "default",
+    space: str | Path | Mapping[str, Any] | SearchSpace = "auto",
     trials: int = 20,
     out: str | Path | None = None,
     console: Console | None = None,
@@ -101,7 +102,9 @@ def search(
         model: A model file path, ``"demo"``, an ``nn.Module`` or a ``LoadedModel``.
         data: A data spec (path, ``sklearn:NAME``, ``demo``), a ``TaskData``, or a torch
             ``Dataset`` of ``(input, label)`` pairs.
-        space: A shipped space name, a YAML path, a dict, or a ``SearchSpace``.
+        space: ``auto`` (the shipped space that fits the model: ``vision`` for conv nets,
+            ``tabular`` for feature-vector models, ``default`` where the model cannot be
+            analysed), a shipped space name, a YAML path, a dict, or a ``SearchSpace``.
         trials: Trials in the study, the baseline not counted.
         out: Output folder (default ``runs/<study_name>``).
         console: Where the leaderboard goes (default: the terminal).
@@ -111,8 +114,11 @@ def search(
     job = make_job(model, data)
     study_name = settings.pop("study_name", None) or default_study_name(model)
     folder = Path(out) if out is not None else Path("runs") / study_name
-    the_space = space if isinstance(space, SearchSpace) else load_space(space)
     console = console or Console()
+    if isinstance(space, str) and space == "auto":
+        space, why = space_for(job)
+        console.print(f"space: {space} ({why}; --space default fine-tunes only)", highlight=False)
+    the_space = space if isinstance(space, SearchSpace) else load_space(space)
     the_settings = SearchSettings(trials=trials, out=folder, study_name=study_name, **settings)
     display = LiveLeaderboard(console, the_settings.metric, the_settings.trials)
     run = Search(job, the_space, the_settings, console=console, command=command, display=display)

@@ -83,7 +83,13 @@ ValFraction = Annotated[
 ImageSize = Annotated[
     int | None, typer.Option(help="Side that images of an image folder are resized to.")
 ]
-Space = Annotated[str, typer.Option(help="Search space: a shipped name (default) or a YAML path.")]
+Space = Annotated[
+    str,
+    typer.Option(
+        help="Search space: auto (vision for conv nets, tabular for feature vectors), a shipped "
+        "name (default: fine-tuning only, vision, tabular) or a YAML path."
+    ),
+]
 Trials = Annotated[
     int,
     typer.Option(
@@ -138,7 +144,7 @@ def search(
     target: Target = None,
     val_fraction: ValFraction = 0.2,
     image_size: ImageSize = None,
-    space: Space = "default",
+    space: Space = "auto",
     trials: Trials = 20,
     epochs: Epochs = None,
     patience: Patience = None,

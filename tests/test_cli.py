@@ -48,6 +48,9 @@ def test_search_writes_the_bundle(searched: Path) -> None:
     config = yaml.safe_load((best / "config.yaml").read_text())
     assert config["metrics"]["gain"] > 0.1
     assert config["metrics"]["test_accuracy"] is not None
+    # The search kept the best trial's weights, so exporting it needed no retraining.
+    assert config["weights"] == f"weights saved by trial {config['trial']}"
+    assert config["metrics"]["reproduces_study_value"]
     assert config["model"]["sha256"] and config["data"]["spec"] == "demo"
     assert config["autotune_version"] and config["reproduce"].startswith("autotune export")
     assert set(config["params"]) >= {"lr", "batch_size", "unfreeze", "dropout", "loss"}

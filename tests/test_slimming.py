@@ -59,9 +59,11 @@ def test_budgeted_search_prunes_drops_features_and_documents_the_inputs(tmp_path
         model, data, space=space, trials=8, out=tmp_path, console=console, max_params="0.6"
     )
     trials = result.study.trials
-    # Seeds from the rankings come first: prune the bottom quarter, then half.
-    assert trials[1].params["prune"] == 0.25 and trials[2].params["prune"] == 0.5
-    assert trials[3].params["unfreeze_order"] == "shap"
+    # The standard recipe comes first (full size: over this budget, so never trained), then
+    # the seeds from the rankings: prune the bottom quarter, then half.
+    assert trials[1].params["prune"] == 0.0 and trials[1].state == TrialState.PRUNED
+    assert trials[2].params["prune"] == 0.25 and trials[3].params["prune"] == 0.5
+    assert trials[4].params["unfreeze_order"] == "shap"
     limit = int(0.6 * original)
     for t in trials[1:]:
         over = t.user_attrs["total_params"] > limit

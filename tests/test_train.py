@@ -82,9 +82,7 @@ def test_the_best_epochs_weights_come_back_after_a_worse_last_epoch() -> None:
     data = TaskData(x[:80], noise, x[80:], y[80:])
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 2))
-    result = fine_tune(
-        model, data, TrialConfig(lr=0.05), max_epochs=12, patience=12, metric="loss"
-    )
+    result = fine_tune(model, data, TrialConfig(lr=0.05), max_epochs=12, patience=12, metric="loss")
     assert result.best_epoch < result.epochs_run
     assert result.history[-1]["val_loss"] > result.best
     assert evaluate(model, data.x_val, data.y_val).loss == pytest.approx(result.best, abs=1e-6)

@@ -147,6 +147,9 @@ def export_trial(
     config = _config(work, study, trial, record, val, test, rebuilt.origin, files, model)
     config["structure"] = structure
     (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    if number is None:
+        # The held-out split is read for the chosen model only; the dashboard shows it here.
+        study.set_user_attr("best_export", {"trial": trial.number, **config["metrics"]})
     write_leaderboard(study, work.settings.metric, leaderboard_csv(out))
     return ExportResult(folder, trial.number, model, config)
 

@@ -22,12 +22,10 @@ from torch import nn
 from autotune.config import SearchSettings, better, sign
 from autotune.errors import AutotuneError, first_line
 from autotune.load.anatomy import count_parameters
-from autotune.load.tasks import TaskData
 from autotune.paths import checkpoint_path
 from autotune.search.space import SearchSpace
 from autotune.search.study import best_trial
 from autotune.trial.cost import Cost, measure
-from autotune.trial.fit import evaluate
 from autotune.trial.maker import TrialMaker
 
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
@@ -60,14 +58,6 @@ class Budgets:
 def cost_attrs(cost: Cost) -> dict[str, Any]:
     """What a trial records of its model's cost."""
     return {"total_params": cost.params, "macs": cost.macs, "latency_ms": round(cost.latency_ms, 3)}
-
-
-def held_out_attrs(model: nn.Module, data: TaskData) -> dict[str, Any]:
-    """Held-out scores, for the record and the dashboard: never used to pick a trial."""
-    if data.x_test is None or data.y_test is None:
-        return {}
-    test = evaluate(model, data.x_test, data.y_test)
-    return {"test_accuracy": test.accuracy, "test_loss": test.loss}
 
 
 @dataclass
@@ -138,8 +128,6 @@ class Objective:
         trial.set_user_attr("stop_reason", result.stop_reason)
         trial.set_user_attr("val_accuracy", best_epoch["val_accuracy"])
         trial.set_user_attr("val_loss", best_epoch["val_loss"])
-        for key, value in held_out_attrs(model, data).items():
-            trial.set_user_attr(key, value)
         if self.baseline_value is not None:
             trial.set_user_attr("gain", sign(metric) * (result.best - self.baseline_value))
         trial.set_user_attr("history", result.history)

@@ -8,6 +8,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from torch import nn
+
 from autotune.config import AnalysisOptions, SearchSettings
 from autotune.load.job import Job
 from autotune.paths import analysis_dir
@@ -52,6 +54,20 @@ def adapt_space(space: SearchSpace, job: Job) -> tuple[SearchSpace, list[str]]:
         if reason:
             leave_out(("drop_features",), reason)
     return space, notes
+
+
+def space_for(job: Job) -> tuple[str, str]:
+    """The shipped space that fits the model, and why: ``vision`` for conv nets, ``tabular``
+    for feature-vector models, ``default`` (fine-tuning only) where the model cannot be analysed.
+    """
+    fmt = job.model.format
+    if fmt in ("torchscript", "export"):
+        return "default", f"a {fmt} model cannot be analysed or pruned: fine-tuning only"
+    if job.data.x_val.ndim == 2:
+        return "tabular", "feature-vector input: SHAP-ranked features, neurons and layers"
+    if any(isinstance(m, nn.modules.conv._ConvNd) for m in job.model.module.modules()):
+        return "vision", "a conv net: SHAP-ranked channels and layers"
+    return "default", "neither a conv net nor a feature-vector model: fine-tuning only"
 
 
 def _why_no_feature_dropping(job: Job) -> str | None:

@@ -15,6 +15,7 @@ from typing import Protocol
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
+from torch import nn
 
 from autotune.config import VERSION, SearchSettings
 from autotune.errors import AutotuneError
@@ -23,9 +24,9 @@ from autotune.load.job import Job
 from autotune.paths import checkpoints_dir, study_db
 from autotune.rank.analysis import Analysis
 from autotune.rank.gates import sites
-from autotune.search.objective import WORKER, Budgets, Objective, cost_attrs, held_out_attrs
+from autotune.search.objective import WORKER, Budgets, Objective, cost_attrs
 from autotune.search.prepare import adapt_space, make_maker, run_analyses
-from autotune.search.seeds import seed_configs
+from autotune.search.seeds import recipe, seed_configs
 from autotune.search.space import SearchSpace
 from autotune.search.study import finished_trials, open_study
 from autotune.trial.cost import Cost, measure, parse_budget
@@ -146,7 +147,6 @@ class Search:
         start = time.perf_counter()
         val = evaluate(model, data.x_val, data.y_val)
         value = val.metric(self.settings.metric)
-        test = held_out_attrs(model, data)
         if any(t.user_attrs.get("baseline") for t in study.get_trials(deepcopy=False)):
             return
         study.add_trial(
@@ -156,7 +156,6 @@ class Search:
                     "baseline": True,
                     "val_accuracy": val.accuracy,
                     "val_loss": val.loss,
-                    **test,
                     "gain": 0.0,
                     "trainable_params": 0,
                     **cost_attrs(self.original),
@@ -170,8 +169,16 @@ class Search:
         )
 
     def add_seeds(self, study: optuna.Study) -> None:
-        """Enqueue the rankings' seed configurations in a study that has run no trial yet."""
-        if not self.settings.seed_trials or finished_trials(study) or not self.analyses:
+        """Enqueue, in a study that has run no trial yet, the standard recipe and then the
+        rankings' seed configurations."""
+        if finished_trials(study):
+            return
+        module = self.job.model.module
+        dropout = next((m.p for m in module.modules() if isinstance(m, nn.Dropout)), 0.0)
+        study.enqueue_trial(
+            recipe(self.space, self.n_layers, self.prunable, dropout), skip_if_exists=True
+        )
+        if not self.settings.seed_trials or not self.analyses:
             return
         for params in seed_configs(self.space, self.n_layers, self.prunable):
             study.enqueue_trial(params, skip_if_exists=True)

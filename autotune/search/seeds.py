@@ -1,8 +1,10 @@
-"""Seed trials: configurations read off the rankings, so a new study starts from informed points.
+"""Enqueued first trials: the standard recipe, then configurations read off the rankings.
 
-Each seed sets only the structural parameters (how much to prune, which layers to train); the
-sampler fills in the rest. Values outside the space are clipped to it, and a seed the space
-cannot express is left out.
+The recipe is the fine-tune a user would write by hand (``RECIPE``): the study's first trained
+trial, so the best it reports can only improve on it. Each ranking seed sets only the
+structural parameters (how much to prune, which layers to train); the sampler fills in the rest.
+Values outside the space are clipped to it (a list of numbers takes the nearest), and a value the
+space cannot express is left to the sampler.
 """
 
 from __future__ import annotations
@@ -10,6 +12,36 @@ from __future__ import annotations
 from typing import Any
 
 from autotune.search.space import LAYER_PREFIX, SearchSpace
+
+RECIPE: dict[str, Any] = {
+    "lr": 1e-3,
+    "weight_decay": 0.01,
+    "optimizer": "adamw",
+    "batch_size": 32,
+    "loss": "cross_entropy",
+    "unfreeze_order": "output",
+    "prune": 0.0,
+    "drop_features": 0.0,
+}
+"""The standard full fine-tune: AdamW at 1e-3 (weight decay 0.01), batch 32, cross-entropy,
+every layer trained, nothing removed, the model's own dropout."""
+
+
+def recipe(space: SearchSpace, n_layers: int, prunable: tuple[str, ...], dropout: float) -> dict:
+    """The trial parameters of ``RECIPE`` in ``space`` (``dropout``: the model's own)."""
+    wanted = {**RECIPE, "unfreeze": n_layers, "dropout": dropout}
+    params: dict[str, Any] = {}
+    for name, value in wanted.items():
+        if name == "prune" and "prune_layers" in space.params:
+            for layer in prunable:
+                fitted = _fit(space, "prune_layers", 0.0, n_layers)
+                if fitted is not None:
+                    params[f"{LAYER_PREFIX}{layer}"] = fitted
+            continue
+        fitted = _fit(space, name, value, n_layers)
+        if fitted is not None:
+            params[name] = fitted
+    return params
 
 
 def seed_configs(
@@ -51,7 +83,12 @@ def _fit(space: SearchSpace, name: str, value: Any, n_layers: int) -> Any:
     if param is None:
         return None
     if param.choices is not None:
-        return value if value in param.choices else None
+        if value in param.choices:
+            return value
+        numbers = [c for c in param.choices if isinstance(c, (int, float)) and c is not True]
+        if isinstance(value, (int, float)) and numbers:
+            return min(numbers, key=lambda c: abs(c - value))
+        return None
     if param.low is None:
         return None  # fixed: nothing to choose
     high = n_layers if param.high == "all" else float(param.high)  # type: ignore[arg-type]
