@@ -31,6 +31,7 @@ from autotune.results.report import write_report
 from autotune.search.prepare import space_for
 from autotune.search.runner import Search
 from autotune.search.space import SearchSpace, load_space
+from autotune.search.stages import PARENT
 from autotune.search.study import prune_checkpoints
 from autotune.trial.fit import configure_threads
 
@@ -133,6 +134,9 @@ def search(
         keep = {best.trial}
         if len(study.directions) > 1:
             keep |= {t.number for t in study.best_trials}
+        # A stage-2 trial is rebuilt from its parent's weights.
+        keep |= {study.trials[n].user_attrs[PARENT] for n in list(keep)
+                 if PARENT in study.trials[n].user_attrs}  # fmt: skip
         prune_checkpoints(run.checkpoints, keep=keep)
     report = _publish(run, study, best)
     return SearchResult(run, study, best, report)

@@ -59,19 +59,23 @@ def test_budgeted_search_prunes_drops_features_and_documents_the_inputs(tmp_path
         model, data, space=space, trials=8, out=tmp_path, console=console, max_params="0.6"
     )
     trials = result.study.trials
-    # The standard recipe comes first (full size: over this budget, so never trained), then
-    # the seeds from the rankings: prune the bottom quarter, then half.
-    assert trials[1].params["prune"] == 0.0 and trials[1].state == TrialState.PRUNED
-    assert trials[2].params["prune"] == 0.25 and trials[3].params["prune"] == 0.5
-    assert trials[4].params["unfreeze_order"] == "shap"
     limit = int(0.6 * original)
-    for t in trials[1:]:
+    # Stage 1 (trials 1-4) tunes the full model, over this budget, so never exported; the
+    # standard recipe comes first. Stage 2 slims the best of them, with its hyperparameters.
+    assert [t.user_attrs["stage"] for t in trials[1:]] == [1] * 4 + [2] * 4
+    assert trials[1].params["unfreeze_order"] == "output"
+    parent = trials[5].user_attrs["parent"]
+    assert 1 <= parent <= 4 and trials[parent].state == TrialState.COMPLETE
+    for t in trials[1:5]:
+        assert t.user_attrs["total_params"] == original and t.constraints["params"] > 0
+        assert "prune" not in t.params
+    for t in trials[5:]:
+        assert t.user_attrs["parent"] == parent and "prune" in t.params
         over = t.user_attrs["total_params"] > limit
         assert (t.constraints["params"] > 0) == over
         if over:  # never trained: pruned with the reason
             assert t.state == TrialState.PRUNED and "over budget" in t.user_attrs["stop_reason"]
     assert trials[0].user_attrs["baseline"] and trials[0].constraints["params"] > 0
-    assert any(t.state == TrialState.PRUNED for t in trials[1:])
     best = result.best
     assert best is not None and best.config["structure"]["params"]["model"] <= limit
     assert best.config["structure"]["params"]["source"] == original
@@ -132,3 +136,44 @@ def test_an_unparsable_budget_is_refused_before_any_trial(tmp_path: Path) -> Non
             max_params="half",
         )
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_a_slimming_only_space_starts_with_the_rankings_seeds(tmp_path: Path) -> None:
+    space = {
+        "lr": 1e-2,
+        "prune": {"low": 0.0, "high": 0.8},
+        "fit": {"max_epochs": 2, "patience": 2},
+        "analysis": ANALYSIS,
+    }
+    result = search(_mlp(), _wide_data(), space=space, trials=3, out=tmp_path, console=_quiet())
+    trials = result.study.trials
+    # Nothing to tune, so no stages: the recipe (nothing removed), then the seeds from the
+    # rankings: prune the bottom quarter, then half.
+    assert [t.params["prune"] for t in trials[1:]] == [0.0, 0.25, 0.5]
+    assert all(t.user_attrs["stage"] == 0 for t in trials[1:])
+
+
+def test_a_slimmed_trial_is_rebuilt_from_its_parent_and_reproduces(tmp_path: Path) -> None:
+    import dataclasses
+
+    from autotune.api import workspace
+    from autotune.results.export import export_trial
+
+    space = {
+        "lr": {"low": 3e-3, "high": 3e-2, "log": True},
+        "prune": {"low": 0.2, "high": 0.6},
+        "fit": {"max_epochs": 3, "patience": 3},
+        "analysis": ANALYSIS,
+    }
+    result = search(
+        _mlp(), _wide_data(), space=space, trials=4, out=tmp_path, console=_quiet(), pruner="none"
+    )
+    slimmed = [t for t in result.study.trials if t.user_attrs.get("stage") == 2]
+    assert slimmed and all(t.state == TrialState.COMPLETE for t in slimmed)
+    # No checkpoint at all: the parent is retrained, ranked again, and slimmed again.
+    bare = dataclasses.replace(workspace(result.search), checkpoints=tmp_path / "none")
+    for trial in slimmed:
+        again = export_trial(bare, result.study, trial.number, tmp_path / f"again_{trial.number}")
+        assert again.config["weights"].startswith("retrained")
+        assert again.config["metrics"]["reproduces_study_value"] is True
+        assert again.config["structure"]["params"]["model"] == trial.user_attrs["total_params"]

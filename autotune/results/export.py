@@ -23,10 +23,11 @@ from autotune.errors import AutotuneError
 from autotune.load.anatomy import count_parameters
 from autotune.load.job import Job
 from autotune.load.tasks import TaskData
-from autotune.paths import checkpoint_path, checkpoints_dir, export_dir, leaderboard_csv
+from autotune.paths import checkpoints_dir, export_dir, leaderboard_csv
 from autotune.results.leaderboard import Leaderboard
 from autotune.search.prepare import adapt_space, make_maker, run_analyses
 from autotune.search.space import SearchSpace
+from autotune.search.stages import PARENT, slimming_maker, slimming_space
 from autotune.search.study import best_trial, config_of, study_record
 from autotune.trial.build import Changes
 from autotune.trial.cost import Cost, measure
@@ -102,25 +103,23 @@ class Rebuilt:
     origin: str
 
 
-def rebuild(work: Workspace, trial: FrozenTrial) -> Rebuilt:
-    """The trial's trained model: from its checkpoint, else retrained with its seed."""
+def rebuild(work: Workspace, study: optuna.Study, trial: FrozenTrial) -> Rebuilt:
+    """The trial's trained model: from its checkpoint, else retrained with its seed. A stage-2
+    trial is rebuilt from its parent's trained model, ranked again as the search ranked it."""
     maker = work.maker
     if trial.user_attrs.get("baseline"):
         module = work.job.model.module.to(maker.device)
         return Rebuilt(module, maker.data, Changes(), "the source model, unchanged")
-    config = config_of(trial, work.space)
+    configure_threads(maker.device, work.settings.threads)
     # The analyses come from the cache: the same rankings as the trial's.
     run_analyses(work.job, work.space, maker.analyses)
-    model, changes, data = maker.build(config)
-    saved = checkpoint_path(work.checkpoints, trial.number)
-    if saved.is_file():
-        model.load_state_dict(torch.load(saved, map_location=maker.device, weights_only=True))
-        return Rebuilt(model, data, changes, f"weights saved by trial {trial.number}")
-    configure_threads(maker.device, work.settings.threads)
-    maker.fit(model, config, trial.number, data)
-    return Rebuilt(
-        model, data, changes, f"retrained from trial {trial.number}'s parameters and seed"
-    )
+    parent = trial.user_attrs.get(PARENT)
+    if parent is not None:
+        adapted = rebuild(work, study, study.trials[parent]).model
+        maker = slimming_maker(maker, adapted, work.job, slimming_space(work.space))
+    config = config_of(trial, work.space)
+    model, changes, data, origin = maker.trained(config, trial.number, work.checkpoints)
+    return Rebuilt(model, data, changes, origin)
 
 
 def export_trial(
@@ -134,7 +133,7 @@ def export_trial(
     out = work.settings.out
     folder = folder or export_dir(out, None if number is None else trial.number)
     folder.mkdir(parents=True, exist_ok=True)
-    rebuilt = rebuild(work, trial)
+    rebuilt = rebuild(work, study, trial)
     model, data = rebuilt.model, rebuilt.data
     val = evaluate(model, data.x_val, data.y_val)
     test = None

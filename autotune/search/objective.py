@@ -7,6 +7,7 @@ what it achieved on the trial, and keep its weights when it may be exported.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import time
@@ -17,14 +18,25 @@ from typing import Any
 
 import optuna
 import torch
+from optuna.trial import FrozenTrial
 from torch import nn
 
-from autotune.config import SearchSettings, better, sign
+from autotune.config import SearchSettings, TrialConfig, better, sign
 from autotune.errors import AutotuneError, first_line
 from autotune.load.anatomy import count_parameters
+from autotune.load.job import Job
 from autotune.paths import checkpoint_path
 from autotune.search.space import SearchSpace
-from autotune.search.study import best_trial
+from autotune.search.stages import (
+    PARENT,
+    child_config,
+    parent_of,
+    slimming_maker,
+    slimming_space,
+    stage_of,
+    tuning_space,
+)
+from autotune.search.study import best_trial, config_of
 from autotune.trial.cost import Cost, measure
 from autotune.trial.maker import TrialMaker
 
@@ -65,6 +77,7 @@ class Objective:
     """``study.optimize``'s function: runs one trial and returns its value(s)."""
 
     maker: TrialMaker
+    job: Job
     space: SearchSpace
     settings: SearchSettings
     budgets: Budgets
@@ -73,6 +86,10 @@ class Objective:
     checkpoints: Path
     baseline_value: float | None = None
     progress: Progress | None = None
+    staged: bool = False
+    """Tune on the full model first, then slim the best of it (``search.stages``)."""
+    _slimmers: dict[int, TrialMaker] = field(default_factory=dict)
+    """Stage-2 makers by parent trial: the adapted model and its rankings, built once."""
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         try:
@@ -85,8 +102,9 @@ class Objective:
 
     def _run(self, trial: optuna.Trial) -> float | tuple[float, float]:
         trial.set_user_attr("worker", WORKER)
-        config = self.space.suggest(trial, self.n_layers, self.prunable)
-        model, changes, data = self.maker.build(config)
+        config, maker, stage = self._configure(trial)
+        trial.set_user_attr("config", dataclasses.asdict(config))
+        model, changes, data = maker.build(config)
         cost = measure(model, data.x_val)
         trainable, _ = count_parameters(model)
         trial.set_user_attr("trainable_params", trainable)
@@ -99,7 +117,8 @@ class Objective:
         for key, value in over.items():
             trial.set_constraint(key, value)
         exceeded = [k for k, v in over.items() if v > 0]
-        if exceeded:
+        # Stage 1 trains full-size models whatever the budget: stage 2 slims the best of them.
+        if exceeded and not (self.staged and stage == 1):
             # Over budget: no point training it. The sampler learns from the constraint.
             limits = self.budgets.limits
             what = ", ".join(f"{k} {getattr(cost, k):,} > {limits[k]:,}" for k in exceeded)
@@ -113,13 +132,15 @@ class Objective:
             if self.settings.pareto:
                 return  # multi-objective trials are not pruned: early stopping only
             trial.report(value, epoch)
-            if trial.should_prune():
+            # Stage 2 starts from the adapted model: the pruner's medians, made of stage-1
+            # curves from the source model, say nothing about it. Early stopping only.
+            if stage != 2 and trial.should_prune():
                 trial.set_user_attr("epochs", epoch)
                 trial.set_user_attr("seconds", time.perf_counter() - started)
                 trial.set_user_attr("stop_reason", f"pruned after epoch {epoch}")
                 raise optuna.TrialPruned()
 
-        result = self.maker.fit(model, config, trial.number, data, on_epoch)
+        result = maker.fit(model, config, trial.number, data, on_epoch)
         # The best epoch's scores are those of the weights the model now holds.
         best_epoch = result.history[result.best_epoch - 1]
         trial.set_user_attr("epochs", result.epochs_run)
@@ -131,16 +152,42 @@ class Objective:
         if self.baseline_value is not None:
             trial.set_user_attr("gain", sign(metric) * (result.best - self.baseline_value))
         trial.set_user_attr("history", result.history)
-        self._keep_if_best(trial, result.best, model, cost)
+        self._keep_if_best(trial, result.best, model, cost, stage)
         size = self.budgets.size_objective(cost)
         return (result.best, size[0]) if size else result.best
 
+    def _configure(self, trial: optuna.Trial) -> tuple[TrialConfig, TrialMaker, int]:
+        """The trial's configuration, the maker that builds it, and its stage."""
+        stage = stage_of(trial.number, self.settings, self.staged)
+        parent = parent_of(trial.study, self.settings.metric) if stage == 2 else None
+        if parent is None:  # unstaged, stage 1, or no stage-1 trial has completed yet
+            space = tuning_space(self.space) if self.staged else self.space
+            trial.set_user_attr("stage", 1 if self.staged else 0)
+            return space.suggest(trial, self.n_layers, self.prunable), self.maker, 1
+        trial.set_user_attr("stage", 2)
+        trial.set_user_attr(PARENT, parent.number)
+        slim = slimming_space(self.space).suggest(trial, self.n_layers, self.prunable)
+        config = child_config(config_of(parent, self.space), slim)
+        return config, self._slimmer(parent), 2
+
+    def _slimmer(self, parent: FrozenTrial) -> TrialMaker:
+        if parent.number not in self._slimmers:
+            config = config_of(parent, self.space)
+            adapted, *_ = self.maker.trained(config, parent.number, self.checkpoints)
+            maker = slimming_maker(self.maker, adapted, self.job, slimming_space(self.space))
+            self._slimmers[parent.number] = maker
+        return self._slimmers[parent.number]
+
     def _keep_if_best(
-        self, trial: optuna.Trial, value: float, model: nn.Module, cost: Cost
+        self, trial: optuna.Trial, value: float, model: nn.Module, cost: Cost, stage: int
     ) -> None:
-        """Save the weights of a trial that may be exported, so export need not retrain."""
+        """Save the weights of a trial that may be exported (or slimmed in stage 2), so that
+        neither needs to retrain it."""
         if self.settings.pareto:
             keep = True  # any trial may join the front; the rest are deleted at the end
+        elif self.staged and stage == 1:
+            parent = parent_of(trial.study, self.settings.metric)
+            keep = parent is None or better(self.settings.metric, value, parent.values[0])
         else:
             best = best_trial(trial.study)
             improves = best is None or better(self.settings.metric, value, best.values[0])

@@ -28,6 +28,7 @@ from autotune.search.objective import WORKER, Budgets, Objective, cost_attrs
 from autotune.search.prepare import adapt_space, make_maker, run_analyses
 from autotune.search.seeds import recipe, seed_configs
 from autotune.search.space import SearchSpace
+from autotune.search.stages import is_staged, tuning_space
 from autotune.search.study import finished_trials, open_study
 from autotune.trial.cost import Cost, measure, parse_budget
 from autotune.trial.fit import configure_threads, evaluate
@@ -175,17 +176,20 @@ class Search:
             return
         module = self.job.model.module
         dropout = next((m.p for m in module.modules() if isinstance(m, nn.Dropout)), 0.0)
+        # A staged search slims in stage 2 only: its first trials seed the tuning.
+        first = tuning_space(self.space) if is_staged(self.space) else self.space
         study.enqueue_trial(
-            recipe(self.space, self.n_layers, self.prunable, dropout), skip_if_exists=True
+            recipe(first, self.n_layers, self.prunable, dropout), skip_if_exists=True
         )
         if not self.settings.seed_trials or not self.analyses:
             return
-        for params in seed_configs(self.space, self.n_layers, self.prunable):
+        for params in seed_configs(first, self.n_layers, self.prunable):
             study.enqueue_trial(params, skip_if_exists=True)
 
     def objective(self) -> Objective:
         return Objective(
             self.maker,
+            self.job,
             self.space,
             self.settings,
             self.budgets,
@@ -194,6 +198,7 @@ class Search:
             self.checkpoints,
             self.baseline_value,
             self.display.progress,
+            is_staged(self.space),
         )
 
     def run(self) -> optuna.Study:

@@ -141,9 +141,9 @@ class SearchSpace:
         needed += [v for v in self.values_of("unfreeze_order") if v != "output"]
         return list(dict.fromkeys(needed))
 
-    def without(self, name: str) -> SearchSpace:
-        """The same space with ``name`` left at its default (for models that cannot take it)."""
-        params = {k: v for k, v in self.params.items() if k != name}
+    def without(self, *names: str) -> SearchSpace:
+        """The same space with ``names`` left at their defaults."""
+        params = {k: v for k, v in self.params.items() if k not in names}
         return dataclasses.replace(self, params=params)
 
     def fixed_values(self) -> dict[str, Any]:

@@ -185,5 +185,9 @@ def space_of(record: dict[str, Any]) -> SearchSpace:
 
 
 def config_of(trial: FrozenTrial, space: SearchSpace) -> TrialConfig:
-    """The full configuration of a stored trial: its sampled values over the space's fixed ones."""
+    """The full configuration of a stored trial, as the objective recorded it (``config``);
+    else its sampled values over the space's fixed ones."""
+    recorded = trial.user_attrs.get("config")
+    if recorded is not None:
+        return config_from(recorded)
     return config_from({**space.fixed_values(), **trial.params})

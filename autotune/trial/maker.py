@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from autotune.config import TrialConfig
 from autotune.load.tasks import TaskData
+from autotune.paths import checkpoint_path
 from autotune.rank.analysis import Analysis
 from autotune.trial.build import Changes, build
 from autotune.trial.fit import EpochCallback, FitResult, fine_tune
@@ -40,6 +42,20 @@ class TrialMaker:
         model, changes = build(self.source, config, self.analyses, self.example)
         data = self.data if changes.features is None else self.data.columns(changes.features)
         return model.to(self.device), changes, data
+
+    def trained(
+        self, config: TrialConfig, number: int, checkpoints: Path
+    ) -> tuple[nn.Module, Changes, TaskData, str]:
+        """Trial ``number``'s trained model, the data it takes, and where its weights came from:
+        its checkpoint when one was saved, else retrained with its seed."""
+        model, changes, data = self.build(config)
+        saved = checkpoint_path(checkpoints, number)
+        if saved.is_file():
+            state = torch.load(saved, map_location=self.device, weights_only=True)
+            model.load_state_dict(state)
+            return model, changes, data, f"weights saved by trial {number}"
+        self.fit(model, config, number, data)
+        return model, changes, data, f"retrained from trial {number}'s parameters and seed"
 
     def fit(
         self,

@@ -1,0 +1,90 @@
+"""A staged search: first tune the fine-tuning on the full model, then slim the best of it.
+
+Stage 1 ("tune", the first half of the trials) samples only the fine-tuning parameters (learning
+rate, optimizer, batch size, loss, dropout, which layers train) on the full-size model, starting
+with the standard recipe. Stage 2 ("slim") takes the best stage-1 model as trained (the adapted
+model, for which the user's data is now in-domain), ranks its units on that data, and samples
+only how far down those rankings to remove (pruning, feature dropping) before fine-tuning the
+slimmed copy with the parent's own hyperparameters.
+
+Why: rankings computed on the source model, which is mostly wrong on the new data, paid off less
+than rankings of the adapted model (issue measurements in BENCHMARKS.md), and in one joint space
+the slimming trials drag the fine-tuning hyperparameters around.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+from torch import nn
+
+from autotune.config import SearchSettings, TrialConfig, sign
+from autotune.load.job import Job
+from autotune.rank.analysis import Analysis
+from autotune.search.prepare import run_analyses
+from autotune.search.space import SearchSpace
+from autotune.trial.maker import TrialMaker
+
+SLIMMING = ("prune", "prune_scope", "prune_layers", "drop_features", "importance")
+"""Space parameters that remove parts of the model: sampled in stage 2 only."""
+PARENT = "parent"
+"""User attribute of a stage-2 trial: the number of the stage-1 trial it slimmed."""
+
+
+def is_staged(space: SearchSpace) -> bool:
+    """Whether the space both tunes and slims, so that the two stages apply."""
+    slims = any(space.may_be_nonzero(n) for n in ("prune", "prune_layers", "drop_features"))
+    tunes = any(p.fixed is None for n, p in space.params.items() if n not in SLIMMING)
+    return slims and tunes
+
+
+def tuning_space(space: SearchSpace) -> SearchSpace:
+    """Stage 1's space: everything but the slimming parameters (which stay at zero)."""
+    return space.without(*SLIMMING)
+
+
+def slimming_space(space: SearchSpace) -> SearchSpace:
+    """Stage 2's space: only the slimming parameters."""
+    return space.without(*(n for n in space.params if n not in SLIMMING))
+
+
+def tuning_trials(settings: SearchSettings) -> int:
+    """How many trials stage 1 has: the first half of the study (the baseline not counted)."""
+    return math.ceil(settings.trials / 2)
+
+
+def stage_of(number: int, settings: SearchSettings, staged: bool) -> int:
+    """1 or 2: the stage of trial ``number`` (trial 0 is the baseline)."""
+    return 2 if staged and number > tuning_trials(settings) else 1
+
+
+def parent_of(study: optuna.Study, metric: str) -> FrozenTrial | None:
+    """The best completed stage-1 trial, budgets ignored (it is the model stage 2 slims)."""
+    done = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.values and not t.user_attrs.get("baseline") and PARENT not in t.user_attrs
+    ]
+    if not done:
+        return None
+    s = sign(metric)
+    return max(done, key=lambda t: (s * t.values[0], -t.number))
+
+
+def child_config(parent: TrialConfig, slim: TrialConfig) -> TrialConfig:
+    """The parent's fine-tuning, on every layer, with the slimming sampled for the child."""
+    values = {name: getattr(slim, name) for name in SLIMMING}
+    return dataclasses.replace(parent, unfreeze=None, unfreeze_order="output", **values)
+
+
+def slimming_maker(
+    maker: TrialMaker, adapted: nn.Module, job: Job, space: SearchSpace
+) -> TrialMaker:
+    """A ``TrialMaker`` whose source is the adapted model, with the rankings of that model."""
+    adapted = adapted.cpu().eval()
+    analyses: dict[str, Analysis] = {}
+    run_analyses(Job.from_objects(adapted, job.data), space, analyses)
+    return dataclasses.replace(maker, source=adapted, analyses=analyses)
