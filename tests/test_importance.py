@@ -181,3 +181,28 @@ def test_deep_explainer_ranks_zeroed_channels_last_and_names_its_limit() -> None
     resnet = torchvision.models.resnet18(num_classes=3).eval()
     with pytest.raises(ValueError, match=r"in-place operations .* use the default explainer"):
         score("shap", resnet, torch.randn(2, 3, 16, 16), y[:2], background=4, explainer="deep")
+
+
+def test_batched_expected_gradients_equal_shaps_gradient_explainer() -> None:
+    import shap
+
+    from autotune.rank.expected_gradients import expected_gradients
+    from autotune.rank.methods import _coalitions
+
+    model, x, y = _trained_cnn()
+    copied = copy.deepcopy(model)
+    for p in copied.parameters():
+        p.requires_grad_(False)
+    gated = Gated(copied, sites(copied, x), features=False)
+    x, y = x[:6], y[:6]
+    gated.bind(x[:1], y[:1])
+    coalitions = _coalitions(gated.gate_sizes(), 8, (0.0, 1.0), seed=3)
+    ours = expected_gradients(gated, x, y, coalitions, nsamples=5, seed=3)
+    gated.bind(x[:1], y[:1])
+    explainer = shap.GradientExplainer(gated, coalitions, batch_size=5)
+    everything = [torch.ones(1, n) for n in gated.gate_sizes()]
+    for j in range(len(x)):
+        gated.bind(x[j : j + 1], y[j : j + 1])
+        theirs = explainer.shap_values(everything, nsamples=5, rseed=3 + j)
+        for mine, reference in zip(ours, theirs, strict=True):
+            assert mine[j] == pytest.approx(reference.reshape(-1), abs=1e-6)

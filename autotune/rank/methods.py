@@ -7,7 +7,8 @@ structural pruning does to the next layer), or an input feature of a feature-vec
 
 A multiplicative gate sits on every unit: 1 keeps it, 0 removes it. The methods:
 
-- ``shap``: ``shap.GradientExplainer`` (expected gradients) explains the true-class
+- ``shap``: expected gradients (``shap.GradientExplainer``'s algorithm, batched in
+  ``rank.expected_gradients``) explain the true-class
   log-probability of each sample with the gates as its inputs. The background is a set of
   random coalitions, each keeping a fraction q ~ U(0, 1) of the units: uniform coalition sizes
   are the Shapley value's own weighting, so a unit's attribution averages its marginal effect
@@ -36,6 +37,7 @@ from torch import nn
 
 from autotune.config import EXPLAINERS
 from autotune.load.anatomy import layers
+from autotune.rank.expected_gradients import expected_gradients
 from autotune.rank.gates import Gated, Site, sites
 
 METHODS = ("shap", "taylor", "l1", "random")
@@ -108,26 +110,21 @@ def _shap(
     seed: int,
     kind: str = "gradient",
 ) -> list[np.ndarray]:
-    import shap
-
     gated.bind(x[:1], y[:1])
     sizes = gated.gate_sizes()
     coalitions = _coalitions(sizes, background, keep, seed)
+    if kind == "gradient":
+        return expected_gradients(gated, x, y, coalitions, nsamples, seed)
+    import shap
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        explainer: Any
-        if kind == "deep":
-            explainer = shap.DeepExplainer(gated, coalitions)
-        else:
-            explainer = shap.GradientExplainer(gated, coalitions, batch_size=nsamples)
+        explainer = shap.DeepExplainer(gated, coalitions)
         everything = [torch.ones(1, n) for n in sizes]
         rows: list[list[np.ndarray]] = [[] for _ in sizes]
         for j in range(len(x)):
             gated.bind(x[j : j + 1], y[j : j + 1])
-            if kind == "gradient":
-                values = explainer.shap_values(everything, nsamples=nsamples, rseed=seed + j)
-            else:
-                values = _deep_values(explainer, everything)
+            values = _deep_values(explainer, everything)
             values = values if isinstance(values, list) else [values]
             for i, v in enumerate(values):
                 rows[i].append(np.asarray(v).reshape(-1))
