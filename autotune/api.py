@@ -126,7 +126,8 @@ def search(
     study = run.run()
     completed = [t for t in study.get_trials(deepcopy=False) if t.values is not None]
     try:
-        best = export_trial(workspace(run), study) if completed else None
+        refit = run.settings.refit
+        best = export_trial(workspace(run), study, refit=refit) if completed else None
     except AutotuneError as e:
         run.console.print(f"nothing exported: {e}")
         best = None

@@ -160,6 +160,18 @@ def search(
     max_params: MaxParams = None,
     max_macs: MaxMacs = None,
     pareto: Pareto = None,
+    refit: Annotated[
+        bool,
+        typer.Option(
+            "--refit",
+            help="Export the chosen configuration trained again on training + validation data "
+            "for its best epoch count (its validation score is then not held out).",
+        ),
+    ] = False,
+    timeout: Annotated[
+        float | None,
+        typer.Option(help="Start no new trial after this many seconds; finished ones are kept."),
+    ] = None,
 ) -> None:
     """Search how to fine-tune and slim MODEL on DATA; export the best model and its config."""
     from autotune.api import search as run_search
@@ -190,6 +202,8 @@ def search(
             max_params=max_params,
             max_macs=max_macs,
             pareto=pareto,
+            refit=refit,
+            timeout=timeout,
         )
     except KeyboardInterrupt:
         errors.print("interrupted: finished trials are stored; run the same command to continue")
@@ -427,6 +441,8 @@ def _summary(result: Any) -> None:
         f"best: trial {best.trial}, val {name} {m['val_' + name]:.4f} "
         f"(baseline {m['baseline_val_' + name]:.4f}, gain {m['gain']:+.4f})"
     )
+    if not m["validation_held_out"]:
+        line += " (refit: the validation samples were trained on)"
     if m["test_accuracy"] is not None:
         line += f"; held-out test accuracy {m['test_accuracy']:.4f}"
     console.print(line, highlight=False)

@@ -135,6 +135,10 @@ class SearchSettings:
     """``params`` or ``macs``: a two-objective study (metric vs size), early stopping only."""
     seed_trials: bool = True
     """Start a new study with configurations read off the rankings (prune the bottom, ...)."""
+    refit: bool = False
+    """Export the chosen configuration trained again on training + validation samples."""
+    timeout: float | None = None
+    """Stop starting new trials after this many seconds (this worker's; the study keeps all)."""
 
     def resolved(self, fit: dict[str, int]) -> SearchSettings:
         """Checked settings, with epochs and patience filled in from the space's ``fit``."""
@@ -148,6 +152,10 @@ class SearchSettings:
             raise AutotuneError(f"--pruner must be one of {list(PRUNERS)}, got {self.pruner!r}")
         if self.pareto not in (None, *BUDGETS):
             raise AutotuneError(f"--pareto must be one of {list(BUDGETS)}, got {self.pareto!r}")
+        if self.timeout is not None and not self.timeout > 0:
+            raise AutotuneError(
+                f"--timeout must be a positive number of seconds, got {self.timeout}"
+            )
         if max_epochs < 1 or patience < 1:
             raise AutotuneError(f"epochs and patience must be >= 1, got {max_epochs}, {patience}")
         return dataclasses.replace(
@@ -165,5 +173,6 @@ class SearchSettings:
             "pareto",
             "max_params",
             "max_macs",
+            "refit",
         )
         return {k: getattr(self, k) for k in keep}

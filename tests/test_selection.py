@@ -93,3 +93,32 @@ def test_the_test_split_is_scored_once_for_the_chosen_model_only(
     assert reads[0] >= max(finished).timestamp()
     assert result.best_config is not None
     assert result.best_config["metrics"]["test_accuracy"] is not None
+
+
+def test_refit_trains_the_chosen_configuration_on_train_and_validation(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    space = {"lr": {"low": 1e-3, "high": 3e-2, "log": True}, **FAST}
+    result = search(
+        TinyNet().eval(), _data(), space=space, trials=2, out=tmp_path, console=_quiet(), refit=True
+    )
+    config = result.best_config
+    assert config is not None
+    chosen = result.study.trials[config["trial"]]
+    epochs = chosen.user_attrs["best_epoch"]
+    assert config["weights"].startswith(
+        f"refit on the training and validation samples (260) for {epochs} epochs"
+    )
+    assert config["metrics"]["validation_held_out"] is False
+    assert config["metrics"]["test_accuracy"] is not None
+
+
+def test_a_timeout_stops_starting_trials(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    space = {"lr": {"low": 1e-3, "high": 3e-2, "log": True}, **FAST}
+    result = search(
+        TinyNet().eval(), _data(), space=space, trials=50, out=tmp_path, console=_quiet(),
+        timeout=0.5,
+    )  # fmt: skip
+    finished = [t for t in result.study.trials if not t.user_attrs.get("baseline")]
+    assert 1 <= len(finished) < 50
+    assert result.best is not None

@@ -103,9 +103,15 @@ class Rebuilt:
     origin: str
 
 
-def rebuild(work: Workspace, study: optuna.Study, trial: FrozenTrial) -> Rebuilt:
+def rebuild(
+    work: Workspace, study: optuna.Study, trial: FrozenTrial, refit: bool = False
+) -> Rebuilt:
     """The trial's trained model: from its checkpoint, else retrained with its seed. A stage-2
-    trial is rebuilt from its parent's trained model, ranked again as the search ranked it."""
+    trial is rebuilt from its parent's trained model, ranked again as the search ranked it.
+
+    With ``refit``, the trial's configuration is trained again on the training and validation
+    samples together, for the epoch count at which the trial was best.
+    """
     maker = work.maker
     if trial.user_attrs.get("baseline"):
         module = work.job.model.module.to(maker.device)
@@ -118,6 +124,13 @@ def rebuild(work: Workspace, study: optuna.Study, trial: FrozenTrial) -> Rebuilt
         adapted = rebuild(work, study, study.trials[parent]).model
         maker = slimming_maker(maker, adapted, work.job, slimming_space(work.space))
     config = config_of(trial, work.space)
+    if refit:
+        epochs = int(trial.user_attrs.get("best_epoch") or work.settings.max_epochs or 1)
+        model, changes, data = maker.build(config)
+        maker.refit(model, config, trial.number, data, epochs)
+        pooled = len(data.x_train) + len(data.x_val)
+        how = f"refit on the training and validation samples ({pooled}) for {epochs} epochs"
+        return Rebuilt(model, data, changes, f"{how}, with trial {trial.number}'s parameters")
     model, changes, data, origin = maker.trained(config, trial.number, work.checkpoints)
     return Rebuilt(model, data, changes, origin)
 
@@ -127,13 +140,19 @@ def export_trial(
     study: optuna.Study,
     number: int | None = None,
     folder: Path | None = None,
+    refit: bool = False,
 ) -> ExportResult:
-    """Write trial ``number`` (default: the best) as a bundle that runs without autotune."""
+    """Write trial ``number`` (default: the best) as a bundle that runs without autotune.
+
+    ``refit``: train the trial's configuration again on training and validation samples together
+    (see ``rebuild``); its validation scores are then not held out, and say so.
+    """
     trial = pick_trial(study, number)
     out = work.settings.out
     folder = folder or export_dir(out, None if number is None else trial.number)
     folder.mkdir(parents=True, exist_ok=True)
-    rebuilt = rebuild(work, study, trial)
+    refit = refit and not trial.user_attrs.get("baseline")
+    rebuilt = rebuild(work, study, trial, refit)
     model, data = rebuilt.model, rebuilt.data
     val = evaluate(model, data.x_val, data.y_val)
     test = None
@@ -145,6 +164,7 @@ def export_trial(
     record = study_record(study)
     config = _config(work, study, trial, record, val, test, rebuilt.origin, files, model)
     config["structure"] = structure
+    config["metrics"]["validation_held_out"] = not refit
     (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     if number is None:
         # The held-out split is read for the chosen model only; the dashboard shows it here.

@@ -230,7 +230,11 @@ class Search:
                 self._after_trial,
             ]
             study.optimize(
-                self.objective(), n_trials=remaining, catch=(Exception,), callbacks=callbacks
+                self.objective(),
+                n_trials=remaining,
+                timeout=s.timeout,
+                catch=(Exception,),
+                callbacks=callbacks,
             )
         return study
 

@@ -121,12 +121,14 @@ def fine_tune(
     metric: str = "accuracy",
     seed: int = 0,
     on_epoch: EpochCallback | None = None,
+    restore_best: bool = True,
 ) -> FitResult:
     """Train ``model`` in place on ``data`` (already on the model's device).
 
-    Evaluates the validation metric after every epoch, keeps the best weights, stops after
-    ``patience`` epochs without improvement, and hands every epoch's metric to ``on_epoch``
-    (the study reports it to Optuna there, and may stop the trial by raising).
+    Evaluates the validation metric after every epoch, keeps the best weights (the last ones
+    when not ``restore_best``), stops after ``patience`` epochs without improvement, and hands
+    every epoch's metric to ``on_epoch`` (the study reports it to Optuna there, and may stop
+    the trial by raising).
     """
     start = time.perf_counter()
     torch.manual_seed(seed)  # dropout masks
@@ -175,7 +177,8 @@ def fine_tune(
             stop_reason = "patience"
             break
     assert best_state is not None  # max_epochs >= 1 is checked by the caller
-    model.load_state_dict(best_state)
+    if restore_best:
+        model.load_state_dict(best_state)
     set_training(model, False)
     return FitResult(
         best, best_epoch, len(history), stop_reason, time.perf_counter() - start, history

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +57,21 @@ class TrialMaker:
             return model, changes, data, f"weights saved by trial {number}"
         self.fit(model, config, number, data)
         return model, changes, data, f"retrained from trial {number}'s parameters and seed"
+
+    def refit(
+        self, model: nn.Module, config: TrialConfig, number: int, data: TaskData, epochs: int
+    ) -> FitResult:
+        """Train ``model`` on the training and validation samples together for ``epochs``
+        epochs (no early stopping, no choice of epoch: validation is training data now)."""
+        pooled = dataclasses.replace(
+            data,
+            x_train=torch.cat([data.x_train, data.x_val]),
+            y_train=torch.cat([data.y_train, data.y_val]),
+        )
+        return fine_tune(
+            model, pooled, config, max_epochs=epochs, patience=epochs + 1, metric=self.metric,
+            seed=self.seed + number, restore_best=False,
+        )  # fmt: skip
 
     def fit(
         self,
