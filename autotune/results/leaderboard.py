@@ -67,6 +67,10 @@ class TrialRow:
     """Within the search's budgets (``--max-params``, ``--max-macs``)."""
     front: bool = False
     """On the Pareto front (``--pareto`` studies)."""
+    stage: int | None = None
+    """1: tuning the full model, 2: slimming ``parent`` (staged searches); 0 unstaged."""
+    parent: int | None = None
+    """The stage-1 trial a stage-2 trial slimmed."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -80,6 +84,8 @@ class TrialRow:
             "latency_ms": self.latency_ms,
             "feasible": self.feasible,
             "pareto_front": self.front,
+            "stage": self.stage,
+            "parent": self.parent,
             "epochs": self.epochs,
             "seconds": self.seconds,
             **{f"param_{k}": v for k, v in self.params.items()},
@@ -115,6 +121,8 @@ def row_of(
         latency_ms=attrs.get("latency_ms"),
         feasible=all(v <= 0 for v in trial.constraints.values()),
         front=trial.number in front,
+        stage=attrs.get("stage"),
+        parent=attrs.get("parent"),
     )
 
 
