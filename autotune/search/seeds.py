@@ -30,18 +30,7 @@ every layer trained, nothing removed, the model's own dropout."""
 def recipe(space: SearchSpace, n_layers: int, prunable: tuple[str, ...], dropout: float) -> dict:
     """The trial parameters of ``RECIPE`` in ``space`` (``dropout``: the model's own)."""
     wanted = {**RECIPE, "unfreeze": n_layers, "dropout": dropout}
-    params: dict[str, Any] = {}
-    for name, value in wanted.items():
-        if name == "prune" and "prune_layers" in space.params:
-            for layer in prunable:
-                fitted = _fit(space, "prune_layers", 0.0, n_layers)
-                if fitted is not None:
-                    params[f"{LAYER_PREFIX}{layer}"] = fitted
-            continue
-        fitted = _fit(space, name, value, n_layers)
-        if fitted is not None:
-            params[name] = fitted
-    return params
+    return _in_space(space, wanted, n_layers, prunable)
 
 
 def seed_configs(
@@ -60,22 +49,30 @@ def seed_configs(
         wanted.append({"drop_features": 0.25, "importance": ranked})
     seeds = []
     for seed in wanted:
-        params: dict[str, Any] = {}
-        for name, value in seed.items():
-            if value is None:
-                continue
-            if name == "prune" and "prune_layers" in space.params:
-                for layer in prunable:
-                    fitted = _fit(space, "prune_layers", value, n_layers)
-                    if fitted is not None:
-                        params[f"{LAYER_PREFIX}{layer}"] = fitted
-                continue
-            fitted = _fit(space, name, value, n_layers)
-            if fitted is not None:
-                params[name] = fitted
+        params = _in_space(space, seed, n_layers, prunable)
         if params and params not in seeds:
             seeds.append(params)
     return seeds
+
+
+def _in_space(
+    space: SearchSpace, wanted: dict[str, Any], n_layers: int, prunable: tuple[str, ...]
+) -> dict[str, Any]:
+    """``wanted`` as trial parameters of ``space``: fitted to it, or left to the sampler."""
+    params: dict[str, Any] = {}
+    for name, value in wanted.items():
+        if value is None:
+            continue
+        if name == "prune" and "prune_layers" in space.params:
+            for layer in prunable:
+                fitted = _fit(space, "prune_layers", value, n_layers)
+                if fitted is not None:
+                    params[f"{LAYER_PREFIX}{layer}"] = fitted
+            continue
+        fitted = _fit(space, name, value, n_layers)
+        if fitted is not None:
+            params[name] = fitted
+    return params
 
 
 def _fit(space: SearchSpace, name: str, value: Any, n_layers: int) -> Any:
