@@ -237,7 +237,8 @@ class Leaderboard(JupyterMixin):
                 "" if row.latency_ms is None else f"{row.latency_ms:.1f}ms",
                 "" if row.epochs is None else str(row.epochs),
                 "" if row.seconds is None else _duration(row.seconds),
-                format_params(row.params),
+                (f"slims {row.parent}: " if row.parent is not None else "")
+                + format_params(row.params),
                 style=style,
             )
         return table
@@ -263,6 +264,8 @@ class Leaderboard(JupyterMixin):
             parts.append(f"epochs={row.epochs}")
         if row.seconds is not None:
             parts.append(f"time={_duration(row.seconds)}")
+        if row.parent is not None:
+            parts.append(f"slims={row.parent}")
         if row.params:
             parts.append(format_params(row.params))
         if row.note:
