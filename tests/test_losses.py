@@ -23,3 +23,11 @@ def test_losses_by_name() -> None:
     assert torch.allclose(smooth, F.cross_entropy(LOGITS, TARGET, label_smoothing=0.2))
     plain = make_loss(TrialConfig())(LOGITS, TARGET)
     assert torch.allclose(plain, F.cross_entropy(LOGITS, TARGET))
+
+
+def test_focal_gradients_stay_finite_below_gamma_one_on_confident_samples() -> None:
+    # p_t rounds to 1 here: (1 - p)**0.7 has an infinite slope there.
+    logits = torch.tensor([[30.0, 0.0], [0.0, 2.0]], requires_grad=True)
+    focal_loss(logits, torch.tensor([0, 0]), 0.7).backward()
+    assert logits.grad is not None and torch.isfinite(logits.grad).all()
+    assert logits.grad[1].abs().sum() > 0  # the wrong sample still pulls

@@ -17,7 +17,10 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float) -> torch.Tensor:
     """Mean of ``-(1 - p_t)**gamma * log(p_t)`` (Lin et al., 2017): easy samples weigh less."""
     log_p = F.log_softmax(logits, dim=1).gather(1, target.unsqueeze(1)).squeeze(1)
-    return (-((1.0 - log_p.exp()) ** gamma) * log_p).mean()
+    # (1 - p)**gamma has an infinite slope at p = 1 when gamma < 1: 0 x inf = NaN gradients on
+    # confidently right samples. Keeping 1 - p off zero keeps them finite (and ~0).
+    weight = (1.0 - log_p.exp()).clamp_min(1e-6) ** gamma
+    return (-weight * log_p).mean()
 
 
 def _cross_entropy(config: TrialConfig) -> LossFn:
