@@ -194,7 +194,7 @@ def analyze(
         background: Random unit coalitions that ``shap`` integrates from.
         nsamples: Expected-gradient samples per explained sample.
         seed: Seeds the choice of samples and the coalitions.
-        explainer: ``gradient`` (shap's GradientExplainer) or ``deep`` (its DeepExplainer).
+        explainer: ``gradient`` (expected gradients, batched) or ``deep`` (shap's DeepExplainer).
         threads: torch threads on CPU.
         cache: Reuse (and store) the result in the cache, keyed by model, data and options.
     """

@@ -18,8 +18,8 @@ BUDGETS = ("params", "macs")
 MAX_RATIO = 0.9
 """The largest fraction of a layer's channels (or of the features) a trial may remove."""
 EXPLAINERS = ("gradient", "deep")
-"""shap explainers for the ``shap`` method: ``GradientExplainer`` (expected gradients, the
-default: better rankings in BENCHMARKS.md) or ``DeepExplainer`` (DeepLIFT)."""
+"""Engines of the ``shap`` method: expected gradients (``GradientExplainer``'s algorithm, the
+default: better rankings in BENCHMARKS.md) or shap's ``DeepExplainer`` (DeepLIFT)."""
 
 
 def sign(metric: str) -> float:
@@ -90,7 +90,8 @@ class AnalysisOptions:
     """Expected-gradient samples per explained sample (``shap``)."""
     seed: int = 0
     explainer: str = "gradient"
-    """``gradient`` (shap's GradientExplainer) or ``deep`` (DeepExplainer), for ``shap``."""
+    """``gradient`` (expected gradients, shap's GradientExplainer algorithm, batched) or ``deep``
+    (shap's DeepExplainer), for ``shap``."""
 
     def __post_init__(self) -> None:
         if self.explainer not in EXPLAINERS:

@@ -76,6 +76,24 @@ MUTATIONS: dict[str, tuple[str, str, str, str]] = {
         "        copied = model.cpu().eval()\n",
         "tests/test_importance.py",
     ),
+    "focal loss NaN below gamma 1": (
+        "autotune/trial/losses.py",
+        "    weight = (1.0 - log_p.exp()).clamp_min(1e-6) ** gamma\n",
+        "    weight = (1.0 - log_p.exp()) ** gamma\n",
+        "tests/test_losses.py",
+    ),
+    "stage 2 slims the worst stage-1 model": (
+        "autotune/search/stages.py",
+        "    return max(done, key=lambda t: (s * t.values[0], -t.number))\n",
+        "    return min(done, key=lambda t: (s * t.values[0], -t.number))\n",
+        "tests/test_slimming.py",
+    ),
+    "export ignores a slimmed trial's parent": (
+        "autotune/results/export.py",
+        "    parent = trial.user_attrs.get(PARENT)\n",
+        "    parent = None\n",
+        "tests/test_slimming.py",
+    ),
     "re-run redoes finished trials": (
         "autotune/search/runner.py",
         "        remaining = s.trials - finished_trials(study)\n",
