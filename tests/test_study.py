@@ -92,6 +92,15 @@ def test_rerunning_on_other_data_is_refused(
         _search(tiny_model, from_tensors(x, y), tmp_path, trials=1)
 
 
+def test_rerunning_with_another_space_names_the_one_the_study_has(
+    tiny_model: torch.nn.Module, tiny_data: TaskData, tmp_path: Path
+) -> None:
+    _search(tiny_model, tiny_data, tmp_path, trials=1, space="default", max_epochs=1)
+    # Without --space the model picks "tabular" here: not what the study was made with.
+    with pytest.raises(StorageError, match="it was made with --space default"):
+        _search(tiny_model, tiny_data, tmp_path, trials=2, space="auto", max_epochs=1)
+
+
 def test_journal_file_storage(
     tiny_model: torch.nn.Module, tiny_data: TaskData, tmp_path: Path
 ) -> None:

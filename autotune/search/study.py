@@ -84,8 +84,12 @@ def open_study(settings: SearchSettings, record: dict[str, Any]) -> optuna.Study
     ]
     for what, before, now in checks:
         if before != now:
+            hint = ""
+            if what == "search space":
+                was = previous.get("space_source", "?")
+                hint = f" (it was made with --space {was}; without --space the model picks one)"
             raise StorageError(
-                f"study {study.study_name!r} already holds a search with another {what}: "
+                f"study {study.study_name!r} already holds a search with another {what}{hint}: "
                 "re-run with the same settings to continue it, or choose a new --study-name "
                 "or --out to start another"
             )
