@@ -136,8 +136,8 @@ def search(
         if len(study.directions) > 1:
             keep |= {t.number for t in study.best_trials}
         # A stage-2 trial is rebuilt from its parent's weights.
-        keep |= {study.trials[n].user_attrs[PARENT] for n in list(keep)
-                 if PARENT in study.trials[n].user_attrs}  # fmt: skip
+        parents = (study.trials[n].user_attrs.get(PARENT) for n in keep)
+        keep |= {p for p in parents if p is not None}
         prune_checkpoints(run.checkpoints, keep=keep)
     report = _publish(run, study, best)
     return SearchResult(run, study, best, report)

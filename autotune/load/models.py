@@ -45,6 +45,11 @@ class LoadedModel:
     arch: str | None = None
     """The architecture spec used to build a state_dict's network, if any."""
 
+    @property
+    def is_program(self) -> bool:
+        """A TorchScript or torch.export program: no hooks, no resizing, its dropout fixed."""
+        return self.format in ("torchscript", "export")
+
 
 def file_sha256(path: str | Path) -> str:
     digest = hashlib.sha256()

@@ -25,7 +25,7 @@ from autotune.rank.methods import METHODS, score
 
 def check_analyzable(job: Job) -> None:
     """Gates need hooks on an eager module: TorchScript and torch.export programs have none."""
-    if job.model.format in ("torchscript", "export"):
+    if job.model.is_program:
         raise AutotuneError(
             f"a {job.model.format} model cannot be analysed or pruned (its modules take no "
             "hooks and cannot be resized): pass a state_dict with --arch, or a pickled module "

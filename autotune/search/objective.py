@@ -18,7 +18,6 @@ from typing import Any
 
 import optuna
 import torch
-from optuna.trial import FrozenTrial
 from torch import nn
 
 from autotune.config import SearchSettings, TrialConfig, better, sign
@@ -167,16 +166,16 @@ class Objective:
         trial.set_user_attr("stage", 2)
         trial.set_user_attr(PARENT, parent.number)
         slim = slimming_space(self.space).suggest(trial, self.n_layers, self.prunable)
-        config = child_config(config_of(parent, self.space), slim)
-        return config, self._slimmer(parent), 2
+        tuned = config_of(parent, self.space)
+        return child_config(tuned, slim), self._slimmer(parent.number, tuned), 2
 
-    def _slimmer(self, parent: FrozenTrial) -> TrialMaker:
-        if parent.number not in self._slimmers:
-            config = config_of(parent, self.space)
-            adapted, *_ = self.maker.trained(config, parent.number, self.checkpoints)
+    def _slimmer(self, parent: int, tuned: TrialConfig) -> TrialMaker:
+        """The maker of ``parent``'s children: its trained model and that model's rankings."""
+        if parent not in self._slimmers:
+            adapted, *_ = self.maker.trained(tuned, parent, self.checkpoints)
             maker = slimming_maker(self.maker, adapted, self.job, slimming_space(self.space))
-            self._slimmers[parent.number] = maker
-        return self._slimmers[parent.number]
+            self._slimmers[parent] = maker
+        return self._slimmers[parent]
 
     def _keep_if_best(
         self, trial: optuna.Trial, value: float, model: nn.Module, cost: Cost, stage: int

@@ -43,11 +43,11 @@ def adapt_space(space: SearchSpace, job: Job) -> tuple[SearchSpace, list[str]]:
     if not can_set_dropout(job.model.module) and "dropout" in space.params:
         why = (
             f"{fmt} models keep their dropout"
-            if fmt in ("torchscript", "export")
+            if job.model.is_program
             else "the model has no Dropout, nor a module around its classifier to add one to"
         )
         leave_out(("dropout",), why)
-    if space.uses_rankings() and fmt in ("torchscript", "export"):
+    if space.uses_rankings() and job.model.is_program:
         leave_out(STRUCTURE, f"{fmt} models cannot be analysed, pruned or cut down")
     if space.may_be_nonzero("drop_features"):
         reason = _why_no_feature_dropping(job)
@@ -60,8 +60,8 @@ def space_for(job: Job) -> tuple[str, str]:
     """The shipped space that fits the model, and why: ``vision`` for conv nets, ``tabular``
     for feature-vector models, ``default`` (fine-tuning only) where the model cannot be analysed.
     """
-    fmt = job.model.format
-    if fmt in ("torchscript", "export"):
+    if job.model.is_program:
+        fmt = job.model.format
         return "default", f"a {fmt} model cannot be analysed or pruned: fine-tuning only"
     if job.data.x_val.ndim == 2:
         return "tabular", "feature-vector input: SHAP-ranked features, neurons and layers"

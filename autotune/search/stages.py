@@ -37,7 +37,8 @@ PARENT = "parent"
 def is_staged(space: SearchSpace) -> bool:
     """Whether the space both tunes and slims, so that the two stages apply."""
     slims = any(space.may_be_nonzero(n) for n in ("prune", "prune_layers", "drop_features"))
-    tunes = any(p.fixed is None for n, p in space.params.items() if n not in SLIMMING)
+    fixed = space.fixed_values()
+    tunes = any(n not in SLIMMING and n not in fixed for n in space.params)
     return slims and tunes
 
 
