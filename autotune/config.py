@@ -27,9 +27,11 @@ def sign(metric: str) -> float:
     return 1.0 if METRICS[metric] == "maximize" else -1.0
 
 
-def better(metric: str, a: float, b: float) -> bool:
-    """Whether ``a`` is strictly better than ``b`` on ``metric``."""
-    return sign(metric) * (a - b) > 0
+def score_key(metric: str, accuracy: float, loss: float) -> tuple[float, float]:
+    """How two validation results rank, larger is better: ``metric`` first, the other score
+    breaks ties. Accuracy on a small validation split moves in steps of 1/n (34 samples: 3
+    points), so equal accuracies are common, and the lower loss is the more confident model."""
+    return (accuracy, -loss) if metric == "accuracy" else (-loss, accuracy)
 
 
 def metric_of_direction(maximize: bool) -> str:

@@ -102,8 +102,8 @@ MUTATIONS: dict[str, tuple[str, str, str, str]] = {
     ),
     "checkpoint kept for a worse trial, not the best": (
         "autotune/search/objective.py",
-        "            improves = best is None or better(self.settings.metric, value, best.values[0])\n",  # noqa: E501
-        "            improves = best is None or better(self.settings.metric, best.values[0], value)\n",  # noqa: E501
+        "            improves = best is None or scores > rank_key(best, s)[:2]\n",
+        "            improves = best is None or scores < rank_key(best, s)[:2]\n",
         "tests/test_cli.py tests/test_slimming.py",
     ),
 }

@@ -7,6 +7,7 @@ import io
 import time
 from pathlib import Path
 
+import optuna
 import pytest
 import torch
 from conftest import TinyNet, blobs
@@ -20,6 +21,7 @@ from autotune.load.tasks import TaskData, from_tensors
 from autotune.results import export
 from autotune.search import runner
 from autotune.search.prepare import space_for
+from autotune.search.study import best_trial
 from autotune.trial import fit
 
 FAST = {"fit": {"max_epochs": 3, "patience": 3}}
@@ -122,3 +124,22 @@ def test_a_timeout_stops_starting_trials(tmp_path: Path) -> None:
     finished = [t for t in result.study.trials if not t.user_attrs.get("baseline")]
     assert 1 <= len(finished) < 50
     assert result.best is not None
+
+
+def test_trials_tied_on_accuracy_rank_by_validation_loss() -> None:
+    study = optuna.create_study(direction="maximize")
+    for acc, loss in [(0.9, 0.5), (0.95, 0.40), (0.95, 0.20), (0.95, 0.30)]:
+        study.add_trial(
+            optuna.trial.create_trial(value=acc, user_attrs={"val_accuracy": acc, "val_loss": loss})
+        )
+    best = best_trial(study)
+    assert best is not None and best.number == 2
+    minimised = optuna.create_study(direction="minimize")
+    for acc, loss in [(0.8, 0.3), (0.9, 0.3), (0.7, 0.4)]:
+        minimised.add_trial(
+            optuna.trial.create_trial(
+                value=loss, user_attrs={"val_accuracy": acc, "val_loss": loss}
+            )
+        )
+    best = best_trial(minimised)
+    assert best is not None and best.number == 1

@@ -20,7 +20,7 @@ import optuna
 import torch
 from torch import nn
 
-from autotune.config import SearchSettings, TrialConfig, better, sign
+from autotune.config import SearchSettings, TrialConfig, score_key, sign
 from autotune.errors import AutotuneError, first_line
 from autotune.load.anatomy import count_parameters
 from autotune.load.job import Job
@@ -35,7 +35,7 @@ from autotune.search.stages import (
     stage_of,
     tuning_space,
 )
-from autotune.search.study import best_trial, config_of
+from autotune.search.study import best_trial, config_of, rank_key
 from autotune.trial.cost import Cost, measure
 from autotune.trial.maker import TrialMaker
 
@@ -151,7 +151,8 @@ class Objective:
         if self.baseline_value is not None:
             trial.set_user_attr("gain", sign(metric) * (result.best - self.baseline_value))
         trial.set_user_attr("history", result.history)
-        self._keep_if_best(trial, result.best, model, cost, stage)
+        scores = score_key(metric, best_epoch["val_accuracy"], best_epoch["val_loss"])
+        self._keep_if_best(trial, scores, model, cost, stage)
         size = self.budgets.size_objective(cost)
         return (result.best, size[0]) if size else result.best
 
@@ -178,18 +179,24 @@ class Objective:
         return self._slimmers[parent]
 
     def _keep_if_best(
-        self, trial: optuna.Trial, value: float, model: nn.Module, cost: Cost, stage: int
+        self,
+        trial: optuna.Trial,
+        scores: tuple[float, float],
+        model: nn.Module,
+        cost: Cost,
+        stage: int,
     ) -> None:
         """Save the weights of a trial that may be exported (or slimmed in stage 2), so that
-        neither needs to retrain it."""
+        neither needs to retrain it. ``scores``: its ``config.score_key``."""
+        s = sign(self.settings.metric)
         if self.settings.pareto:
             keep = True  # any trial may join the front; the rest are deleted at the end
         elif self.staged and stage == 1:
             parent = parent_of(trial.study, self.settings.metric)
-            keep = parent is None or better(self.settings.metric, value, parent.values[0])
+            keep = parent is None or scores > rank_key(parent, s)[:2]
         else:
             best = best_trial(trial.study)
-            improves = best is None or better(self.settings.metric, value, best.values[0])
+            improves = best is None or scores > rank_key(best, s)[:2]
             keep = self.budgets.feasible(cost) and improves
         if keep:
             self.checkpoints.mkdir(parents=True, exist_ok=True)

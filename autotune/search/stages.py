@@ -26,6 +26,7 @@ from autotune.load.job import Job
 from autotune.rank.analysis import Analysis
 from autotune.search.prepare import run_analyses
 from autotune.search.space import SearchSpace
+from autotune.search.study import rank_key
 from autotune.trial.maker import TrialMaker
 
 SLIMMING = ("prune", "prune_scope", "prune_layers", "drop_features", "importance")
@@ -71,8 +72,7 @@ def parent_of(study: optuna.Study, metric: str) -> FrozenTrial | None:
     ]
     if not done:
         return None
-    s = sign(metric)
-    return max(done, key=lambda t: (s * t.values[0], -t.number))
+    return max(done, key=lambda t: rank_key(t, sign(metric)))
 
 
 def child_config(parent: TrialConfig, slim: TrialConfig) -> TrialConfig:

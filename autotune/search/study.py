@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 import warnings
 from pathlib import Path
@@ -11,7 +12,14 @@ import optuna
 from optuna.storages import BaseStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from autotune.config import METRICS, SearchSettings, TrialConfig, metric_of_direction, sign
+from autotune.config import (
+    METRICS,
+    SearchSettings,
+    TrialConfig,
+    metric_of_direction,
+    score_key,
+    sign,
+)
 from autotune.errors import StorageError, first_line
 from autotune.paths import checkpoint_path, study_db
 from autotune.search.space import SearchSpace, config_from, parse_space
@@ -153,17 +161,28 @@ def make_sampler_and_pruner(
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial | None:
-    """The best feasible trial; in a Pareto study, the front's best on the metric."""
-    try:
-        if len(study.directions) == 1:
-            return study.best_trial
-        front = study.best_trials
-    except ValueError:
-        return None
-    if not front:
+    """The best feasible trial (``rank_key``); in a Pareto study, the front's best on the metric."""
+    if len(study.directions) == 1:
+        done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        candidates = [t for t in done if t.values and all(v <= 0 for v in t.constraints.values())]
+    else:
+        candidates = study.best_trials
+    if not candidates:
         return None
     s = metric_sign(study)
-    return max(front, key=lambda t: (s * t.values[0], -t.number))
+    return max(candidates, key=lambda t: rank_key(t, s))
+
+
+def rank_key(trial: FrozenTrial, s: float) -> tuple[float, float, int]:
+    """How completed trials rank (larger is better): by ``config.score_key`` of the metric
+    (``s``: its sign) and the other validation score the trial recorded, then the earlier."""
+    metric = metric_of_direction(s > 0)
+    value = trial.values[0]
+    if metric == "accuracy":
+        scores = (value, trial.user_attrs.get("val_loss", math.inf))
+    else:
+        scores = (trial.user_attrs.get("val_accuracy", -math.inf), value)
+    return (*score_key(metric, *scores), -trial.number)
 
 
 def metric_sign(study: optuna.Study) -> float:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from autotune.config import TrialConfig, better
+from autotune.config import TrialConfig, score_key
 from autotune.errors import AutotuneError, TrialFailed
 from autotune.load.anatomy import set_training
 from autotune.load.tasks import TaskData
@@ -125,8 +125,9 @@ def fine_tune(
 ) -> FitResult:
     """Train ``model`` in place on ``data`` (already on the model's device).
 
-    Evaluates the validation metric after every epoch, keeps the best weights (the last ones
-    when not ``restore_best``), stops after ``patience`` epochs without improvement, and hands
+    Evaluates the validation metric after every epoch, keeps the best weights (by
+    ``config.score_key``: on equal accuracy, the lower loss; the last ones when not
+    ``restore_best``), stops after ``patience`` epochs without improving the metric, and hands
     every epoch's metric to ``on_epoch`` (the study reports it to Optuna there, and may stop
     the trial by raising).
     """
@@ -140,7 +141,8 @@ def fine_tune(
     # A last batch of one sample breaks BatchNorm in training mode: fold it into the previous.
     stops = [i for i in range(0, n, config.batch_size) if n - i > 1 or i == 0]
 
-    best, best_epoch, best_state = math.nan, 0, None
+    best, best_key, best_epoch, best_state = math.nan, (-math.inf, -math.inf), 0, None
+    last_gain = 0  # the last epoch that improved the metric itself: patience counts from it
     history: list[dict[str, float]] = []
     stop_reason = "max_epochs"
     for epoch in range(1, max_epochs + 1):
@@ -168,12 +170,15 @@ def fine_tune(
         history.append(
             {"train_loss": train_loss, "val_accuracy": scores.accuracy, "val_loss": scores.loss}
         )
-        if best_state is None or better(metric, value, best):
-            best, best_epoch = value, epoch
+        key = score_key(metric, scores.accuracy, scores.loss)
+        if best_state is None or key[0] > best_key[0]:
+            last_gain = epoch
+        if best_state is None or key > best_key:
+            best, best_key, best_epoch = value, key, epoch
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         if on_epoch is not None:
             on_epoch(epoch, value)
-        if epoch - best_epoch >= patience:
+        if epoch - last_gain >= patience:
             stop_reason = "patience"
             break
     assert best_state is not None  # max_epochs >= 1 is checked by the caller
