@@ -67,7 +67,7 @@ Trust = Annotated[
     bool,
     typer.Option(
         "--trust-model",
-        help="Allow loading a pickled module: unpickling runs code stored in the file.",
+        help="Allow loading a pickled module, or a .pt2 that unpickles: runs code from the file.",
     ),
 ]
 Code = Annotated[Path | None, typer.Option(help="Python file defining the model's classes.")]
