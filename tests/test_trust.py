@@ -161,3 +161,14 @@ def test_a_legitimate_program_loads_and_runs(tmp_path: Path, dynamic: bool) -> N
     loaded = load_model(_program(tmp_path / "model.pt2", dynamic))
     assert loaded.format == "export"
     assert loaded.module(torch.randn(2, 8)).shape == (2, 3)
+
+
+def test_a_program_traced_with_a_fixed_batch_size_is_refused_before_the_search(
+    tmp_path: Path, tensors_file: Path
+) -> None:
+    fixed = _program(tmp_path / "fixed.pt2", dynamic=False)
+    args = ["search", "--model", str(fixed), "--data", str(tensors_file), "--trials", "1"]
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert "fixed batch size" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out" / "study.db").exists()
