@@ -12,7 +12,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 
-from autotune.errors import AutotuneError
+from autotune.errors import AutotuneError, redacted
 
 app = typer.Typer(
     help="Find how to fine-tune and slim a trained PyTorch model for the data you now care about.",
@@ -24,6 +24,11 @@ app = typer.Typer(
 console = Console(width=None if sys.stdout.isatty() else 160)
 errors = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
+BAD_INPUT = 2
+"""Exit code of an expected mistake (bad input or settings), reported in one line."""
+NO_RESULT = 3
+"""Exit code of a search that ran but completed no trial (the baseline aside), exported
+nothing, or stopped on failures in a row: its leaderboard and report say why."""
 
 
 def friendly(command: F) -> F:
@@ -34,8 +39,8 @@ def friendly(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except AutotuneError as e:
-            errors.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
+            errors.print(f"[red]error:[/red] {redacted(str(e))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(BAD_INPUT) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -179,7 +184,7 @@ def search(
     model_spec, data_spec = _specs(
         model, data, arch, num_classes, trust_model, code, target, val_fraction, image_size
     )
-    command = shlex.join(["autotune", *sys.argv[1:]])
+    command = redacted(shlex.join(["autotune", *sys.argv[1:]]))
     try:
         result = run_search(
             model_spec,
@@ -206,9 +211,14 @@ def search(
             timeout=timeout,
         )
     except KeyboardInterrupt:
-        errors.print("interrupted: finished trials are stored; run the same command to continue")
+        errors.print(
+            "interrupted: finished trials are stored, and the leaderboard, best model and report "
+            "written from them; run the same command to continue"
+        )
         raise typer.Exit(130) from None
     _summary(result)
+    if result.best is None or result.search.stopped:
+        raise typer.Exit(NO_RESULT)
 
 
 @app.command()
@@ -433,8 +443,7 @@ def _summary(result: Any) -> None:
     console.print(result.leaderboard)
     best = result.best
     if best is None:
-        console.print("no trial completed; nothing exported")
-        return
+        return  # the search said why
     m = best.config["metrics"]
     name = m["metric"]
     line = (

@@ -4,6 +4,7 @@ analysis options, and which way the metric goes."""
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -35,6 +36,28 @@ def better(metric: str, a: float, b: float) -> bool:
 def metric_of_direction(maximize: bool) -> str:
     """The metric whose direction is this: ``accuracy`` (maximised) or ``loss``."""
     return "accuracy" if maximize else "loss"
+
+
+def budget_parts(text: str | float | int, what: str) -> tuple[float, str]:
+    """A ``--max-params`` / ``--max-macs`` budget as (number, unit): unit ``%``, ``k``, ``m``,
+    ``g``, or ``""`` (a fraction when at most 1, else a count)."""
+    raw = str(text).strip().lower()
+    match = re.fullmatch(r"([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*(%|k|m|g)?", raw)
+    if match is None:
+        raise AutotuneError(
+            f"--max-{what} {text!r} is not a budget: give a fraction of the original (0.5 or "
+            f"50%) or a count (250000, 250k, 1.5M)"
+        )
+    number, unit = float(match.group(1)), match.group(2) or ""
+    if unit == "" and number > 1 and "." in match.group(1) and "e" not in match.group(1):
+        # 2.0 reads as two parameters, which nobody means: ask which was meant.
+        noun = {"params": "parameters", "macs": "MACs"}.get(what, what)
+        count = f"{number:.0f} ({noun})" if number.is_integer() else "a whole count"
+        raise AutotuneError(
+            f"--max-{what} {text!r} is ambiguous: a fraction is at most 1; write {count} or "
+            f"{number * 100:g}% (a share of the source model)"
+        )
+    return number, unit
 
 
 @dataclass(frozen=True)
@@ -157,6 +180,10 @@ class SearchSettings:
             raise AutotuneError(
                 f"--timeout must be a positive number of seconds, got {self.timeout}"
             )
+        for what in BUDGETS:
+            budget = getattr(self, f"max_{what}")
+            if budget is not None:
+                budget_parts(budget, what)
         if max_epochs < 1 or patience < 1:
             raise AutotuneError(f"epochs and patience must be >= 1, got {max_epochs}, {patience}")
         return dataclasses.replace(

@@ -12,7 +12,7 @@ from optuna.storages import BaseStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from autotune.config import METRICS, SearchSettings, TrialConfig, metric_of_direction, sign
-from autotune.errors import StorageError, first_line
+from autotune.errors import StorageError, first_line, redacted
 from autotune.paths import checkpoint_path, study_db
 from autotune.search.space import SearchSpace, config_from, parse_space
 
@@ -44,9 +44,9 @@ def open_storage(url: str | None, out: Path) -> BaseStorage | str:
                 heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
             )
     except Exception as e:
-        reason = first_line(e)
+        reason = redacted(first_line(e))
         raise StorageError(
-            f"cannot open storage {url!r}: {reason}. Check the URL (sqlite:///path, "
+            f"cannot open storage {redacted(url)!r}: {reason}. Check the URL (sqlite:///path, "
             "postgresql://user@host/db, or a journal file path), that the server is running, and "
             "that its driver is installed"
         ) from e
