@@ -457,17 +457,22 @@ def _summary(result: Any) -> None:
     console.print(line, highlight=False)
     size = best.config["structure"]
     params, macs = size["params"], size["macs"]
+    counted = (  # TorchScript and .pt2 programs have no MAC count
+        f"{macs['model']:,} MACs per sample ({macs['model'] / max(macs['source'], 1):.0%}), "
+        if macs["model"] is not None and macs["source"] is not None
+        else ""
+    )
     console.print(
         f"size: {params['model']:,} parameters ({params['model'] / params['source']:.0%} "
-        f"of the source), {macs['model']:,} MACs per sample "
-        f"({macs['model'] / max(macs['source'], 1):.0%}), "
-        f"{size['latency_ms']['model']:.1f} ms per batch of 32 (source "
+        f"of the source), {counted}{size['latency_ms']['model']:.1f} ms per batch of 32 (source "
         f"{size['latency_ms']['source']:.1f} ms)",
         highlight=False,
     )
-    console.print(
-        f"exported to {best.folder}: {', '.join(sorted(best.config['files']))}, config.yaml"
-    )
+    files = best.config["files"]
+    written = sorted(name for name, how in files.items() if not how.startswith("not written"))
+    console.print(f"exported to {best.folder}: {', '.join(written)}, config.yaml")
+    for name in sorted(set(files) - set(written)):
+        console.print(f"{name} {files[name]}", highlight=False)
     if result.report is not None:
         console.print(f"report: {result.report}")
 

@@ -166,8 +166,9 @@ class SearchSettings:
 
     def resolved(self, fit: dict[str, int]) -> SearchSettings:
         """Checked settings, with epochs and patience filled in from the space's ``fit``."""
-        max_epochs = self.max_epochs or fit.get("max_epochs", 20)
-        patience = self.patience or fit.get("patience", 5)
+        # 0 is a value given (and refused below), not "use the default".
+        max_epochs = fit.get("max_epochs", 20) if self.max_epochs is None else self.max_epochs
+        patience = fit.get("patience", 5) if self.patience is None else self.patience
         if self.trials < 0:
             raise AutotuneError(f"--trials must be >= 0, got {self.trials}")
         if self.metric not in METRICS:

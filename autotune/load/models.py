@@ -124,13 +124,15 @@ def _load_program(path: Path, trust_model: bool) -> nn.Module:
     the bytes loaded."""
     data = path.read_bytes()
     if not trust_model:
-        hazards = program_hazards(data)
+        hazards = _read(path, lambda: program_hazards(data))
         if hazards:
             raise trust_needed(str(path), f"is a torch.export archive with {hazards[0]}")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        program = _read(path, lambda: torch.export.load(io.BytesIO(data)))
-    return program.module()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.export.load(io.BytesIO(data)).module()
+    except Exception as e:  # a damaged archive fails anywhere in torch's deserializer
+        raise _unreadable(path, e) from e
 
 
 def _read(path: Path, reader: Any) -> Any:
