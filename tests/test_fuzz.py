@@ -174,6 +174,7 @@ def test_bad_input_is_one_line_and_exit_code_2(
     assert not (tmp_path / "out" / "study.db").exists()
 
 
+@pytest.mark.slow  # a fresh interpreter imports torch: seconds
 def test_the_installed_command_prints_one_line_for_a_damaged_model(tmp_path: Path) -> None:
     model = _truncated(_program(tmp_path))
     data = _tensors(tmp_path)
