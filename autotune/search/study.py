@@ -69,7 +69,7 @@ def open_study(settings: SearchSettings, record: dict[str, Any]) -> optuna.Study
         )
     except Exception as e:
         raise StorageError(
-            f"cannot create study {settings.study_name!r} in the storage: {e}"
+            f"cannot create study {settings.study_name!r} in the storage: {redacted(first_line(e))}"
         ) from e
     previous = study.user_attrs.get(ATTR)
     if previous is None:
