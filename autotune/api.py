@@ -15,16 +15,16 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from autotune.config import AnalysisOptions, SearchSettings
-from autotune.errors import AutotuneError, first_line
+from autotune.errors import first_line
 from autotune.load.job import DataSpec, Job, ModelSpec
 from autotune.load.models import LoadedModel
 from autotune.load.tasks import TaskData, from_datasets
-from autotune.paths import analysis_dir
+from autotune.paths import analysis_dir, check_writable, leaderboard_csv
 from autotune.rank.analysis import Analysis
 from autotune.rank.analyze import analyze_job
 from autotune.results.artifacts import attach
 from autotune.results.charts import plot_analysis
-from autotune.results.export import ExportResult, Workspace, export_trial
+from autotune.results.export import ExportResult, Workspace, export_trial, write_leaderboard
 from autotune.results.leaderboard import Leaderboard
 from autotune.results.live import LiveLeaderboard
 from autotune.results.report import write_report
@@ -112,9 +112,10 @@ def search(
         command: The command line to record in the exported config.
         **settings: Further ``SearchSettings`` fields (``max_epochs``, ``seed``, ``storage``...).
     """
-    job = make_job(model, data)
     study_name = settings.pop("study_name", None) or default_study_name(model)
     folder = Path(out) if out is not None else Path("runs") / study_name
+    check_writable(folder)
+    job = make_job(model, data)
     console = console or Console()
     if isinstance(space, str) and space == "auto":
         space, why = space_for(job)
@@ -123,14 +124,37 @@ def search(
     the_settings = SearchSettings(trials=trials, out=folder, study_name=study_name, **settings)
     display = LiveLeaderboard(console, the_settings.metric, the_settings.trials)
     run = Search(job, the_space, the_settings, console=console, command=command, display=display)
-    study = run.run()
-    completed = [t for t in study.get_trials(deepcopy=False) if t.values is not None]
     try:
-        refit = run.settings.refit
-        best = export_trial(workspace(run), study, refit=refit) if completed else None
-    except AutotuneError as e:
-        run.console.print(f"nothing exported: {e}")
-        best = None
+        study = run.run()
+    except BaseException:
+        # Interrupted (Ctrl-C) or broken after trials ran: still write what they give.
+        if run.study is not None:
+            _finish(run, run.study)
+        raise
+    best, report = _finish(run, study)
+    return SearchResult(run, study, best, report)
+
+
+def _finish(run: Search, study: optuna.Study) -> tuple[ExportResult | None, Path | None]:
+    """Write the leaderboard, the best bundle and the report: each that can be, with a line
+    saying why for each that cannot."""
+    try:
+        write_leaderboard(study, run.settings.metric, leaderboard_csv(run.settings.out))
+    except Exception as e:
+        run.console.print(f"note: leaderboard.csv not written ({first_line(e)})")
+    trained = [
+        t
+        for t in study.get_trials(deepcopy=False)
+        if t.values is not None and not t.user_attrs.get("baseline")
+    ]
+    best = None
+    if not trained:
+        run.console.print("nothing exported: no trial completed besides the baseline")
+    else:
+        try:
+            best = export_trial(workspace(run), study, refit=run.settings.refit)
+        except Exception as e:
+            run.console.print(f"nothing exported: {first_line(e)}", highlight=False)
     if best is not None:
         keep = {best.trial}
         if len(study.directions) > 1:
@@ -139,8 +163,7 @@ def search(
         parents = (study.trials[n].user_attrs.get(PARENT) for n in keep)
         keep |= {p for p in parents if p is not None}
         prune_checkpoints(run.checkpoints, keep=keep)
-    report = _publish(run, study, best)
-    return SearchResult(run, study, best, report)
+    return best, _publish(run, study, best)
 
 
 def workspace(run: Search) -> Workspace:

@@ -12,7 +12,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 
-from autotune.errors import AutotuneError
+from autotune.errors import AutotuneError, redacted
 
 app = typer.Typer(
     help="Find how to fine-tune and slim a trained PyTorch model for the data you now care about.",
@@ -24,6 +24,11 @@ app = typer.Typer(
 console = Console(width=None if sys.stdout.isatty() else 160)
 errors = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
+BAD_INPUT = 2
+"""Exit code of an expected mistake (bad input or settings), reported in one line."""
+NO_RESULT = 3
+"""Exit code of a search that ran but completed no trial (the baseline aside), exported
+nothing, or stopped on failures in a row: its leaderboard and report say why."""
 
 
 def friendly(command: F) -> F:
@@ -34,8 +39,8 @@ def friendly(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except AutotuneError as e:
-            errors.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
+            errors.print(f"[red]error:[/red] {redacted(str(e))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(BAD_INPUT) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -67,7 +72,7 @@ Trust = Annotated[
     bool,
     typer.Option(
         "--trust-model",
-        help="Allow loading a pickled module: unpickling runs code stored in the file.",
+        help="Allow loading a pickled module, or a .pt2 that unpickles: runs code from the file.",
     ),
 ]
 Code = Annotated[Path | None, typer.Option(help="Python file defining the model's classes.")]
@@ -179,7 +184,7 @@ def search(
     model_spec, data_spec = _specs(
         model, data, arch, num_classes, trust_model, code, target, val_fraction, image_size
     )
-    command = shlex.join(["autotune", *sys.argv[1:]])
+    command = redacted(shlex.join(["autotune", *sys.argv[1:]]))
     try:
         result = run_search(
             model_spec,
@@ -206,9 +211,14 @@ def search(
             timeout=timeout,
         )
     except KeyboardInterrupt:
-        errors.print("interrupted: finished trials are stored; run the same command to continue")
+        errors.print(
+            "interrupted: finished trials are stored, and the leaderboard, best model and report "
+            "written from them; run the same command to continue"
+        )
         raise typer.Exit(130) from None
     _summary(result)
+    if result.best is None or result.search.stopped:
+        raise typer.Exit(NO_RESULT)
 
 
 @app.command()
@@ -433,8 +443,7 @@ def _summary(result: Any) -> None:
     console.print(result.leaderboard)
     best = result.best
     if best is None:
-        console.print("no trial completed; nothing exported")
-        return
+        return  # the search said why
     m = best.config["metrics"]
     name = m["metric"]
     line = (
@@ -448,17 +457,22 @@ def _summary(result: Any) -> None:
     console.print(line, highlight=False)
     size = best.config["structure"]
     params, macs = size["params"], size["macs"]
+    counted = (  # TorchScript and .pt2 programs have no MAC count
+        f"{macs['model']:,} MACs per sample ({macs['model'] / max(macs['source'], 1):.0%}), "
+        if macs["model"] is not None and macs["source"] is not None
+        else ""
+    )
     console.print(
         f"size: {params['model']:,} parameters ({params['model'] / params['source']:.0%} "
-        f"of the source), {macs['model']:,} MACs per sample "
-        f"({macs['model'] / max(macs['source'], 1):.0%}), "
-        f"{size['latency_ms']['model']:.1f} ms per batch of 32 (source "
+        f"of the source), {counted}{size['latency_ms']['model']:.1f} ms per batch of 32 (source "
         f"{size['latency_ms']['source']:.1f} ms)",
         highlight=False,
     )
-    console.print(
-        f"exported to {best.folder}: {', '.join(sorted(best.config['files']))}, config.yaml"
-    )
+    files = best.config["files"]
+    written = sorted(name for name, how in files.items() if not how.startswith("not written"))
+    console.print(f"exported to {best.folder}: {', '.join(written)}, config.yaml")
+    for name in sorted(set(files) - set(written)):
+        console.print(f"{name} {files[name]}", highlight=False)
     if result.report is not None:
         console.print(f"report: {result.report}")
 

@@ -4,6 +4,7 @@ analysis options, and which way the metric goes."""
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -37,6 +38,28 @@ def score_key(metric: str, accuracy: float, loss: float) -> tuple[float, float]:
 def metric_of_direction(maximize: bool) -> str:
     """The metric whose direction is this: ``accuracy`` (maximised) or ``loss``."""
     return "accuracy" if maximize else "loss"
+
+
+def budget_parts(text: str | float | int, what: str) -> tuple[float, str]:
+    """A ``--max-params`` / ``--max-macs`` budget as (number, unit): unit ``%``, ``k``, ``m``,
+    ``g``, or ``""`` (a fraction when at most 1, else a count)."""
+    raw = str(text).strip().lower()
+    match = re.fullmatch(r"([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*(%|k|m|g)?", raw)
+    if match is None:
+        raise AutotuneError(
+            f"--max-{what} {text!r} is not a budget: give a fraction of the original (0.5 or "
+            f"50%) or a count (250000, 250k, 1.5M)"
+        )
+    number, unit = float(match.group(1)), match.group(2) or ""
+    if unit == "" and number > 1 and "." in match.group(1) and "e" not in match.group(1):
+        # 2.0 reads as two parameters, which nobody means: ask which was meant.
+        noun = {"params": "parameters", "macs": "MACs"}.get(what, what)
+        count = f"{number:.0f} ({noun})" if number.is_integer() else "a whole count"
+        raise AutotuneError(
+            f"--max-{what} {text!r} is ambiguous: a fraction is at most 1; write {count} or "
+            f"{number * 100:g}% (a share of the source model)"
+        )
+    return number, unit
 
 
 @dataclass(frozen=True)
@@ -145,8 +168,9 @@ class SearchSettings:
 
     def resolved(self, fit: dict[str, int]) -> SearchSettings:
         """Checked settings, with epochs and patience filled in from the space's ``fit``."""
-        max_epochs = self.max_epochs or fit.get("max_epochs", 20)
-        patience = self.patience or fit.get("patience", 5)
+        # 0 is a value given (and refused below), not "use the default".
+        max_epochs = fit.get("max_epochs", 20) if self.max_epochs is None else self.max_epochs
+        patience = fit.get("patience", 5) if self.patience is None else self.patience
         if self.trials < 0:
             raise AutotuneError(f"--trials must be >= 0, got {self.trials}")
         if self.metric not in METRICS:
@@ -159,6 +183,10 @@ class SearchSettings:
             raise AutotuneError(
                 f"--timeout must be a positive number of seconds, got {self.timeout}"
             )
+        for what in BUDGETS:
+            budget = getattr(self, f"max_{what}")
+            if budget is not None:
+                budget_parts(budget, what)
         if max_epochs < 1 or patience < 1:
             raise AutotuneError(f"epochs and patience must be >= 1, got {max_epochs}, {patience}")
         return dataclasses.replace(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 class AutotuneError(Exception):
     """Root of every error autotune raises for an expected mistake (bad input, bad settings)."""
@@ -34,3 +36,14 @@ def first_line(e: BaseException) -> str:
     """The first line of an exception's message (its type name when it has none)."""
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
+
+
+# user:password@ in a URL (postgresql://user:secret@host/db), and password=... in its query.
+_URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]*):[^\s@]*@")
+_QUERY_PASSWORD = re.compile(r"((?:password|passwd|pwd)=)[^\s&'\"]*", re.IGNORECASE)
+
+
+def redacted(text: str) -> str:
+    """``text`` with the passwords of the URLs in it replaced by ``***``: storage URLs are
+    printed and stored (errors, the recorded command line) where others may read them."""
+    return _QUERY_PASSWORD.sub(r"\1***", _URL_PASSWORD.sub(r"\1:***@", text))

@@ -14,7 +14,11 @@ OUT/artifacts/          files attached to the study for optuna-dashboard
 from __future__ import annotations
 
 import os
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
+
+from autotune.errors import AutotuneError
 
 
 def cache_dir() -> Path:
@@ -61,3 +65,31 @@ def report_dir(out: Path) -> Path:
 
 def artifacts_dir(out: Path) -> Path:
     return out / "artifacts"
+
+
+def check_writable(out: Path) -> None:
+    """Fail now, before any work, when ``out`` cannot be the output folder."""
+    if out.exists() and not out.is_dir():
+        raise AutotuneError(f"--out {str(out)!r} is an existing file: give a folder to write to")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-check-"):
+            pass
+    except OSError as e:
+        raise AutotuneError(
+            f"--out {str(out)!r} cannot be written ({e.strerror or e}): give a folder you can "
+            "write to"
+        ) from e
+
+
+def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
+    """``write(temporary)``, then rename it to ``path``: a failure leaves no half-written file
+    (and removes an older one, which would no longer match what was written beside it)."""
+    part = path.with_name(f".{path.stem}.part{path.suffix}")  # keeps the suffix torch checks
+    try:
+        write(part)
+        os.replace(part, path)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
+        raise

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import io
 import pickle
 import sys
 import types
@@ -26,6 +27,7 @@ from torch import nn
 from autotune.errors import ModelLoadError, first_line
 from autotune.load.anatomy import set_training
 from autotune.load.demo import DEMO_ARCH, demo_files
+from autotune.load.trust import program_hazards, trust_needed
 
 FORMATS = ("torchscript", "export", "state_dict", "pickle")
 
@@ -94,8 +96,8 @@ def load_model(
             module = _read(path, lambda: torch.jit.load(str(path), map_location="cpu"))
         loaded = LoadedModel(module, str(path), "torchscript", file_sha256(path))
     elif kind == "export":
-        program = _read(path, lambda: torch.export.load(str(path)))
-        loaded = LoadedModel(program.module(), str(path), "export", file_sha256(path))
+        module = _load_program(path, trust_model)
+        loaded = LoadedModel(module, str(path), "export", file_sha256(path))
     else:
         loaded = _load_pickle_file(path, arch, num_classes, trust_model, code_module)
     set_training(loaded.module, False)
@@ -115,6 +117,22 @@ def _sniff_format(path: Path) -> str:
     if any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names):
         return "torchscript"
     return "torch.save"
+
+
+def _load_program(path: Path, trust_model: bool) -> nn.Module:
+    """A torch.export program, read from one copy of the file's bytes: the bytes checked are
+    the bytes loaded."""
+    data = path.read_bytes()
+    if not trust_model:
+        hazards = _read(path, lambda: program_hazards(data))
+        if hazards:
+            raise trust_needed(str(path), f"is a torch.export archive with {hazards[0]}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.export.load(io.BytesIO(data)).module()
+    except Exception as e:  # a damaged archive fails anywhere in torch's deserializer
+        raise _unreadable(path, e) from e
 
 
 def _read(path: Path, reader: Any) -> Any:
@@ -146,11 +164,7 @@ def _load_pickle_file(
         if "Unsupported global" not in str(e):
             raise _unreadable(path, e) from e
         if not trust_model:
-            raise ModelLoadError(
-                f"{str(path)!r} holds a pickled Python object, and unpickling runs code stored in "
-                "the file: pass --trust-model (trust_model=True) only if you trust its source, or "
-                "save the model as a state_dict, TorchScript or torch.export program instead"
-            ) from e
+            raise trust_needed(str(path), "holds a pickled Python object") from e
         obj = _read_trusted(path, code_module)
         if not isinstance(obj, nn.Module):
             raise ModelLoadError(

@@ -19,11 +19,11 @@ from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
 from autotune.config import VERSION, SearchSettings, sign
-from autotune.errors import AutotuneError
+from autotune.errors import AutotuneError, first_line
 from autotune.load.anatomy import count_parameters
 from autotune.load.job import Job
 from autotune.load.tasks import TaskData
-from autotune.paths import checkpoints_dir, export_dir, leaderboard_csv
+from autotune.paths import checkpoints_dir, export_dir, leaderboard_csv, write_atomically
 from autotune.results.leaderboard import Leaderboard
 from autotune.search.prepare import adapt_space, make_maker, run_analyses
 from autotune.search.space import SearchSpace
@@ -152,20 +152,30 @@ def export_trial(
     folder = folder or export_dir(out, None if number is None else trial.number)
     folder.mkdir(parents=True, exist_ok=True)
     refit = refit and not trial.user_attrs.get("baseline")
-    rebuilt = rebuild(work, study, trial, refit)
-    model, data = rebuilt.model, rebuilt.data
-    val = evaluate(model, data.x_val, data.y_val)
-    test = None
-    if data.x_test is not None and data.y_test is not None:
-        test = evaluate(model, data.x_test, data.y_test)
-    structure = _structure(work, rebuilt, model)
+    try:
+        rebuilt = rebuild(work, study, trial, refit)
+        model, data = rebuilt.model, rebuilt.data
+        val = evaluate(model, data.x_val, data.y_val)
+        test = None
+        if data.x_test is not None and data.y_test is not None:
+            test = evaluate(model, data.x_test, data.y_test)
+        structure = _structure(work, rebuilt, model)
+    except AutotuneError:
+        raise
+    except Exception as e:
+        # The model ran during its trial, yet a model can fail later (after some calls).
+        raise AutotuneError(
+            f"trial {trial.number}'s model failed when rebuilt and evaluated for export: "
+            f"{first_line(e)}"
+        ) from e
     model = model.cpu().eval()
     files = save_model(model, data.x_val[:2].cpu(), folder)
     record = study_record(study)
     config = _config(work, study, trial, record, val, test, rebuilt.origin, files, model)
     config["structure"] = structure
     config["metrics"]["validation_held_out"] = not refit
-    (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    text = yaml.safe_dump(config, sort_keys=False)
+    write_atomically(folder / "config.yaml", lambda part: part.write_text(text))
     if number is None:
         # The held-out split is read for the chosen model only; the dashboard shows it here.
         study.set_user_attr("best_export", {"trial": trial.number, **config["metrics"]})
@@ -216,26 +226,50 @@ def _structure(work: Workspace, rebuilt: Rebuilt, model: nn.Module) -> dict[str,
 
 
 def save_model(model: nn.Module, example: torch.Tensor, folder: Path) -> dict[str, str]:
-    """Save ``model`` in every format it supports; returns file name -> how to load it."""
+    """Save ``model`` in every format it supports; returns file name -> how to load it, or why
+    it was not written (a model holding a lambda cannot be pickled, some cannot be exported)."""
     files: dict[str, str] = {}
     if isinstance(model, torch.jit.ScriptModule):
-        torch.jit.save(model, str(folder / "model.pt"))
-        files["model.pt"] = "torch.jit.load('model.pt')"
-    elif not isinstance(model, torch.fx.GraphModule):
-        torch.save(model, folder / "model.pt")
-        files["model.pt"] = (
-            "torch.load('model.pt', weights_only=False)  # a pickled module: needs the classes "
-            "it was built from importable"
+        files["model.pt"] = _save(
+            folder / "model.pt",
+            lambda path: torch.jit.save(model, str(path)),
+            "torch.jit.load('model.pt')",
+            "torch.jit.save",
         )
-    try:
+    elif not isinstance(model, torch.fx.GraphModule):
+        files["model.pt"] = _save(
+            folder / "model.pt",
+            lambda path: torch.save(model, path),
+            "torch.load('model.pt', weights_only=False)  # a pickled module: needs the classes "
+            "it was built from importable",
+            "pickling",
+        )
+
+    def save_program(path: Path) -> None:
         program = torch.export.export(
             model, (example,), dynamic_shapes=({0: torch.export.Dim.AUTO},)
         )
-        torch.export.save(program, folder / "model.pt2")
-        files["model.pt2"] = "torch.export.load('model.pt2').module()  # needs only torch"
-    except Exception as e:
-        files["model.pt2"] = f"not written: torch.export failed ({str(e).splitlines()[0][:200]})"
+        # Stack traces name files of this machine (the user's code, site-packages): not shipped.
+        for node in program.graph.nodes:
+            node.meta.pop("stack_trace", None)
+        torch.export.save(program, path)
+
+    files["model.pt2"] = _save(
+        folder / "model.pt2",
+        save_program,
+        "torch.export.load('model.pt2').module()  # needs only torch",
+        "torch.export",
+    )
     return files
+
+
+def _save(path: Path, write: Any, how: str, what: str) -> str:
+    """Write one model file (see ``save_model``); ``how`` to load it, else why it is missing."""
+    try:
+        write_atomically(path, write)
+    except Exception as e:
+        return f"not written: {what} failed ({first_line(e)[:200]})"
+    return how
 
 
 def _config(
@@ -294,4 +328,5 @@ def _config(
 
 
 def write_leaderboard(study: optuna.Study, metric: str, path: Path) -> None:
-    Leaderboard.from_study(study, metric).to_frame().to_csv(path, index=False)
+    frame = Leaderboard.from_study(study, metric).to_frame()
+    write_atomically(path, lambda part: frame.to_csv(part, index=False))

@@ -18,7 +18,7 @@ from rich.console import Console
 from torch import nn
 
 from autotune.config import VERSION, SearchSettings
-from autotune.errors import AutotuneError
+from autotune.errors import AutotuneError, redacted
 from autotune.load.anatomy import layers
 from autotune.load.job import Job
 from autotune.paths import checkpoints_dir, study_db
@@ -94,6 +94,10 @@ class Search:
         self.original: Cost | None = None
         self.budgets = Budgets(pareto=self.settings.pareto)
         self.baseline_value: float | None = None
+        self.study: optuna.Study | None = None
+        """The study, once opened: what an interrupted search still exports."""
+        self.stopped: str | None = None
+        """Why this worker stopped the study early (failures in a row), if it did."""
 
     @property
     def analyses(self) -> dict[str, Analysis]:
@@ -131,7 +135,7 @@ class Search:
             "space_source": self.space.source,
             "settings": self.settings.stored(),
             "autotune_version": VERSION,
-            "command": self.command,
+            "command": None if self.command is None else redacted(self.command),
         }
         return open_study(self.settings, record)
 
@@ -209,7 +213,7 @@ class Search:
     def _run(self) -> optuna.Study:
         s = self.settings
         configure_threads(self.device, s.threads)
-        study = self.open()
+        study = self.study = self.open()
         self.console.print(self._header(), highlight=False)
         self.prepare()
         self.add_baseline(study)
@@ -245,11 +249,12 @@ class Search:
             sizes.append(len(job.data.x_test))
         budgets = [f"--max-{k} {getattr(s, f'max_{k}')}" for k in ("params", "macs")]
         budgets = [b for b in budgets if not b.endswith(" None")]
+        storage = redacted(s.storage or str(study_db(s.out)))
         return (
             f"model {job.model.path} ({job.model.format}, {job.num_classes} classes, "
             f"{self.n_layers} layers), data {job.data.spec} "
             f"({'/'.join(map(str, sizes))} train/val{'/test' if len(sizes) == 3 else ''}), "
-            f"device {self.device}, study {s.study_name!r} in {s.storage or study_db(s.out)}"
+            f"device {self.device}, study {s.study_name!r} in {storage}"
             + (f", budgets {' '.join(budgets)}" if budgets else "")
             + (f", Pareto front of {s.metric} vs {s.pareto}" if s.pareto else "")
         )
@@ -259,9 +264,8 @@ class Search:
         self.fails_in_a_row = self.fails_in_a_row + 1 if trial.state == TrialState.FAIL else 0
         if self.fails_in_a_row >= MAX_FAILS_IN_A_ROW:
             reason = trial.user_attrs.get("fail_reason", "see the log")
-            self.console.print(
-                f"[red]{MAX_FAILS_IN_A_ROW} trials in a row failed; stopping. Last reason: {reason}"
-            )
+            self.stopped = f"{MAX_FAILS_IN_A_ROW} trials in a row failed (last: {reason})"
+            self.console.print(f"[red]{self.stopped}; stopping", highlight=False)
             study.stop()
 
 

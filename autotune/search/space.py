@@ -302,6 +302,8 @@ def _parse_param(name: str, spec: Any, source: str) -> Param:
                 f"{where}: an integer parameter needs integer bounds, "
                 f"got low={low!r}, high={high!r}"
             )
+        for value in (low, high):
+            _check_value(name, value, where)  # a range must not reach past what a value may be
         return Param(
             name, low=float(low) if name not in _INT_PARAMS else low, high=high, log=log, step=step
         )
@@ -328,3 +330,7 @@ def _check_value(name: str, value: Any, where: str) -> None:
         raise SpaceError(f"{where}: a fraction removed must be in [0, {MAX_RATIO}], got {value!r}")
     if name in ("batch_size", "unfreeze", "lr") and value <= 0:
         raise SpaceError(f"{where}: must be positive, got {value!r}")
+    if name in ("weight_decay", "focal_gamma") and value < 0:
+        raise SpaceError(f"{where}: must be >= 0, got {value!r}")
+    if name in ("momentum", "label_smoothing") and not 0.0 <= value < 1.0:
+        raise SpaceError(f"{where}: must be in [0, 1), got {value!r}")

@@ -20,7 +20,7 @@ from autotune.config import (
     score_key,
     sign,
 )
-from autotune.errors import StorageError, first_line
+from autotune.errors import StorageError, first_line, redacted
 from autotune.paths import checkpoint_path, study_db
 from autotune.search.space import SearchSpace, config_from, parse_space
 
@@ -52,9 +52,9 @@ def open_storage(url: str | None, out: Path) -> BaseStorage | str:
                 heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
             )
     except Exception as e:
-        reason = first_line(e)
+        reason = redacted(first_line(e))
         raise StorageError(
-            f"cannot open storage {url!r}: {reason}. Check the URL (sqlite:///path, "
+            f"cannot open storage {redacted(url)!r}: {reason}. Check the URL (sqlite:///path, "
             "postgresql://user@host/db, or a journal file path), that the server is running, and "
             "that its driver is installed"
         ) from e
@@ -77,7 +77,7 @@ def open_study(settings: SearchSettings, record: dict[str, Any]) -> optuna.Study
         )
     except Exception as e:
         raise StorageError(
-            f"cannot create study {settings.study_name!r} in the storage: {e}"
+            f"cannot create study {settings.study_name!r} in the storage: {redacted(first_line(e))}"
         ) from e
     previous = study.user_attrs.get(ATTR)
     if previous is None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import statistics
 import time
 from dataclasses import dataclass
@@ -10,6 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from autotune.config import budget_parts
 from autotune.errors import AutotuneError
 from autotune.load.anatomy import set_training
 
@@ -68,14 +68,7 @@ _SUFFIX = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}
 def parse_budget(text: str | float | int, original: int, what: str) -> int:
     """A budget as an absolute count: ``0.5`` and ``50%`` are fractions of ``original``;
     ``250000``, ``250k``, ``1.5M`` are counts."""
-    raw = str(text).strip().lower()
-    match = re.fullmatch(r"([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*(%|k|m|g)?", raw)
-    if match is None:
-        raise AutotuneError(
-            f"--max-{what} {text!r} is not a budget: give a fraction of the original (0.5 or "
-            f"50%) or a count (250000, 250k, 1.5M)"
-        )
-    number, unit = float(match.group(1)), match.group(2) or ""
+    number, unit = budget_parts(text, what)
     if unit == "%":
         limit = original * number / 100
     elif unit == "" and number <= 1:

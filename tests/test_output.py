@@ -1,0 +1,185 @@
+"""What a search leaves behind when something goes wrong: the output folder is checked first,
+every file that can be written is (atomically), and the exit code says what happened."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TinyNet
+from rich.console import Console
+from torch import nn
+from typer.testing import CliRunner
+
+from autotune import search
+from autotune.cli import app
+from autotune.errors import AutotuneError
+from autotune.load.tasks import TaskData
+
+SPACE = {"lr": {"low": 1e-3, "high": 1e-2, "log": True}, "fit": {"max_epochs": 2, "patience": 2}}
+NET = """
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(8, 16), nn.ReLU())
+        self.out = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.body(x))
+
+
+class Broken(Net):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            raise RuntimeError("this layer cannot train")
+        return super().forward(x)
+"""
+
+
+def _files(folder: Path, tensors_file: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """A model (state_dict + its class in net.py) and data in ``folder``, the cwd: the options."""
+    monkeypatch.chdir(folder)
+    Path("net.py").write_text(NET)
+    torch.save(_net_state(), "net.pt")
+    Path("data.pt").write_bytes(tensors_file.read_bytes())
+    return ["--model", "net.pt", "--data", "data.pt", "--space", "default", "--epochs", "2"]
+
+
+def _net_state() -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    body, out = nn.Linear(8, 16), nn.Linear(16, 3)
+    return {
+        **{f"body.0.{k}": v for k, v in body.state_dict().items()},
+        **{f"out.{k}": v for k, v in out.state_dict().items()},
+    }
+
+
+def _search(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(app, ["search", *args])
+    return result.exit_code, result.output
+
+
+def test_an_out_that_is_a_file_is_refused_before_any_work(tmp_path: Path) -> None:
+    taken = tmp_path / "taken"
+    taken.write_text("not a folder")
+    for out, says in ((taken, "is an existing file"), (taken / "sub", "cannot be written")):
+        code, output = _search("--model", "demo", "--out", str(out))
+        assert code == 2, output
+        assert says in output and len(output.strip().splitlines()) == 1
+    assert taken.read_text() == "not a folder"
+
+
+class WithLambda(nn.Module):
+    """A model pickle cannot save: it holds a lambda."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = TinyNet()
+        self.act = lambda x: x * 1.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.net(x))
+
+
+def test_a_model_that_cannot_be_pickled_still_gets_its_config_and_program(
+    tmp_path: Path, tiny_data: TaskData
+) -> None:
+    torch.manual_seed(0)
+    result = search(
+        WithLambda().eval(),
+        tiny_data,
+        space=SPACE,
+        trials=1,
+        out=tmp_path,
+        console=Console(file=io.StringIO()),
+    )
+    assert result.best is not None
+    best = tmp_path / "best"
+    files = result.best.config["files"]
+    assert files["model.pt"].startswith("not written: pickling failed")
+    assert sorted(p.name for p in best.iterdir()) == ["config.yaml", "model.pt2"]
+    program = torch.export.load(best / "model.pt2").module()
+    assert program(tiny_data.x_val[:5]).shape == (5, 3)
+    assert (tmp_path / "leaderboard.csv").is_file() and (tmp_path / "report.html").is_file()
+
+
+FAILING = {"now": False}
+
+
+class FailsLater(TinyNet):
+    """Works until told to fail, as a model may after some forward calls."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if FAILING["now"]:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered\n(details)")
+        return super().forward(x)
+
+
+def test_exporting_a_model_that_fails_on_its_second_evaluation_is_one_clear_error(
+    tmp_path: Path, tiny_data: TaskData
+) -> None:
+    torch.manual_seed(0)
+    quiet = Console(file=io.StringIO())
+    result = search(
+        FailsLater().eval(), tiny_data, space=SPACE, trials=1, out=tmp_path, console=quiet
+    )
+    FAILING["now"] = True
+    try:
+        with pytest.raises(AutotuneError, match="failed when rebuilt and evaluated") as info:
+            result.export(tmp_path / "again", trial=1)
+    finally:
+        FAILING["now"] = False
+    assert "\n" not in str(info.value) and "illegal memory access" in str(info.value)
+
+
+@pytest.mark.slow
+def test_ctrl_c_mid_trial_still_writes_the_leaderboard_best_and_report(
+    tmp_path: Path, tensors_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from autotune.results.live import LiveLeaderboard
+
+    def interrupt(self: LiveLeaderboard, number: int, doing: str) -> None:
+        if number >= 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(LiveLeaderboard, "progress", interrupt)
+    args = _files(tmp_path, tensors_file, monkeypatch)
+    code, output = _search(*args, "--arch", "net.py:Net", "--trials", "5", "--out", "out")
+    assert code == 130, output
+    assert "interrupted" in output and "Traceback" not in output
+    out = Path("out")
+    board = (out / "leaderboard.csv").read_text()
+    assert board.count("COMPLETE") == 2 and "BASELINE" in board  # trials 1 and 2
+    assert (out / "best" / "config.yaml").is_file() and (out / "report.html").is_file()
+    assert not list(out.rglob(".*.part*"))
+
+
+@pytest.mark.slow
+def test_a_study_stopped_by_failures_exits_3_and_exports_no_untouched_baseline(
+    tmp_path: Path, tensors_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    args = _files(tmp_path, tensors_file, monkeypatch)
+    code, output = _search(*args, "--arch", "net.py:Broken", "--trials", "8", "--out", "out")
+    assert code == 3, output
+    assert "5 trials in a row failed" in output and "this layer cannot train" in output
+    assert "nothing exported: no trial completed besides the baseline" in output
+    out = Path("out")
+    assert (out / "leaderboard.csv").read_text().count("FAIL") == 5
+    assert (out / "report.html").is_file() and not (out / "best").exists()
+
+
+def test_a_budget_above_one_with_a_decimal_point_is_refused_with_both_readings() -> None:
+    from autotune.config import SearchSettings
+
+    with pytest.raises(AutotuneError, match=r"write 2 \(parameters\) or 200%"):
+        SearchSettings(max_params="2.0").resolved({})
+    with pytest.raises(AutotuneError, match="150%"):
+        SearchSettings(max_macs=1.5).resolved({})
+    for fine in ("0.5", "50%", "2", "250k", "1.5M", "1e6"):
+        assert SearchSettings(max_params=fine).resolved({}).max_params == fine

@@ -1,0 +1,94 @@
+"""A storage password never reaches what is printed or written; what is shared carries no host
+name and no path the user did not write."""
+
+from __future__ import annotations
+
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from autotune.cli import app
+from autotune.errors import redacted
+
+SECRET = "PLANTED-s3cret"
+MODEL_CODE = """
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(8, 16), nn.ReLU())
+        self.out = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.body(x))
+"""
+
+
+def test_passwords_in_urls_are_redacted() -> None:
+    cases = {
+        "postgresql://bob:pw@db:5432/x": "postgresql://bob:***@db:5432/x",
+        "--storage mysql+pymysql://u:p/w@h/d -v": "--storage mysql+pymysql://u:***@h/d -v",
+        "sqlite:///a.db?password=pw&timeout=3": "sqlite:///a.db?password=***&timeout=3",
+        "sqlite:////abs/study.db": "sqlite:////abs/study.db",
+    }
+    for text, shown in cases.items():
+        assert redacted(text) == shown
+
+
+def test_an_unreachable_storage_is_reported_without_its_password(
+    tmp_path: Path, tensors_file: Path
+) -> None:
+    url = f"postgresql://autotune:{SECRET}@127.0.0.1:1/autotune"
+    args = ["search", "--model", "demo", "--data", "demo", "--storage", url, "--trials", "1"]
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert "cannot open storage" in result.output and "autotune:***@127.0.0.1" in result.output
+    assert SECRET not in result.output
+
+
+@pytest.mark.slow
+def test_no_output_file_holds_the_password_a_host_name_or_an_unwritten_path(
+    tmp_path: Path, tensors_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    Path("net.py").write_text(MODEL_CODE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    torch.manual_seed(0)
+    from net import Net  # type: ignore[import-not-found]
+
+    torch.save(Net().state_dict(), "net.pt")
+    Path("data.pt").write_bytes(tensors_file.read_bytes())
+    # SQLite takes no password; its URL's query may still carry one, as a server's would.
+    url = f"sqlite:///out/study.db?password={SECRET}"
+    args = ["search", "--model", "net.pt", "--arch", "net.py:Net", "--data", "data.pt"]
+    args += ["--space", "default", "--trials", "2", "--epochs", "2", "--storage", url]
+    args += ["--out", "out"]
+    monkeypatch.setattr(sys, "argv", ["autotune", *args])  # the command line it records
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert SECRET not in result.output
+
+    files = [p for p in Path("out").rglob("*") if p.is_file()]
+    assert {"study.db", "config.yaml", "model.pt2", "leaderboard.csv", "report.html"} <= {
+        p.name for p in files
+    }
+    for path in files:
+        assert SECRET.encode() not in path.read_bytes(), path
+    assert "password=***" in Path("out/best/config.yaml").read_text()
+
+    shared = [p for p in files if p.name in ("leaderboard.csv", "report.html")]
+    shared += list(Path("out/best").iterdir())
+    host = socket.gethostname().encode()
+    for path in shared:
+        content = path.read_bytes()
+        assert str(tmp_path).encode() not in content, path
+        assert b"site-packages" not in content, path
+        if len(host) >= 6:  # a short name could occur by chance
+            assert host not in content, path

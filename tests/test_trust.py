@@ -1,0 +1,174 @@
+"""A crafted ``.pt2`` runs no code without --trust-model: one archive per way that
+``torch.export.load`` would run code from the file."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import pickle
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.export.pt2_archive._package import PT2ArchiveWriter
+from typer.testing import CliRunner
+
+from autotune.cli import app
+from autotune.errors import ModelLoadError
+from autotune.load.models import load_model
+
+Entries = dict[str, bytes]
+
+
+class Payload:
+    """Unpickling it creates ``marker``: proof that code from the file ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (exec, (f"open({str(self.marker)!r}, 'w').close()",))
+
+
+def _program(path: Path, dynamic: bool = True) -> Path:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 3)).eval()
+    shapes = ({0: torch.export.Dim.AUTO},) if dynamic else None
+    program = torch.export.export(model, (torch.randn(2, 8),), dynamic_shapes=shapes)
+    torch.export.save(program, path)
+    return path
+
+
+def _entries(path: Path) -> Entries:
+    archive = zipfile.ZipFile(path)
+    root = archive.namelist()[0].split("/")[0] + "/"
+    return {name[len(root) :]: archive.read(name) for name in archive.namelist()}
+
+
+def _write(path: Path, entries: Entries) -> Path:
+    with PT2ArchiveWriter(str(path)) as writer:
+        for name, data in entries.items():
+            if name not in (".data/version", ".data/serialization_id", "byteorder"):
+                writer.write_bytes(name, data)
+    return path
+
+
+def _saved(obj: object) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def _sample_inputs(e: Entries, marker: Path) -> None:
+    # torch reads them with weights_only=True, then retries with full pickle.
+    e["data/sample_inputs/model.pt"] = _saved(Payload(marker))
+
+
+def _pickled_weight(e: Entries, marker: Path) -> None:
+    config = json.loads(e["data/weights/model_weights_config.json"])
+    meta = config["config"]["0.weight"]
+    meta["use_pickle"] = True
+    e[f"data/weights/{meta['path_name']}"] = _saved(Payload(marker))
+    e["data/weights/model_weights_config.json"] = json.dumps(config).encode()
+
+
+def _opaque_constant(e: Entries, marker: Path) -> None:
+    config = json.loads(e["data/constants/model_constants_config.json"])
+    config["config"]["c"] = {
+        "path_name": "opaque_obj_0",
+        "is_param": False,
+        "use_pickle": True,
+        "tensor_meta": None,
+    }
+    e["data/constants/opaque_obj_0"] = pickle.dumps(Payload(marker))
+    e["data/constants/model_constants_config.json"] = json.dumps(config).encode()
+
+
+def _legacy_weights(e: Entries, marker: Path) -> None:
+    e["data/weights/model.pt"] = _saved(Payload(marker))
+
+
+def _shape_expression(e: Entries, marker: Path) -> None:
+    # torch passes every expr_str to sympy.sympify, which evaluates it with Python's eval.
+    program = json.loads(e["models/model.json"])
+    size = program["graph_module"]["graph"]["tensor_values"]["input"]["sizes"][0]["as_expr"]
+    code = f"open({str(marker)!r}, 'w').close()"
+    size["expr_str"] = f"__import__('builtins').exec({code!r}) or {size['expr_str']}"
+    e["models/model.json"] = json.dumps(program).encode()
+
+
+CRAFTED: dict[str, Callable[[Entries, Path], None]] = {
+    "sample inputs": _sample_inputs,
+    "weight marked use_pickle": _pickled_weight,
+    "opaque constant": _opaque_constant,
+    "legacy weights file": _legacy_weights,
+    "shape expression": _shape_expression,
+}
+
+
+@pytest.mark.parametrize("kind", list(CRAFTED))
+def test_a_crafted_program_runs_no_code_without_trust(
+    kind: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    marker = tmp_path / "ran"
+    entries = _entries(_program(tmp_path / "ok.pt2"))
+    CRAFTED[kind](entries, marker)
+    crafted = _write(tmp_path / "crafted.pt2", entries)
+
+    with pytest.raises(ModelLoadError, match="--trust-model") as info:
+        load_model(crafted)
+    assert not marker.exists()
+    assert "\n" not in str(info.value) and "torch.export archive with" in str(info.value)
+
+    # The archive is a real exploit: torch's own loader runs the payload.
+    caplog.set_level(logging.CRITICAL)
+    with contextlib.suppress(Exception):  # most payloads break the entry they replaced
+        load_model(crafted, trust_model=True)
+    assert marker.exists()
+
+
+def test_archives_with_native_code_or_stray_entries_are_refused(tmp_path: Path) -> None:
+    entries = _entries(_program(tmp_path / "ok.pt2"))
+    with_library = {**entries, "data/aotinductor/model/model.so": b"\x7fELF"}
+    with pytest.raises(ModelLoadError, match="AOTInductor"):
+        load_model(_write(tmp_path / "aoti.pt2", with_library))
+    with_unknown = {**entries, "data/elsewhere/x.pkl": b"\x80\x04N."}
+    with pytest.raises(ModelLoadError, match="cannot check"):
+        load_model(_write(tmp_path / "unknown.pt2", with_unknown))
+
+
+def test_the_command_line_refuses_a_crafted_program_in_one_line(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    entries = _entries(_program(tmp_path / "ok.pt2"))
+    _sample_inputs(entries, marker)
+    crafted = _write(tmp_path / "crafted.pt2", entries)
+    for command in ("search", "analyze"):
+        result = CliRunner().invoke(
+            app, [command, "--model", str(crafted), "--data", "sklearn:wine"]
+        )
+        assert result.exit_code == 2, result.output
+        assert "--trust-model" in result.output and "Traceback" not in result.output
+        assert not marker.exists()
+
+
+@pytest.mark.parametrize("dynamic", [True, False])
+def test_a_legitimate_program_loads_and_runs(tmp_path: Path, dynamic: bool) -> None:
+    loaded = load_model(_program(tmp_path / "model.pt2", dynamic))
+    assert loaded.format == "export"
+    assert loaded.module(torch.randn(2, 8)).shape == (2, 3)
+
+
+def test_a_program_traced_with_a_fixed_batch_size_is_refused_before_the_search(
+    tmp_path: Path, tensors_file: Path
+) -> None:
+    fixed = _program(tmp_path / "fixed.pt2", dynamic=False)
+    args = ["search", "--model", str(fixed), "--data", str(tensors_file), "--trials", "1"]
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert "fixed batch size" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out" / "study.db").exists()
