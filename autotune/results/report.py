@@ -19,8 +19,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autotune.paths import analysis_dir, report_dir, report_html
 from autotune.rank.analysis import Analysis
+from autotune.results.cells import KEY_PARAMS
 from autotune.results.charts import plot_analysis, save_figure
-from autotune.results.leaderboard import KEY_PARAMS, Leaderboard
+from autotune.results.leaderboard import Leaderboard
 from autotune.search.study import best_trial, load_study, metric_sign, study_record
 
 
