@@ -31,21 +31,24 @@ class Cost:
 
 
 LATENCY_BATCH = 32
-TIMING_BUDGET_S = 0.05
-"""Wall time the interleaved repeats may take: a few milliseconds on a small model."""
-MIN_REPEATS, MAX_REPEATS = 5, 41
+TIMING_BUDGET_S = 0.01
+"""Wall time a trial's interleaved repeats may take: a few milliseconds on a small model; a
+large one gets ``MIN_REPEATS`` rounds whatever they take."""
+MIN_REPEATS = 5
 
 
 def measure(
     model: nn.Module,
     example: torch.Tensor,
     source: tuple[nn.Module, torch.Tensor] | None = None,
+    budget_s: float = TIMING_BUDGET_S,
 ) -> Cost:
     """Count and time ``model`` on ``example`` (its batch is cut or repeated to 32 samples).
 
     With ``source`` (the source model and its own input), both are warmed up and then timed in
     alternation, so that a slow moment of the machine hits both alike; the ratio of each pair
-    says how much faster the model is, and their spread how sure that is.
+    says how much faster the model is, and their spread how sure that is. The rounds stop
+    after about ``budget_s`` seconds (at least ``MIN_REPEATS``, at most 100 times that).
     """
     params = sum(p.numel() for p in model.parameters())
     runs = [(model, _batch(example))]
@@ -57,7 +60,7 @@ def measure(
     try:
         with torch.no_grad():
             macs = _count_macs(model, example[:1])
-        times = _interleaved(runs)
+        times = _interleaved(runs, budget_s)
     finally:
         for (m, _), training in zip(runs, was, strict=True):
             set_training(m, training)
@@ -76,9 +79,8 @@ def _batch(example: torch.Tensor) -> torch.Tensor:
     return batch[:LATENCY_BATCH]
 
 
-def _interleaved(runs: list[tuple[nn.Module, torch.Tensor]]) -> list[list[float]]:
-    """Wall times of each model's forward pass, alternating models, after two warm-up rounds;
-    as many rounds as fit in ``TIMING_BUDGET_S`` (within ``MIN_REPEATS``..``MAX_REPEATS``)."""
+def _interleaved(runs: list[tuple[nn.Module, torch.Tensor]], budget_s: float) -> list[list[float]]:
+    """Wall times of each model's forward pass, alternating models, after two warm-up rounds."""
     times: list[list[float]] = [[] for _ in runs]
     round_s = 0.0
     with torch.no_grad():
@@ -87,7 +89,7 @@ def _interleaved(runs: list[tuple[nn.Module, torch.Tensor]]) -> list[list[float]
             for m, batch in runs:
                 _timed(m, batch)
             round_s = time.perf_counter() - start
-        repeats = int(min(MAX_REPEATS, max(MIN_REPEATS, TIMING_BUDGET_S / max(round_s, 1e-9))))
+        repeats = int(min(100 * MIN_REPEATS, max(MIN_REPEATS, budget_s / max(round_s, 1e-9))))
         for i in range(repeats):
             # Alternate which goes first so neither always follows the other's cache state.
             order = range(len(runs)) if i % 2 == 0 else reversed(range(len(runs)))
