@@ -88,13 +88,13 @@ def share(value: int | None, original: int | None, template: str = "{} {}") -> s
     return template.format(count(value), f"{value / original:.0%}") if original else count(value)
 
 
-def latency(ratio: float | None, ms: float | None, source: bool = False) -> str:
-    """Latency against the source's, timed side by side (the summary and the CSV have the
-    noise); milliseconds for a study measured before ratios were."""
+def latency(ratio: float | None, spread: float | None, ms: float | None, source: bool) -> str:
+    """Latency against the source's, timed side by side, with its noise (``0.72x±0.05``);
+    milliseconds for a study measured before ratios were."""
     if source:
         return "1x"
     if ratio is not None:
-        return f"{ratio:.2f}x"
+        return f"{ratio:.2f}x±{spread or 0.0:.2f}"
     return "" if ms is None else f"{ms:.2g}ms"
 
 

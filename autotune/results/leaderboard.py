@@ -133,9 +133,7 @@ COLUMNS: tuple[Column[Leaderboard, TrialRow], ...] = (
     Column("gain", 4, lambda b, r: "" if r.state == "BASELINE" else gain(r.gain)),
     Column("size", 5, lambda b, r: b._relative(r, "total")),
     Column("MACs", 7, lambda b, r: b._relative(r, "macs")),
-    Column(
-        "latency", 8, lambda b, r: latency(r.latency_ratio, r.latency_ms, r.state == "BASELINE")
-    ),
+    Column("latency", 8, lambda b, r: _latency(r)),
     Column("trained", 9, lambda b, r: "" if r.total is None else count(r.trainable or 0)),
     Column("epochs", 10, lambda b, r: "" if r.epochs is None else str(r.epochs)),
     Column("time", 11, lambda b, r: "" if r.seconds is None else duration(r.seconds)),
@@ -154,6 +152,11 @@ LEGEND = {
 def _state(row: TrialRow) -> str:
     short = "src" if row.state == "BASELINE" else ("ok" if row.feasible else "over")
     return short + ("*" if row.front else "")
+
+
+def _latency(row: TrialRow) -> str:
+    source = row.state == "BASELINE"
+    return latency(row.latency_ratio, row.latency_ratio_spread, row.latency_ms, source)
 
 
 def _differing(board: Leaderboard, row: TrialRow) -> str:
