@@ -150,3 +150,22 @@ def test_the_live_view_updates_in_place_in_a_terminal(tmp_path: Path) -> None:
     assert "\x1b[2K" in raw and re.search(r"\x1b\[\d*A", raw)
     screen = [line for line in _screen(raw) if line]
     assert screen == ["search done"], screen
+
+
+def test_the_live_view_keeps_its_bars_on_a_short_screen() -> None:
+    study = _study()
+    for i in range(14):
+        _add(study, 0.5 + i / 100, seconds=2.0)
+    console = Console(width=100, height=24, record=True, file=io.StringIO())
+    live = LiveLeaderboard(console, "accuracy", planned=20)
+    live._refresh(study)
+    live.progress(15, "epoch 3/20, accuracy 0.6100")
+    console.print(live)
+    lines = console.export_text().splitlines()
+    assert len(lines) <= 24
+    assert re.match(r" *trials .* 14/20 elapsed", lines[-2]), lines[-2:]
+    assert re.match(r" *trial 15 .*  3/20 accuracy 0\.6100", lines[-1]), lines[-1]
+    text = " ".join(" ".join(lines).split())
+    assert "top 6 of 15: --top N" in text and re.search(
+        r"┃ parameters +┃", text
+    )  # none: no trial to compare with

@@ -41,8 +41,8 @@ class Column(Generic[Board, Row]):
     """One column of the table. Adding one to the leaderboard is one entry in its ``COLUMNS``."""
 
     header: str
-    """Its title; ``{metric}`` and ``{reference}`` (the trial parameters are compared with) are
-    filled in."""
+    """Its title; ``{metric}`` and ``{reference}`` (`` vs trial N``: the trial the parameters
+    are compared with, when there is one) are filled in."""
     priority: int
     """Lower is more important: a narrow screen drops the highest numbers first."""
     cell: Callable[[Board, Row], str]

@@ -137,7 +137,7 @@ COLUMNS: tuple[Column[Leaderboard, TrialRow], ...] = (
     Column("trained", 9, lambda b, r: "" if r.total is None else count(r.trainable or 0)),
     Column("epochs", 10, lambda b, r: "" if r.epochs is None else str(r.epochs)),
     Column("time", 11, lambda b, r: "" if r.seconds is None else duration(r.seconds)),
-    Column("parameters vs trial {reference}", 6, lambda b, r: _differing(b, r), "left", 20),
+    Column("parameters{reference}", 6, lambda b, r: _differing(b, r), "left", 20),
 )
 
 LEGEND = {
@@ -165,7 +165,7 @@ def _differing(board: Leaderboard, row: TrialRow) -> str:
     params = row.params
     if ref is not None and row is not ref:
         params = {k: v for k, v in row.params.items() if ref.params.get(k, object()) != v}
-    text = format_params(params) if params or row is ref else "="
+    text = format_params(params) if params or ref in (None, row) else "="
     return (f"slims {row.parent}: " if row.parent is not None else "") + text
 
 
@@ -272,7 +272,8 @@ class Leaderboard(JupyterMixin):
             else ("dim" if r.state == "BASELINE" else ("bold green" if self.rank(r) == 1 else ""))
             for r in shown
         ]
-        fields = {"metric": self.metric, "reference": str(getattr(self.reference, "number", ""))}
+        ref = "" if self.reference is None else f" vs trial {self.reference.number}"
+        fields = {"metric": self.metric, "reference": ref}
         table = Table(title=title, title_justify="left")
         return fit_table(table, COLUMNS, self, shown, styles, fields, width)
 

@@ -6,6 +6,7 @@ pipes)."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import re
 import statistics
 import threading
@@ -95,8 +96,14 @@ class LiveLeaderboard:
             self.bars.update(self._study_bar, detail=self.status())
             bars = self.bars.get_renderable()
         if board is not None:
-            yield board.table(options.max_width)
-            yield board.legend()
+            # As many rows as the screen holds with the bars (a Live view taller than the
+            # terminal is cropped at the bottom, where the bars are): title, header and borders
+            # take 5 lines, the legend up to 2, a trial's row up to 2 below 120 columns.
+            spare = options.size.height - 8 - len(self._trial_bars)
+            rows = spare // (1 if options.max_width >= 120 else 2) - 1  # and the source's row
+            fitted = dataclasses.replace(board, top=max(1, min(board.top, rows)))
+            yield fitted.table(options.max_width)
+            yield fitted.legend()
         yield bars
 
     @contextlib.contextmanager

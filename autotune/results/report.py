@@ -166,7 +166,8 @@ def _sections(study: optuna.Study, metric: str, analyses: list[Analysis]) -> lis
 def _leaderboard_html(study: optuna.Study, metric: str) -> str:
     frame = Leaderboard.from_study(study, metric).to_frame()
     shown = ["rank", "trial", "state", "value", "gain", "total_params", "macs", "latency_ms"]
-    shown += ["epochs", "seconds"] + [f"param_{p}" for p in KEY_PARAMS[:8]]
+    shown += ["latency_ratio", "latency_ratio_spread", "epochs", "seconds"]
+    shown += [f"param_{p}" for p in KEY_PARAMS[:8]]
     frame = frame[[c for c in shown if c in frame.columns]].head(25)
     frame.columns = [c.removeprefix("param_") for c in frame.columns]
     table = frame.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.4g}", border=0)
