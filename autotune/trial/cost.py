@@ -99,6 +99,8 @@ def _interleaved(runs: list[tuple[nn.Module, torch.Tensor]], budget_s: float) ->
 
 
 def _timed(model: nn.Module, batch: torch.Tensor) -> float:
+    if batch.is_cuda:  # the other model's queued kernels are not this one's time
+        torch.cuda.synchronize()
     start = time.perf_counter()
     model(batch)
     if batch.is_cuda:
