@@ -464,8 +464,7 @@ def _summary(result: Any) -> None:
     )
     console.print(
         f"size: {params['model']:,} parameters ({params['model'] / params['source']:.0%} "
-        f"of the source), {counted}{size['latency_ms']['model']:.1f} ms per batch of 32 (source "
-        f"{size['latency_ms']['source']:.1f} ms)",
+        f"of the source), {counted}latency {_latency(size['latency_ms'])}",
         highlight=False,
     )
     files = best.config["files"]
@@ -475,6 +474,16 @@ def _summary(result: Any) -> None:
         console.print(f"{name} {files[name]}", highlight=False)
     if result.report is not None:
         console.print(f"report: {result.report}")
+
+
+def _latency(latency: dict[str, Any]) -> str:
+    """The model's speed against the source's, as the median ratio of interleaved runs."""
+    if "ratio" not in latency:  # a bundle exported before ratios were measured
+        return f"{latency['model']:.1f} ms per batch of 32 (source {latency['source']:.1f} ms)"
+    return (
+        f"{latency['ratio']:.2f}x the source's ±{latency['ratio_spread']:.2f} "
+        f"({latency['model']:.2g} ms per batch of 32, timed alternately with the source)"
+    )
 
 
 def main() -> None:

@@ -93,7 +93,10 @@ def test_export_retrains_a_trial_and_reproduces_its_metric(searched: Path) -> No
 def test_show_prints_the_leaderboard(searched: Path) -> None:
     result = runner.invoke(app, ["show", str(searched)])
     assert result.exit_code == 0, result.output
-    assert "autotune leaderboard" in result.output and "baseline" in result.output
+    assert "autotune leaderboard" in result.output and "src: the source model" in result.output
+    assert "…" not in result.output  # 80 columns: columns dropped, nothing cut
+    top = runner.invoke(app, ["show", str(searched), "--top", "1"])
+    assert "top 1 of 4: --top N for more" in " ".join(top.output.split())
 
 
 def test_rerun_continues_instead_of_starting_over(searched: Path) -> None:

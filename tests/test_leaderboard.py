@@ -1,12 +1,16 @@
 from __future__ import annotations
 
 import io
+import random
+import re
 
 import optuna
-from optuna.distributions import FloatDistribution
+import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 from rich.console import Console
 
+from autotune.results.cells import pack
 from autotune.results.leaderboard import Leaderboard
 
 
@@ -44,30 +48,156 @@ def _study() -> optuna.Study:
     return study
 
 
+def _rows(text: str) -> list[list[str]]:
+    return [[c.strip() for c in line.split("│")[1:-1]] for line in text.splitlines() if "│" in line]
+
+
 def test_table_ranks_trials_and_shows_gain_over_the_baseline() -> None:
     board = Leaderboard.from_study(_study(), "accuracy")
     out = io.StringIO()
     Console(file=out, width=140).print(board)
     text = out.getvalue()
-    rows = [[c.strip() for c in line.split("│")[1:-1]] for line in text.splitlines() if "│" in line]
-    assert rows[0] == [
-        "1",
-        "1",
-        "complete",
-        "0.91",
-        "+0.6100",
+    rows = _rows(text)
+    # rank, trial, state, metric, gain, size, MACs, latency, trained, epochs, time, parameters
+    assert rows[0] == ["1", "1", "ok", "0.91", "+0.6100", "1.0k 100%"] + [""] * 2 + [
         "600",
-        "1.0k (100%)",
-        "",
-        "",
         "12",
         "3.5s",
         "lr=0.003",
     ]
     assert [row[1] for row in rows] == ["1", "2", "0"]  # the failed trial is not ranked
-    assert rows[2][2:5] == ["baseline", "0.3", ""]
+    assert rows[1][-1] == "lr=0.02"  # what differs from the first trained trial
+    assert rows[2][2:5] == ["src", "0.3", ""]
+    assert rows[2][-1] == "="  # the source model: nothing changed
+    assert "ok: trained · src: the source model" in text
     assert "trials 3 done: 2 complete, 0 pruned, 1 failed, 0 running" in text
     assert "best accuracy 0.91 (trial 1)" in text
+
+
+def _big_study(n: int = 14) -> optuna.Study:
+    """A demo-sized study: many trials, seven parameters, costs and latency ratios."""
+    study = optuna.create_study(direction="maximize")
+    source = {"total_params": 40_710, "macs": 650_300, "latency_ms": 1.1}
+    study.add_trial(
+        create_trial(
+            value=0.6,
+            user_attrs={"baseline": True, "trainable_params": 0, "epochs": 0, **source},
+        )
+    )
+    space = {
+        "lr": FloatDistribution(1e-4, 1e-1, log=True),
+        "optimizer": CategoricalDistribution(["adam", "sgd"]),
+        "unfreeze": IntDistribution(0, 6),
+        "prune": FloatDistribution(0, 0.9),
+        "batch_size": CategoricalDistribution([32, 64, 128]),
+        "weight_decay": FloatDistribution(1e-6, 1e-2, log=True),
+        "loss": CategoricalDistribution(["ce", "focal"]),
+    }
+    rnd = random.Random(0)
+    for _ in range(n):
+        params = {
+            name: rnd.choice(d.choices)
+            for name, d in space.items()
+            if isinstance(d, CategoricalDistribution)
+        }
+        params |= {
+            "lr": 10 ** rnd.uniform(-4, -1),
+            "unfreeze": rnd.randint(0, 6),
+            "prune": rnd.uniform(0, 0.9),
+            "weight_decay": 10 ** rnd.uniform(-6, -2),
+        }
+        keep = 1 - params["prune"]
+        study.add_trial(
+            create_trial(
+                value=0.5 + rnd.uniform(0, 0.45),
+                params=params,
+                distributions=space,
+                user_attrs={
+                    "trainable_params": int(28_497 * keep),
+                    "total_params": int(40_710 * keep),
+                    "macs": int(650_300 * keep),
+                    "latency_ms": 1.1 * keep,
+                    "latency_ratio": 0.4 + 0.6 * keep,
+                    "latency_ratio_spread": 0.03,
+                    "epochs": rnd.randint(3, 20),
+                    "seconds": rnd.uniform(2, 4000),
+                },
+            )
+        )
+    return study
+
+
+def _render(width: int, top: int = 12) -> str:
+    board = Leaderboard.from_study(_big_study(), "accuracy", top=top)
+    console = Console(width=width, record=True, file=io.StringIO())
+    console.print(board)
+    return console.export_text()
+
+
+COMMON = ["#", "trial", "state", "accuracy", "gain", "size"]
+
+
+@pytest.mark.parametrize(
+    ("width", "present", "absent"),
+    [
+        (80, [*COMMON, "parameters vs trial 1"], ["MACs", "latency", "trained", "epochs", "time"]),
+        (100, [*COMMON, "MACs", "parameters vs trial 1"], ["latency", "epochs", "time"]),
+        (
+            160,
+            [*COMMON, "MACs", "latency", "trained", "epochs", "time", "parameters vs trial 1"],
+            [],
+        ),
+    ],
+)
+def test_the_table_fits_the_width_by_dropping_columns_never_cutting_a_number(
+    width: int, present: list[str], absent: list[str]
+) -> None:
+    text = _render(width)
+    lines = text.splitlines()
+    assert max(len(line.rstrip()) for line in lines) <= width
+    assert "…" not in text
+    header = next(line for line in lines if line.startswith("┃"))
+    columns = [c.strip() for c in header.split("┃")[1:-1]]
+    assert columns == [c for c in columns if c in present] and set(present) <= set(columns)
+    assert not set(absent) & set(columns)
+    rows = [r for r in _rows(text) if r[0]]  # a row's first line carries its rank
+    # Every rank, trial number and figure is whole: ranks past 9, counts with their share.
+    assert [r[0] for r in rows] == [str(i) for i in range(1, 13)]
+    assert all(re.fullmatch(r"\d+\.\d+k \d+%", r[5]) for r in rows), [r[5] for r in rows]
+    assert all(re.fullmatch(r"[+-]\d\.\d{4}", r[4]) for r in rows if r[2] != "src")
+    if "latency" in columns:
+        i = columns.index("latency")
+        assert all(re.fullmatch(r"\d\.\d\dx±0\.03|1x", r[i]) for r in rows)
+
+
+def test_one_line_per_trial_from_120_columns() -> None:
+    for width in (120, 160):
+        rows = _rows(_render(width))
+        assert all(r[0] for r in rows), f"a trial wraps onto a second line at {width} columns"
+        # What did not fit is counted, not cut: every shown parameter is a whole key=value.
+        params = [r[-1] for r in rows]
+        assert any(re.search(r" \+\d+$", p) for p in params)
+        for p in params:
+            for word in p.split():
+                assert re.fullmatch(r"[a-z_]+=\S+|\+\d+|=", word), word
+    narrow = _rows(_render(80))
+    assert len(narrow) > 13  # below 120 the parameters may take a second line
+
+
+def test_top_limits_the_rows_and_says_where_the_rest_are() -> None:
+    text = _render(100, top=3)
+    ranks = [r[0] for r in _rows(text) if r[0]]
+    assert ranks[:3] == ["1", "2", "3"] and len(ranks) == 4  # and the source model
+    assert "top 3 of 15: --top N for more, all in leaderboard.csv" in " ".join(text.split())
+
+
+def test_packing_keeps_whole_words_and_counts_the_rest() -> None:
+    assert pack("a=1 b=22 c=333 d=4444", 9, 1) == "a=1 +3"
+    assert pack("a=1 b=22 c=333 d=4444", 9, 2) == "a=1 b=22\nc=333 +1"
+    assert pack("a=1 b=22", 20, 1) == "a=1 b=22"
+    assert pack("long=0.000123 b=2", 5, 1) == "+2"
+    # Alone, a word wider than the column stays whole (the column folds it rather than cut it).
+    assert pack("long=0.000123", 5, 1) == "long=0.000123"
 
 
 def test_plain_lines_for_logs() -> None:

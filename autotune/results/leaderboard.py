@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import optuna
@@ -14,31 +15,20 @@ from rich.table import Table
 from rich.text import Text
 
 from autotune.config import METRICS, sign
+from autotune.results.cells import (
+    Column,
+    count,
+    duration,
+    fit_table,
+    fmt,
+    format_params,
+    gain,
+    latency,
+    share,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
-
-KEY_PARAMS = (
-    "prune",
-    "drop_features",
-    "importance",
-    "lr",
-    "optimizer",
-    "batch_size",
-    "unfreeze",
-    "unfreeze_order",
-    "loss",
-    "dropout",
-    "weight_decay",
-)
-_SHORT = {
-    "batch_size": "bs",
-    "weight_decay": "wd",
-    "optimizer": "opt",
-    "unfreeze_order": "order",
-    "drop_features": "drop",
-    "importance": "rank",
-}
 
 
 @dataclass(frozen=True)
@@ -71,6 +61,10 @@ class TrialRow:
     """1: tuning the full model, 2: slimming ``parent`` (staged searches); 0 unstaged."""
     parent: int | None = None
     """The stage-1 trial a stage-2 trial slimmed."""
+    latency_ratio: float | None = None
+    """Latency over the source model's, timed alternately with it (median of the pairs)."""
+    latency_ratio_spread: float | None = None
+    """Half the interquartile range of those pairs' ratios."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -82,6 +76,8 @@ class TrialRow:
             "total_params": self.total,
             "macs": self.macs,
             "latency_ms": self.latency_ms,
+            "latency_ratio": self.latency_ratio,
+            "latency_ratio_spread": self.latency_ratio_spread,
             "feasible": self.feasible,
             "pareto_front": self.front,
             "stage": self.stage,
@@ -123,7 +119,54 @@ def row_of(
         front=trial.number in front,
         stage=attrs.get("stage"),
         parent=attrs.get("parent"),
+        latency_ratio=attrs.get("latency_ratio"),
+        latency_ratio_spread=attrs.get("latency_ratio_spread"),
     )
+
+
+COLUMNS: tuple[Column[Leaderboard, TrialRow], ...] = (
+    # Adding a column is one entry: its header, its priority and how a row reads in it.
+    Column("#", 0, lambda b, r: str(b.rank(r))),
+    Column("trial", 1, lambda b, r: str(r.number)),
+    Column("state", 2, lambda b, r: _state(r), "left"),
+    Column("{metric}", 3, lambda b, r: fmt(r.value)),
+    Column("gain", 4, lambda b, r: "" if r.state == "BASELINE" else gain(r.gain)),
+    Column("size", 5, lambda b, r: b._relative(r, "total")),
+    Column("MACs", 7, lambda b, r: b._relative(r, "macs")),
+    Column("latency", 8, lambda b, r: _latency(r)),
+    Column("trained", 9, lambda b, r: "" if r.total is None else count(r.trainable or 0)),
+    Column("epochs", 10, lambda b, r: "" if r.epochs is None else str(r.epochs)),
+    Column("time", 11, lambda b, r: "" if r.seconds is None else duration(r.seconds)),
+    Column("parameters{reference}", 6, lambda b, r: _differing(b, r), "left", 20),
+)
+
+LEGEND = {
+    "size": "parameters, share of the source's",
+    "ok": "trained",
+    "src": "the source model",
+    "over": "over budget",
+    "*": "Pareto front",
+}
+
+
+def _state(row: TrialRow) -> str:
+    short = "src" if row.state == "BASELINE" else ("ok" if row.feasible else "over")
+    return short + ("*" if row.front else "")
+
+
+def _latency(row: TrialRow) -> str:
+    source = row.state == "BASELINE"
+    return latency(row.latency_ratio, row.latency_ratio_spread, row.latency_ms, source)
+
+
+def _differing(board: Leaderboard, row: TrialRow) -> str:
+    """The parameters of ``row`` that differ from the reference trial's (all, for it)."""
+    ref = board.reference
+    params = row.params
+    if ref is not None and row is not ref:
+        params = {k: v for k, v in row.params.items() if ref.params.get(k, object()) != v}
+    text = format_params(params) if params or ref in (None, row) else "="
+    return (f"slims {row.parent}: " if row.parent is not None else "") + text
 
 
 @dataclass
@@ -142,8 +185,6 @@ class Leaderboard(JupyterMixin):
     planned: int | None = None
     """Trials planned (baseline excluded)."""
     top: int = 10
-    running: dict[int, str] = field(default_factory=dict)
-    """Trial number -> what it is doing now (live mode)."""
     pareto: str | None = None
     """The size objective of a Pareto study (``params`` or ``macs``)."""
 
@@ -173,11 +214,8 @@ class Leaderboard(JupyterMixin):
         return sorted(done, key=lambda r: (not r.feasible, -s * (r.value or 0.0), r.number))
 
     def counts(self) -> dict[str, int]:
-        counts = {"COMPLETE": 0, "PRUNED": 0, "FAIL": 0, "RUNNING": 0}
-        for r in self.rows:
-            if r.state in counts:
-                counts[r.state] += 1
-        return counts
+        states = ("COMPLETE", "PRUNED", "FAIL", "RUNNING")
+        return {state: sum(r.state == state for r in self.rows) for state in states}
 
     def progress_line(self) -> str:
         c = self.counts()
@@ -188,82 +226,87 @@ class Leaderboard(JupyterMixin):
             f"{c['FAIL']} failed, {c['RUNNING']} running"
         )
         if self.started is not None:
-            line += f" | elapsed {_duration(time.time() - self.started)}"
-        best = [r for r in self.ranked() if r.feasible][:1]
-        if best and best[0].value is not None:
-            line += f" | best {self.metric} {_fmt(best[0].value)} (trial {best[0].number})"
+            line += f" | elapsed {duration(time.time() - self.started)}"
+        best = self.best()
+        if best is not None:
+            line += f" | best {self.metric} {fmt(best.value)} (trial {best.number})"
         return line
 
-    def table(self) -> Table:
+    def best(self) -> TrialRow | None:
+        """The best trained trial within the budgets."""
+        return next((r for r in self.ranked() if r.feasible and r.state != "BASELINE"), None)
+
+    def shown(self) -> list[TrialRow]:
+        """The rows of the table: the ``top`` ranked, and the baseline."""
+        shown = self.ranked()[: self.top]
+        if self.baseline is not None and self.baseline not in shown:
+            shown.append(self.baseline)
+        return shown
+
+    def rank(self, row: TrialRow) -> int:
+        return self._ranks[row.number]
+
+    @cached_property
+    def _ranks(self) -> dict[int, int]:
+        return {r.number: i + 1 for i, r in enumerate(self.ranked())}
+
+    @cached_property
+    def reference(self) -> TrialRow | None:
+        """The first trained trial: the others' parameters are shown where they differ from it."""
+        return min(
+            (r for r in self.rows if r.state == "COMPLETE" and r.params),
+            key=lambda r: r.number,
+            default=None,
+        )
+
+    def table(self, width: int = 160) -> Table:
+        """The leaderboard in ``width`` cells: the less important columns are left out rather
+        than any number cut, and the parameters take one line per trial from 120 cells on."""
         title = f"autotune leaderboard: validation {self.metric}"
         if self.pareto:
             title += f" vs {self.pareto} (Pareto front marked *)"
+        shown = self.shown()
+        styles = [
+            "red"
+            if not r.feasible
+            else ("dim" if r.state == "BASELINE" else ("bold green" if self.rank(r) == 1 else ""))
+            for r in shown
+        ]
+        ref = "" if self.reference is None else f" vs trial {self.reference.number}"
+        fields = {"metric": self.metric, "reference": ref}
         table = Table(title=title, title_justify="left")
-        for name in (
-            "#",
-            "trial",
-            "state",
-            self.metric,
-            "gain",
-            "trained",
-            "size",
-            "MACs",
-            "latency",
-            "epochs",
-            "time",
-        ):
-            table.add_column(name, justify="left" if name == "state" else "right", no_wrap=True)
-        table.add_column("key parameters", overflow="fold", ratio=1, min_width=20)
-        ranked = self.ranked()
-        shown = ranked[: self.top]
-        baseline = self.baseline
-        if baseline is not None and baseline not in shown:
-            shown.append(baseline)
-        for row in shown:
-            rank = ranked.index(row) + 1
-            style = "dim" if row.state == "BASELINE" else ("bold green" if rank == 1 else "")
-            if not row.feasible:
-                style = "red"
-            state = row.state.lower() + ("*" if row.front else "")
-            table.add_row(
-                str(rank),
-                str(row.number),
-                state if row.feasible else f"{state} (over budget)",
-                _fmt(row.value),
-                "" if row.state == "BASELINE" else _gain(row.gain),
-                _params(row),
-                self._relative(row, "total"),
-                self._relative(row, "macs"),
-                "" if row.latency_ms is None else f"{row.latency_ms:.1f}ms",
-                "" if row.epochs is None else str(row.epochs),
-                "" if row.seconds is None else _duration(row.seconds),
-                (f"slims {row.parent}: " if row.parent is not None else "")
-                + format_params(row.params),
-                style=style,
-            )
-        return table
+        return fit_table(table, COLUMNS, self, shown, styles, fields, width)
 
-    def _relative(self, row: TrialRow, what: str) -> str:
-        """A count with its share of the source model's (the baseline's)."""
-        value = getattr(row, what)
-        if value is None:
-            return ""
-        base = self.baseline
-        original = getattr(base, what) if base is not None else None
-        share = f" ({value / original:.0%})" if original else ""
-        return f"{_count(value)}{share}"
+    def legend(self) -> Text:
+        """What the short words mean (those in the table), and where the rest of the trials are."""
+        shown = self.shown()
+        used = {"size", *(_state(r).rstrip("*") for r in shown)}
+        if any(r.front for r in shown):
+            used.add("*")
+        parts = [f"{short}: {meaning}" for short, meaning in LEGEND.items() if short in used]
+        ranked = len(self.ranked())
+        if ranked > self.top:
+            parts.append(f"top {self.top} of {ranked}: --top N for more, all in leaderboard.csv")
+        return Text(" · ".join(parts), style="dim")
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield self.table(options.max_width)
+        yield self.legend()
+        yield Text(self.progress_line())
 
     def plain_line(self, row: TrialRow) -> str:
         """One finished trial as a log line (CI logs, pipes)."""
-        parts = [f"trial {row.number:>3} {row.state.lower():<8} {self.metric}={_fmt(row.value)}"]
+        parts = [f"trial {row.number:>3} {row.state.lower():<8} {self.metric}={fmt(row.value)}"]
         if row.gain is not None:
-            parts.append(f"gain={_gain(row.gain)}")
+            parts.append(f"gain={gain(row.gain)}")
         if row.total is not None:
-            parts.append(f"params={self._relative(row, 'total').replace(' ', '')}")
+            parts.append(f"params={self._relative(row, 'total', '{}({})')}")
+        if row.latency_ratio is not None:
+            parts.append(f"latency={row.latency_ratio:.2f}x±{row.latency_ratio_spread or 0:.2f}")
         if row.epochs is not None:
             parts.append(f"epochs={row.epochs}")
         if row.seconds is not None:
-            parts.append(f"time={_duration(row.seconds)}")
+            parts.append(f"time={duration(row.seconds)}")
         if row.parent is not None:
             parts.append(f"slims={row.parent}")
         if row.params:
@@ -272,11 +315,11 @@ class Leaderboard(JupyterMixin):
             parts.append(f"({row.note})")
         return " ".join(parts)
 
-    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        yield self.table()
-        for number, doing in sorted(self.running.items()):
-            yield Text(f"trial {number}: {doing}", style="cyan")
-        yield Text(self.progress_line())
+    def _relative(self, row: TrialRow, what: str, template: str = "{} {}") -> str:
+        """A count with its share of the source model's (the baseline's)."""
+        base = self.baseline
+        original = getattr(base, what) if base is not None else None
+        return share(getattr(row, what), original, template)
 
     def to_frame(self) -> pd.DataFrame:
         """All trials, ranked ones first, as a pandas DataFrame."""
@@ -288,44 +331,3 @@ class Leaderboard(JupyterMixin):
         for i, row in enumerate(ranked + rest):
             records.append({"rank": i + 1 if i < len(ranked) else None, **row.as_dict()})
         return pd.DataFrame.from_records(records)
-
-
-def format_params(params: dict[str, Any]) -> str:
-    shown = []
-    for key in KEY_PARAMS:
-        if key in params:
-            shown.append(f"{_SHORT.get(key, key)}={_fmt(params[key])}")
-    shown += [f"{k}={_fmt(v)}" for k, v in params.items() if k not in KEY_PARAMS]
-    return " ".join(shown)
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return (
-            f"{value:.4g}"
-            if abs(value) < 1e-2 or abs(value) >= 1e4
-            else f"{value:.4f}".rstrip("0").rstrip(".")
-        )
-    return str(value)
-
-
-def _gain(gain: float | None) -> str:
-    return "" if gain is None else f"{gain:+.4f}"
-
-
-def _params(row: TrialRow) -> str:
-    """Parameters trained (the size column has the total)."""
-    return "" if row.total is None else _count(row.trainable or 0)
-
-
-def _count(n: int) -> str:
-    return f"{n / 1e6:.2f}M" if n >= 1e6 else (f"{n / 1e3:.1f}k" if n >= 1e3 else str(n))
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, secs = divmod(int(seconds), 60)
-    return f"{minutes}m{secs:02d}s" if minutes < 60 else f"{minutes // 60}h{minutes % 60:02d}m"

@@ -19,8 +19,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autotune.paths import analysis_dir, report_dir, report_html
 from autotune.rank.analysis import Analysis
+from autotune.results.cells import KEY_PARAMS
 from autotune.results.charts import plot_analysis, save_figure
-from autotune.results.leaderboard import KEY_PARAMS, Leaderboard
+from autotune.results.leaderboard import Leaderboard
 from autotune.search.study import best_trial, load_study, metric_sign, study_record
 
 
@@ -165,7 +166,8 @@ def _sections(study: optuna.Study, metric: str, analyses: list[Analysis]) -> lis
 def _leaderboard_html(study: optuna.Study, metric: str) -> str:
     frame = Leaderboard.from_study(study, metric).to_frame()
     shown = ["rank", "trial", "state", "value", "gain", "total_params", "macs", "latency_ms"]
-    shown += ["epochs", "seconds"] + [f"param_{p}" for p in KEY_PARAMS[:8]]
+    shown += ["latency_ratio", "latency_ratio_spread", "epochs", "seconds"]
+    shown += [f"param_{p}" for p in KEY_PARAMS[:8]]
     frame = frame[[c for c in shown if c in frame.columns]].head(25)
     frame.columns = [c.removeprefix("param_") for c in frame.columns]
     table = frame.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.4g}", border=0)

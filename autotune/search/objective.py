@@ -68,7 +68,15 @@ class Budgets:
 
 def cost_attrs(cost: Cost) -> dict[str, Any]:
     """What a trial records of its model's cost."""
-    return {"total_params": cost.params, "macs": cost.macs, "latency_ms": round(cost.latency_ms, 3)}
+    attrs = {
+        "total_params": cost.params,
+        "macs": cost.macs,
+        "latency_ms": round(cost.latency_ms, 3),
+    }
+    if cost.latency_ratio is not None:
+        attrs["latency_ratio"] = round(cost.latency_ratio, 4)
+        attrs["latency_ratio_spread"] = round(cost.ratio_spread or 0.0, 4)
+    return attrs
 
 
 @dataclass
@@ -104,7 +112,8 @@ class Objective:
         config, maker, stage = self._configure(trial)
         trial.set_user_attr("config", dataclasses.asdict(config))
         model, changes, data = maker.build(config)
-        cost = measure(model, data.x_val)
+        # Timed side by side with the source model: a ratio, fair to both.
+        cost = measure(model, data.x_val, source=(self.maker.source, self.maker.data.x_val))
         trainable, _ = count_parameters(model)
         trial.set_user_attr("trainable_params", trainable)
         for key, value in cost_attrs(cost).items():
@@ -127,7 +136,9 @@ class Objective:
 
         def on_epoch(epoch: int, value: float) -> None:
             if self.progress is not None:
-                self.progress(trial.number, f"epoch {epoch}, {metric} {value:.4f}")
+                self.progress(
+                    trial.number, f"epoch {epoch}/{maker.max_epochs}, {metric} {value:.4f}"
+                )
             if self.settings.pareto:
                 return  # multi-objective trials are not pruned: early stopping only
             trial.report(value, epoch)

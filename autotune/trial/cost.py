@@ -23,34 +23,89 @@ class Cost:
     count (TorchScript and torch.export models take no hooks)."""
     latency_ms: float
     """Median wall time of one forward pass over ``LATENCY_BATCH`` samples, on the device."""
+    latency_ratio: float | None = None
+    """Median of the paired ratios (this model's time / the source's), the two timed alternately
+    in the same process; None when measured without the source."""
+    ratio_spread: float | None = None
+    """Half the interquartile range of those ratios: the noise of ``latency_ratio``."""
 
 
 LATENCY_BATCH = 32
+TIMING_BUDGET_S = 0.01
+"""Wall time a trial's interleaved repeats may take: a few milliseconds on a small model; a
+large one gets ``MIN_REPEATS`` rounds whatever they take."""
+MIN_REPEATS = 5
 
 
-def measure(model: nn.Module, example: torch.Tensor, repeats: int = 5) -> Cost:
-    """Count and time ``model`` on ``example`` (its batch is cut or repeated to 32 samples)."""
+def measure(
+    model: nn.Module,
+    example: torch.Tensor,
+    source: tuple[nn.Module, torch.Tensor] | None = None,
+    budget_s: float = TIMING_BUDGET_S,
+) -> Cost:
+    """Count and time ``model`` on ``example`` (its batch is cut or repeated to 32 samples).
+
+    With ``source`` (the source model and its own input), both are warmed up and then timed in
+    alternation, so that a slow moment of the machine hits both alike; the ratio of each pair
+    says how much faster the model is, and their spread how sure that is. The rounds stop
+    after about ``budget_s`` seconds (at least ``MIN_REPEATS``, at most 100 times that).
+    """
     params = sum(p.numel() for p in model.parameters())
-    was = model.training
-    set_training(model, False)
+    runs = [(model, _batch(example))]
+    if source is not None:
+        runs.append((source[0], _batch(source[1])))
+    was = [m.training for m, _ in runs]
+    for m, _ in runs:
+        set_training(m, False)
     try:
         with torch.no_grad():
             macs = _count_macs(model, example[:1])
-            batch = example[:LATENCY_BATCH]
-            if len(batch) < LATENCY_BATCH:
-                batch = batch.repeat(-(-LATENCY_BATCH // len(batch)), *[1] * (batch.ndim - 1))
-                batch = batch[:LATENCY_BATCH]
-            times = []
-            for i in range(repeats + 1):
-                start = time.perf_counter()
-                model(batch)
-                if batch.is_cuda:
-                    torch.cuda.synchronize()
-                if i:  # the first pass warms caches up
-                    times.append(time.perf_counter() - start)
+        times = _interleaved(runs, budget_s)
     finally:
-        set_training(model, was)
-    return Cost(int(params), macs, 1000 * statistics.median(times))
+        for (m, _), training in zip(runs, was, strict=True):
+            set_training(m, training)
+    latency = 1000 * statistics.median(times[0])
+    if source is None:
+        return Cost(int(params), macs, latency)
+    ratios = sorted(t / s for t, s in zip(times[0], times[1], strict=True))
+    q1, _, q3 = statistics.quantiles(ratios, n=4)
+    return Cost(int(params), macs, latency, statistics.median(ratios), (q3 - q1) / 2)
+
+
+def _batch(example: torch.Tensor) -> torch.Tensor:
+    batch = example[:LATENCY_BATCH]
+    if len(batch) < LATENCY_BATCH:
+        batch = batch.repeat(-(-LATENCY_BATCH // len(batch)), *[1] * (batch.ndim - 1))
+    return batch[:LATENCY_BATCH]
+
+
+def _interleaved(runs: list[tuple[nn.Module, torch.Tensor]], budget_s: float) -> list[list[float]]:
+    """Wall times of each model's forward pass, alternating models, after two warm-up rounds."""
+    times: list[list[float]] = [[] for _ in runs]
+    round_s = 0.0
+    with torch.no_grad():
+        for _ in range(2):  # warm-up: caches, lazy initialisation, the allocator
+            start = time.perf_counter()
+            for m, batch in runs:
+                _timed(m, batch)
+            round_s = time.perf_counter() - start
+        repeats = int(min(100 * MIN_REPEATS, max(MIN_REPEATS, budget_s / max(round_s, 1e-9))))
+        for i in range(repeats):
+            # Alternate which goes first so neither always follows the other's cache state.
+            order = range(len(runs)) if i % 2 == 0 else reversed(range(len(runs)))
+            for j in order:
+                times[j].append(_timed(*runs[j]))
+    return times
+
+
+def _timed(model: nn.Module, batch: torch.Tensor) -> float:
+    if batch.is_cuda:  # the other model's queued kernels are not this one's time
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    model(batch)
+    if batch.is_cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
 
 
 def _count_macs(model: nn.Module, example: torch.Tensor) -> int | None:
