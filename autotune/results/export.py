@@ -24,6 +24,7 @@ from autotune.load.anatomy import count_parameters
 from autotune.load.job import Job
 from autotune.load.tasks import TaskData
 from autotune.paths import checkpoints_dir, export_dir, leaderboard_csv
+from autotune.results.deploy import save_with_preprocessing
 from autotune.results.leaderboard import Leaderboard
 from autotune.search.prepare import adapt_space, make_maker, run_analyses
 from autotune.search.space import SearchSpace
@@ -161,6 +162,9 @@ def export_trial(
     structure = _structure(work, rebuilt, model)
     model = model.cpu().eval()
     files = save_model(model, data.x_val[:2].cpu(), folder)
+    if work.settings.export_preprocessing:
+        pre = work.job.data.preprocessing
+        files["model.pt2"] = save_with_preprocessing(model, data.x_val[:2].cpu(), pre, folder)
     record = study_record(study)
     config = _config(work, study, trial, record, val, test, rebuilt.origin, files, model)
     config["structure"] = structure

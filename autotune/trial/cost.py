@@ -12,6 +12,7 @@ from torch import nn
 
 from autotune.errors import AutotuneError
 from autotune.load.anatomy import set_training
+from autotune.load.tasks import Inputs
 
 
 @dataclass(frozen=True)
@@ -28,15 +29,17 @@ class Cost:
 LATENCY_BATCH = 32
 
 
-def measure(model: nn.Module, example: torch.Tensor, repeats: int = 5) -> Cost:
-    """Count and time ``model`` on ``example`` (its batch is cut or repeated to 32 samples)."""
+def measure(model: nn.Module, example: Inputs, repeats: int = 5) -> Cost:
+    """Count and time ``model`` on ``example`` (its batch is cut or repeated to 32 samples),
+    on the model's device."""
     params = sum(p.numel() for p in model.parameters())
+    device = next((p.device for p in model.parameters()), example.device)
     was = model.training
     set_training(model, False)
     try:
         with torch.no_grad():
-            macs = _count_macs(model, example[:1])
-            batch = example[:LATENCY_BATCH]
+            macs = _count_macs(model, example[:1].to(device))
+            batch = example[:LATENCY_BATCH].to(device)
             if len(batch) < LATENCY_BATCH:
                 batch = batch.repeat(-(-LATENCY_BATCH // len(batch)), *[1] * (batch.ndim - 1))
                 batch = batch[:LATENCY_BATCH]
