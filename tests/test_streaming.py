@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -262,3 +263,19 @@ def test_peak_memory_does_not_grow_with_the_number_of_images(tmp_path: Path) -> 
     assert large_run["peak_mb"] - small_run["peak_mb"] < 15
     # What streaming saves: held as tensors, the same images raise it by their 46 MB.
     assert resident_run["peak_mb"] - large_run["peak_mb"] > 40
+
+
+def test_a_large_torch_dataset_streams_and_trains(tiny_limit: None) -> None:
+    from torch.utils.data import TensorDataset
+
+    from autotune.load.tasks import from_datasets
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(40, 3, 16, 16, generator=g), torch.arange(40) % 2
+    data = from_datasets(TensorDataset(x, y), workers=0)
+    assert data.streamed and (len(data.x_train), len(data.x_val)) == (32, 8)
+    assert from_datasets(TensorDataset(x, y), workers=0).fingerprint() == data.fingerprint()
+    x[5] += 1  # one input changed: a sample of up to 64 inputs per split enters the fingerprint
+    assert from_datasets(TensorDataset(x, y), workers=0).fingerprint() != data.fingerprint()
+    result = fine_tune(tiny_cnn(), data, TrialConfig(batch_size=8), max_epochs=1, patience=1)
+    assert result.epochs_run == 1 and math.isfinite(result.history[0]["train_loss"])
