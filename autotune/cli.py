@@ -86,7 +86,28 @@ ValFraction = Annotated[
     ),
 ]
 ImageSize = Annotated[
-    int | None, typer.Option(help="Side that images of an image folder are resized to.")
+    int | None,
+    typer.Option(
+        help="Images of a folder: shorter side resized to this, then the centre square cropped."
+    ),
+]
+Normalize = Annotated[
+    str | None,
+    typer.Option(
+        help="Image folder normalisation: imagenet, none or MEAN,STD (default: what the model "
+        "says, else none)."
+    ),
+]
+LoaderWorkers = Annotated[
+    int | None,
+    typer.Option(help="DataLoader worker processes for data too large to hold (default: 4)."),
+]
+ExportPreprocessing = Annotated[
+    bool,
+    typer.Option(
+        "--export-preprocessing",
+        help="Put the input normalisation inside model.pt2: it then takes images in [0, 1].",
+    ),
 ]
 Space = Annotated[
     str,
@@ -149,6 +170,9 @@ def search(
     target: Target = None,
     val_fraction: ValFraction = 0.2,
     image_size: ImageSize = None,
+    normalize: Normalize = None,
+    loader_workers: LoaderWorkers = None,
+    export_preprocessing: ExportPreprocessing = False,
     space: Space = "auto",
     trials: Trials = 20,
     epochs: Epochs = None,
@@ -182,8 +206,9 @@ def search(
     from autotune.api import search as run_search
 
     model_spec, data_spec = _specs(
-        model, data, arch, num_classes, trust_model, code, target, val_fraction, image_size
-    )
+        model, data, arch, num_classes, trust_model, code, target, val_fraction, image_size,
+        normalize, loader_workers,
+    )  # fmt: skip
     command = redacted(shlex.join(["autotune", *sys.argv[1:]]))
     try:
         result = run_search(
@@ -209,6 +234,7 @@ def search(
             pareto=pareto,
             refit=refit,
             timeout=timeout,
+            export_preprocessing=export_preprocessing,
         )
     except KeyboardInterrupt:
         errors.print(
@@ -253,6 +279,7 @@ def analyze(
     target: Target = None,
     val_fraction: ValFraction = 0.2,
     image_size: ImageSize = None,
+    normalize: Normalize = None,
     method: Annotated[
         str, typer.Option(help="Importance: shap (default), taylor, l1 or random.")
     ] = "shap",
@@ -281,8 +308,9 @@ def analyze(
     from autotune.results.charts import plot_analysis
 
     model_spec, data_spec = _specs(
-        model, data, arch, num_classes, trust_model, code, target, val_fraction, image_size
-    )
+        model, data, arch, num_classes, trust_model, code, target, val_fraction, image_size,
+        normalize,
+    )  # fmt: skip
     with console.status(f"{method} analysis"):
         result = run_analyze(
             model_spec,
@@ -348,6 +376,7 @@ def export(
     device: Annotated[
         str, typer.Option(help="Device to rebuild on; cpu reproduces exactly.")
     ] = "cpu",
+    export_preprocessing: ExportPreprocessing = False,
 ) -> None:
     """Rebuild a trial's model from its stored parameters and export it with its config."""
     from autotune.config import SearchSettings
@@ -361,8 +390,9 @@ def export(
         job = Job.from_record(record)
     stored = record["settings"]
     settings = SearchSettings(
-        out=out, storage=storage, study_name=study.study_name, device=device, **stored
-    )
+        out=out, storage=storage, study_name=study.study_name, device=device, **stored,
+        export_preprocessing=export_preprocessing,
+    )  # fmt: skip
     rebuild = Workspace.create(job, space_of(record), settings)
     if retrain:
         rebuild.checkpoints = out / "no-checkpoints"
@@ -427,6 +457,8 @@ def _specs(
     target: str | None,
     val_fraction: float,
     image_size: int | None,
+    normalize: str | None = None,
+    workers: int | None = None,
 ) -> tuple[Any, Any]:
     """The model and data specs of the options every model-and-data command shares."""
     from autotune.load.job import DataSpec, ModelSpec
@@ -436,7 +468,10 @@ def _specs(
             raise AutotuneError("--data is missing: pass the data to work on (see --help)")
         data = "demo"
     model_spec = ModelSpec(model, arch, num_classes, trust_model, str(code) if code else None)
-    return model_spec, DataSpec(data, target, val_fraction, image_size=image_size)
+    data_spec = DataSpec(
+        data, target, val_fraction, image_size=image_size, normalize=normalize, workers=workers
+    )
+    return model_spec, data_spec
 
 
 def _summary(result: Any) -> None:

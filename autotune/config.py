@@ -101,6 +101,9 @@ class TrialConfig:
     """The ranking that ``prune`` and ``drop_features`` remove from the bottom of."""
     drop_features: float = 0.0
     """Fraction of input features dropped, least important first (feature-vector models)."""
+    augment: str = "none"
+    """Train-time augmentation of image batches: ``none`` or ``light`` (random resized crop and
+    horizontal flip, see ``trial.augment``)."""
 
 
 @dataclass(frozen=True)
@@ -165,6 +168,8 @@ class SearchSettings:
     """Export the chosen configuration trained again on training + validation samples."""
     timeout: float | None = None
     """Stop starting new trials after this many seconds (this worker's; the study keeps all)."""
+    export_preprocessing: bool = False
+    """Put the data's input normalisation inside the exported ``model.pt2``."""
 
     def resolved(self, fit: dict[str, int]) -> SearchSettings:
         """Checked settings, with epochs and patience filled in from the space's ``fit``."""

@@ -14,7 +14,8 @@ from torch import nn
 
 from autotune.errors import DataError, first_line
 from autotune.load.demo import demo_files
-from autotune.load.readers import load_csv, load_image_folder, load_sklearn, read_tensors_file
+from autotune.load.images import load_image_folder
+from autotune.load.readers import load_csv, load_sklearn, read_tensors_file
 from autotune.load.tasks import SKLEARN_SETS, SPLITS, TaskData, from_mapping, validate
 
 
@@ -26,6 +27,8 @@ def load_data(
     split_seed: int = 0,
     image_size: int | None = None,
     channels: int | None = None,
+    normalize: str | None = None,
+    workers: int | None = None,
 ) -> TaskData:
     """Read and validate the data named by ``spec``.
 
@@ -38,9 +41,17 @@ def load_data(
         image_size: Side that images of an image folder are resized to (default: the first
             image's size).
         channels: 1 or 3 channels for an image folder (default 3).
+        normalize: Mean/std normalisation of an image folder: ``imagenet``, ``none`` (the
+            default) or ``MEAN,STD`` (see ``images.parse_normalize``).
+        workers: Loader worker processes when the data streams (default: up to 4).
     """
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"val_fraction must be in (0, 1), but got {val_fraction!r}")
+    if normalize not in (None, "none") and not Path(spec).is_dir():
+        raise DataError(
+            f"--normalize {normalize} applies to image folders; data {spec!r} is used as given "
+            "(normalise the tensors before saving them)"
+        )
     if spec == "demo":
         data = from_mapping(read_tensors_file(demo_files().data), spec, val_fraction, split_seed)
         data.preprocessing = {"input": "1x8x8 digits in [0, 1], rotated 30-60 degrees and blurred"}
@@ -54,7 +65,9 @@ def load_data(
                 f"sklearn:{{{'|'.join(SKLEARN_SETS)}}} or demo"
             )
         if path.is_dir():
-            data = load_image_folder(path, image_size, channels, val_fraction, split_seed)
+            data = load_image_folder(
+                path, image_size, channels, val_fraction, split_seed, normalize, workers
+            )
         elif path.suffix in (".pt", ".pth", ".npz"):
             data = from_mapping(read_tensors_file(path), spec, val_fraction, split_seed)
         elif path.suffix == ".csv":

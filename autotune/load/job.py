@@ -16,6 +16,7 @@ from torch import nn
 
 from autotune.errors import ModelLoadError
 from autotune.load.data import check_model_fits, load_data
+from autotune.load.images import model_normalization
 from autotune.load.models import LoadedModel, file_sha256, load_model
 from autotune.load.tasks import TaskData
 
@@ -58,11 +59,19 @@ class DataSpec:
     split_seed: int = 0
     image_size: int | None = None
     channels: int | None = None
+    normalize: str | None = None
+    """``imagenet``, ``none`` or ``MEAN,STD`` for image folders; None: what the model says it
+    was trained with (``images.model_normalization``), else none."""
+    workers: int | None = None
+    """Loader worker processes when the data streams (default: up to 4)."""
 
     def load(self, model: nn.Module | None = None) -> TaskData:
         channels = self.channels
         if channels is None and model is not None:
             channels = input_channels(model)
+        normalize = self.normalize
+        if normalize is None and Path(self.spec).is_dir():
+            normalize = model_normalization(model)
         return load_data(
             self.spec,
             target=self.target,
@@ -70,6 +79,8 @@ class DataSpec:
             split_seed=self.split_seed,
             image_size=self.image_size,
             channels=channels,
+            normalize=normalize,
+            workers=self.workers,
         )
 
 

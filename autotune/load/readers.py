@@ -1,4 +1,5 @@
-"""Readers for each kind of data spec: tensors files, CSV, image folders, scikit-learn sets.
+"""Readers for each kind of data spec: tensors files, CSV, scikit-learn sets (image folders are
+read by ``images``).
 
 Each returns a ``TaskData`` split into train/val(/test); ``data.load_data`` picks the reader and
 validates what it returns.
@@ -13,7 +14,7 @@ import numpy as np
 import torch
 
 from autotune.errors import DataError, first_line
-from autotune.load.tasks import SKLEARN_SETS, SPLITS, TaskData, as_labels, carve, check_pair
+from autotune.load.tasks import SKLEARN_SETS, TaskData, as_labels, carve, check_pair
 
 
 def read_tensors_file(path: Path) -> dict[str, Any]:
@@ -119,71 +120,3 @@ def load_csv(path: Path, target: str | None, val_fraction: float, seed: int) -> 
         [str(c) for c in features.columns],
         {"input": f"CSV columns {list(features.columns)} as float32, label {target!r}"},
     )
-
-
-def load_image_folder(
-    root: Path, image_size: int | None, channels: int | None, val_fraction: float, seed: int
-) -> TaskData:
-    """Load an ``ImageFolder`` tree, or ``train/``, ``val/``, ``test/`` trees side by side."""
-    subsets = {s: root / s for s in SPLITS if (root / s).is_dir()}
-    if "train" not in subsets:
-        subsets = {"train": root}
-    loaded: dict[str, tuple[torch.Tensor, torch.Tensor, list[str]]] = {}
-    for split, folder in subsets.items():
-        loaded[split] = _read_images(folder, image_size, channels)
-        image_size = loaded[split][0].shape[-1]
-    classes = loaded["train"][2]
-    for split, (_, _, names) in loaded.items():
-        if names != classes:
-            raise DataError(
-                f"image folder {str(root)!r}: {split}/ has classes {names} but train/ has "
-                f"{classes}; they must be the same folders"
-            )
-    x_train, y_train, _ = loaded["train"]
-    if "val" in loaded:
-        x_val, y_val, _ = loaded["val"]
-    else:
-        x_train, y_train, x_val, y_val = carve(x_train, y_train, val_fraction, seed, str(root))
-    x_test, y_test = loaded["test"][:2] if "test" in loaded else (None, None)
-    c = x_train.shape[1]
-    return TaskData(
-        x_train,
-        y_train,
-        x_val,
-        y_val,
-        x_test,
-        y_test,
-        str(root),
-        classes,
-        None,
-        {"input": f"{c}x{image_size}x{image_size} images resized, scaled to [0, 1]"},
-    )
-
-
-def _read_images(
-    folder: Path, image_size: int | None, channels: int | None
-) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    from torchvision import datasets, transforms
-
-    try:
-        dataset = datasets.ImageFolder(str(folder))
-    except (FileNotFoundError, RuntimeError) as e:
-        raise DataError(
-            f"image folder {str(folder)!r} cannot be read ({e}); it needs one sub-folder of "
-            "images per class"
-        ) from e
-    if image_size is None:
-        image_size = max(dataset[0][0].size)
-    mode = "L" if channels == 1 else "RGB"
-    to_tensor = transforms.Compose(
-        [transforms.Resize((image_size, image_size)), transforms.ToTensor()]
-    )
-    xs, ys = [], []
-    for path, label in dataset.samples:
-        try:
-            image = dataset.loader(path).convert(mode)
-        except Exception as e:
-            raise DataError(f"image {path!r} cannot be read ({e}); remove or replace it") from e
-        xs.append(to_tensor(image))
-        ys.append(label)
-    return torch.stack(xs), torch.tensor(ys, dtype=torch.int64), list(dataset.classes)

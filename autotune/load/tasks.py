@@ -14,6 +14,10 @@ import numpy as np
 import torch
 
 from autotune.errors import DataError, first_line
+from autotune.load.streams import Streamed, resident_limit
+
+Inputs = torch.Tensor | Streamed
+"""A split's inputs: a tensor (resident) or ``Streamed`` (read from disk batch by batch)."""
 
 SKLEARN_SETS = ("digits", "breast_cancer", "wine")
 SPLITS = ("train", "val", "test")
@@ -21,13 +25,14 @@ SPLITS = ("train", "val", "test")
 
 @dataclass
 class TaskData:
-    """The user's data as tensors, one pair per split."""
+    """The user's data, one (inputs, labels) pair per split. Labels are tensors; inputs are
+    tensors too unless the data is too large to hold (see ``streams.Streamed``)."""
 
-    x_train: torch.Tensor
+    x_train: Inputs
     y_train: torch.Tensor
-    x_val: torch.Tensor
+    x_val: Inputs
     y_val: torch.Tensor
-    x_test: torch.Tensor | None = None
+    x_test: Inputs | None = None
     y_test: torch.Tensor | None = None
     spec: str = "<in memory>"
     """What the user passed as ``--data``: recorded in the exported config."""
@@ -37,19 +42,34 @@ class TaskData:
     """Input column names for feature-vector data."""
     preprocessing: dict[str, Any] = field(default_factory=dict)
     """How raw inputs were turned into ``x``: the exported model documents it."""
+    known_fingerprint: str | None = field(default=None, repr=False)
+    """``fingerprint()``, once computed (or set by the reader, from the files)."""
 
     @property
     def num_classes(self) -> int | None:
         return len(self.classes) if self.classes is not None else None
 
+    @property
+    def streamed(self) -> bool:
+        """Whether the inputs are read from disk batch by batch rather than held."""
+        return isinstance(self.x_train, Streamed)
+
     def fingerprint(self) -> str:
-        """A hash of every tensor: two searches on the same data share cached analyses."""
-        digest = hashlib.sha256()
-        for split in SPLITS:
-            for t in (getattr(self, f"x_{split}"), getattr(self, f"y_{split}")):
-                if t is not None:
-                    digest.update(t.contiguous().numpy().tobytes())
-        return digest.hexdigest()
+        """What identifies the data, computed once: the cache, the study check and export read
+        it. Readers of files set it from the files (see ``images.folder_fingerprint``); else it
+        is a hash of every tensor (and of a spread sample of a streamed Dataset's inputs)."""
+        if self.known_fingerprint is None:
+            digest = hashlib.sha256()
+            for split in SPLITS:
+                for t in (getattr(self, f"x_{split}"), getattr(self, f"y_{split}")):
+                    if isinstance(t, Streamed):
+                        step = max(1, len(t) // 64)
+                        t = t[range(0, len(t), step)[:64]]
+                        digest.update(str(len(t)).encode())
+                    if t is not None:
+                        digest.update(t.cpu().contiguous().numpy().tobytes())
+            self.known_fingerprint = digest.hexdigest()
+        return self.known_fingerprint
 
     def to(self, device: torch.device | str) -> TaskData:
         """The same data with every tensor on ``device``."""
@@ -69,7 +89,7 @@ class TaskData:
             if getattr(self, f"x_{split}") is not None
         }
         names = [self.feature_names[i] for i in keep] if self.feature_names else None
-        return dataclasses.replace(self, **sliced, feature_names=names)
+        return dataclasses.replace(self, **sliced, feature_names=names, known_fingerprint=None)
 
 
 def from_tensors(
@@ -99,9 +119,24 @@ def from_datasets(
     train: torch.utils.data.Dataset,
     val: torch.utils.data.Dataset | None = None,
     test: torch.utils.data.Dataset | None = None,
+    *,
+    workers: int | None = None,
     **kwargs: Any,
 ) -> TaskData:
-    """``TaskData`` from torch Datasets of ``(input, label)`` pairs, read once into memory."""
+    """``TaskData`` from torch Datasets of ``(input, label)`` pairs: read once into memory when
+    the inputs fit under ``streams.resident_limit()``, else streamed through a ``DataLoader``
+    with ``workers`` processes (the labels are read in one pass)."""
+    sets = [d for d in (train, val, test) if d is not None]
+    try:
+        first = torch.as_tensor(train[0][0], dtype=torch.float32)
+        count = sum(len(d) for d in sets)  # type: ignore[arg-type, misc]
+    except Exception as e:
+        raise DataError(
+            f"the training dataset must give (input tensor, integer label) pairs and have a "
+            f"length: {first_line(e)}"
+        ) from e
+    if count * first.numel() * 4 > resident_limit():
+        return _streamed_datasets(train, val, test, tuple(first.shape), workers, **kwargs)
 
     def stacked(dataset: torch.utils.data.Dataset, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         try:
@@ -119,6 +154,38 @@ def from_datasets(
     x_val, y_val = stacked(val, "validation") if val is not None else (None, None)
     x_test, y_test = stacked(test, "test") if test is not None else (None, None)
     return from_tensors(x, y, x_val=x_val, y_val=y_val, x_test=x_test, y_test=y_test, **kwargs)
+
+
+def _streamed_datasets(
+    train: torch.utils.data.Dataset,
+    val: torch.utils.data.Dataset | None,
+    test: torch.utils.data.Dataset | None,
+    shape: tuple[int, ...],
+    workers: int | None,
+    val_fraction: float = 0.2,
+    split_seed: int = 0,
+    classes: list[str] | None = None,
+) -> TaskData:
+    def split(dataset: torch.utils.data.Dataset, name: str) -> tuple[Streamed, torch.Tensor]:
+        x = Streamed(dataset, range(len(dataset)), shape, workers)  # type: ignore[arg-type]
+        try:
+            y = torch.as_tensor([int(dataset[i][1]) for i in range(len(x))])
+        except Exception as e:
+            raise DataError(
+                f"the {name} dataset must give (input tensor, integer label) pairs: {first_line(e)}"
+            ) from e
+        return x, as_labels(f"y_{name}", y, "<in memory>")
+
+    x, y = split(train, "train")
+    if val is not None:
+        x_val, y_val = split(val, "val")
+    else:
+        rest, y, part, y_val = carve(torch.arange(len(x)), y, val_fraction, split_seed)
+        x, x_val = x.subset(rest), x.subset(part)
+    x_test, y_test = split(test, "test") if test is not None else (None, None)
+    data = TaskData(x, y, x_val, y_val, x_test, y_test, classes=classes)
+    validate(data)
+    return data
 
 
 def from_mapping(m: dict[str, Any], spec: str, val_fraction: float, seed: int) -> TaskData:
@@ -190,7 +257,7 @@ def as_labels(name: str, y: torch.Tensor, spec: str) -> torch.Tensor:
     return y
 
 
-def check_pair(spec: str, split: str, x: torch.Tensor | None, y: torch.Tensor | None) -> None:
+def check_pair(spec: str, split: str, x: Inputs | None, y: torch.Tensor | None) -> None:
     if x is None or y is None:
         return
     if len(x) != len(y):
@@ -200,6 +267,8 @@ def check_pair(spec: str, split: str, x: torch.Tensor | None, y: torch.Tensor | 
         )
     if len(x) == 0:
         raise DataError(f"data {spec!r}: the {split} split is empty; give it samples")
+    if isinstance(x, Streamed):
+        return  # read batch by batch: a NaN shows as a failed trial's loss
     if not torch.isfinite(x).all():
         bad = int((~torch.isfinite(x)).flatten(1).any(1).nonzero()[0].item())
         raise DataError(

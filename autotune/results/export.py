@@ -24,6 +24,7 @@ from autotune.load.anatomy import count_parameters
 from autotune.load.job import Job
 from autotune.load.tasks import TaskData
 from autotune.paths import checkpoints_dir, export_dir, leaderboard_csv, write_atomically
+from autotune.results.deploy import with_preprocessing
 from autotune.results.leaderboard import Leaderboard
 from autotune.search.prepare import adapt_space, make_maker, run_analyses
 from autotune.search.space import SearchSpace
@@ -170,6 +171,16 @@ def export_trial(
         ) from e
     model = model.cpu().eval()
     files = save_model(model, data.x_val[:2].cpu(), folder)
+    if work.settings.export_preprocessing:
+        deployed = with_preprocessing(model, data.x_val[:2].cpu(), work.job.data.preprocessing)
+        if isinstance(deployed, str):
+            files["model.pt2"] += f"  # {deployed}"
+        else:
+            wrapped, raw, how = deployed
+            files["model.pt2"] = _save(
+                folder / "model.pt2", lambda path: _save_program(wrapped, raw, path), how,
+                "torch.export",
+            )  # fmt: skip
     record = study_record(study)
     config = _config(work, study, trial, record, val, test, rebuilt.origin, files, model)
     config["structure"] = structure
@@ -250,22 +261,22 @@ def save_model(model: nn.Module, example: torch.Tensor, folder: Path) -> dict[st
             "pickling",
         )
 
-    def save_program(path: Path) -> None:
-        program = torch.export.export(
-            model, (example,), dynamic_shapes=({0: torch.export.Dim.AUTO},)
-        )
-        # Stack traces name files of this machine (the user's code, site-packages): not shipped.
-        for node in program.graph.nodes:
-            node.meta.pop("stack_trace", None)
-        torch.export.save(program, path)
-
     files["model.pt2"] = _save(
         folder / "model.pt2",
-        save_program,
+        lambda path: _save_program(model, example, path),
         "torch.export.load('model.pt2').module()  # needs only torch",
         "torch.export",
     )
     return files
+
+
+def _save_program(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+    """``torch.export`` ``model`` with a free batch size and save it to ``path``."""
+    program = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim.AUTO},))
+    # Stack traces name files of this machine (the user's code, site-packages): not shipped.
+    for node in program.graph.nodes:
+        node.meta.pop("stack_trace", None)
+    torch.export.save(program, path)
 
 
 def _save(path: Path, write: Any, how: str, what: str) -> str:

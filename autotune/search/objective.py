@@ -157,6 +157,8 @@ class Objective:
         trial.set_user_attr("best_epoch", result.best_epoch)
         trial.set_user_attr("seconds", result.seconds)
         trial.set_user_attr("stop_reason", result.stop_reason)
+        if result.wait_seconds:  # streamed data: the share of training spent waiting for it
+            trial.set_user_attr("loader_wait", result.wait_seconds / result.train_seconds)
         trial.set_user_attr("val_accuracy", best_epoch["val_accuracy"])
         trial.set_user_attr("val_loss", best_epoch["val_loss"])
         if self.baseline_value is not None:

@@ -16,6 +16,7 @@ from autotune.paths import analysis_dir
 from autotune.rank.analysis import Analysis
 from autotune.rank.analyze import analyze_job
 from autotune.search.space import SearchSpace
+from autotune.trial.augment import MIN_SIDE, can_augment
 from autotune.trial.fit import resolve_device
 from autotune.trial.freeze import can_set_dropout
 from autotune.trial.maker import TrialMaker
@@ -49,6 +50,12 @@ def adapt_space(space: SearchSpace, job: Job) -> tuple[SearchSpace, list[str]]:
         leave_out(("dropout",), why)
     if space.uses_rankings() and job.model.is_program:
         leave_out(STRUCTURE, f"{fmt} models cannot be analysed, pruned or cut down")
+    if any(v != "none" for v in space.values_of("augment")) and not can_augment(
+        tuple(job.data.x_val.shape[1:])
+    ):
+        shape = tuple(job.data.x_val.shape[1:])
+        why = f"inputs of shape {shape} are not images of {MIN_SIDE} px or more to crop"
+        leave_out(("augment",), why)
     if space.may_be_nonzero("drop_features"):
         reason = _why_no_feature_dropping(job)
         if reason:

@@ -21,6 +21,8 @@ from autotune.config import VERSION, SearchSettings
 from autotune.errors import AutotuneError, redacted
 from autotune.load.anatomy import layers
 from autotune.load.job import Job
+from autotune.load.streams import Streamed
+from autotune.load.tasks import TaskData
 from autotune.paths import checkpoints_dir, study_db
 from autotune.rank.analysis import Analysis
 from autotune.rank.gates import sites
@@ -253,7 +255,8 @@ class Search:
         return (
             f"model {job.model.path} ({job.model.format}, {job.num_classes} classes, "
             f"{self.n_layers} layers), data {job.data.spec} "
-            f"({'/'.join(map(str, sizes))} train/val{'/test' if len(sizes) == 3 else ''}), "
+            f"({'/'.join(map(str, sizes))} train/val{'/test' if len(sizes) == 3 else ''}, "
+            f"{_storage(job.data)}), "
             f"device {self.device}, study {s.study_name!r} in {storage}"
             + (f", budgets {' '.join(budgets)}" if budgets else "")
             + (f", Pareto front of {s.metric} vs {s.pareto}" if s.pareto else "")
@@ -267,6 +270,12 @@ class Search:
             self.stopped = f"{MAX_FAILS_IN_A_ROW} trials in a row failed (last: {reason})"
             self.console.print(f"[red]{self.stopped}; stopping", highlight=False)
             study.stop()
+
+
+def _storage(data: TaskData) -> str:
+    if isinstance(data.x_train, Streamed):
+        return f"streamed from disk by {data.x_train.workers} loader workers"
+    return "resident in memory"
 
 
 @contextlib.contextmanager

@@ -20,6 +20,7 @@ import yaml
 
 from autotune.config import MAX_RATIO, TrialConfig
 from autotune.errors import SpaceError
+from autotune.trial.augment import AUGMENTS
 from autotune.trial.losses import LOSSES
 
 OPTIMIZERS = ("adamw", "sgd")
@@ -34,6 +35,7 @@ _CHOICES = {
     "importance": IMPORTANCES,
     "unfreeze_order": ("output", "shap", "taylor"),
     "prune_scope": ("layer", "global"),
+    "augment": AUGMENTS,
 }
 _RATIOS = {"prune", "prune_layers", "drop_features"}
 # Parameters that matter only under another parameter's value: sampled only then, so TPE

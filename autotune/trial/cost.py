@@ -12,6 +12,7 @@ from torch import nn
 from autotune.config import budget_parts
 from autotune.errors import AutotuneError
 from autotune.load.anatomy import set_training
+from autotune.load.tasks import Inputs
 
 
 @dataclass(frozen=True)
@@ -39,11 +40,12 @@ MIN_REPEATS = 5
 
 def measure(
     model: nn.Module,
-    example: torch.Tensor,
-    source: tuple[nn.Module, torch.Tensor] | None = None,
+    example: Inputs,
+    source: tuple[nn.Module, Inputs] | None = None,
     budget_s: float = TIMING_BUDGET_S,
 ) -> Cost:
-    """Count and time ``model`` on ``example`` (its batch is cut or repeated to 32 samples).
+    """Count and time ``model`` on ``example`` (its batch is cut or repeated to 32 samples), on
+    the model's device (streamed inputs are read for just that batch).
 
     With ``source`` (the source model and its own input), both are warmed up and then timed in
     alternation, so that a slow moment of the machine hits both alike; the ratio of each pair
@@ -51,15 +53,15 @@ def measure(
     after about ``budget_s`` seconds (at least ``MIN_REPEATS``, at most 100 times that).
     """
     params = sum(p.numel() for p in model.parameters())
-    runs = [(model, _batch(example))]
+    runs = [(model, _batch(model, example))]
     if source is not None:
-        runs.append((source[0], _batch(source[1])))
+        runs.append((source[0], _batch(source[0], source[1])))
     was = [m.training for m, _ in runs]
     for m, _ in runs:
         set_training(m, False)
     try:
         with torch.no_grad():
-            macs = _count_macs(model, example[:1])
+            macs = _count_macs(model, runs[0][1][:1])
         times = _interleaved(runs, budget_s)
     finally:
         for (m, _), training in zip(runs, was, strict=True):
@@ -72,8 +74,9 @@ def measure(
     return Cost(int(params), macs, latency, statistics.median(ratios), (q3 - q1) / 2)
 
 
-def _batch(example: torch.Tensor) -> torch.Tensor:
-    batch = example[:LATENCY_BATCH]
+def _batch(model: nn.Module, example: Inputs) -> torch.Tensor:
+    device = next((p.device for p in model.parameters()), example.device)
+    batch = example[:LATENCY_BATCH].to(device)
     if len(batch) < LATENCY_BATCH:
         batch = batch.repeat(-(-LATENCY_BATCH // len(batch)), *[1] * (batch.ndim - 1))
     return batch[:LATENCY_BATCH]

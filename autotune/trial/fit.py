@@ -1,23 +1,27 @@
 """One fine-tune: the training loop, evaluation, early stopping, and the device and threads.
 
-The data lives on the device as tensors; a batch is an index into them, so the loop does no
-more per step than a hand-written one (``bench/overhead.py`` measures that).
+Resident data lives on the device as tensors; a batch is an index into them, so the loop does no
+more per step than a hand-written one (``bench/overhead.py`` measures that). Streamed data
+(``load.streams.Streamed``) comes in the same batches through a ``DataLoader``.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from autotune.config import TrialConfig, score_key
 from autotune.errors import AutotuneError, TrialFailed
 from autotune.load.anatomy import set_training
-from autotune.load.tasks import TaskData
+from autotune.load.streams import STREAM_BATCH, BatchOrder, Streamed
+from autotune.load.tasks import Inputs, TaskData
+from autotune.trial import augment
 from autotune.trial.freeze import frozen_norms
 from autotune.trial.losses import make_loss
 
@@ -47,6 +51,11 @@ class FitResult:
     seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
     """One entry per epoch: train_loss, val_accuracy, val_loss."""
+    train_seconds: float = 0.0
+    """Time in the training steps (evaluation not counted)."""
+    wait_seconds: float = 0.0
+    """Of ``train_seconds``, the time spent waiting for streamed batches (0 for resident data):
+    their ratio is how loader-bound training was."""
 
 
 EpochCallback = Callable[[int, float], None]
@@ -80,16 +89,27 @@ def configure_threads(device: torch.device, threads: int) -> None:
         torch.set_num_threads(threads)
 
 
+def in_order(x: Inputs, y: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(inputs, labels) batches of the whole split, in order, on the labels' device."""
+    if not isinstance(x, Streamed):
+        for i in range(0, len(x), EVAL_BATCH):
+            yield x[i : i + EVAL_BATCH], y[i : i + EVAL_BATCH]
+        return
+    stops = range(0, len(x), STREAM_BATCH)
+    loader = x.loader([range(i, min(i + STREAM_BATCH, len(x))) for i in stops], y.device)
+    for i, inputs in zip(stops, loader, strict=True):
+        yield inputs.to(y.device, non_blocking=True), y[i : i + len(inputs)]
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Evaluation:
+def evaluate(model: nn.Module, x: Inputs, y: torch.Tensor) -> Evaluation:
     """Accuracy and mean cross-entropy of ``model`` on (x, y), in eval mode."""
     was_training = model.training
     set_training(model, False)
-    correct = torch.zeros((), device=x.device)
-    loss_sum = torch.zeros((), device=x.device)
-    for i in range(0, len(x), EVAL_BATCH):
-        logits = model(x[i : i + EVAL_BATCH])
-        target = y[i : i + EVAL_BATCH]
+    correct = torch.zeros((), device=y.device)
+    loss_sum = torch.zeros((), device=y.device)
+    for inputs, target in in_order(x, y):
+        logits = model(inputs)
         correct += (logits.argmax(1) == target).sum()
         loss_sum += nn.functional.cross_entropy(logits.float(), target, reduction="sum")
     set_training(model, was_training)
@@ -140,6 +160,9 @@ def fine_tune(
     x, y, n = data.x_train, data.y_train, len(data.x_train)
     # A last batch of one sample breaks BatchNorm in training mode: fold it into the previous.
     stops = [i for i in range(0, n, config.batch_size) if n - i > 1 or i == 0]
+    feed = Feed(x, stops, n)
+    # Its own generator: the shuffling stays the same with augmentation or without.
+    crops = torch.Generator().manual_seed(seed) if config.augment == "light" else None
 
     best, best_key, best_epoch, best_state = math.nan, (-math.inf, -math.inf), 0, None
     last_gain = 0  # the last epoch that improved the metric itself: patience counts from it
@@ -149,12 +172,12 @@ def fine_tune(
         set_training(model, True)
         for m in frozen:
             m.eval()
-        order = torch.randperm(n, generator=shuffle).to(x.device)
-        loss_sum = torch.zeros((), device=x.device)
-        for k, i in enumerate(stops):
-            end = stops[k + 1] if k + 1 < len(stops) else n
-            batch = order[i:end]
-            loss = loss_fn(model(x[batch]), y[batch])
+        order = torch.randperm(n, generator=shuffle).to(y.device)
+        loss_sum = torch.zeros((), device=y.device)
+        for batch, inputs in feed.epoch(order):
+            if crops is not None:
+                inputs = augment.light(inputs, crops)
+            loss = loss_fn(model(inputs), y[batch])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -186,5 +209,41 @@ def fine_tune(
         model.load_state_dict(best_state)
     set_training(model, False)
     return FitResult(
-        best, best_epoch, len(history), stop_reason, time.perf_counter() - start, history
-    )
+        best, best_epoch, len(history), stop_reason, time.perf_counter() - start, history,
+        feed.seconds, feed.waited,
+    )  # fmt: skip
+
+
+class Feed:
+    """The training batches of each epoch: ``x[batch]`` of resident inputs, or the same batches
+    read by a ``DataLoader`` whose workers stay up from one epoch to the next."""
+
+    def __init__(self, x: Inputs, stops: list[int], n: int) -> None:
+        self.x, self.stops, self.ends = x, stops, [*stops[1:], n]
+        self.order = BatchOrder()
+        self.loader: DataLoader | None = None
+        self.seconds = self.waited = 0.0
+
+    def epoch(self, order: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(indices, inputs) of each batch, in ``order``."""
+        started = time.perf_counter()
+        x = self.x
+        if not isinstance(x, Streamed):
+            for i, end in zip(self.stops, self.ends, strict=True):
+                batch = order[i:end]
+                yield batch, x[batch]
+            self.seconds += time.perf_counter() - started
+            return
+        positions = order.tolist()
+        self.order.batches = [
+            positions[i:end] for i, end in zip(self.stops, self.ends, strict=True)
+        ]
+        if self.loader is None:
+            self.loader = x.loader(self.order, order.device)
+        batches = iter(self.loader)
+        for i, end in zip(self.stops, self.ends, strict=True):
+            asked = time.perf_counter()
+            inputs = next(batches)
+            self.waited += time.perf_counter() - asked
+            yield order[i:end], inputs.to(order.device, non_blocking=True)
+        self.seconds += time.perf_counter() - started

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from autotune.config import TrialConfig
+from autotune.load.streams import inputs_join
 from autotune.load.tasks import TaskData
 from autotune.paths import checkpoint_path
 from autotune.rank.analysis import Analysis
@@ -65,7 +66,7 @@ class TrialMaker:
         epochs (no early stopping, no choice of epoch: validation is training data now)."""
         pooled = dataclasses.replace(
             data,
-            x_train=torch.cat([data.x_train, data.x_val]),
+            x_train=inputs_join(data.x_train, data.x_val),
             y_train=torch.cat([data.y_train, data.y_val]),
         )
         return fine_tune(
