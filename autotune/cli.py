@@ -172,6 +172,14 @@ def search(
         float | None,
         typer.Option(help="Start no new trial after this many seconds; finished ones are kept."),
     ] = None,
+    amp: Annotated[
+        str,
+        typer.Option(help="Mixed precision: auto (bf16/fp16 on CUDA, off on CPU), bf16, fp16, off"),
+    ] = "auto",
+    channels_last: Annotated[
+        str,
+        typer.Option(help="Conv nets in channels-last memory format: auto (on CUDA), on, off."),
+    ] = "auto",
 ) -> None:
     """Search how to fine-tune and slim MODEL on DATA; export the best model and its config."""
     from autotune.api import search as run_search
@@ -204,6 +212,8 @@ def search(
             pareto=pareto,
             refit=refit,
             timeout=timeout,
+            amp=amp,
+            channels_last=channels_last,
         )
     except KeyboardInterrupt:
         errors.print("interrupted: finished trials are stored; run the same command to continue")
