@@ -201,6 +201,14 @@ def search(
         float | None,
         typer.Option(help="Start no new trial after this many seconds; finished ones are kept."),
     ] = None,
+    amp: Annotated[
+        str,
+        typer.Option(help="Mixed precision: auto (bf16/fp16 on CUDA, off on CPU), bf16, fp16, off"),
+    ] = "auto",
+    channels_last: Annotated[
+        str,
+        typer.Option(help="Conv nets in channels-last memory format: auto (on CUDA), on, off."),
+    ] = "auto",
 ) -> None:
     """Search how to fine-tune and slim MODEL on DATA; export the best model and its config."""
     from autotune.api import search as run_search
@@ -235,6 +243,8 @@ def search(
             refit=refit,
             timeout=timeout,
             export_preprocessing=export_preprocessing,
+            amp=amp,
+            channels_last=channels_last,
         )
     except KeyboardInterrupt:
         errors.print(

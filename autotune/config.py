@@ -18,6 +18,9 @@ PRUNERS = ("median", "hyperband", "none")
 BUDGETS = ("params", "macs")
 MAX_RATIO = 0.9
 """The largest fraction of a layer's channels (or of the features) a trial may remove."""
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+"""``--amp``: mixed precision of a fit (``trial.accel``); ``auto`` is bf16/fp16 on CUDA only."""
+SWITCHES = ("auto", "on", "off")
 EXPLAINERS = ("gradient", "deep")
 """Engines of the ``shap`` method: expected gradients (``GradientExplainer``'s algorithm, the
 default: better rankings in BENCHMARKS.md) or shap's ``DeepExplainer`` (DeepLIFT)."""
@@ -170,6 +173,11 @@ class SearchSettings:
     """Stop starting new trials after this many seconds (this worker's; the study keeps all)."""
     export_preprocessing: bool = False
     """Put the data's input normalisation inside the exported ``model.pt2``."""
+    amp: str = "auto"
+    """Mixed precision: ``auto`` (bf16, or fp16 with a scaler, on CUDA; off on the CPU),
+    ``bf16``, ``fp16`` or ``off``."""
+    channels_last: str = "auto"
+    """Conv nets' memory format: ``auto`` (channels-last on CUDA), ``on`` or ``off``."""
 
     def resolved(self, fit: dict[str, int]) -> SearchSettings:
         """Checked settings, with epochs and patience filled in from the space's ``fit``."""
@@ -184,6 +192,12 @@ class SearchSettings:
             raise AutotuneError(f"--pruner must be one of {list(PRUNERS)}, got {self.pruner!r}")
         if self.pareto not in (None, *BUDGETS):
             raise AutotuneError(f"--pareto must be one of {list(BUDGETS)}, got {self.pareto!r}")
+        if self.amp not in AMP_MODES:
+            raise AutotuneError(f"--amp must be one of {list(AMP_MODES)}, got {self.amp!r}")
+        if self.channels_last not in SWITCHES:
+            raise AutotuneError(
+                f"--channels-last must be one of {list(SWITCHES)}, got {self.channels_last!r}"
+            )
         if self.timeout is not None and not self.timeout > 0:
             raise AutotuneError(
                 f"--timeout must be a positive number of seconds, got {self.timeout}"

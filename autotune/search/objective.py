@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from autotune.config import SearchSettings, TrialConfig, score_key, sign
-from autotune.errors import AutotuneError, first_line
+from autotune.errors import AutotuneError, TrialFailed, first_line
 from autotune.load.anatomy import count_parameters
 from autotune.load.job import Job
 from autotune.paths import checkpoint_path
@@ -36,7 +36,9 @@ from autotune.search.stages import (
     tuning_space,
 )
 from autotune.search.study import best_trial, config_of, rank_key
+from autotune.trial.accel import release
 from autotune.trial.cost import Cost, measure
+from autotune.trial.fit import EpochCallback, FitResult
 from autotune.trial.maker import TrialMaker
 
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
@@ -106,6 +108,10 @@ class Objective:
         except Exception as e:
             trial.set_user_attr("fail_reason", _one_line(e))
             raise
+        finally:
+            left = release(self.maker.device)
+            if left is not None:  # GPU memory must not grow from trial to trial
+                trial.set_user_attr("cuda_memory_mb", round(left, 1))
 
     def _run(self, trial: optuna.Trial) -> float | tuple[float, float]:
         trial.set_user_attr("worker", WORKER)
@@ -150,7 +156,12 @@ class Objective:
                 trial.set_user_attr("stop_reason", f"pruned after epoch {epoch}")
                 raise optuna.TrialPruned()
 
-        result = maker.fit(model, config, trial.number, data, on_epoch)
+        trial.set_user_attr("precision", maker.accel(model).describe())
+        try:
+            result = maker.fit(model, config, trial.number, data, on_epoch)
+        except torch.cuda.OutOfMemoryError:
+            # Once, at half the batch: the trial keeps its place and its other parameters.
+            config, model, result = self._retry_smaller(trial, config, maker, on_epoch)
         # The best epoch's scores are those of the weights the model now holds.
         best_epoch = result.history[result.best_epoch - 1]
         trial.set_user_attr("epochs", result.epochs_run)
@@ -168,6 +179,28 @@ class Objective:
         self._keep_if_best(trial, scores, model, cost, stage)
         size = self.budgets.size_objective(cost)
         return (result.best, size[0]) if size else result.best
+
+    def _retry_smaller(
+        self, trial: optuna.Trial, config: TrialConfig, maker: TrialMaker, on_epoch: EpochCallback
+    ) -> tuple[TrialConfig, nn.Module, FitResult]:
+        """Fit ``config`` again at half its batch size after running out of GPU memory."""
+        if config.batch_size < 2:
+            raise TrialFailed("out of GPU memory at batch size 1: the model does not fit")
+        release(maker.device)
+        smaller = dataclasses.replace(config, batch_size=config.batch_size // 2)
+        trial.set_user_attr(
+            "oom", f"out of GPU memory at batch size {config.batch_size}: retried at "
+            f"{smaller.batch_size}",
+        )  # fmt: skip
+        trial.set_user_attr("config", dataclasses.asdict(smaller))
+        model, _, data = maker.build(smaller)
+        try:
+            return smaller, model, maker.fit(model, smaller, trial.number, data, on_epoch)
+        except torch.cuda.OutOfMemoryError as e:
+            raise TrialFailed(
+                f"out of GPU memory at batch size {smaller.batch_size} too: lower batch_size "
+                "in the space or slim the model"
+            ) from e
 
     def _configure(self, trial: optuna.Trial) -> tuple[TrialConfig, TrialMaker, int]:
         """The trial's configuration, the maker that builds it, and its stage."""

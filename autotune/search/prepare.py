@@ -94,6 +94,7 @@ def make_maker(job: Job, settings: SearchSettings) -> TrialMaker:
     return TrialMaker(
         job.model.module, job.data.to(device), {}, device,
         settings.max_epochs, settings.patience, settings.metric, settings.seed,
+        settings.amp, settings.channels_last,
     )  # fmt: skip
 
 

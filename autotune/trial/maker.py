@@ -14,6 +14,7 @@ from autotune.load.streams import inputs_join
 from autotune.load.tasks import TaskData
 from autotune.paths import checkpoint_path
 from autotune.rank.analysis import Analysis
+from autotune.trial.accel import Accel, plan
 from autotune.trial.build import Changes, build
 from autotune.trial.fit import EpochCallback, FitResult, fine_tune
 
@@ -33,6 +34,13 @@ class TrialMaker:
     metric: str
     seed: int
     """Trial N trains with ``seed + N``."""
+    amp: str = "auto"
+    channels_last: str = "auto"
+    """``SearchSettings.amp`` and ``.channels_last``: how fits use the device (``trial.accel``)."""
+
+    def accel(self, model: nn.Module) -> Accel:
+        """How fits of ``model`` use the device: precision and memory format."""
+        return plan(self.device, model, self.amp, self.channels_last)
 
     @property
     def example(self) -> torch.Tensor:
@@ -72,6 +80,7 @@ class TrialMaker:
         return fine_tune(
             model, pooled, config, max_epochs=epochs, patience=epochs + 1, metric=self.metric,
             seed=self.seed + number, restore_best=False,
+            accel=self.accel(model),
         )  # fmt: skip
 
     def fit(
@@ -92,4 +101,5 @@ class TrialMaker:
             metric=self.metric,
             seed=self.seed + number,
             on_epoch=on_epoch,
+            accel=self.accel(model),
         )
