@@ -36,13 +36,14 @@ def expected_gradients(
         for k in range(nsamples):
             picks[j, k] = rng.choice(n_background)
             alphas[j, k] = rng.uniform()
+    device = x.device  # the draws above are the CPU's; the passes run where x is
     rows = torch.from_numpy(picks.reshape(-1))
     t = torch.from_numpy(alphas.reshape(-1, 1))
     # From the background coalition towards "every unit kept" (all gates 1).
-    points = [t + (1 - t) * c[rows] for c in coalitions]
-    deltas = [(1.0 - c[rows]).double() for c in coalitions]
-    sample_of = torch.arange(n).repeat_interleave(nsamples)
-    sums = [torch.zeros(n, c.shape[1], dtype=torch.float64) for c in coalitions]
+    points = [(t + (1 - t) * c[rows]).to(device) for c in coalitions]
+    deltas = [(1.0 - c[rows]).double().to(device) for c in coalitions]
+    sample_of = torch.arange(n, device=device).repeat_interleave(nsamples)
+    sums = [torch.zeros(n, c.shape[1], dtype=torch.float64, device=device) for c in coalitions]
     for start in range(0, len(rows), ROWS_PER_PASS):
         chunk = slice(start, start + ROWS_PER_PASS)
         owner = sample_of[chunk]
@@ -51,4 +52,4 @@ def expected_gradients(
         grads = torch.autograd.grad(gated(*gates).sum(), gates)
         for total, grad, delta in zip(sums, grads, deltas, strict=True):
             total.index_add_(0, owner, grad.double() * delta[chunk])
-    return [(total / nsamples).numpy() for total in sums]
+    return [(total / nsamples).cpu().numpy() for total in sums]
