@@ -19,7 +19,7 @@ def _study() -> optuna.Study:
         )
     )
     lr = FloatDistribution(1e-4, 1e-1, log=True)
-    for value, rate in ((0.91, 0.003), (0.75, 0.02)):
+    for value, rate, broken in ((0.91, 0.003, 2), (0.75, 0.02, 9)):
         study.add_trial(
             create_trial(
                 value=value,
@@ -30,6 +30,8 @@ def _study() -> optuna.Study:
                     "total_params": 1000,
                     "epochs": 12,
                     "seconds": 3.5,
+                    "fixed": 40,
+                    "broken": broken,
                 },
             )
         )
@@ -56,6 +58,7 @@ def test_table_ranks_trials_and_shows_gain_over_the_baseline() -> None:
         "complete",
         "0.91",
         "+0.6100",
+        "40/2",
         "600",
         "1.0k (100%)",
         "",

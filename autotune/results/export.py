@@ -24,6 +24,7 @@ from autotune.load.anatomy import count_parameters
 from autotune.load.job import Job
 from autotune.load.tasks import TaskData
 from autotune.paths import checkpoints_dir, export_dir, leaderboard_csv
+from autotune.results.errors import error_metrics, exported_errors
 from autotune.results.leaderboard import Leaderboard
 from autotune.search.prepare import adapt_space, make_maker, run_analyses
 from autotune.search.space import SearchSpace
@@ -159,16 +160,22 @@ def export_trial(
     if data.x_test is not None and data.y_test is not None:
         test = evaluate(model, data.x_test, data.y_test)
     structure = _structure(work, rebuilt, model)
+    source = work.job.model.module.to(work.maker.device)
+    errors = exported_errors(source, work.maker.reference, model, data, work.maker.data, folder)
     model = model.cpu().eval()
     files = save_model(model, data.x_val[:2].cpu(), folder)
     record = study_record(study)
     config = _config(work, study, trial, record, val, test, rebuilt.origin, files, model)
     config["structure"] = structure
     config["metrics"]["validation_held_out"] = not refit
+    config["metrics"] |= error_metrics(errors)
+    config["errors"] = errors
     (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     if number is None:
         # The held-out split is read for the chosen model only; the dashboard shows it here.
-        study.set_user_attr("best_export", {"trial": trial.number, **config["metrics"]})
+        study.set_user_attr(
+            "best_export", {"trial": trial.number, **config["metrics"], "errors": errors}
+        )
     write_leaderboard(study, work.settings.metric, leaderboard_csv(out))
     return ExportResult(folder, trial.number, model, config)
 

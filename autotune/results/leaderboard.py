@@ -71,6 +71,9 @@ class TrialRow:
     """1: tuning the full model, 2: slimming ``parent`` (staged searches); 0 unstaged."""
     parent: int | None = None
     """The stage-1 trial a stage-2 trial slimmed."""
+    flips: tuple[int, int] | None = None
+    """(fixed, broken): validation errors of the source model this one fixed, and samples the
+    source got right that this one gets wrong (negative flips)."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -86,6 +89,8 @@ class TrialRow:
             "pareto_front": self.front,
             "stage": self.stage,
             "parent": self.parent,
+            "fixed": None if self.flips is None else self.flips[0],
+            "broken": None if self.flips is None else self.flips[1],
             "epochs": self.epochs,
             "seconds": self.seconds,
             **{f"param_{k}": v for k, v in self.params.items()},
@@ -123,6 +128,7 @@ def row_of(
         front=trial.number in front,
         stage=attrs.get("stage"),
         parent=attrs.get("parent"),
+        flips=(attrs["fixed"], attrs["broken"]) if "broken" in attrs else None,
     )
 
 
@@ -205,6 +211,7 @@ class Leaderboard(JupyterMixin):
             "state",
             self.metric,
             "gain",
+            "fixed/broken",
             "trained",
             "size",
             "MACs",
@@ -231,6 +238,7 @@ class Leaderboard(JupyterMixin):
                 state if row.feasible else f"{state} (over budget)",
                 _fmt(row.value),
                 "" if row.state == "BASELINE" else _gain(row.gain),
+                "" if row.flips is None else f"{row.flips[0]}/{row.flips[1]}",
                 _params(row),
                 self._relative(row, "total"),
                 self._relative(row, "macs"),

@@ -24,6 +24,7 @@ from autotune.config import SearchSettings, TrialConfig, better, sign
 from autotune.errors import AutotuneError, first_line
 from autotune.load.anatomy import count_parameters
 from autotune.load.job import Job
+from autotune.load.tasks import TaskData
 from autotune.paths import checkpoint_path
 from autotune.search.space import SearchSpace
 from autotune.search.stages import (
@@ -33,10 +34,12 @@ from autotune.search.stages import (
     slimming_maker,
     slimming_space,
     stage_of,
+    stage_two_params,
     tuning_space,
 )
 from autotune.search.study import best_trial, config_of
 from autotune.trial.cost import Cost, measure
+from autotune.trial.flips import Flips, count_flips, flip_violation, predictions
 from autotune.trial.maker import TrialMaker
 
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
@@ -53,6 +56,9 @@ class Budgets:
     limits: dict[str, int] = field(default_factory=dict)
     """``params`` / ``macs`` -> the most a model may have."""
     pareto: str | None = None
+    max_flips: int | None = None
+    """The most negative flips (validation samples the source got right and a trial's model
+    gets wrong) a trial may have: measured after training, unlike the sizes."""
 
     def violations(self, cost: Cost) -> dict[str, float]:
         """Constraint values: positive is over budget (by that fraction of the budget)."""
@@ -61,8 +67,11 @@ class Budgets:
     def feasible(self, cost: Cost) -> bool:
         return all(v <= 0 for v in self.violations(cost).values())
 
-    def size_objective(self, cost: Cost) -> list[float]:
-        """The second objective of a Pareto study; nothing otherwise."""
+    def size_objective(self, cost: Cost, flips: Flips | None = None) -> list[float]:
+        """The second objective of a Pareto study (a size, or the negative flips); nothing
+        otherwise."""
+        if self.pareto == "flips":
+            return [float(flips.broken if flips is not None else 0)]
         return [float(getattr(cost, self.pareto))] if self.pareto else []
 
 
@@ -151,9 +160,26 @@ class Objective:
         if self.baseline_value is not None:
             trial.set_user_attr("gain", sign(metric) * (result.best - self.baseline_value))
         trial.set_user_attr("history", result.history)
-        self._keep_if_best(trial, result.best, model, cost, stage)
-        size = self.budgets.size_objective(cost)
+        flips = self._record_flips(trial, model, data)
+        self._keep_if_best(trial, result.best, model, cost, stage, flips)
+        size = self.budgets.size_objective(cost, flips)
         return (result.best, size[0]) if size else result.best
+
+    def _record_flips(self, trial: optuna.Trial, model: nn.Module, data: TaskData) -> Flips | None:
+        """Count the errors the trial fixed and broke against the source model, and hold it
+        to the flip budget: over it, the trial completes but is infeasible (never exported)."""
+        reference = self.maker.reference
+        if reference is None:
+            return None
+        flips = count_flips(reference, predictions(model, data.x_val), data.y_val, data.classes)
+        for key, value in flips.attrs().items():
+            trial.set_user_attr(key, value)
+        limit = self.budgets.max_flips
+        if limit is not None:
+            trial.set_constraint("flips", flip_violation(flips.broken, limit))
+            if flips.broken > limit:
+                trial.set_user_attr("stop_reason", f"over budget: flips {flips.broken} > {limit}")
+        return flips
 
     def _configure(self, trial: optuna.Trial) -> tuple[TrialConfig, TrialMaker, int]:
         """The trial's configuration, the maker that builds it, and its stage."""
@@ -167,7 +193,8 @@ class Objective:
         trial.set_user_attr(PARENT, parent.number)
         slim = slimming_space(self.space).suggest(trial, self.n_layers, self.prunable)
         tuned = config_of(parent, self.space)
-        return child_config(tuned, slim), self._slimmer(parent.number, tuned), 2
+        sampled = stage_two_params(self.space)
+        return child_config(tuned, slim, sampled), self._slimmer(parent.number, tuned), 2
 
     def _slimmer(self, parent: int, tuned: TrialConfig) -> TrialMaker:
         """The maker of ``parent``'s children: its trained model and that model's rankings."""
@@ -178,7 +205,13 @@ class Objective:
         return self._slimmers[parent]
 
     def _keep_if_best(
-        self, trial: optuna.Trial, value: float, model: nn.Module, cost: Cost, stage: int
+        self,
+        trial: optuna.Trial,
+        value: float,
+        model: nn.Module,
+        cost: Cost,
+        stage: int,
+        flips: Flips | None = None,
     ) -> None:
         """Save the weights of a trial that may be exported (or slimmed in stage 2), so that
         neither needs to retrain it."""
@@ -190,7 +223,10 @@ class Objective:
         else:
             best = best_trial(trial.study)
             improves = best is None or better(self.settings.metric, value, best.values[0])
-            keep = self.budgets.feasible(cost) and improves
+            within = self.budgets.max_flips is None or (
+                flips is not None and flips.broken <= self.budgets.max_flips
+            )
+            keep = self.budgets.feasible(cost) and within and improves
         if keep:
             self.checkpoints.mkdir(parents=True, exist_ok=True)
             state = {k: v.detach().cpu() for k, v in model.state_dict().items()}

@@ -17,6 +17,7 @@ from autotune.rank.analysis import Analysis
 from autotune.rank.analyze import analyze_job
 from autotune.search.space import SearchSpace
 from autotune.trial.fit import resolve_device
+from autotune.trial.flips import predictions
 from autotune.trial.freeze import can_set_dropout
 from autotune.trial.maker import TrialMaker
 from autotune.trial.prune import feature_layer
@@ -84,9 +85,11 @@ def make_maker(job: Job, settings: SearchSettings) -> TrialMaker:
     """A ``TrialMaker`` for ``job`` with ``settings`` (resolved), its data on the device."""
     assert settings.max_epochs is not None and settings.patience is not None, "resolve settings"
     device = resolve_device(settings.device)
+    data = job.data.to(device)
+    reference = predictions(job.model.module.to(device), data.x_val)
     return TrialMaker(
-        job.model.module, job.data.to(device), {}, device,
-        settings.max_epochs, settings.patience, settings.metric, settings.seed,
+        job.model.module, data, {}, device,
+        settings.max_epochs, settings.patience, settings.metric, settings.seed, reference,
     )  # fmt: skip
 
 

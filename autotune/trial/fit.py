@@ -122,13 +122,15 @@ def fine_tune(
     seed: int = 0,
     on_epoch: EpochCallback | None = None,
     restore_best: bool = True,
+    teacher: torch.Tensor | None = None,
 ) -> FitResult:
     """Train ``model`` in place on ``data`` (already on the model's device).
 
     Evaluates the validation metric after every epoch, keeps the best weights (the last ones
     when not ``restore_best``), stops after ``patience`` epochs without improvement, and hands
     every epoch's metric to ``on_epoch`` (the study reports it to Optuna there, and may stop
-    the trial by raising).
+    the trial by raising). ``teacher``: a teacher's logits on the training samples, row for
+    row, for the distillation losses.
     """
     start = time.perf_counter()
     torch.manual_seed(seed)  # dropout masks
@@ -152,7 +154,8 @@ def fine_tune(
         for k, i in enumerate(stops):
             end = stops[k + 1] if k + 1 < len(stops) else n
             batch = order[i:end]
-            loss = loss_fn(model(x[batch]), y[batch])
+            soft = None if teacher is None else teacher[batch]
+            loss = loss_fn(model(x[batch]), y[batch], soft)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
