@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import optuna
 import pytest
 import torch
 import yaml
@@ -12,9 +13,13 @@ from rich.console import Console
 from torch import nn
 
 from autotune import search
+from autotune.config import SearchSettings
 from autotune.errors import AutotuneError
-from autotune.load.tasks import from_tensors
+from autotune.load.job import Job
+from autotune.load.tasks import TaskData, from_tensors
 from autotune.results.leaderboard import Leaderboard
+from autotune.search.runner import Search
+from autotune.search.space import load_space
 from autotune.trial.flips import count_flips, flip_limit, predictions
 from tests.conftest import TinyNet, blobs
 
@@ -51,6 +56,7 @@ def test_flip_budgets_read_as_a_rate_or_a_count() -> None:
             flip_limit(bad, 200)
 
 
+@pytest.mark.slow
 def test_a_trial_over_the_flip_budget_is_recorded_and_never_exported(tmp_path: Path) -> None:
     # Planted: 8 validation samples are labelled as the source predicts, not as their blob.
     # The source gets them right; a model fine-tuned on clean labels breaks them, while
@@ -85,3 +91,17 @@ def test_a_trial_over_the_flip_budget_is_recorded_and_never_exported(tmp_path: P
     assert config["metrics"]["test_broken"] is not None  # the exported model, on the test split
     row = next(r for r in Leaderboard.from_study(result.study, "accuracy").rows if r.number == 1)
     assert row.flips == (trials[1].user_attrs["fixed"], trials[1].user_attrs["broken"])
+
+
+def test_pareto_flips_sets_the_metric_against_the_negative_flips(
+    tiny_model: nn.Module, tiny_data: TaskData, tmp_path: Path
+) -> None:
+    space = load_space({"lr": {"low": 1e-3, "high": 1e-2, "log": True}, "fit": {"max_epochs": 3}})
+    settings = SearchSettings(out=tmp_path, trials=2, pareto="flips")
+    job = Job.from_objects(tiny_model, tiny_data)
+    study = Search(job, space, settings, console=Console(file=io.StringIO())).run()
+    assert study.directions[1] == optuna.study.StudyDirection.MINIMIZE
+    scored = [t for t in study.trials if t.values]
+    assert len(scored) == 3  # the baseline and two trials
+    for trial in scored:
+        assert trial.values[1] == trial.user_attrs["broken"]
