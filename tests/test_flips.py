@@ -105,3 +105,20 @@ def test_pareto_flips_sets_the_metric_against_the_negative_flips(
     assert len(scored) == 3  # the baseline and two trials
     for trial in scored:
         assert trial.values[1] == trial.user_attrs["broken"]
+
+
+def test_stage_two_slims_the_best_full_size_model_within_the_flip_budget() -> None:
+    from optuna.trial import create_trial
+
+    from autotune.search.stages import parent_of
+
+    study = optuna.create_study(direction="maximize")
+    for value, over in ((0.95, 2.0), (0.90, -0.5), (0.85, 0.0)):
+        study.add_trial(create_trial(value=value, system_attrs={"constraints:flips": over}))
+    parent = parent_of(study, "accuracy")
+    assert parent is not None and parent.values[0] == 0.90  # 0.95 broke too many
+    unbudgeted = optuna.create_study(direction="maximize")
+    unbudgeted.add_trial(create_trial(value=0.7))
+    unbudgeted.add_trial(create_trial(value=0.8))
+    best = parent_of(unbudgeted, "accuracy")
+    assert best is not None and best.values[0] == 0.8

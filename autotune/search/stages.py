@@ -79,12 +79,15 @@ def stage_of(number: int, settings: SearchSettings, staged: bool) -> int:
 
 
 def parent_of(study: optuna.Study, metric: str) -> FrozenTrial | None:
-    """The best completed stage-1 trial, budgets ignored (it is the model stage 2 slims)."""
+    """The best completed stage-1 trial (it is the model stage 2 slims): size budgets ignored,
+    but within the flip budget when one is (a slimmed child rarely breaks less than its parent).
+    """
     done = [
         t
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if t.values and not t.user_attrs.get("baseline") and PARENT not in t.user_attrs
     ]
+    done = [t for t in done if t.constraints.get("flips", 0.0) <= 0] or done
     if not done:
         return None
     s = sign(metric)
