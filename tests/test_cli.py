@@ -44,7 +44,8 @@ def searched(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_search_writes_the_bundle(searched: Path) -> None:
     best = searched / "best"
-    assert {p.name for p in best.iterdir()} == {"model.pt", "model.pt2", "config.yaml"}
+    files = {"model.pt", "model.pt2", "config.yaml", "errors.png"}  # errors.png: image data
+    assert {p.name for p in best.iterdir()} == files
     config = yaml.safe_load((best / "config.yaml").read_text())
     assert config["metrics"]["gain"] > 0.1
     assert config["metrics"]["test_accuracy"] is not None
