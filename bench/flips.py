@@ -126,7 +126,7 @@ def pm(values: list[float], scale: float = 100.0) -> str:
 def table(records: list[dict[str, Any]], meta: dict[str, Any]) -> list[str]:
     ok = [r for r in records if r.get("rc") == 0 and "val_accuracy" in r]
     lines = [
-        "## Negative flips and distillation (`bench/flips.py`)",
+        "### Negative flips and distillation (`bench/flips.py`, 2026-11-28)",
         "",
         f"Command: `{meta['command']}`",
         f"Machine: {meta['machine']}. {meta['note']}",
