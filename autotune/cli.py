@@ -152,9 +152,19 @@ MaxParams = Annotated[
 MaxMacs = Annotated[
     str | None, typer.Option(help="Multiply-accumulates per sample budget, like --max-params.")
 ]
+MaxFlips = Annotated[
+    str | None,
+    typer.Option(
+        help="Negative-flip budget: validation samples the source got right that a model may get "
+        "wrong, as a rate (0.01, 1%) or a count (5). Trials over it are never exported."
+    ),
+]
 Pareto = Annotated[
     str | None,
-    typer.Option(help="params or macs: find the Pareto front of the metric vs model size."),
+    typer.Option(
+        help="params, macs or flips: find the Pareto front of the metric vs model size, or vs "
+        "negative flips."
+    ),
 ]
 
 
@@ -188,6 +198,7 @@ def search(
     verbose: Verbose = False,
     max_params: MaxParams = None,
     max_macs: MaxMacs = None,
+    max_flips: MaxFlips = None,
     pareto: Pareto = None,
     refit: Annotated[
         bool,
@@ -239,6 +250,7 @@ def search(
             verbose=verbose,
             max_params=max_params,
             max_macs=max_macs,
+            max_flips=max_flips,
             pareto=pareto,
             refit=refit,
             timeout=timeout,

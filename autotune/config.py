@@ -16,6 +16,8 @@ VERSION = "0.1.0"
 METRICS: dict[str, Literal["maximize", "minimize"]] = {"accuracy": "maximize", "loss": "minimize"}
 PRUNERS = ("median", "hyperband", "none")
 BUDGETS = ("params", "macs")
+PARETO_AXES = (*BUDGETS, "flips")
+"""What ``--pareto`` can set against the metric: a size, or the negative flips (``trial.flips``)."""
 MAX_RATIO = 0.9
 """The largest fraction of a layer's channels (or of the features) a trial may remove."""
 AMP_MODES = ("auto", "bf16", "fp16", "off")
@@ -82,11 +84,17 @@ class TrialConfig:
     dropout: float | None = None
     """Dropout probability for the model's Dropout modules; None leaves them as they are."""
     loss: str = "cross_entropy"
-    """``cross_entropy``, ``label_smoothing`` or ``focal``."""
+    """``cross_entropy``, ``label_smoothing``, ``focal``, ``distill`` or ``focal_distill`` (the
+    last two learn from a teacher as well: the source model, or in a staged search's second
+    stage the full-size model being slimmed)."""
     label_smoothing: float = 0.1
     """Epsilon of the ``label_smoothing`` loss."""
     focal_gamma: float = 2.0
     """Gamma of the ``focal`` loss."""
+    distill_weight: float = 0.5
+    """Share of the distillation term in the ``distill`` losses (0: cross-entropy alone)."""
+    distill_temperature: float = 2.0
+    """Softmax temperature of the ``distill`` losses."""
     unfreeze: int | None = None
     """How many layers to train (see ``unfreeze_order``); None trains them all."""
     unfreeze_order: str = "output"
@@ -163,8 +171,11 @@ class SearchSettings:
     """Parameter budget: a fraction of the original (``0.5``, ``50%``) or a count (``1.5M``)."""
     max_macs: str | float | None = None
     """Multiply-accumulate budget per sample, in the same forms as ``max_params``."""
+    max_flips: str | float | None = None
+    """Negative-flip budget on the validation split: a rate (``0.01``, ``1%``) or a count."""
     pareto: str | None = None
-    """``params`` or ``macs``: a two-objective study (metric vs size), early stopping only."""
+    """``params``, ``macs`` or ``flips``: a two-objective study (metric vs size, or vs negative
+    flips), early stopping only."""
     seed_trials: bool = True
     """Start a new study with configurations read off the rankings (prune the bottom, ...)."""
     refit: bool = False
@@ -190,8 +201,8 @@ class SearchSettings:
             raise AutotuneError(f"--metric must be one of {list(METRICS)}, got {self.metric!r}")
         if self.pruner not in PRUNERS:
             raise AutotuneError(f"--pruner must be one of {list(PRUNERS)}, got {self.pruner!r}")
-        if self.pareto not in (None, *BUDGETS):
-            raise AutotuneError(f"--pareto must be one of {list(BUDGETS)}, got {self.pareto!r}")
+        if self.pareto not in (None, *PARETO_AXES):
+            raise AutotuneError(f"--pareto must be one of {list(PARETO_AXES)}, got {self.pareto!r}")
         if self.amp not in AMP_MODES:
             raise AutotuneError(f"--amp must be one of {list(AMP_MODES)}, got {self.amp!r}")
         if self.channels_last not in SWITCHES:
@@ -223,6 +234,7 @@ class SearchSettings:
             "pareto",
             "max_params",
             "max_macs",
+            "max_flips",
             "refit",
         )
         return {k: getattr(self, k) for k in keep}

@@ -44,7 +44,8 @@ def searched(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_search_writes_the_bundle(searched: Path) -> None:
     best = searched / "best"
-    assert {p.name for p in best.iterdir()} == {"model.pt", "model.pt2", "config.yaml"}
+    files = {"model.pt", "model.pt2", "config.yaml", "errors.png"}  # errors.png: image data
+    assert {p.name for p in best.iterdir()} == files
     config = yaml.safe_load((best / "config.yaml").read_text())
     assert config["metrics"]["gain"] > 0.1
     assert config["metrics"]["test_accuracy"] is not None
@@ -115,6 +116,7 @@ def test_rerun_continues_instead_of_starting_over(searched: Path) -> None:
             "cannot take inputs of shape (13,)",
         ),
         (["search", "--model", "demo", "--space", "nope"], "unknown search space 'nope'"),
+        (["search", "--model", "demo", "--max-flips", "lots"], "--max-flips 'lots' is neither"),
         (["search", "--model", "x.pt"], "--data is missing"),
         (["export", "--out", "no/such/run"], "no study in 'no/such/run'"),
     ],
@@ -140,6 +142,7 @@ def test_analyze_writes_rankings_and_charts(tmp_path: Path) -> None:
     result = runner.invoke(app, [*args, "--background", "8", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert "layers, most error-driving first (the unfreezing order)" in result.output
+    assert "errors driven" in result.output  # how many of the source's mistakes each layer drives
     assert "features.0" in result.output and "head.3" in result.output
     analysis = Analysis.load(tmp_path / "shap.json")
     assert set(analysis.channels) == {"features.0", "features.3", "features.7", "head.1"}

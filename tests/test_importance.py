@@ -1,9 +1,12 @@
 from __future__ import annotations
 
 import copy
+import io
 
+import numpy as np
 import pytest
 import torch
+from rich.console import Console
 from torch import nn
 
 from autotune.config import AnalysisOptions
@@ -11,8 +14,8 @@ from autotune.load.job import Job
 from autotune.load.tasks import from_tensors
 from autotune.rank.analysis import Analysis
 from autotune.rank.analyze import analyze_job
-from autotune.rank.gates import Gated, sites
-from autotune.rank.methods import score
+from autotune.rank.gates import Gated, Site, sites
+from autotune.rank.methods import _summarise, score
 
 
 class SmallCNN(nn.Module):
@@ -206,3 +209,21 @@ def test_batched_expected_gradients_equal_shaps_gradient_explainer() -> None:
         theirs = explainer.shap_values(everything, nsamples=5, rseed=3 + j)
         for mine, reference in zip(ours, theirs, strict=True):
             assert mine[j] == pytest.approx(reference.reshape(-1), abs=1e-6)
+
+
+def test_each_mistake_is_driven_by_the_layer_giving_the_most_evidence_against_it() -> None:
+    found = [Site("conv", "conv", 1, 2, True), Site("fc", "fc", -1, 3, False)]
+    # Four samples, the first three misclassified; per unit attributions in nats.
+    conv = np.array([[-2.0, -1.0], [-1.5, 0.0], [0.0, -0.1], [-9.0, -9.0]])
+    fc = np.array([[-0.5, 0.0, 0.0], [0.0, -1.0, 0.0], [-0.4, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    wrong = np.array([True, True, True, False])
+    scores = _summarise(found, [conv, fc], wrong, features=False)
+    assert scores.driven == {"conv": 2, "fc": 1}  # the correct sample 3 counts for nothing
+    analysis = Analysis(
+        "shap", {"conv": [0.1, 0.2]}, scores.layers, None,
+        meta={"errors": scores.errors, "errors_driven": scores.driven},
+    )  # fmt: skip
+    out = io.StringIO()
+    Console(file=out, width=160).print(analysis)
+    row = next(line for line in out.getvalue().splitlines() if " conv " in line)
+    assert "2/3" in row

@@ -23,7 +23,7 @@ def _study() -> optuna.Study:
         )
     )
     lr = FloatDistribution(1e-4, 1e-1, log=True)
-    for value, rate in ((0.91, 0.003), (0.75, 0.02)):
+    for value, rate, broken in ((0.91, 0.003, 2), (0.75, 0.02, 9)):
         study.add_trial(
             create_trial(
                 value=value,
@@ -34,6 +34,8 @@ def _study() -> optuna.Study:
                     "total_params": 1000,
                     "epochs": 12,
                     "seconds": 3.5,
+                    "fixed": 40,
+                    "broken": broken,
                 },
             )
         )
@@ -58,8 +60,9 @@ def test_table_ranks_trials_and_shows_gain_over_the_baseline() -> None:
     Console(file=out, width=140).print(board)
     text = out.getvalue()
     rows = _rows(text)
-    # rank, trial, state, metric, gain, size, MACs, latency, trained, epochs, time, parameters
-    assert rows[0] == ["1", "1", "ok", "0.91", "+0.6100", "1.0k 100%"] + [""] * 2 + [
+    # rank, trial, state, metric, gain, fixed/broken, size, MACs, latency, trained, epochs, time,
+    # parameters
+    assert rows[0] == ["1", "1", "ok", "0.91", "+0.6100", "40/2", "1.0k 100%"] + [""] * 2 + [
         "600",
         "12",
         "3.5s",

@@ -9,9 +9,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from autotune.cli import app
+from autotune.results.errors import errors_html, sample_grid
+from autotune.trial.flips import count_flips
 
 CHROMIUM_FLAGS = [
     "--headless",
@@ -47,8 +50,10 @@ def test_report_command_writes_an_offline_page_and_pngs(slimmed_study: Path) -> 
         "Accuracy vs model size",
         "shap: layers",
         "learning curve",
+        "Errors: fixed and broken against the source model",
     ):
         assert title in page
+    assert "validation split:" in page and "test split:" in page  # the exported model's
     pngs = {p.name for p in (slimmed_study / "report").glob("*.png")}
     assert {"history.png", "size_front.png", "learning_curve.png", "shap-layers.png"} <= pngs
 
@@ -80,3 +85,36 @@ def test_report_draws_its_plots_in_headless_chromium(slimmed_study: Path, tmp_pa
     # Plotly replaces each empty div with its drawn SVG: one main-svg layer per plot at least.
     assert len(re.findall(r'class="main-svg"', dom)) >= plots
     assert len(re.findall(r'class="plot-container plotly"', dom)) == plots
+    # The errors section: the fixed/broken matrix and per-class accuracy, before and after.
+    assert dom.count('class="flips"') == 2 and dom.count('class="per-class"') == 2
+
+
+def test_the_errors_grid_draws_fixed_and_broken_samples_in_headless_chromium(
+    tmp_path: Path,
+) -> None:
+    chromium = _chromium()
+    x = torch.rand(6, 1, 8, 8)
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    before = torch.tensor([0, 1, 2, 0, 2, 2])
+    after = torch.tensor([0, 1, 2, 1, 1, 2])
+    grid = sample_grid(x, before, after, y, ["zero", "one", "two"], [4], [3], tmp_path / "g.png")
+    assert grid is not None
+    flips = count_flips(before, after, y, ["zero", "one", "two"])
+    errors = {"validation": flips.attrs()}
+    page = tmp_path / "errors.html"
+    # The page reports the decoded image's width: 0 (or nothing) if it did not load.
+    page.write_text(
+        "<!DOCTYPE html><html><body>"
+        + errors_html(errors, grid)
+        + "<p id=w></p><script>window.onload = () => { document.getElementById('w').textContent"
+        " = 'width ' + document.querySelector('img.grid').naturalWidth; };</script></body></html>"
+    )
+    done = subprocess.run(
+        [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
+         "--virtual-time-budget=5000", "--dump-dom", page.resolve().as_uri()],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    width = re.search(r"width (\d+)", done.stdout)
+    assert width is not None and int(width.group(1)) > 100, done.stdout[-500:]
+    assert "1 errors fixed, 1 broken" in done.stdout

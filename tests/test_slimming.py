@@ -179,3 +179,47 @@ def test_a_slimmed_trial_is_rebuilt_from_its_parent_and_reproduces(tmp_path: Pat
         assert again.config["weights"].startswith("retrained")
         assert again.config["metrics"]["reproduces_study_value"] is True
         assert again.config["structure"]["params"]["model"] == trial.user_attrs["total_params"]
+
+
+def test_a_slimmed_trial_learns_from_its_parent_and_is_judged_against_the_source(
+    tiny_model: nn.Module, tiny_data: TaskData
+) -> None:
+    import copy
+
+    from autotune.config import SearchSettings, TrialConfig
+    from autotune.load.job import Job
+    from autotune.search.prepare import make_maker
+    from autotune.search.space import load_space
+    from autotune.search.stages import (
+        child_config,
+        slimming_maker,
+        slimming_space,
+        stage_two_params,
+    )
+    from autotune.trial.flips import outputs
+
+    space = load_space(
+        {
+            "lr": {"low": 1e-3, "high": 1e-2, "log": True},
+            "loss": ["cross_entropy", "distill"],
+            "distill_weight": {"low": 0.3, "high": 0.9},
+            "prune": {"low": 0.0, "high": 0.5},
+            "analysis": {"samples": 16, "background": 4, "nsamples": 2},
+        }
+    )
+    # Stage 2 samples the loss again when the space offers distillation.
+    assert {"loss", "distill_weight", "prune"} <= set(slimming_space(space).params)
+    parent = TrialConfig(lr=0.007, loss="cross_entropy")
+    sampled = TrialConfig(prune=0.3, loss="distill", distill_weight=0.7)
+    child = child_config(parent, sampled, stage_two_params(space))
+    assert (child.lr, child.prune, child.loss, child.distill_weight) == (0.007, 0.3, "distill", 0.7)
+    job = Job.from_objects(tiny_model, tiny_data)
+    maker = make_maker(job, SearchSettings().resolved({}))
+    adapted = copy.deepcopy(tiny_model)
+    with torch.no_grad():
+        adapted.out.weight.mul_(-1.0)  # another model than the source
+    slim = slimming_maker(maker, adapted, job, slimming_space(space))
+    teacher_train, _ = slim.teacher()
+    assert torch.allclose(teacher_train, outputs(adapted, tiny_data.x_train))
+    assert not torch.allclose(teacher_train, maker.teacher()[0])
+    assert slim.reference is not None and torch.equal(slim.reference, maker.reference)

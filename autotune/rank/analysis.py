@@ -105,7 +105,10 @@ def tables(analysis: Analysis, features: int = 5) -> list[Table]:
         title=f"{analysis.method}: layers, most error-driving first (the unfreezing order)",
         title_justify="left",
     )
-    for name in ("#", "layer", "error score", "channels", "lowest (pruned first)", "highest"):
+    driven = analysis.meta.get("errors_driven") or {}
+    errors = analysis.meta.get("errors", 0)
+    heads = ("#", "layer", "error score", "errors driven", "channels", "lowest (pruned first)")
+    for name in (*heads, "highest"):
         layers.add_column(name, justify="left" if "layer" in name or "est" in name else "right")
     for rank, name in enumerate(order, 1):
         scores = analysis.channels.get(name)
@@ -119,6 +122,7 @@ def tables(analysis: Analysis, features: int = 5) -> list[Table]:
             str(rank),
             name,
             "-" if error is None else f"{error:.4g}",
+            f"{driven[name]}/{errors}" if name in driven else "-",
             "classifier" if scores is None else str(len(scores)),
             low,
             high,

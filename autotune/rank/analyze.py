@@ -92,6 +92,7 @@ def analyze_job(
             **dataclasses.asdict(options),
             "samples": len(x),
             "errors": scores.errors,
+            "errors_driven": scores.driven,
             "seconds": round(seconds, 3),
             "threads": torch.get_num_threads(),
             "model_sha256": job.model.sha256,

@@ -21,7 +21,8 @@ A multiplicative gate sits on every unit: 1 keeps it, 0 removes it. The methods:
 Per sample, a unit's attribution ``phi`` is in nats of log-probability. A unit's importance is
 ``mean |phi|`` over the samples. A layer's error score is the evidence its units give against
 the true class on the samples the model gets wrong, ``mean over errors of sum(max(-phi, 0))``:
-the unfreezing order.
+the unfreezing order. The layer whose units give the most such evidence on a mistake "drives"
+it: ``autotune analyze`` counts the mistakes each layer drives.
 """
 
 from __future__ import annotations
@@ -55,6 +56,9 @@ class Scores:
     """One importance per input feature, for feature-vector models."""
     errors: int
     """How many explained samples the model got wrong (the error score's basis)."""
+    driven: dict[str, int] | None = None
+    """Layer -> how many of those mistakes it drives: the samples on which its units give more
+    evidence against the true class than any other layer's (they sum to ``errors``)."""
 
 
 def score(
@@ -206,7 +210,12 @@ def _summarise(
         if site.prunable:
             channels[site.layer] = np.abs(phi).mean(0)
         layer_scores[site.layer] = float(np.clip(-phi[basis], 0, None).sum(1).mean())
-    return Scores(channels, layer_scores, feature_scores, int(wrong.sum()))
+    driven = None
+    if wrong.sum() and per_site:
+        against = np.stack([np.clip(-phi[wrong], 0, None).sum(1) for phi in per_site])
+        counts = np.bincount(against.argmax(0), minlength=len(found))
+        driven = {site.layer: int(c) for site, c in zip(found, counts, strict=True)}
+    return Scores(channels, layer_scores, feature_scores, int(wrong.sum()), driven)
 
 
 def _least_confident(per_site: list[np.ndarray], n: int) -> np.ndarray:

@@ -25,6 +25,7 @@ from autotune.load.job import Job
 from autotune.load.tasks import TaskData
 from autotune.paths import checkpoints_dir, export_dir, leaderboard_csv, write_atomically
 from autotune.results.deploy import with_preprocessing
+from autotune.results.errors import error_metrics, exported_errors
 from autotune.results.leaderboard import Leaderboard
 from autotune.search.prepare import adapt_space, make_maker, run_analyses
 from autotune.search.space import SearchSpace
@@ -169,6 +170,8 @@ def export_trial(
             f"trial {trial.number}'s model failed when rebuilt and evaluated for export: "
             f"{first_line(e)}"
         ) from e
+    source = work.job.model.module.to(work.maker.device)
+    errors = exported_errors(source, work.maker.reference, model, data, work.maker.data, folder)
     model = model.cpu().eval()
     files = save_model(model, data.x_val[:2].cpu(), folder)
     if work.settings.export_preprocessing:
@@ -185,11 +188,15 @@ def export_trial(
     config = _config(work, study, trial, record, val, test, rebuilt.origin, files, model)
     config["structure"] = structure
     config["metrics"]["validation_held_out"] = not refit
+    config["metrics"] |= error_metrics(errors)
+    config["errors"] = errors
     text = yaml.safe_dump(config, sort_keys=False)
     write_atomically(folder / "config.yaml", lambda part: part.write_text(text))
     if number is None:
         # The held-out split is read for the chosen model only; the dashboard shows it here.
-        study.set_user_attr("best_export", {"trial": trial.number, **config["metrics"]})
+        study.set_user_attr(
+            "best_export", {"trial": trial.number, **config["metrics"], "errors": errors}
+        )
     write_leaderboard(study, work.settings.metric, leaderboard_csv(out))
     return ExportResult(folder, trial.number, model, config)
 

@@ -65,6 +65,9 @@ class TrialRow:
     """Latency over the source model's, timed alternately with it (median of the pairs)."""
     latency_ratio_spread: float | None = None
     """Half the interquartile range of those pairs' ratios."""
+    flips: tuple[int, int] | None = None
+    """(fixed, broken): validation errors of the source model this one fixed, and samples the
+    source got right that this one gets wrong (negative flips)."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -82,6 +85,8 @@ class TrialRow:
             "pareto_front": self.front,
             "stage": self.stage,
             "parent": self.parent,
+            "fixed": None if self.flips is None else self.flips[0],
+            "broken": None if self.flips is None else self.flips[1],
             "epochs": self.epochs,
             "seconds": self.seconds,
             **{f"param_{k}": v for k, v in self.params.items()},
@@ -121,6 +126,7 @@ def row_of(
         parent=attrs.get("parent"),
         latency_ratio=attrs.get("latency_ratio"),
         latency_ratio_spread=attrs.get("latency_ratio_spread"),
+        flips=(attrs["fixed"], attrs["broken"]) if "broken" in attrs else None,
     )
 
 
@@ -131,12 +137,13 @@ COLUMNS: tuple[Column[Leaderboard, TrialRow], ...] = (
     Column("state", 2, lambda b, r: _state(r), "left"),
     Column("{metric}", 3, lambda b, r: fmt(r.value)),
     Column("gain", 4, lambda b, r: "" if r.state == "BASELINE" else gain(r.gain)),
+    Column("fixed/broken", 7, lambda b, r: "" if r.flips is None else "/".join(map(str, r.flips))),
     Column("size", 5, lambda b, r: b._relative(r, "total")),
-    Column("MACs", 7, lambda b, r: b._relative(r, "macs")),
-    Column("latency", 8, lambda b, r: _latency(r)),
-    Column("trained", 9, lambda b, r: "" if r.total is None else count(r.trainable or 0)),
-    Column("epochs", 10, lambda b, r: "" if r.epochs is None else str(r.epochs)),
-    Column("time", 11, lambda b, r: "" if r.seconds is None else duration(r.seconds)),
+    Column("MACs", 8, lambda b, r: b._relative(r, "macs")),
+    Column("latency", 9, lambda b, r: _latency(r)),
+    Column("trained", 10, lambda b, r: "" if r.total is None else count(r.trainable or 0)),
+    Column("epochs", 11, lambda b, r: "" if r.epochs is None else str(r.epochs)),
+    Column("time", 12, lambda b, r: "" if r.seconds is None else duration(r.seconds)),
     Column("parameters{reference}", 6, lambda b, r: _differing(b, r), "left", 20),
 )
 

@@ -17,10 +17,11 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from autotune.paths import analysis_dir, report_dir, report_html
+from autotune.paths import analysis_dir, export_dir, report_dir, report_html
 from autotune.rank.analysis import Analysis
 from autotune.results.cells import KEY_PARAMS
 from autotune.results.charts import plot_analysis, save_figure
+from autotune.results.errors import GRID, errors_html
 from autotune.results.leaderboard import Leaderboard
 from autotune.search.study import best_trial, load_study, metric_sign, study_record
 
@@ -37,7 +38,7 @@ def write_report(out: Path, storage: str | None = None, study_name: str | None =
     record = study_record(study)
     metric = record["settings"]["metric"]
     analyses = [Analysis.load(p) for p in sorted(analysis_dir(out).glob("*.json"))]
-    sections = _sections(study, metric, analyses)
+    sections = _sections(study, metric, analyses, export_dir(out, None) / GRID)
     page = _page(study, record, sections)
     path = report_html(out)
     path.write_text(page, encoding="utf-8")
@@ -81,7 +82,9 @@ def _size_points(study: optuna.Study) -> list[tuple[float, float, int]]:
 # -- HTML ------------------------------------------------------------------------------------
 
 
-def _sections(study: optuna.Study, metric: str, analyses: list[Analysis]) -> list[tuple[str, str]]:
+def _sections(
+    study: optuna.Study, metric: str, analyses: list[Analysis], grid: Path | None = None
+) -> list[tuple[str, str]]:
     import plotly.graph_objects as go
 
     figures: list[tuple[str, Any]] = []
@@ -153,6 +156,10 @@ def _sections(study: optuna.Study, metric: str, analyses: list[Analysis]) -> lis
         fig.update_layout(xaxis_title="epoch")
         figures.append((f"Best trial ({best.number}): learning curve", fig))
     sections = [("Leaderboard", _leaderboard_html(study, metric))]
+    errors = study.user_attrs.get("best_export", {}).get("errors")
+    sections.append(
+        ("Errors: fixed and broken against the source model", errors_html(errors, grid))
+    )
     for title, fig in figures:
         if isinstance(fig, str):
             sections.append((title, f"<p class=note>{html.escape(fig)}</p>"))
@@ -165,8 +172,8 @@ def _sections(study: optuna.Study, metric: str, analyses: list[Analysis]) -> lis
 
 def _leaderboard_html(study: optuna.Study, metric: str) -> str:
     frame = Leaderboard.from_study(study, metric).to_frame()
-    shown = ["rank", "trial", "state", "value", "gain", "total_params", "macs", "latency_ms"]
-    shown += ["latency_ratio", "latency_ratio_spread", "epochs", "seconds"]
+    shown = ["rank", "trial", "state", "value", "gain", "fixed", "broken", "total_params", "macs"]
+    shown += ["latency_ms", "latency_ratio", "latency_ratio_spread", "epochs", "seconds"]
     shown += [f"param_{p}" for p in KEY_PARAMS[:8]]
     frame = frame[[c for c in shown if c in frame.columns]].head(25)
     frame.columns = [c.removeprefix("param_") for c in frame.columns]

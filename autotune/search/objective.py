@@ -24,6 +24,7 @@ from autotune.config import SearchSettings, TrialConfig, score_key, sign
 from autotune.errors import AutotuneError, TrialFailed, first_line
 from autotune.load.anatomy import count_parameters
 from autotune.load.job import Job
+from autotune.load.tasks import TaskData
 from autotune.paths import checkpoint_path
 from autotune.search.space import SearchSpace
 from autotune.search.stages import (
@@ -33,12 +34,14 @@ from autotune.search.stages import (
     slimming_maker,
     slimming_space,
     stage_of,
+    stage_two_params,
     tuning_space,
 )
 from autotune.search.study import best_trial, config_of, rank_key
 from autotune.trial.accel import release
 from autotune.trial.cost import Cost, measure
 from autotune.trial.fit import EpochCallback, FitResult
+from autotune.trial.flips import Flips, count_flips, flip_violation, predictions
 from autotune.trial.maker import TrialMaker
 
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
@@ -55,6 +58,9 @@ class Budgets:
     limits: dict[str, int] = field(default_factory=dict)
     """``params`` / ``macs`` -> the most a model may have."""
     pareto: str | None = None
+    max_flips: int | None = None
+    """The most negative flips (validation samples the source got right and a trial's model
+    gets wrong) a trial may have: measured after training, unlike the sizes."""
 
     def violations(self, cost: Cost) -> dict[str, float]:
         """Constraint values: positive is over budget (by that fraction of the budget)."""
@@ -63,8 +69,11 @@ class Budgets:
     def feasible(self, cost: Cost) -> bool:
         return all(v <= 0 for v in self.violations(cost).values())
 
-    def size_objective(self, cost: Cost) -> list[float]:
-        """The second objective of a Pareto study; nothing otherwise."""
+    def size_objective(self, cost: Cost, flips: Flips | None = None) -> list[float]:
+        """The second objective of a Pareto study (a size, or the negative flips); nothing
+        otherwise."""
+        if self.pareto == "flips":
+            return [float(flips.broken if flips is not None else 0)]
         return [float(getattr(cost, self.pareto))] if self.pareto else []
 
 
@@ -175,10 +184,27 @@ class Objective:
         if self.baseline_value is not None:
             trial.set_user_attr("gain", sign(metric) * (result.best - self.baseline_value))
         trial.set_user_attr("history", result.history)
+        flips = self._record_flips(trial, model, data)
         scores = score_key(metric, best_epoch["val_accuracy"], best_epoch["val_loss"])
-        self._keep_if_best(trial, scores, model, cost, stage)
-        size = self.budgets.size_objective(cost)
+        self._keep_if_best(trial, scores, model, cost, stage, flips)
+        size = self.budgets.size_objective(cost, flips)
         return (result.best, size[0]) if size else result.best
+
+    def _record_flips(self, trial: optuna.Trial, model: nn.Module, data: TaskData) -> Flips | None:
+        """Count the errors the trial fixed and broke against the source model, and hold it
+        to the flip budget: over it, the trial completes but is infeasible (never exported)."""
+        reference = self.maker.reference
+        if reference is None:
+            return None
+        flips = count_flips(reference, predictions(model, data.x_val), data.y_val, data.classes)
+        for key, value in flips.attrs().items():
+            trial.set_user_attr(key, value)
+        limit = self.budgets.max_flips
+        if limit is not None:
+            trial.set_constraint("flips", flip_violation(flips.broken, limit))
+            if flips.broken > limit:
+                trial.set_user_attr("stop_reason", f"over budget: flips {flips.broken} > {limit}")
+        return flips
 
     def _retry_smaller(
         self, trial: optuna.Trial, config: TrialConfig, maker: TrialMaker, on_epoch: EpochCallback
@@ -214,7 +240,8 @@ class Objective:
         trial.set_user_attr(PARENT, parent.number)
         slim = slimming_space(self.space).suggest(trial, self.n_layers, self.prunable)
         tuned = config_of(parent, self.space)
-        return child_config(tuned, slim), self._slimmer(parent.number, tuned), 2
+        sampled = stage_two_params(self.space)
+        return child_config(tuned, slim, sampled), self._slimmer(parent.number, tuned), 2
 
     def _slimmer(self, parent: int, tuned: TrialConfig) -> TrialMaker:
         """The maker of ``parent``'s children: its trained model and that model's rankings."""
@@ -231,6 +258,7 @@ class Objective:
         model: nn.Module,
         cost: Cost,
         stage: int,
+        flips: Flips | None = None,
     ) -> None:
         """Save the weights of a trial that may be exported (or slimmed in stage 2), so that
         neither needs to retrain it. ``scores``: its ``config.score_key``."""
@@ -243,7 +271,10 @@ class Objective:
         else:
             best = best_trial(trial.study)
             improves = best is None or scores > rank_key(best, s)[:2]
-            keep = self.budgets.feasible(cost) and improves
+            within = self.budgets.max_flips is None or (
+                flips is not None and flips.broken <= self.budgets.max_flips
+            )
+            keep = self.budgets.feasible(cost) and within and improves
         if keep:
             self.checkpoints.mkdir(parents=True, exist_ok=True)
             state = {k: v.detach().cpu() for k, v in model.state_dict().items()}

@@ -18,6 +18,7 @@ from autotune.rank.analyze import analyze_job
 from autotune.search.space import SearchSpace
 from autotune.trial.augment import MIN_SIDE, can_augment
 from autotune.trial.fit import resolve_device
+from autotune.trial.flips import predictions
 from autotune.trial.freeze import can_set_dropout
 from autotune.trial.maker import TrialMaker
 from autotune.trial.prune import feature_layer
@@ -91,10 +92,12 @@ def make_maker(job: Job, settings: SearchSettings) -> TrialMaker:
     """A ``TrialMaker`` for ``job`` with ``settings`` (resolved), its data on the device."""
     assert settings.max_epochs is not None and settings.patience is not None, "resolve settings"
     device = resolve_device(settings.device)
+    data = job.data.to(device)
+    reference = predictions(job.model.module.to(device), data.x_val)
     return TrialMaker(
-        job.model.module, job.data.to(device), {}, device,
-        settings.max_epochs, settings.patience, settings.metric, settings.seed,
-        settings.amp, settings.channels_last,
+        job.model.module, data, {}, device,
+        settings.max_epochs, settings.patience, settings.metric, settings.seed, reference,
+        amp=settings.amp, channels_last=settings.channels_last,
     )  # fmt: skip
 
 

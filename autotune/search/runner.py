@@ -34,6 +34,7 @@ from autotune.search.stages import is_staged, tuning_space
 from autotune.search.study import finished_trials, open_study
 from autotune.trial.cost import Cost, measure, parse_budget
 from autotune.trial.fit import configure_threads, evaluate
+from autotune.trial.flips import count_flips, flip_limit, flip_violation, predictions
 
 MAX_FAILS_IN_A_ROW = 5
 
@@ -95,6 +96,9 @@ class Search:
         self.checkpoints = checkpoints_dir(self.settings.out)
         self.original: Cost | None = None
         self.budgets = Budgets(pareto=self.settings.pareto)
+        if self.settings.max_flips is not None:  # checked here, before any long work
+            samples = len(self.maker.data.x_val)
+            self.budgets.max_flips = flip_limit(self.settings.max_flips, samples)
         self.baseline_value: float | None = None
         self.study: optuna.Study | None = None
         """The study, once opened: what an interrupted search still exports."""
@@ -151,6 +155,7 @@ class Search:
         assert self.original is not None, "prepare() measures the source model"
         model = self.job.model.module.to(self.device)
         data = self.maker.data
+        reference = predictions(model, data.x_val)
         start = time.perf_counter()
         val = evaluate(model, data.x_val, data.y_val)
         value = val.metric(self.settings.metric)
@@ -164,6 +169,7 @@ class Search:
                     "val_accuracy": val.accuracy,
                     "val_loss": val.loss,
                     "gain": 0.0,
+                    **count_flips(reference, reference, data.y_val, data.classes).attrs(),
                     "trainable_params": 0,
                     **cost_attrs(self.original),
                     "epochs": 0,
@@ -171,9 +177,15 @@ class Search:
                 },
                 system_attrs={
                     f"constraints:{k}": v for k, v in self.budgets.violations(self.original).items()
-                },
+                }
+                | self._baseline_flips(),
             )
         )
+
+    def _baseline_flips(self) -> dict[str, float]:
+        """The source model's flip constraint: it breaks nothing, so it is within any budget."""
+        limit = self.budgets.max_flips
+        return {} if limit is None else {"constraints:flips": flip_violation(0, limit)}
 
     def add_seeds(self, study: optuna.Study) -> None:
         """Enqueue, in a study that has run no trial yet, the standard recipe and then the
@@ -249,7 +261,7 @@ class Search:
         sizes = [len(job.data.x_train), len(job.data.x_val)]
         if job.data.x_test is not None:
             sizes.append(len(job.data.x_test))
-        budgets = [f"--max-{k} {getattr(s, f'max_{k}')}" for k in ("params", "macs")]
+        budgets = [f"--max-{k} {getattr(s, f'max_{k}')}" for k in ("params", "macs", "flips")]
         budgets = [b for b in budgets if not b.endswith(" None")]
         storage = redacted(s.storage or str(study_db(s.out)))
         return (

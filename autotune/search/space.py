@@ -21,7 +21,7 @@ import yaml
 from autotune.config import MAX_RATIO, TrialConfig
 from autotune.errors import SpaceError
 from autotune.trial.augment import AUGMENTS
-from autotune.trial.losses import LOSSES
+from autotune.trial.losses import DISTILLATION, LOSSES
 
 OPTIMIZERS = ("adamw", "sgd")
 
@@ -41,10 +41,13 @@ _RATIOS = {"prune", "prune_layers", "drop_features"}
 # Parameters that matter only under another parameter's value: sampled only then, so TPE
 # and the dashboard see no meaningless values.
 _CONDITIONS = {
-    "momentum": ("optimizer", "sgd"),
-    "label_smoothing": ("loss", "label_smoothing"),
-    "focal_gamma": ("loss", "focal"),
+    "momentum": ("optimizer", ("sgd",)),
+    "label_smoothing": ("loss", ("label_smoothing",)),
+    "focal_gamma": ("loss", ("focal",)),
+    "distill_weight": ("loss", DISTILLATION),
+    "distill_temperature": ("loss", DISTILLATION),
 }
+_DISTILL_PARAMS = {"distill_weight", "distill_temperature"}
 _FIT_KEYS = {"max_epochs", "patience"}
 _ANALYSIS_KEYS = {"samples", "background", "nsamples", "seed", "explainer"}
 LAYER_PREFIX = "prune:"
@@ -107,7 +110,7 @@ class SearchSpace:
             if condition is not None:
                 parent, wanted = condition
                 parent_value = values.get(parent, getattr(TrialConfig(), parent))
-                if parent_value != wanted:
+                if parent_value not in wanted:
                     continue
             values[name] = param.sample(trial, n_layers, prunable)
         return config_from(values)
@@ -286,7 +289,7 @@ def _parse_param(name: str, spec: Any, source: str) -> Param:
             raise SpaceError(
                 f"{where}: 'low' <= 'high' must hold, but got low={low!r}, high={high!r}"
             )
-        if name in _RATIOS:
+        if name in _RATIOS or name in _DISTILL_PARAMS:
             _check_value(name, low, where)
             _check_value(name, high, where)
         log = bool(spec.get("log", False))
@@ -328,6 +331,10 @@ def _check_value(name: str, value: Any, where: str) -> None:
         raise SpaceError(f"{where}: {value!r} is not an integer")
     if name == "dropout" and not 0.0 <= value < 1.0:
         raise SpaceError(f"{where}: dropout must be in [0, 1), got {value!r}")
+    if name == "distill_weight" and not 0.0 <= value <= 1.0:
+        raise SpaceError(f"{where}: a distillation weight must be in [0, 1], got {value!r}")
+    if name == "distill_temperature" and value <= 0:
+        raise SpaceError(f"{where}: a temperature must be positive, got {value!r}")
     if name in _RATIOS and not 0.0 <= value <= MAX_RATIO:
         raise SpaceError(f"{where}: a fraction removed must be in [0, {MAX_RATIO}], got {value!r}")
     if name in ("batch_size", "unfreeze", "lr") and value <= 0:

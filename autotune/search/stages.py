@@ -5,7 +5,9 @@ rate, optimizer, batch size, loss, dropout, which layers train) on the full-size
 with the standard recipe. Stage 2 ("slim") takes the best stage-1 model as trained (the adapted
 model, for which the user's data is now in-domain), ranks its units on that data, and samples
 only how far down those rankings to remove (pruning, feature dropping) before fine-tuning the
-slimmed copy with the parent's own hyperparameters.
+slimmed copy with the parent's own hyperparameters. When the space offers a distillation loss,
+stage 2 samples the loss again as well: a slimmed child may then learn from its parent, the
+full-size model it was cut from (the teacher of a stage-2 trial is its parent).
 
 Why: rankings computed on the source model, which is mostly wrong on the new data, paid off less
 than rankings of the adapted model (issue measurements in BENCHMARKS.md), and in one joint space
@@ -27,10 +29,13 @@ from autotune.rank.analysis import Analysis
 from autotune.search.prepare import run_analyses
 from autotune.search.space import SearchSpace
 from autotune.search.study import rank_key
+from autotune.trial.losses import DISTILLATION
 from autotune.trial.maker import TrialMaker
 
 SLIMMING = ("prune", "prune_scope", "prune_layers", "drop_features", "importance")
 """Space parameters that remove parts of the model: sampled in stage 2 only."""
+LOSS_PARAMS = ("loss", "label_smoothing", "focal_gamma", "distill_weight", "distill_temperature")
+"""Re-sampled in stage 2 when the space offers distillation (``distils``)."""
 PARENT = "parent"
 """User attribute of a stage-2 trial: the number of the stage-1 trial it slimmed."""
 
@@ -48,9 +53,20 @@ def tuning_space(space: SearchSpace) -> SearchSpace:
     return space.without(*SLIMMING)
 
 
+def distils(space: SearchSpace) -> bool:
+    """Whether the space offers a loss that learns from a teacher."""
+    return any(v in DISTILLATION for v in space.values_of("loss"))
+
+
+def stage_two_params(space: SearchSpace) -> tuple[str, ...]:
+    """What stage 2 samples: the slimming, and the loss when the space offers distillation."""
+    return SLIMMING + (LOSS_PARAMS if distils(space) else ())
+
+
 def slimming_space(space: SearchSpace) -> SearchSpace:
-    """Stage 2's space: only the slimming parameters."""
-    return space.without(*(n for n in space.params if n not in SLIMMING))
+    """Stage 2's space: only the slimming parameters (and the loss: ``stage_two_params``)."""
+    kept = stage_two_params(space)
+    return space.without(*(n for n in space.params if n not in kept))
 
 
 def tuning_trials(settings: SearchSettings) -> int:
@@ -64,20 +80,26 @@ def stage_of(number: int, settings: SearchSettings, staged: bool) -> int:
 
 
 def parent_of(study: optuna.Study, metric: str) -> FrozenTrial | None:
-    """The best completed stage-1 trial, budgets ignored (it is the model stage 2 slims)."""
+    """The best completed stage-1 trial (it is the model stage 2 slims): size budgets ignored,
+    but within the flip budget when one is (a slimmed child rarely breaks less than its parent).
+    """
     done = [
         t
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if t.values and not t.user_attrs.get("baseline") and PARENT not in t.user_attrs
     ]
+    done = [t for t in done if t.constraints.get("flips", 0.0) <= 0] or done
     if not done:
         return None
     return max(done, key=lambda t: rank_key(t, sign(metric)))
 
 
-def child_config(parent: TrialConfig, slim: TrialConfig) -> TrialConfig:
-    """The parent's fine-tuning, on every layer, with the slimming sampled for the child."""
-    values = {name: getattr(slim, name) for name in SLIMMING}
+def child_config(
+    parent: TrialConfig, slim: TrialConfig, sampled: tuple[str, ...] = SLIMMING
+) -> TrialConfig:
+    """The parent's fine-tuning, on every layer, with the ``sampled`` parameters (the slimming,
+    and maybe the loss) of the child."""
+    values = {name: getattr(slim, name) for name in sampled}
     return dataclasses.replace(parent, unfreeze=None, unfreeze_order="output", **values)
 
 

@@ -145,6 +145,7 @@ def fine_tune(
     on_epoch: EpochCallback | None = None,
     restore_best: bool = True,
     accel: Accel = Accel(),
+    teacher: torch.Tensor | None = None,
 ) -> FitResult:
     """Train ``model`` in place on ``data`` (already on the model's device).
 
@@ -153,7 +154,8 @@ def fine_tune(
     ``restore_best``), stops after ``patience`` epochs without improving the metric, and hands
     every epoch's metric to ``on_epoch`` (the study reports it to Optuna there, and may stop
     the trial by raising). ``accel``: mixed precision and memory format (``trial.accel``);
-    its default is the plain float32 loop.
+    its default is the plain float32 loop. ``teacher``: a teacher's logits on the training
+    samples, row for row, for the distillation losses.
     """
     start = time.perf_counter()
     torch.manual_seed(seed)  # dropout masks
@@ -183,8 +185,9 @@ def fine_tune(
         for batch, inputs in feed.epoch(order):
             if crops is not None:
                 inputs = augment.light(inputs, crops)
+            soft = None if teacher is None else teacher[batch]
             with accel.autocast(y.device):
-                loss = loss_fn(model(accel.inputs(inputs)), y[batch])
+                loss = loss_fn(model(accel.inputs(inputs)), y[batch], soft)
             optimizer.zero_grad(set_to_none=True)
             if scaler is None:
                 loss.backward()

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -17,6 +18,8 @@ from autotune.rank.analysis import Analysis
 from autotune.trial.accel import Accel, plan
 from autotune.trial.build import Changes, build
 from autotune.trial.fit import EpochCallback, FitResult, fine_tune
+from autotune.trial.flips import outputs
+from autotune.trial.losses import DISTILLATION
 
 
 @dataclass
@@ -34,13 +37,34 @@ class TrialMaker:
     metric: str
     seed: int
     """Trial N trains with ``seed + N``."""
+    reference: torch.Tensor | None = None
+    """The source model's predictions on the validation split: what every trial's fixed and
+    broken errors are counted against (a slimming maker keeps the original source's)."""
     amp: str = "auto"
     channels_last: str = "auto"
     """``SearchSettings.amp`` and ``.channels_last``: how fits use the device (``trial.accel``)."""
+    _teacher: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, init=False, repr=False)
 
     def accel(self, model: nn.Module) -> Accel:
         """How fits of ``model`` use the device: precision and memory format."""
         return plan(self.device, model, self.amp, self.channels_last)
+
+    def teacher(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``source``'s logits on the training and validation samples, computed once: what the
+        distillation losses learn from (the teacher sees every input column)."""
+        if self._teacher is None:
+            model = copy.deepcopy(self.source).to(self.device)
+            self._teacher = (
+                outputs(model, self.data.x_train),
+                outputs(model, self.data.x_val),
+            )
+        return self._teacher
+
+    def _teacher_for(self, config: TrialConfig, pooled: bool = False) -> torch.Tensor | None:
+        if config.loss not in DISTILLATION:
+            return None
+        train, val = self.teacher()
+        return torch.cat([train, val]) if pooled else train
 
     @property
     def example(self) -> torch.Tensor:
@@ -81,6 +105,7 @@ class TrialMaker:
             model, pooled, config, max_epochs=epochs, patience=epochs + 1, metric=self.metric,
             seed=self.seed + number, restore_best=False,
             accel=self.accel(model),
+            teacher=self._teacher_for(config, pooled=True),
         )  # fmt: skip
 
     def fit(
@@ -102,4 +127,5 @@ class TrialMaker:
             seed=self.seed + number,
             on_epoch=on_epoch,
             accel=self.accel(model),
+            teacher=self._teacher_for(config),
         )

@@ -1,0 +1,124 @@
+"""Errors fixed and broken against the source model, and the flip budget."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+import yaml
+from rich.console import Console
+from torch import nn
+
+from autotune import search
+from autotune.config import SearchSettings
+from autotune.errors import AutotuneError
+from autotune.load.job import Job
+from autotune.load.tasks import TaskData, from_tensors
+from autotune.results.leaderboard import Leaderboard
+from autotune.search.runner import Search
+from autotune.search.space import load_space
+from autotune.trial.flips import count_flips, flip_limit, predictions
+from tests.conftest import TinyNet, blobs
+
+
+def _lookup(predicted: list[int], classes: int = 3) -> nn.Module:
+    """A model that answers ``predicted[i]`` for the one-hot input of sample i."""
+    model = nn.Linear(len(predicted), classes, bias=False)
+    with torch.no_grad():
+        model.weight.zero_()
+        for i, c in enumerate(predicted):
+            model.weight[c, i] = 1.0
+    return model
+
+
+def test_a_model_that_swaps_two_known_samples_fixes_one_and_breaks_one() -> None:
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    x = torch.eye(6)
+    source = _lookup([0, 1, 2, 0, 2, 2])  # wrong on sample 4 only
+    new = _lookup([0, 1, 2, 1, 1, 2])  # sample 4 fixed, sample 3 broken
+    flips = count_flips(predictions(source, x), predictions(new, x), y, ["a", "b", "c"])
+    assert (flips.fixed, flips.broken, flips.samples, flips.source_right) == (1, 1, 6, 5)
+    assert flips.rate == pytest.approx(1 / 6)
+    # Class a lost sample 3, class b gained sample 4, class c did not move.
+    assert flips.per_class == {"a": (1.0, 0.5), "b": (0.5, 1.0), "c": (1.0, 1.0)}
+
+
+def test_flip_budgets_read_as_a_rate_or_a_count() -> None:
+    assert flip_limit("0.01", 200) == 2
+    assert flip_limit("1%", 200) == 2
+    assert flip_limit("5", 200) == 5
+    assert flip_limit(0, 200) == 0
+    for bad in ("1.5", "-1", "lots", "150%"):
+        with pytest.raises(AutotuneError, match="--max-flips"):
+            flip_limit(bad, 200)
+
+
+@pytest.mark.slow
+def test_a_trial_over_the_flip_budget_is_recorded_and_never_exported(tmp_path: Path) -> None:
+    # Planted: 8 validation samples are labelled as the source predicts, not as their blob.
+    # The source gets them right; a model fine-tuned on clean labels breaks them, while
+    # fixing many more: the most accurate trials are over a budget of 3 flips.
+    x, y = blobs(300)
+    torch.manual_seed(0)
+    source = TinyNet().eval()
+    x_val, y_val = x[200:280], y[200:280].clone()
+    guessed = predictions(source, x_val)
+    planted = (guessed != y_val).nonzero().flatten()[:8]
+    y_val[planted] = guessed[planted]
+    data = from_tensors(x[:200], y[:200], x_val=x_val, y_val=y_val, x_test=x[280:], y_test=y[280:])
+    space = {"lr": {"low": 5e-3, "high": 3e-2, "log": True}, "fit": {"max_epochs": 6}}
+    out = tmp_path / "run"
+    result = search(
+        source, data, space=space, trials=4, out=out, console=Console(file=io.StringIO()),
+        max_flips="3", seed_trials=False,
+    )  # fmt: skip
+    trials = result.study.trials
+    trained = [t for t in trials if not t.user_attrs.get("baseline") and t.values]
+    assert trained, [t.user_attrs for t in trials]
+    best_value = max(t.values[0] for t in trained)
+    baseline = next(t for t in trials if t.user_attrs.get("baseline"))
+    assert best_value > baseline.values[0] + 0.2  # the trials did learn the task
+    most_accurate = max(trained, key=lambda t: t.values[0])
+    assert most_accurate.user_attrs["broken"] >= 8
+    assert most_accurate.user_attrs["stop_reason"].startswith("over budget: flips")
+    assert most_accurate.constraints["flips"] > 0
+    config = yaml.safe_load((out / "best" / "config.yaml").read_text())
+    assert config["trial"] != most_accurate.number
+    assert config["errors"]["validation"]["broken"] <= 3
+    assert config["metrics"]["test_broken"] is not None  # the exported model, on the test split
+    row = next(r for r in Leaderboard.from_study(result.study, "accuracy").rows if r.number == 1)
+    assert row.flips == (trials[1].user_attrs["fixed"], trials[1].user_attrs["broken"])
+
+
+def test_pareto_flips_sets_the_metric_against_the_negative_flips(
+    tiny_model: nn.Module, tiny_data: TaskData, tmp_path: Path
+) -> None:
+    space = load_space({"lr": {"low": 1e-3, "high": 1e-2, "log": True}, "fit": {"max_epochs": 3}})
+    settings = SearchSettings(out=tmp_path, trials=2, pareto="flips")
+    job = Job.from_objects(tiny_model, tiny_data)
+    study = Search(job, space, settings, console=Console(file=io.StringIO())).run()
+    assert study.directions[1] == optuna.study.StudyDirection.MINIMIZE
+    scored = [t for t in study.trials if t.values]
+    assert len(scored) == 3  # the baseline and two trials
+    for trial in scored:
+        assert trial.values[1] == trial.user_attrs["broken"]
+
+
+def test_stage_two_slims_the_best_full_size_model_within_the_flip_budget() -> None:
+    from optuna.trial import create_trial
+
+    from autotune.search.stages import parent_of
+
+    study = optuna.create_study(direction="maximize")
+    for value, over in ((0.95, 2.0), (0.90, -0.5), (0.85, 0.0)):
+        study.add_trial(create_trial(value=value, system_attrs={"constraints:flips": over}))
+    parent = parent_of(study, "accuracy")
+    assert parent is not None and parent.values[0] == 0.90  # 0.95 broke too many
+    unbudgeted = optuna.create_study(direction="maximize")
+    unbudgeted.add_trial(create_trial(value=0.7))
+    unbudgeted.add_trial(create_trial(value=0.8))
+    best = parent_of(unbudgeted, "accuracy")
+    assert best is not None and best.values[0] == 0.8
