@@ -9,6 +9,7 @@ import optuna
 import pytest
 import torch
 import yaml
+from conftest import TinyNet, blobs
 from rich.console import Console
 from torch import nn
 
@@ -21,7 +22,6 @@ from autotune.results.leaderboard import Leaderboard
 from autotune.search.runner import Search
 from autotune.search.space import load_space
 from autotune.trial.flips import count_flips, flip_limit, predictions
-from tests.conftest import TinyNet, blobs
 
 
 def _lookup(predicted: list[int], classes: int = 3) -> nn.Module:

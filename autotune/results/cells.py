@@ -168,9 +168,13 @@ def fit_table(
     width: int,
 ) -> Table:
     """``table`` with the ``columns`` that fit in ``width`` cells, one row per ``rows``; free
-    text takes one line per row from 120 cells on, two below."""
-    headers = [c.header.format(**fields) for c in columns]
+    text takes one line per row from 120 cells on, two below. A column empty in every row (no
+    flips counted, no MACs for a program) is left out: it would only take room."""
     cells = [[c.cell(board, row) for c in columns] for row in rows]
+    said = [not cells or any(r[i] for r in cells) for i in range(len(columns))]
+    columns = [c for c, k in zip(columns, said, strict=True) if k]
+    cells = [[text for text, k in zip(r, said, strict=True) if k] for r in cells]
+    headers = [c.header.format(**fields) for c in columns]
     widths = [
         c.min_width if c.min_width else max([cell_len(h)] + [cell_len(r[i]) for r in cells])
         for i, (c, h) in enumerate(zip(columns, headers, strict=True))
