@@ -19,7 +19,8 @@ from rich.table import Table
 
 from autotune.errors import AutotuneError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: gates placed by the dependency graph (pre-norm layers, unsupported layers left out)."""
 SHOWN = 3
 """Channels shown at each end of a layer's ranking."""
 
