@@ -68,7 +68,7 @@ MUTATIONS: dict[str, tuple[str, str, str, str]] = {
         "autotune/trial/prune.py",
         "    tp.prune_depthwise_conv_out_channels,\n",
         "",
-        "tests/test_zoo.py::test_pruning_equals_gating_and_the_analysis_leaves_the_model_as_it_was[mobilenet_v3_small]",  # noqa: E501
+        "tests/test_zoo.py::test_pruning_equals_gating_and_the_analysis_leaves_the_model_as_it_was[mobilenet_v3_small]",
     ),
     "pruning removes the highest-ranked channels": (
         "autotune/trial/prune.py",

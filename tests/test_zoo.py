@@ -224,7 +224,15 @@ def test_a_vision_search_slims_the_model_and_its_program_loads_in_a_clean_proces
         x[:24], y[:24], x_val=x[24:32], y_val=y[24:32], x_test=x[32:], y_test=y[32:]
     )
     console = Console(file=io.StringIO(), width=200)
-    result = search(model, data, space=_vision_space(), trials=3, out=tmp_path, console=console)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = search(model, data, space=_vision_space(), trials=3, out=tmp_path, console=console)
+    assert not [w for w in caught if "torch_pruning" in w.filename or "Unwrapped" in str(w.message)]
+    # What is left unpruned is said once, with the reason, never as a failed trial.
+    said = console.file.getvalue()  # type: ignore[attr-defined]
+    assert said.count("layers are left unpruned") == (name in UNPRUNED)
+    if name in UNPRUNED:
+        assert UNPRUNED[name][1] in said
     trials = result.study.trials[1:]
     assert len(trials) == 3
     assert all(t.state != TrialState.FAIL for t in trials), [t.user_attrs for t in trials]

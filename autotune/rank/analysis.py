@@ -102,9 +102,12 @@ def tables(analysis: Analysis, features: int = 5) -> list[Table]:
     out = []
     all_layers = analysis.meta.get("all_layers") or list(analysis.channels)
     order = analysis.unfreeze_order(all_layers)
+    unpruned = analysis.meta.get("unpruned") or {}
     layers = Table(
         title=f"{analysis.method}: layers, most error-driving first (the unfreezing order)",
         title_justify="left",
+        caption=unpruned_note(unpruned),
+        caption_justify="left",
     )
     for name in ("#", "layer", "error score", "channels", "lowest (pruned first)", "highest"):
         layers.add_column(name, justify="left" if "layer" in name or "est" in name else "right")
@@ -120,7 +123,7 @@ def tables(analysis: Analysis, features: int = 5) -> list[Table]:
             str(rank),
             name,
             "-" if error is None else f"{error:.4g}",
-            "classifier" if scores is None else str(len(scores)),
+            str(len(scores)) if scores is not None else _unscored(name, all_layers, unpruned),
             low,
             high,
         )
@@ -139,6 +142,26 @@ def tables(analysis: Analysis, features: int = 5) -> list[Table]:
                 table.add_row(end, names[i], f"{analysis.features[i]:.4g}")
         out.append(table)
     return out
+
+
+def unpruned_note(unpruned: dict[str, str]) -> str | None:
+    """One line on the layers left unpruned (layer -> why), or None when there are none."""
+    if not unpruned:
+        return None
+    reasons = sorted(set(unpruned.values()))
+    shown = ", ".join(list(unpruned)[:3]) + (
+        f" and {len(unpruned) - 3} more" if len(unpruned) > 3 else ""
+    )
+    return (
+        f"{len(unpruned)} layers are left unpruned, a module kind autotune does not prune "
+        f"being in their channels' path ({'; '.join(reasons)}): {shown}"
+    )
+
+
+def _unscored(name: str, all_layers: list[str], unpruned: dict[str, str]) -> str:
+    if name in unpruned:
+        return "unpruned"
+    return "classifier" if all_layers and name == all_layers[-1] else "-"
 
 
 def _units(indices: list[int], scores: list[float]) -> str:

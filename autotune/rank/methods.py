@@ -27,8 +27,9 @@ the unfreezing order.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -55,6 +56,8 @@ class Scores:
     """One importance per input feature, for feature-vector models."""
     errors: int
     """How many explained samples the model got wrong (the error score's basis)."""
+    unpruned: dict[str, str] = field(default_factory=dict)
+    """Layers left unpruned because of a module kind in their pruning group -> why."""
 
 
 def score(
@@ -84,11 +87,12 @@ def score(
     for p in copied.parameters():
         p.requires_grad_(False)
     found = sites(copied, x)
+    unpruned = {s.layer: s.unsupported for s in found if s.unsupported}
     features = x.ndim == 2
     if method == "l1":
-        return _l1(copied, found, features)
+        return dataclasses.replace(_l1(copied, found, features), unpruned=unpruned)
     if method == "random":
-        return _random(copied, found, x, seed)
+        return dataclasses.replace(_random(copied, found, x, seed), unpruned=unpruned)
     gated = Gated(copied, found, features)
     phis = (
         _shap(gated, x, y, background, nsamples, keep, seed, explainer)
@@ -97,7 +101,7 @@ def score(
     )
     with torch.no_grad():
         wrong = (copied(x).argmax(1) != y).numpy()
-    return _summarise(found, phis, wrong, features)
+    return dataclasses.replace(_summarise(found, phis, wrong, features), unpruned=unpruned)
 
 
 def _shap(
