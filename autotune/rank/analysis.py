@@ -148,13 +148,14 @@ def unpruned_note(unpruned: dict[str, str]) -> str | None:
     """One line on the layers left unpruned (layer -> why), or None when there are none."""
     if not unpruned:
         return None
-    reasons = sorted(set(unpruned.values()))
-    shown = ", ".join(list(unpruned)[:3]) + (
-        f" and {len(unpruned) - 3} more" if len(unpruned) > 3 else ""
-    )
+    kinds = sorted({kind for why in unpruned.values() for kind in why.split(", ")})
+    shown = ", ".join(list(unpruned)[:3])
+    if len(unpruned) > 3:
+        shown += f" and {len(unpruned) - 3} more"
     return (
-        f"{len(unpruned)} layers are left unpruned, a module kind autotune does not prune "
-        f"being in their channels' path ({'; '.join(reasons)}): {shown}"
+        f"left unpruned: {len(unpruned)} layer{'s' if len(unpruned) > 1 else ''} ({shown}), "
+        f"whose channels pass through {', '.join(kinds)}; see 'Supported architectures' in "
+        "the README"
     )
 
 

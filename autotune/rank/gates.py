@@ -35,7 +35,7 @@ class Site:
     prunable: bool
     """False for the classifier (its outputs are the classes) and unsupported layers."""
     unsupported: str | None = None
-    """Why the layer is left unpruned, when a module kind in its pruning group is unsupported."""
+    """Why the layer is left unpruned: the unsupported module kinds its channels pass through."""
 
 
 def sites(model: nn.Module, example: torch.Tensor) -> list[Site]:

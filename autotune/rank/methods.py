@@ -57,7 +57,7 @@ class Scores:
     errors: int
     """How many explained samples the model got wrong (the error score's basis)."""
     unpruned: dict[str, str] = field(default_factory=dict)
-    """Layers left unpruned because of a module kind in their pruning group -> why."""
+    """Layers left unpruned -> the unsupported module kinds their channels pass through."""
 
 
 def score(

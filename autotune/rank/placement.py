@@ -44,6 +44,8 @@ _PER_CHANNEL = re.compile(
     r"Squeeze|Unsqueeze|Cat|Split|SplitWithSizes|Select|Slice|Expand|Unbind|NativeDropout|"
     r"Dropout)Backward\d*"
 )
+_ATTENTION = re.compile(r"(Mm|Bmm|Baddbmm|Softmax|ScaledDotProduct)")
+_FUNCTIONAL = {"NativeLayerNorm": "LayerNorm", "NativeGroupNorm": "GroupNorm"}
 _KINDS = {
     _OPS.LN: "LayerNorm",
     _OPS.GN: "GroupNorm",
@@ -71,7 +73,7 @@ class Point:
 class Placement:
     points: tuple[Point, ...]
     unsupported: str | None
-    """Why the layer cannot be pruned (the module kind in its group), or None."""
+    """Why the layer cannot be pruned: the module kinds its channels pass through, or None."""
 
 
 def placements(
@@ -91,7 +93,7 @@ def placements(
     for name in layer_names:
         layer = modules[name]
         if layer not in graph.module2node:
-            found[name] = Placement((), "it is not on the path from input to output")
+            found[name] = Placement((), "not on the traced path")
             continue
         found[name] = _place(graph, names, layer, name)
     return found
@@ -121,7 +123,7 @@ def _place(
     reached = _reached_norms(start)
     for node in reached:
         if node not in norms:
-            return Placement((own,), f"its output reaches {names.get(node.module)!r} unmapped")
+            return Placement((own,), f"{names.get(node.module)!r} (unmapped)")
         if _reaches_a_layer(node, norms):
             points.append(Point(names[node.module], 1, norms[node]))
     return Placement(tuple(points) or (own,), None)
@@ -136,10 +138,10 @@ def _unsupported(group: tp.dependency.Group) -> str | None:
         if node.type == _OPS.ELEMENTWISE:
             op = re.sub(r"Backward\d*$", "", type(node.grad_fn).__name__)
             if not _PER_CHANNEL.fullmatch(f"{op}Backward0"):
-                kinds.add(f"a {op} operation")
+                kinds.add(_FUNCTIONAL.get(op, "attention" if _ATTENTION.match(op) else op))
             continue
         kinds.add(_KINDS.get(node.type, node.type.name))
-    return f"its channels pass through {', '.join(sorted(kinds))}" if kinds else None
+    return ", ".join(sorted(kinds)) or None
 
 
 def _successors(node: tp.dependency.Node) -> list[tp.dependency.Node]:
