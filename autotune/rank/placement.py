@@ -83,12 +83,16 @@ def placements(
     traced = copy.deepcopy(model).eval()
     for p in traced.parameters():
         p.requires_grad_(True)  # the graph is traced through autograd
-    with warnings.catch_warnings(), torch.enable_grad():
-        # torch-pruning warns about every parameter it cannot prune: the reason is ours to give.
-        warnings.simplefilter("ignore")
-        graph = tp.DependencyGraph().build_dependency(traced, example_inputs=example[:2])
-    names = {m: n for n, m in traced.named_modules()}
     modules = dict(traced.named_modules())
+    try:
+        with warnings.catch_warnings(), torch.enable_grad():
+            # torch-pruning warns about each parameter it cannot prune: the reason is ours to give.
+            warnings.simplefilter("ignore")
+            graph = tp.DependencyGraph().build_dependency(traced, example_inputs=example[:2])
+    except Exception as e:  # a model torch-pruning cannot trace is scored, never pruned
+        why = f"a graph torch-pruning cannot trace ({type(e).__name__})"
+        return {n: Placement((Point(n, _channel_dim(modules[n]), None),), why) for n in layer_names}
+    names = {m: n for n, m in traced.named_modules()}
     found = {}
     for name in layer_names:
         layer = modules[name]
@@ -103,7 +107,7 @@ def _place(
     graph: tp.DependencyGraph, names: dict[nn.Module, str], layer: nn.Module, name: str
 ) -> Placement:
     channels = int(graph.get_out_channels(layer))
-    own = Point(name, 1 if isinstance(layer, nn.modules.conv._ConvNd) else -1, None)
+    own = Point(name, _channel_dim(layer), None)
     pruner = graph.get_pruner_of_module(layer)
     group = graph.get_pruning_group(layer, pruner.prune_out_channels, list(range(channels)))
     why = _unsupported(group)
@@ -127,6 +131,10 @@ def _place(
         if _reaches_a_layer(node, norms):
             points.append(Point(names[node.module], 1, norms[node]))
     return Placement(tuple(points) or (own,), None)
+
+
+def _channel_dim(layer: nn.Module) -> int:
+    return 1 if isinstance(layer, nn.modules.conv._ConvNd) else -1
 
 
 def _unsupported(group: tp.dependency.Group) -> str | None:

@@ -70,7 +70,7 @@ def prune(
     classifier are kept; no layer loses more than 95% of its channels.
     """
     per_layer = dict(per_layer or {})
-    if ratio <= 0 and not any(r > 0 for r in per_layer.values()):
+    if not scores or (ratio <= 0 and not any(r > 0 for r in per_layer.values())):
         return {}
     unknown = set(per_layer) - set(scores)
     if unknown:
