@@ -59,10 +59,16 @@ MUTATIONS: dict[str, tuple[str, str, str, str]] = {
         "tests/test_slimming.py",
     ),
     "gate placed before the layer's normalisation": (
-        "autotune/rank/gates.py",
-        "        found.append(Site(unit.name, unit.modules[-1], dim, channels, first is not classifier))\n",  # noqa: E501
-        "        found.append(Site(unit.name, unit.name, dim, channels, first is not classifier))\n",  # noqa: E501
+        "autotune/rank/placement.py",
+        "            points.append(Point(names[node.module], 1, norms[node]))\n",
+        "            pass\n",
         "tests/test_pruning.py tests/test_importance.py",
+    ),
+    "depthwise channels not recorded": (
+        "autotune/trial/prune.py",
+        "    tp.prune_depthwise_conv_out_channels,\n",
+        "",
+        "tests/test_zoo.py::test_pruning_equals_gating_and_the_analysis_leaves_the_model_as_it_was[mobilenet_v3_small]",
     ),
     "pruning removes the highest-ranked channels": (
         "autotune/trial/prune.py",

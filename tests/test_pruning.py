@@ -153,3 +153,20 @@ def test_global_ranking_prunes_the_lowest_channels_across_layers() -> None:
     assert kept["right.0"] == [2, 3, 4, 5]
     assert kept["mix.0"] == list(range(2, 12))
     assert model(x).shape == (4, 4)
+
+
+def test_a_model_the_dependency_graph_cannot_trace_is_scored_and_left_unpruned(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import torch_pruning as tp
+
+    def fail(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("untraceable")
+
+    monkeypatch.setattr(tp.DependencyGraph, "build_dependency", fail)
+    model = TwoBranch().eval()
+    x = torch.randn(4, 3, 6, 6)
+    scores = score("taylor", model, x, torch.zeros(4, dtype=torch.long))
+    assert scores.channels == {} and scores.layers is not None and len(scores.layers) == 4
+    assert "cannot trace" in scores.unpruned["mix.0"]
+    assert prune(model, scores.channels, x[:2], 0.5) == {}

@@ -19,7 +19,8 @@ from rich.table import Table
 
 from autotune.errors import AutotuneError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: gates placed by the dependency graph (pre-norm layers, unsupported layers left out)."""
 SHOWN = 3
 """Channels shown at each end of a layer's ranking."""
 
@@ -101,9 +102,12 @@ def tables(analysis: Analysis, features: int = 5) -> list[Table]:
     out = []
     all_layers = analysis.meta.get("all_layers") or list(analysis.channels)
     order = analysis.unfreeze_order(all_layers)
+    unpruned = analysis.meta.get("unpruned") or {}
     layers = Table(
         title=f"{analysis.method}: layers, most error-driving first (the unfreezing order)",
         title_justify="left",
+        caption=unpruned_note(unpruned),
+        caption_justify="left",
     )
     driven = analysis.meta.get("errors_driven") or {}
     errors = analysis.meta.get("errors", 0)
@@ -123,7 +127,7 @@ def tables(analysis: Analysis, features: int = 5) -> list[Table]:
             name,
             "-" if error is None else f"{error:.4g}",
             f"{driven[name]}/{errors}" if name in driven else "-",
-            "classifier" if scores is None else str(len(scores)),
+            str(len(scores)) if scores is not None else _unscored(name, all_layers, unpruned),
             low,
             high,
         )
@@ -142,6 +146,27 @@ def tables(analysis: Analysis, features: int = 5) -> list[Table]:
                 table.add_row(end, names[i], f"{analysis.features[i]:.4g}")
         out.append(table)
     return out
+
+
+def unpruned_note(unpruned: dict[str, str]) -> str | None:
+    """One line on the layers left unpruned (layer -> why), or None when there are none."""
+    if not unpruned:
+        return None
+    kinds = sorted({kind for why in unpruned.values() for kind in why.split(", ")})
+    shown = ", ".join(list(unpruned)[:3])
+    if len(unpruned) > 3:
+        shown += f" and {len(unpruned) - 3} more"
+    return (
+        f"left unpruned: {len(unpruned)} layer{'s' if len(unpruned) > 1 else ''} ({shown}), "
+        f"whose channels pass through {', '.join(kinds)}; see 'Supported architectures' in "
+        "the README"
+    )
+
+
+def _unscored(name: str, all_layers: list[str], unpruned: dict[str, str]) -> str:
+    if name in unpruned:
+        return "unpruned"
+    return "classifier" if all_layers and name == all_layers[-1] else "-"
 
 
 def _units(indices: list[int], scores: list[float]) -> str:

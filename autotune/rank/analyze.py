@@ -98,6 +98,7 @@ def analyze_job(
             "model_sha256": job.model.sha256,
             "data_fingerprint": data.fingerprint(),
             "all_layers": [unit.name for unit in layers(job.model.module)],
+            "unpruned": scores.unpruned,
             "cached": False,
         },
     )

@@ -1,8 +1,9 @@
 """Gates: a multiplicative switch on every unit (channel, neuron, input feature) of a model.
 
-A unit is an output channel of a Conv layer or a neuron of a Linear layer, taken after the
-normalisation that follows it (so zeroing it is exactly what structural pruning does to the next
-layer), or an input feature of a feature-vector model. ``sites`` finds where the gates go;
+A unit is an output channel of a Conv layer or a neuron of a Linear layer, gated where zeroing
+it is exactly what structural pruning does (``rank.placement``: after the normalisation that
+follows it, or after each one that normalises it later), or an input feature of a
+feature-vector model. ``sites`` finds where the gates go;
 ``Gated`` wraps a model so that the gates are its inputs.
 """
 
@@ -16,34 +17,34 @@ import torch
 from torch import nn
 
 from autotune.load.anatomy import classifier_of, layers
+from autotune.rank.placement import Point, placements
 
 _WEIGHTED = (nn.modules.conv._ConvNd, nn.Linear)
 
 
 @dataclass(frozen=True)
 class Site:
-    """Where one layer's units are gated: the output of its last module."""
+    """Where one layer's units are gated (see ``rank.placement``)."""
 
     layer: str
     """The layer's name (its Conv/Linear module), as ``load.anatomy.layers`` names it."""
-    module: str
-    """The module whose output is gated (the layer's normalisation when it has one)."""
-    channel_dim: int
-    """1 for convolutions, -1 (the last axis) for Linear layers."""
+    points: tuple[Point, ...]
+    """The module outputs the gate multiplies: the layer's normalisation when it has one, each
+    later normalisation of its channels for pre-norm models, else the layer itself."""
     channels: int
     prunable: bool
-    """False for the classifier: its outputs are the classes."""
+    """False for the classifier (its outputs are the classes) and unsupported layers."""
+    unsupported: str | None = None
+    """Why the layer is left unpruned: the unsupported module kinds its channels pass through."""
 
 
 def sites(model: nn.Module, example: torch.Tensor) -> list[Site]:
     """The gate sites of ``model``: one per Conv/Linear layer whose output can be gated."""
     named = dict(model.named_modules())
     _, classifier = classifier_of(model)
-    candidates = []
-    for unit in layers(model):
-        first = named[unit.name]
-        if isinstance(first, _WEIGHTED):
-            candidates.append((unit, first))
+    candidates = [u.name for u in layers(model) if isinstance(named[u.name], _WEIGHTED)]
+    placed = placements(model, example, candidates)
+    watched = set(candidates) | {p.module for pl in placed.values() for p in pl.points}
     shapes: dict[str, list[torch.Size]] = {}
 
     def record(name: str):
@@ -53,9 +54,7 @@ def sites(model: nn.Module, example: torch.Tensor) -> list[Site]:
 
         return hook
 
-    handles = [
-        named[unit.modules[-1]].register_forward_hook(record(unit.name)) for unit, _ in candidates
-    ]
+    handles = [named[name].register_forward_hook(record(name)) for name in watched]
     try:
         with torch.no_grad(), _eval(model):
             model(example[:2])
@@ -63,17 +62,20 @@ def sites(model: nn.Module, example: torch.Tensor) -> list[Site]:
         for handle in handles:
             handle.remove()
     found = []
-    for unit, first in candidates:
-        seen = shapes.get(unit.name, [])
-        # A module called twice per forward (weight sharing) has no single output to gate.
-        if len(seen) != 1:
-            continue
+    for name in candidates:
+        first = named[name]
         conv = isinstance(first, nn.modules.conv._ConvNd)
-        dim = 1 if conv else -1
-        channels = int(first.out_channels if conv else first.out_features)  # type: ignore[arg-type]
-        if len(seen[0]) < 2 or seen[0][dim] != channels:
+        channels = int(first.out_channels if conv else first.out_features)
+        seen = shapes.get(name, [])
+        # A module called twice per forward (weight sharing) has no single output to gate.
+        if len(seen) != 1 or len(seen[0]) < 2 or seen[0][1 if conv else -1] != channels:
             continue
-        found.append(Site(unit.name, unit.modules[-1], dim, channels, first is not classifier))
+        placement = placed[name]
+        if any(len(shapes.get(p.module, [])) != 1 for p in placement.points):
+            continue
+        why = placement.unsupported
+        prunable = first is not classifier and why is None
+        found.append(Site(name, placement.points, channels, prunable, why))
     return found
 
 
@@ -95,7 +97,8 @@ class Gated(nn.Module):
         named = dict(model.named_modules())
         offset = 1 if features else 0
         for i, site in enumerate(found):
-            named[site.module].register_forward_hook(self._hook(i + offset, site.channel_dim))
+            for point in site.points:
+                named[point.module].register_forward_hook(self._hook(i + offset, point))
 
     def gate_sizes(self) -> list[int]:
         first = [self.x.shape[1]] if self.features else []
@@ -104,11 +107,17 @@ class Gated(nn.Module):
     def bind(self, x: torch.Tensor, y: torch.Tensor) -> None:
         self.x, self.y = x, y
 
-    def _hook(self, index: int, dim: int):
+    def _hook(self, index: int, point: Point):
+        dim = point.channel_dim
+        positions = None if point.positions is None else torch.tensor(point.positions)
+
         def hook(_module: nn.Module, _inputs: object, output: torch.Tensor) -> torch.Tensor:
             if not self._gates:  # an ungated forward pass
                 return output
             gate = self._gates[index]
+            if positions is not None:  # the layer's channels among others (a concatenation)
+                whole = gate.new_ones(gate.shape[0], output.shape[dim])
+                gate = whole.index_copy(1, positions.to(gate.device), gate)
             shape = [1] * output.ndim
             shape[0], shape[dim] = gate.shape[0], gate.shape[1]
             return output * gate.reshape(shape)

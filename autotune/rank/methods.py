@@ -28,8 +28,9 @@ it: ``autotune analyze`` counts the mistakes each layer drives.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -59,6 +60,8 @@ class Scores:
     driven: dict[str, int] | None = None
     """Layer -> how many of those mistakes it drives: the samples on which its units give more
     evidence against the true class than any other layer's (they sum to ``errors``)."""
+    unpruned: dict[str, str] = field(default_factory=dict)
+    """Layers left unpruned -> the unsupported module kinds their channels pass through."""
 
 
 def score(
@@ -91,11 +94,12 @@ def score(
     for p in copied.parameters():
         p.requires_grad_(False)
     found = sites(copied, x)
+    unpruned = {s.layer: s.unsupported for s in found if s.unsupported}
     features = x.ndim == 2
     if method == "l1":
-        return _l1(copied, found, features)
+        return dataclasses.replace(_l1(copied, found, features), unpruned=unpruned)
     if method == "random":
-        return _random(copied, found, x, seed)
+        return dataclasses.replace(_random(copied, found, x, seed), unpruned=unpruned)
     gated = Gated(copied, found, features)
     phis = (
         _shap(gated, x, y, background, nsamples, keep, seed, explainer, torch.device(device))
@@ -104,7 +108,7 @@ def score(
     )
     with torch.no_grad():
         wrong = (copied(x).argmax(1) != y).numpy()
-    return _summarise(found, phis, wrong, features)
+    return dataclasses.replace(_summarise(found, phis, wrong, features), unpruned=unpruned)
 
 
 def _shap(

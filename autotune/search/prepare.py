@@ -13,7 +13,7 @@ from torch import nn
 from autotune.config import AnalysisOptions, SearchSettings
 from autotune.load.job import Job
 from autotune.paths import analysis_dir
-from autotune.rank.analysis import Analysis
+from autotune.rank.analysis import Analysis, unpruned_note
 from autotune.rank.analyze import analyze_job
 from autotune.search.space import SearchSpace
 from autotune.trial.augment import MIN_SIDE, can_augment
@@ -114,6 +114,7 @@ def run_analyses(
     ``OUT/analysis/METHOD.json`` when ``out`` is given.
     """
     options = AnalysisOptions(**space.analysis)
+    noted = False
     for method in space.methods():
         if method in analyses:
             continue
@@ -128,4 +129,8 @@ def run_analyses(
                 f"{method} analysis: {len(analysis.channels)} prunable layers, "
                 f"{analysis.meta.get('errors', 0)} mistakes explained ({how})"
             )
+            note = unpruned_note(analysis.meta.get("unpruned") or {})
+            if note is not None and not noted:
+                say(f"note: {note}")
+                noted = True
         analyses[method] = analysis

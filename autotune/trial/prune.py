@@ -8,6 +8,7 @@ plugged in as a ``tp.importance.Importance``: the lowest-scored channels go firs
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 
 import numpy as np
@@ -17,7 +18,13 @@ from torch import nn
 
 from autotune.load.anatomy import classifier_of
 
-_OUT_CHANNELS = (tp.prune_conv_out_channels, tp.prune_linear_out_channels)
+# A depthwise conv's channels go through its own handler: without it, a depthwise layer's
+# removed channels were neither scored nor recorded.
+_OUT_CHANNELS = (
+    tp.prune_conv_out_channels,
+    tp.prune_linear_out_channels,
+    tp.prune_depthwise_conv_out_channels,
+)
 
 
 class RankedImportance(tp.importance.Importance):
@@ -63,13 +70,28 @@ def prune(
     classifier are kept; no layer loses more than 95% of its channels.
     """
     per_layer = dict(per_layer or {})
-    if ratio <= 0 and not any(r > 0 for r in per_layer.values()):
+    if not scores or (ratio <= 0 and not any(r > 0 for r in per_layer.values())):
         return {}
-    names = {m: n for n, m in model.named_modules()}
-    modules = dict(model.named_modules())
     unknown = set(per_layer) - set(scores)
     if unknown:
         raise ValueError(f"no scores for layers {sorted(unknown)}; scored: {sorted(scores)}")
+    with warnings.catch_warnings():
+        # torch-pruning warns about the parameters it cannot prune (a position embedding, a
+        # layer scale): the layers around them are never pruned (see ``rank.placement``).
+        warnings.simplefilter("ignore")
+        return _prune(model, scores, example, ratio, per_layer, global_ranking)
+
+
+def _prune(
+    model: nn.Module,
+    scores: Mapping[str, np.ndarray],
+    example: torch.Tensor,
+    ratio: float,
+    per_layer: dict[str, float],
+    global_ranking: bool,
+) -> dict[str, list[int]]:
+    names = {m: n for n, m in model.named_modules()}
+    modules = dict(model.named_modules())
     _, classifier = classifier_of(model)
     ignored = [
         m

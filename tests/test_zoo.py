@@ -1,0 +1,256 @@
+"""Common vision architectures, with random weights and tiny inputs: gates land where pruning
+cuts, the analysis leaves the model as it was, pruning equals gating the same channels to zero,
+and (for a representative subset) a short vision search slims them and exports a program that
+loads in a clean process."""
+
+from __future__ import annotations
+
+import copy
+import io
+import subprocess
+import sys
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+import yaml
+from optuna.trial import TrialState
+from rich.console import Console
+from torch import nn
+
+from autotune import search
+from autotune.load.tasks import from_tensors
+from autotune.rank.gates import Gated, Site, sites
+from autotune.rank.methods import score
+from autotune.trial.prune import prune
+
+models = torchvision.models
+
+
+class Attention(nn.Module):
+    """timm's ``Attention``: one qkv projection split into heads, then an output projection."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.num_heads = heads
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        x = nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.proj(x.transpose(1, 2).reshape(b, n, c))
+
+
+class Block(nn.Module):
+    """timm's pre-norm transformer block."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, dim * 2), nn.GELU(), nn.Linear(dim * 2, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class TimmStyleViT(nn.Module):
+    """A small timm-style vision transformer: patch embedding, class token, position embedding,
+    pre-norm blocks, a final LayerNorm and a linear head."""
+
+    def __init__(self, num_classes: int = 4, dim: int = 32, patch: int = 8) -> None:
+        super().__init__()
+        self.patch_embed = nn.Conv2d(3, dim, patch, stride=patch)
+        self.cls_token = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
+        self.pos_embed = nn.Parameter(torch.randn(1, 1 + (32 // patch) ** 2, dim) * 0.02)
+        self.blocks = nn.Sequential(Block(dim, 4), Block(dim, 4))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], 1) + self.pos_embed
+        return self.head(self.norm(self.blocks(x))[:, 0])
+
+
+def _small_vit() -> nn.Module:
+    return models.VisionTransformer(
+        image_size=32, patch_size=16, num_layers=2, num_heads=4, hidden_dim=32, mlp_dim=64,
+        num_classes=4,
+    )  # fmt: skip
+
+
+ZOO: dict[str, Callable[[], nn.Module]] = {
+    "resnet18": lambda: models.resnet18(num_classes=4),
+    "mobilenet_v3_small": lambda: models.mobilenet_v3_small(num_classes=4),
+    "efficientnet_b0": lambda: models.efficientnet_b0(num_classes=4),
+    "densenet121": lambda: models.densenet121(num_classes=4),
+    "regnet_x_400mf": lambda: models.regnet_x_400mf(num_classes=4),
+    "convnext_tiny": lambda: models.convnext_tiny(num_classes=4),
+    "vit_b_16": lambda: models.vit_b_16(image_size=32, num_classes=4),
+    "vit_small": _small_vit,
+    "timm_style_vit": TimmStyleViT,
+}
+
+# What each architecture must have pruned, by kind: the units the issue named.
+PRUNED = {
+    "mobilenet_v3_small": ["features.1.block.0.0"],  # a depthwise conv
+    "efficientnet_b0": ["features.1.0.block.1.fc1"],  # a squeeze-and-excitation squeeze
+    "densenet121": ["features.denseblock1.denselayer1.conv2"],  # pre-norm, concatenated
+    "regnet_x_400mf": ["trunk_output.block1.block1-0.f.b.0"],  # a grouped conv
+    "convnext_tiny": ["features.1.0.block.3"],  # MLP hidden units
+    "vit_b_16": ["encoder.layers.encoder_layer_0.mlp.0"],
+    "vit_small": ["encoder.layers.encoder_layer_0.mlp.0"],
+    "timm_style_vit": ["blocks.0.mlp.0"],
+}
+# ... and what is left unpruned, with the reason the analysis gives.
+UNPRUNED = {
+    "convnext_tiny": ("features.1.0.block.0", "LayerNorm"),  # the residual stream
+    "vit_b_16": ("conv_proj", "LayerNorm"),
+    "vit_small": ("conv_proj", "LayerNorm"),
+    "timm_style_vit": ("blocks.0.attn.qkv", "attention"),
+}
+LIGHT = ["resnet18", "mobilenet_v3_small", "vit_small", "timm_style_vit"]
+
+
+def _build(name: str) -> nn.Module:
+    torch.manual_seed(0)
+    model = ZOO[name]().eval()
+    gen = torch.Generator().manual_seed(1)
+    # Non-trivial normalisation statistics, so a channel kept with the wrong ones shows.
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
+    for name, p in model.named_parameters():
+        if name.endswith("layer_scale"):  # ConvNeXt starts its blocks at 1e-6 of the stream
+            p.data.fill_(1.0)
+        elif not p.any():  # torchvision's ViT starts with a zero head: every output the same
+            p.data.normal_(0, 0.05, generator=gen)
+    return model
+
+
+def _gated(model: nn.Module, found: list[Site], kept: dict[str, list[int]], x: torch.Tensor):
+    gated = Gated(copy.deepcopy(model), found, features=False)
+    gated.bind(x, torch.zeros(len(x), dtype=torch.long))
+    gates = []
+    for site in found:
+        gate = torch.zeros(len(x), site.channels)
+        gate[:, kept.get(site.layer, list(range(site.channels)))] = 1
+        gates.append(gate)
+    with torch.no_grad():
+        return gated(*gates).squeeze(1)
+
+
+def _params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=[] if n in LIGHT else pytest.mark.slow) for n in ZOO]
+)
+def test_pruning_equals_gating_and_the_analysis_leaves_the_model_as_it_was(name: str) -> None:
+    model = _build(name)
+    x = torch.randn(3, 3, 32, 32)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch-pruning's warnings never reach the user
+        scores = score("shap", model, x, torch.arange(3), background=4, nsamples=2)
+    assert model.state_dict().keys() == before.keys()
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    found = sites(model, x)
+    layers = {n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    # Every conv and linear layer the forward pass calls as a module gets a gate (the ViTs'
+    # attention output projection is called inside nn.MultiheadAttention's functional code).
+    called = layers - {n for n in layers if n.endswith("self_attention.out_proj")}
+    assert {s.layer for s in found} == called
+    assert set(PRUNED.get(name, [])) <= set(scores.channels)
+    if name in UNPRUNED:
+        layer, reason = UNPRUNED[name]
+        site = next(s for s in found if s.layer == layer)
+        assert not site.prunable and reason in str(site.unsupported).split(", ")
+        assert layer not in scores.channels
+    pruned = copy.deepcopy(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kept = prune(pruned, scores.channels, x[:2], 0.5)
+    named = dict(pruned.named_modules())
+    for layer, channels in kept.items():
+        # Kept channels are recorded as the layer really has them (depthwise included).
+        assert len(channels) == named[layer].weight.shape[0]
+    for layer in PRUNED.get(name, []):
+        assert named[layer].weight.shape[0] < dict(model.named_modules())[layer].weight.shape[0]
+    assert _params(pruned) < _params(model)
+    with torch.no_grad():
+        got = torch.log_softmax(pruned.eval()(x), 1)[:, 0]
+        original = torch.log_softmax(model(x), 1)[:, 0]
+    # Structural pruning removes exactly what gating those channels to zero removes.
+    torch.testing.assert_close(got, _gated(model, found, kept, x), atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(got, original, atol=1e-4)
+
+
+def _vision_space() -> dict:
+    space = yaml.safe_load((Path(__file__).parents[1] / "search_spaces/vision.yaml").read_text())
+    space.update(
+        batch_size=8,
+        analysis={"samples": 8, "background": 4, "nsamples": 2},
+        fit={"max_epochs": 1, "patience": 1},
+    )
+    return space
+
+
+SEARCHED = ["mobilenet_v3_small", "vit_small", "timm_style_vit"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SEARCHED)
+def test_a_vision_search_slims_the_model_and_its_program_loads_in_a_clean_process(
+    name: str, tmp_path: Path
+) -> None:
+    model = _build(name)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 3, 32, 32, generator=gen)
+    y = torch.arange(40) % 4
+    data = from_tensors(
+        x[:24], y[:24], x_val=x[24:32], y_val=y[24:32], x_test=x[32:], y_test=y[32:]
+    )
+    console = Console(file=io.StringIO(), width=200)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = search(model, data, space=_vision_space(), trials=3, out=tmp_path, console=console)
+    assert not [w for w in caught if "torch_pruning" in w.filename or "Unwrapped" in str(w.message)]
+    # What is left unpruned is said once, with the reason, never as a failed trial.
+    said = console.file.getvalue()  # type: ignore[attr-defined]
+    assert said.count("left unpruned:") == (name in UNPRUNED)
+    if name in UNPRUNED:
+        assert UNPRUNED[name][1] in said
+    trials = result.study.trials[1:]
+    assert len(trials) == 3
+    assert all(t.state != TrialState.FAIL for t in trials), [t.user_attrs for t in trials]
+    slimmed = [t for t in trials if t.user_attrs["total_params"] < _params(model)]
+    assert slimmed and all(t.state == TrialState.COMPLETE for t in slimmed)
+    # The exported best model: a program that loads without autotune or the model's code.
+    program = tmp_path / "best" / "model.pt2"
+    with torch.no_grad():
+        torch.save({"x": x[32:], "y": result.best_model(x[32:])}, tmp_path / "io.pt")
+    check = (
+        "import sys, torch\n"
+        "io = torch.load(sys.argv[2])\n"
+        "m = torch.export.load(sys.argv[1]).module()\n"
+        "torch.testing.assert_close(m(io['x']), io['y'], atol=1e-5, rtol=1e-5)\n"
+        "assert 'autotune' not in sys.modules\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", check, str(program), str(tmp_path / "io.pt")],
+        capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
