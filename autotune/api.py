@@ -110,7 +110,8 @@ def search(
         out: Output folder (default ``runs/<study_name>``).
         console: Where the leaderboard goes (default: the terminal).
         command: The command line to record in the exported config.
-        **settings: Further ``SearchSettings`` fields (``max_epochs``, ``seed``, ``storage``...).
+        **settings: Further ``SearchSettings`` fields (``max_epochs``, ``seed``, ``storage``,
+            ``workers``, ``allow_changes``...).
     """
     job = make_job(model, data)
     study_name = settings.pop("study_name", None) or default_study_name(model)
@@ -124,6 +125,8 @@ def search(
     display = LiveLeaderboard(console, the_settings.metric, the_settings.trials)
     run = Search(job, the_space, the_settings, console=console, command=command, display=display)
     study = run.run()
+    if not run.exports:
+        return SearchResult(run, study, None)  # the first machine's first worker exports
     completed = [t for t in study.get_trials(deepcopy=False) if t.values is not None]
     try:
         refit = run.settings.refit

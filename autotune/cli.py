@@ -172,6 +172,21 @@ def search(
         float | None,
         typer.Option(help="Start no new trial after this many seconds; finished ones are kept."),
     ] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            help="Processes running trials on this machine, sharing the study and --threads; "
+            "the first exports."
+        ),
+    ] = 1,
+    allow_changes: Annotated[
+        bool,
+        typer.Option(
+            "--allow-changes",
+            help="Continue a study made with other settings (epochs, seed, budgets...); the new "
+            "ones then apply to its old trials too.",
+        ),
+    ] = False,
 ) -> None:
     """Search how to fine-tune and slim MODEL on DATA; export the best model and its config."""
     from autotune.api import search as run_search
@@ -204,6 +219,8 @@ def search(
             pareto=pareto,
             refit=refit,
             timeout=timeout,
+            workers=workers,
+            allow_changes=allow_changes,
         )
     except KeyboardInterrupt:
         errors.print("interrupted: finished trials are stored; run the same command to continue")
@@ -432,6 +449,9 @@ def _specs(
 def _summary(result: Any) -> None:
     console.print(result.leaderboard)
     best = result.best
+    if not result.search.exports:
+        console.print("this machine's trials are done; machine 0 exports the study's best")
+        return
     if best is None:
         console.print("no trial completed; nothing exported")
         return

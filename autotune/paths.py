@@ -8,6 +8,7 @@ OUT/best/, OUT/trial_N/ exported bundles: model.pt, model.pt2, config.yaml
 OUT/leaderboard.csv     every trial
 OUT/report.html, OUT/report/   the report and its PNGs
 OUT/artifacts/          files attached to the study for optuna-dashboard
+OUT/workers/            what each extra worker process of --workers said
 ```
 """
 
@@ -61,3 +62,7 @@ def report_dir(out: Path) -> Path:
 
 def artifacts_dir(out: Path) -> Path:
     return out / "artifacts"
+
+
+def workers_dir(out: Path) -> Path:
+    return out / "workers"
