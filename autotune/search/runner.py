@@ -44,6 +44,7 @@ from autotune.search.study import (
 from autotune.search.trials import (
     SURPLUS,
     fail_orphans,
+    has_baseline,
     machine_index,
     running_elsewhere,
     started,
@@ -53,8 +54,8 @@ from autotune.trial.cost import Cost, measure, parse_budget
 from autotune.trial.fit import configure_threads, evaluate
 
 MAX_FAILS_IN_A_ROW = 5
-POLL_SECONDS = 1.0
-"""How often the exporting worker looks whether the others' trials have ended."""
+POLL_SECONDS = 1.0  # how often a worker looks whether others' trials have ended
+BASELINE_WAIT = 600.0  # how long a worker of another machine waits for machine 0's baseline
 
 
 @dataclass
@@ -152,17 +153,20 @@ class Search:
     def add_baseline(self, study: optuna.Study) -> None:
         """Trial 0: the model as it is, evaluated without training.
 
-        Optuna's storages have no "add if absent": two workers starting within the same moment
-        can both add one. Evaluating before looking keeps that window to milliseconds, and
-        everything that reads the baseline takes the first.
+        The exporting worker adds it (others wait a while for it). Optuna has no "add if absent":
+        evaluating before looking keeps the window to milliseconds; readers take the first.
         """
         assert self.original is not None, "prepare() measures the source model"
+        waited = 0.0
+        while not self.exports and waited < BASELINE_WAIT and not has_baseline(study):
+            time.sleep(POLL_SECONDS)
+            waited += POLL_SECONDS
         model = self.job.model.module.to(self.device)
         data = self.maker.data
         start = time.perf_counter()
         val = evaluate(model, data.x_val, data.y_val)
         value = val.metric(self.settings.metric)
-        if any(t.user_attrs.get("baseline") for t in study.get_trials(deepcopy=False)):
+        if has_baseline(study):
             return
         study.add_trial(
             optuna.trial.create_trial(
@@ -185,8 +189,8 @@ class Search:
 
     def add_seeds(self, study: optuna.Study) -> None:
         """Enqueue, in a study that has run no trial yet, the standard recipe and then the
-        rankings' seed configurations."""
-        if finished_trials(study):
+        rankings' seed configurations (the exporting worker only: no two enqueue them)."""
+        if finished_trials(study) or not self.exports:
             return
         module = self.job.model.module
         dropout = next((m.p for m in module.modules() if isinstance(m, nn.Dropout)), 0.0)

@@ -74,6 +74,10 @@ def counts(trial: FrozenTrial, retried_numbers: set[int]) -> bool:
     )
 
 
+def has_baseline(study: optuna.Study) -> bool:
+    return any(t.user_attrs.get("baseline") for t in study.get_trials(deepcopy=False))
+
+
 def finished(study: optuna.Study) -> int:
     """Finished trials that count toward ``--trials``."""
     trials = study.get_trials(deepcopy=False)
