@@ -26,13 +26,14 @@ class TinyNet(nn.Module):
     def forward(self, x):
         return self.out(self.body(x))
 """
-# Enough samples and epochs that a trial lasts about a second: long enough to be killed in.
+# Enough samples and epochs that a trial lasts a fraction of a second: long enough to be
+# killed in.
 SPACE = """
 lr: {low: 0.001, high: 0.03, log: true}
 batch_size: [16, 32]
 prune: {low: 0.0, high: 0.5}
 analysis: {samples: 16, background: 4, nsamples: 2}
-fit: {max_epochs: 12, patience: 12}
+fit: {max_epochs: 6, patience: 6}
 """
 
 
@@ -47,8 +48,8 @@ def make_job(folder: Path) -> tuple[list[str], dict[str, str]]:
         sys.path.remove(str(folder))
     torch.manual_seed(0)
     torch.save(TinyNet().state_dict(), folder / "model.pt")
-    x, y = blobs(2400, seed=1)
-    torch.save({"x_train": x[:2000], "y_train": y[:2000], "x_val": x[2000:], "y_val": y[2000:]},
+    x, y = blobs(1000, seed=1)
+    torch.save({"x_train": x[:800], "y_train": y[:800], "x_val": x[800:], "y_val": y[800:]},
                folder / "data.pt")  # fmt: skip
     (folder / "space.yaml").write_text(SPACE)
     args = ["--model", str(folder / "model.pt"), "--arch", "tinynet:TinyNet"]

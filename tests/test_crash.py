@@ -72,14 +72,15 @@ def test_ctrl_c_mid_trial_leaves_nothing_running_and_the_trial_uncounted(tmp_pat
 def test_a_killed_worker_is_replaced_while_the_other_goes_on(tmp_path: Path) -> None:
     args, env = make_job(tmp_path / "job")
     out, log = tmp_path / "out", tmp_path / "log"
-    process = start([*args, "--trials", "4", "--workers", "2", "--out", str(out)], env, log)
+    # Enough trials that the second worker, slower to start, runs some.
+    process = start([*args, "--trials", "8", "--workers", "2", "--out", str(out)], env, log)
 
     def child_running() -> bool:
         running = study_in(out).get_trials(states=(TrialState.RUNNING,))
         return any(not str(t.user_attrs.get("worker", "")).endswith(f":{process.pid}")
                    and "worker" in t.user_attrs for t in running)  # fmt: skip
 
-    wait_for(child_running, process, log)
+    wait_for(child_running, process, log, seconds=240)
     running = study_in(out).get_trials(states=(TrialState.RUNNING,))
     victim = next(t for t in running if not t.user_attrs["worker"].endswith(f":{process.pid}"))
     os.kill(int(victim.user_attrs["worker"].rpartition(":")[2]), signal.SIGKILL)
@@ -90,7 +91,7 @@ def test_a_killed_worker_is_replaced_while_the_other_goes_on(tmp_path: Path) -> 
     assert trials[victim.number].state == TrialState.FAIL
     assert "died" in trials[victim.number].user_attrs["fail_reason"]
     assert [t.system_attrs.get("failed_trial") for t in trials].count(victim.number) == 1
-    assert finished(study) == 4
+    assert finished(study) == 8
     assert (out / "best" / "config.yaml").is_file()
     # The second worker read the analysis the first one made, from the cache.
     assert "cached" in (out / "workers" / "worker-1.log").read_text()
