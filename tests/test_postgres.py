@@ -41,8 +41,12 @@ def test_two_machines_share_one_study_in_postgresql(postgres: str, tmp_path: Pat
         out, log = tmp_path / f"machine{machine}", tmp_path / f"log{machine}"
         machine_env = {**env, "AUTOTUNE_WORKER_INDEX": str(machine)}
         processes.append((start([*args, "--out", str(out)], machine_env, log), log))
-    for process, log in processes:
-        assert process.wait(timeout=400) == 0, log.read_text()[-3000:]
+    try:
+        for process, log in processes:
+            assert process.wait(timeout=400) == 0, log.read_text()[-3000:]
+    finally:
+        for process, _ in processes:
+            process.kill()  # no machine left waiting on the shared study
 
     study = optuna.load_study(study_name=name, storage=postgres)
     trials = study.get_trials()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -36,19 +37,30 @@ def open_storage(url: str | None, out: Path) -> BaseStorage | str:
 
             Path(url).parent.mkdir(parents=True, exist_ok=True)
             return JournalStorage(JournalFileBackend(url))
+        from sqlalchemy.exc import IntegrityError, ProgrammingError
+
         engine_kwargs: dict[str, Any] = {}
         if url.startswith(("postgresql", "mysql")):
             engine_kwargs["connect_args"] = {"connect_timeout": 10}
         # Heartbeats let a restarted worker fail and retry the trials of one that died.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(
-                url,
-                engine_kwargs=engine_kwargs,
-                heartbeat_interval=60,
-                grace_period=180,
-                heartbeat_stale_trial_callback=retry,
-            )
+            for attempt in range(3):
+                try:
+                    return optuna.storages.RDBStorage(
+                        url,
+                        engine_kwargs=engine_kwargs,
+                        heartbeat_interval=60,
+                        grace_period=180,
+                        heartbeat_stale_trial_callback=retry,
+                    )
+                except (IntegrityError, ProgrammingError):
+                    # Workers starting together on a new database race to create its tables:
+                    # the loser finds them made on its next try.
+                    if attempt == 2:
+                        raise
+                    time.sleep(1.0 + attempt)
+            raise AssertionError("unreachable")
     except Exception as e:
         reason = first_line(e)
         raise StorageError(
