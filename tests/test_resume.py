@@ -16,7 +16,7 @@ from autotune import search
 from autotune.errors import StorageError
 from autotune.load.tasks import TaskData
 from autotune.search.study import best_trial
-from autotune.search.trials import finished, is_surplus
+from autotune.search.trials import finished, is_surplus, within_total
 
 QUICK = {
     "lr": {"low": 1e-3, "high": 3e-2, "log": True},
@@ -78,6 +78,20 @@ def test_a_trial_started_after_the_total_was_reached_is_a_surplus(tmp_path: Path
     assert not is_surplus(study, first.number, 1)
     assert is_surplus(study, second.number, 1)
     assert not is_surplus(study, second.number, 2)
+
+
+def test_a_surplus_trial_is_stopped_marked_and_not_counted(tmp_path: Path) -> None:
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}")
+    study.enqueue_trial({"x": 0.5})
+    objective = within_total(lambda t: t.suggest_float("x", 0, 1), study, 2)
+    study.optimize(objective, n_trials=1)
+    running = study.ask()  # as another worker that looked at the same moment
+    study.optimize(objective, n_trials=1, catch=(Exception,))
+    surplus = study.trials[-1]
+    assert surplus.state == TrialState.FAIL and surplus.user_attrs["surplus"]
+    assert "another worker" in surplus.user_attrs["fail_reason"]
+    study.tell(running, 0.1)
+    assert finished(study) == 2  # exactly the total: the first and the other worker's
 
 
 def test_a_rerun_with_other_settings_is_refused_with_what_changed(

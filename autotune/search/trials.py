@@ -122,8 +122,11 @@ def within_total(
 
     def run(trial: optuna.Trial) -> T:
         if is_surplus(study, trial.number, total):
+            reason = f"not run: another worker started the study's last of {total} trials first"
+            trial.set_user_attr("worker", WORKER)
             trial.set_user_attr(SURPLUS, True)
-            raise Surplus(f"not run: the study already had its {total} trials")
+            trial.set_user_attr("fail_reason", reason)
+            raise Surplus(reason)
         return objective(trial)
 
     return run
