@@ -110,7 +110,8 @@ def search(
         out: Output folder (default ``runs/<study_name>``).
         console: Where the leaderboard goes (default: the terminal).
         command: The command line to record in the exported config.
-        **settings: Further ``SearchSettings`` fields (``max_epochs``, ``seed``, ``storage``...).
+        **settings: Further ``SearchSettings`` fields (``max_epochs``, ``seed``, ``storage``,
+            ``workers``, ``allow_changes``...).
     """
     study_name = settings.pop("study_name", None) or default_study_name(model)
     folder = Path(out) if out is not None else Path("runs") / study_name
@@ -128,9 +129,11 @@ def search(
         study = run.run()
     except BaseException:
         # Interrupted (Ctrl-C) or broken after trials ran: still write what they give.
-        if run.study is not None:
+        if run.study is not None and run.exports:
             _finish(run, run.study)
         raise
+    if not run.exports:
+        return SearchResult(run, study, None)  # the first machine's first worker exports
     best, report = _finish(run, study)
     return SearchResult(run, study, best, report)
 

@@ -220,6 +220,21 @@ def search(
         str,
         typer.Option(help="Conv nets in channels-last memory format: auto (on CUDA), on, off."),
     ] = "auto",
+    workers: Annotated[
+        int,
+        typer.Option(
+            help="Processes running trials on this machine, sharing the study and --threads; "
+            "the first exports."
+        ),
+    ] = 1,
+    allow_changes: Annotated[
+        bool,
+        typer.Option(
+            "--allow-changes",
+            help="Continue a study made with other settings (epochs, seed, budgets...); the new "
+            "ones then apply to its old trials too.",
+        ),
+    ] = False,
 ) -> None:
     """Search how to fine-tune and slim MODEL on DATA; export the best model and its config."""
     from autotune.api import search as run_search
@@ -257,6 +272,8 @@ def search(
             export_preprocessing=export_preprocessing,
             amp=amp,
             channels_last=channels_last,
+            workers=workers,
+            allow_changes=allow_changes,
         )
     except KeyboardInterrupt:
         errors.print(
@@ -499,6 +516,9 @@ def _specs(
 def _summary(result: Any) -> None:
     console.print(result.leaderboard)
     best = result.best
+    if not result.search.exports:
+        console.print("this machine's trials are done; machine 0 exports the study's best")
+        return
     if best is None:
         return  # the search said why
     m = best.config["metrics"]

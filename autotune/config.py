@@ -189,6 +189,14 @@ class SearchSettings:
     ``bf16``, ``fp16`` or ``off``."""
     channels_last: str = "auto"
     """Conv nets' memory format: ``auto`` (channels-last on CUDA), ``on`` or ``off``."""
+    workers: int = 1
+    """Processes running trials on this machine (``search.pool``); they share ``threads``."""
+    worker: int = 0
+    """This process's index among the machine's workers: offsets the sampler's seed. Only
+    worker 0 of machine 0 exports (``search.trials.machine_index``)."""
+    allow_changes: bool = False
+    """Continue a study made with other settings (epochs, seed, budgets...): the new ones then
+    apply to its old trials too."""
 
     def resolved(self, fit: dict[str, int]) -> SearchSettings:
         """Checked settings, with epochs and patience filled in from the space's ``fit``."""
@@ -217,6 +225,8 @@ class SearchSettings:
             budget = getattr(self, f"max_{what}")
             if budget is not None:
                 budget_parts(budget, what)
+        if self.workers < 1:
+            raise AutotuneError(f"--workers must be at least 1, got {self.workers}")
         if max_epochs < 1 or patience < 1:
             raise AutotuneError(f"epochs and patience must be >= 1, got {max_epochs}, {patience}")
         return dataclasses.replace(

@@ -8,6 +8,7 @@ OUT/best/, OUT/trial_N/ exported bundles: model.pt, model.pt2, config.yaml
 OUT/leaderboard.csv     every trial
 OUT/report.html, OUT/report/   the report and its PNGs
 OUT/artifacts/          files attached to the study for optuna-dashboard
+OUT/workers/            what each extra worker process of --workers said
 ```
 """
 
@@ -93,3 +94,7 @@ def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
         part.unlink(missing_ok=True)
         path.unlink(missing_ok=True)
         raise
+
+
+def workers_dir(out: Path) -> Path:
+    return out / "workers"

@@ -1,2 +1,3 @@
 """The Optuna study: the search space, storage, sampler and pruner, seed trials, the objective,
-and the worker that runs trials."""
+the worker that runs trials, which trials count and what becomes of a dead worker's
+(``trials``), and the extra worker processes of ``--workers`` (``pool``)."""

@@ -8,8 +8,6 @@ what it achieved on the trial, and keep its weights when it may be exported.
 from __future__ import annotations
 
 import dataclasses
-import os
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,14 +36,12 @@ from autotune.search.stages import (
     tuning_space,
 )
 from autotune.search.study import best_trial, config_of, rank_key
+from autotune.search.trials import INTERRUPTED, WORKER
 from autotune.trial.accel import release
 from autotune.trial.cost import Cost, measure
 from autotune.trial.fit import EpochCallback, FitResult
 from autotune.trial.flips import Flips, count_flips, flip_violation, predictions
 from autotune.trial.maker import TrialMaker
-
-WORKER = f"{socket.gethostname()}:{os.getpid()}"
-"""Which process ran a trial, recorded on it (several workers may share one study)."""
 
 Progress = Callable[[int, str], None]
 """Told (trial number, what it is doing) after every epoch: the live display listens."""
@@ -113,6 +109,10 @@ class Objective:
         try:
             return self._run(trial)
         except optuna.TrialPruned:
+            raise
+        except KeyboardInterrupt:
+            # Stopped, not failed: it does not count toward --trials (``search.trials``).
+            trial.set_user_attr(INTERRUPTED, True)
             raise
         except Exception as e:
             trial.set_user_attr("fail_reason", _one_line(e))

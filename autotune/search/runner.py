@@ -1,16 +1,18 @@
 """One worker's part of a study: the analyses, the baseline, the seed trials, then trials until
 the study has as many as asked. What the user sees is a ``Display`` passed in (``results.live``).
+With ``--workers N`` the first worker starts the others (``search.pool``) once the analyses are
+in the cache, and waits for them: only it exports.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -18,52 +20,45 @@ from rich.console import Console
 from torch import nn
 
 from autotune.config import VERSION, SearchSettings
-from autotune.errors import AutotuneError, redacted
+from autotune.errors import AutotuneError, first_line, redacted
 from autotune.load.anatomy import layers
 from autotune.load.job import Job
 from autotune.load.streams import Streamed
 from autotune.load.tasks import TaskData
-from autotune.paths import checkpoints_dir, study_db
+from autotune.paths import checkpoints_dir, study_db, workers_dir
 from autotune.rank.analysis import Analysis
 from autotune.rank.gates import sites
+from autotune.search.display import Display, NoDisplay
 from autotune.search.objective import WORKER, Budgets, Objective, cost_attrs
+from autotune.search.pool import Pool
 from autotune.search.prepare import adapt_space, make_maker, run_analyses
 from autotune.search.seeds import recipe, seed_configs
 from autotune.search.space import SearchSpace
 from autotune.search.stages import is_staged, tuning_space
-from autotune.search.study import finished_trials, open_study
+from autotune.search.study import (
+    LIMITS,
+    finished_trials,
+    load_study,
+    open_study,
+    space_of,
+    study_record,
+)
+from autotune.search.trials import (
+    SURPLUS,
+    fail_orphans,
+    has_baseline,
+    machine_index,
+    running_elsewhere,
+    started,
+    within_total,
+)
 from autotune.trial.cost import Cost, measure, parse_budget
 from autotune.trial.fit import configure_threads, evaluate
 from autotune.trial.flips import count_flips, flip_limit, flip_violation, predictions
 
 MAX_FAILS_IN_A_ROW = 5
-
-
-class Display(Protocol):
-    """What a search shows while it runs: the live leaderboard, or nothing."""
-
-    def session(self, study: optuna.Study) -> AbstractContextManager[None]:
-        """Shows the display for the duration of the trials."""
-
-    def progress(self, number: int, doing: str) -> None:
-        """Trial ``number`` is doing ``doing`` (after each epoch)."""
-
-    def finished(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        """Trial ``trial`` ended (completed, pruned or failed)."""
-
-
-class NoDisplay:
-    """Shows nothing (tests, exports)."""
-
-    @contextlib.contextmanager
-    def session(self, study: optuna.Study) -> Iterator[None]:
-        yield
-
-    def progress(self, number: int, doing: str) -> None:
-        pass
-
-    def finished(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        pass
+POLL_SECONDS = 1.0  # how often a worker looks whether others' trials have ended
+BASELINE_WAIT = 600.0  # how long a worker of another machine waits for machine 0's baseline
 
 
 @dataclass
@@ -104,6 +99,23 @@ class Search:
         """The study, once opened: what an interrupted search still exports."""
         self.stopped: str | None = None
         """Why this worker stopped the study early (failures in a row), if it did."""
+        if self.settings.workers > 1 and (
+            self.job.model_spec is None or self.job.data_spec is None
+        ):
+            raise AutotuneError(
+                f"--workers {self.settings.workers} needs the model and data as files or specs "
+                "(each worker loads them again), not objects passed in memory: use workers=1"
+            )
+
+    @property
+    def exports(self) -> bool:
+        """Whether this process exports: the first worker of the first machine."""
+        return self.settings.worker == 0 and machine_index() == 0
+
+    @property
+    def threads(self) -> int:
+        """This worker's share of ``--threads``."""
+        return max(1, self.settings.threads // self.settings.workers)
 
     @property
     def analyses(self) -> dict[str, Analysis]:
@@ -115,7 +127,9 @@ class Search:
     def prepare(self) -> None:
         """Run (or load from the cache) the analyses the space reads, and measure the source."""
         with self.console.status(f"analysis of {len(self.prunable)} layers..."):
-            run_analyses(self.job, self.space, self.analyses, self.settings.out, self.console.print)
+            # One process writes OUT/analysis; the others read the cache it filled.
+            out = self.settings.out if self.exports else None
+            run_analyses(self.job, self.space, self.analyses, out, self.console.print)
         module = self.job.model.module.to(self.device)
         self.original = measure(module, self.maker.data.x_val)
         for what in ("params", "macs"):
@@ -148,18 +162,21 @@ class Search:
     def add_baseline(self, study: optuna.Study) -> None:
         """Trial 0: the model as it is, evaluated without training.
 
-        Optuna's storages have no "add if absent": two workers starting within the same moment
-        can both add one. Evaluating before looking keeps that window to milliseconds, and
-        everything that reads the baseline takes the first.
+        The exporting worker adds it (others wait a while for it). Optuna has no "add if absent":
+        evaluating before looking keeps the window to milliseconds; readers take the first.
         """
         assert self.original is not None, "prepare() measures the source model"
+        waited = 0.0
+        while not self.exports and waited < BASELINE_WAIT and not has_baseline(study):
+            time.sleep(POLL_SECONDS)
+            waited += POLL_SECONDS
         model = self.job.model.module.to(self.device)
         data = self.maker.data
         reference = predictions(model, data.x_val)
         start = time.perf_counter()
         val = evaluate(model, data.x_val, data.y_val)
         value = val.metric(self.settings.metric)
-        if any(t.user_attrs.get("baseline") for t in study.get_trials(deepcopy=False)):
+        if has_baseline(study):
             return
         study.add_trial(
             optuna.trial.create_trial(
@@ -189,8 +206,8 @@ class Search:
 
     def add_seeds(self, study: optuna.Study) -> None:
         """Enqueue, in a study that has run no trial yet, the standard recipe and then the
-        rankings' seed configurations."""
-        if finished_trials(study):
+        rankings' seed configurations (the exporting worker only: no two enqueue them)."""
+        if finished_trials(study) or not self.exports:
             return
         module = self.job.model.module
         dropout = next((m.p for m in module.modules() if isinstance(m, nn.Dropout)), 0.0)
@@ -226,35 +243,54 @@ class Search:
 
     def _run(self) -> optuna.Study:
         s = self.settings
-        configure_threads(self.device, s.threads)
+        configure_threads(self.device, self.threads)
         study = self.study = self.open()
         self.console.print(self._header(), highlight=False)
         self.prepare()
+        study.set_user_attr(LIMITS, dict(self.budgets.limits))
         self.add_baseline(study)
         self.baseline_value = next(
             (t.values[0] for t in study.get_trials(deepcopy=False) if t.user_attrs.get("baseline")),
             None,
         )
         self.add_seeds(study)
-        remaining = s.trials - finished_trials(study)
         self.fails_in_a_row = 0
+        deadline = None if s.timeout is None else time.monotonic() + s.timeout
+        objective = self.objective()
+        others = [(dataclasses.replace(s, worker=i),) for i in range(1, s.workers)]
         with self.display.session(study):
-            if remaining <= 0:
-                return study
-            callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] = [
-                optuna.study.MaxTrialsCallback(
-                    s.trials + 1, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-                ),
-                self._after_trial,
-            ]
-            study.optimize(
-                self.objective(),
-                n_trials=remaining,
-                timeout=s.timeout,
-                catch=(Exception,),
-                callbacks=callbacks,
-            )
+            if s.worker == 0 and others:
+                workers_dir(s.out).mkdir(parents=True, exist_ok=True)
+            with Pool(run_worker, others if s.worker == 0 else []) as pool:
+                self._trials(study, objective, deadline)
+                codes = pool.join()
+            for i, code in enumerate(codes, start=1):
+                if code != 0:
+                    log = workers_dir(s.out) / f"worker-{i}.log"
+                    self.console.print(f"note: worker {i} ended with code {code}; see {log}")
+            # A worker that died left a trial to run again.
+            self._trials(study, objective, deadline)
         return study
+
+    def _trials(self, study: optuna.Study, objective: Objective, deadline: float | None) -> None:
+        """Run trials until the study has its total (and, when exporting, until the other
+        workers' trials have ended), the deadline passes or too many fail in a row."""
+        total = self.settings.trials
+        guarded = within_total(objective, study, total)
+        while not self.stopped:
+            for number in fail_orphans(study):
+                self.console.print(f"note: trial {number}'s worker died; the trial runs again")
+            with warnings.catch_warnings():  # heartbeat storages; nothing elsewhere
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+            if started(study) < total:
+                study.optimize(guarded, n_trials=1, catch=(Exception,), callbacks=[self._after])
+            elif self.exports and running_elsewhere(study):
+                time.sleep(POLL_SECONDS)
+            else:
+                return
 
     def _header(self) -> str:
         job, s = self.job, self.settings
@@ -274,14 +310,33 @@ class Search:
             + (f", Pareto front of {s.metric} vs {s.pareto}" if s.pareto else "")
         )
 
-    def _after_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+    def _after(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if trial.user_attrs.get(SURPLUS):
+            return
         self.display.finished(study, trial)
         self.fails_in_a_row = self.fails_in_a_row + 1 if trial.state == TrialState.FAIL else 0
         if self.fails_in_a_row >= MAX_FAILS_IN_A_ROW:
             reason = trial.user_attrs.get("fail_reason", "see the log")
             self.stopped = f"{MAX_FAILS_IN_A_ROW} trials in a row failed (last: {reason})"
             self.console.print(f"[red]{self.stopped}; stopping", highlight=False)
-            study.stop()
+
+
+def run_worker(settings: SearchSettings) -> None:
+    """One of the extra processes of ``--workers``: the job and space come from the study's
+    record, the analyses from the cache; what it says goes to ``OUT/workers/worker-N.log``."""
+    log = workers_dir(settings.out) / f"worker-{settings.worker}.log"
+    with log.open("w") as f:
+        console = Console(file=f, width=160)
+        try:
+            study = load_study(settings.storage, settings.out, settings.study_name)
+            record = study_record(study)
+            job = Job.from_record(record)
+            Search(job, space_of(record), settings, console=console).run()
+        except KeyboardInterrupt:
+            console.print("interrupted")
+        except Exception as e:
+            console.print(f"error: {first_line(e)}")
+            raise SystemExit(1) from None
 
 
 def _storage(data: TaskData) -> str:

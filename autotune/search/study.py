@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 import shutil
+import time
 import warnings
 from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.storages import BaseStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from autotune.config import (
@@ -23,8 +24,14 @@ from autotune.config import (
 from autotune.errors import StorageError, first_line, redacted
 from autotune.paths import checkpoint_path, study_db
 from autotune.search.space import SearchSpace, config_from, parse_space
+from autotune.search.trials import finished, machine_index, retry
 
 ATTR = "autotune"  # study user attribute holding the job, space and settings
+LIMITS = "autotune_limits"
+"""Study user attribute: the budgets in absolute counts, as the latest run resolved them."""
+UNCHECKED = ("threads",)
+"""Stored settings a re-run may change freely: they do not change what a trial achieves."""
+FLAGS = {"max_epochs": "--epochs", "seed": "--seed", "patience": "--patience"}
 
 
 def open_storage(url: str | None, out: Path) -> BaseStorage | str:
@@ -38,19 +45,30 @@ def open_storage(url: str | None, out: Path) -> BaseStorage | str:
 
             Path(url).parent.mkdir(parents=True, exist_ok=True)
             return JournalStorage(JournalFileBackend(url))
+        from sqlalchemy.exc import IntegrityError, ProgrammingError
+
         engine_kwargs: dict[str, Any] = {}
         if url.startswith(("postgresql", "mysql")):
             engine_kwargs["connect_args"] = {"connect_timeout": 10}
         # Heartbeats let a restarted worker fail and retry the trials of one that died.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(
-                url,
-                engine_kwargs=engine_kwargs,
-                heartbeat_interval=60,
-                grace_period=180,
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
-            )
+            for attempt in range(3):
+                try:
+                    return optuna.storages.RDBStorage(
+                        url,
+                        engine_kwargs=engine_kwargs,
+                        heartbeat_interval=60,
+                        grace_period=180,
+                        heartbeat_stale_trial_callback=retry,
+                    )
+                except (IntegrityError, ProgrammingError):
+                    # Workers starting together on a new database race to create its tables:
+                    # the loser finds them made on its next try.
+                    if attempt == 2:
+                        raise
+                    time.sleep(1.0 + attempt)
+            raise AssertionError("unreachable")
     except Exception as e:
         reason = redacted(first_line(e))
         raise StorageError(
@@ -62,7 +80,10 @@ def open_storage(url: str | None, out: Path) -> BaseStorage | str:
 
 def open_study(settings: SearchSettings, record: dict[str, Any]) -> optuna.Study:
     """Create the study with ``record`` stored on it, or load it and check it holds the same
-    search (model, data, metric, Pareto mode and space): ``settings`` must be resolved."""
+    search (model, data, metric, Pareto mode and space): ``settings`` must be resolved.
+
+    Other settings (epochs, seed, budgets...) may change only with ``settings.allow_changes``:
+    the record then holds the new ones, and the list of changes."""
     storage = open_storage(settings.storage, settings.out)
     sampler, pruner = make_sampler_and_pruner(settings)
     directions = [METRICS[settings.metric]] + (["minimize"] if settings.pareto else [])
@@ -101,15 +122,33 @@ def open_study(settings: SearchSettings, record: dict[str, Any]) -> optuna.Study
                 "re-run with the same settings to continue it, or choose a new --study-name "
                 "or --out to start another"
             )
+    changed = changed_settings(previous["settings"], record["settings"])
+    if changed and not settings.allow_changes:
+        raise StorageError(
+            f"study {study.study_name!r} was run with other settings ({'; '.join(changed)}): "
+            "re-run with the same ones to continue it, add --allow-changes to continue with the "
+            "new ones (they then apply to its old trials too), or choose a new --study-name or "
+            "--out"
+        )
+    if changed:
+        history = [*previous.get("changes", []), {"trial": len(study.trials), "changed": changed}]
+        study.set_user_attr(ATTR, {**record, "changes": history})
     return study
 
 
+def changed_settings(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """What differs between two stored settings, one ``--flag OLD -> NEW`` each."""
+    return [
+        f"{FLAGS.get(key, '--' + key.replace('_', '-'))} {before.get(key)} -> {now.get(key)}"
+        for key in sorted(set(before) | set(now))
+        if key not in UNCHECKED and before.get(key) != now.get(key)
+    ]
+
+
 def finished_trials(study: optuna.Study) -> int:
-    """Trials that ran to an end (complete, pruned or failed), the baseline not counted."""
-    done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-    return sum(
-        1 for t in study.get_trials(deepcopy=False, states=done) if not t.user_attrs.get("baseline")
-    )
+    """Trials that ran to an end (complete, pruned or failed) and count toward ``--trials``:
+    the baseline, retried and surplus trials not counted (``search.trials``)."""
+    return finished(study)
 
 
 def load_study(storage: str | None, out: Path, study_name: str | None = None) -> optuna.Study:
@@ -144,7 +183,14 @@ def make_sampler_and_pruner(
 ) -> tuple[optuna.samplers.BaseSampler, optuna.pruners.BasePruner]:
     # TPE needs some random trials to model from; a short study should not spend them all.
     startup = max(3, min(10, settings.trials // 3))
-    sampler = optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=startup)
+    # Each worker its own seed, or all would sample the same first trials; the constant liar
+    # keeps a worker from sampling what another is running.
+    seed = settings.seed + settings.worker + 1000 * machine_index()
+    sampler = optuna.samplers.TPESampler(
+        seed=seed,
+        n_startup_trials=startup,
+        constant_liar=settings.workers > 1 or seed != settings.seed,
+    )
     pruner: optuna.pruners.BasePruner
     if settings.pruner == "median":
         # Fine-tuning curves start slowly: judge a trial only after a quarter of its epochs.
@@ -161,15 +207,25 @@ def make_sampler_and_pruner(
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial | None:
-    """The best feasible trial (``rank_key``); in a Pareto study, the front's best on the metric."""
+    """The best feasible trial (``rank_key``); in a Pareto study, the front's best on the metric.
+
+    Feasible is within the budgets of the latest run (``LIMITS``), which may have changed since
+    older trials ran; else within the constraints each trial recorded."""
+    limits = study.user_attrs.get(LIMITS)
+    s = metric_sign(study)
     if len(study.directions) == 1:
-        done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        candidates = [t for t in done if t.values and all(v <= 0 for v in t.constraints.values())]
+        candidates = [
+            t
+            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.values is not None and _feasible(t, limits)
+        ]
     else:
-        candidates = study.best_trials
+        try:
+            candidates = [t for t in study.best_trials if _feasible(t, limits)]
+        except ValueError:
+            return None
     if not candidates:
         return None
-    s = metric_sign(study)
     return max(candidates, key=lambda t: rank_key(t, s))
 
 
@@ -183,6 +239,19 @@ def rank_key(trial: FrozenTrial, s: float) -> tuple[float, float, int]:
     else:
         scores = (trial.user_attrs.get("val_accuracy", -math.inf), value)
     return (*score_key(metric, *scores), -trial.number)
+
+
+def _feasible(trial: FrozenTrial, limits: dict[str, int] | None) -> bool:
+    if limits is None:
+        return all(v <= 0 for v in trial.constraints.values())
+    if trial.constraints.get("flips", 0.0) > 0:  # the flip budget is no size limit
+        return False
+    attrs = {"params": "total_params", "macs": "macs"}
+    for what, limit in limits.items():
+        value = trial.user_attrs.get(attrs[what])
+        if value is None or value > limit:
+            return False
+    return True
 
 
 def metric_sign(study: optuna.Study) -> float:

@@ -1,0 +1,219 @@
+"""Which trials count toward ``--trials``, and what becomes of trials whose worker died.
+
+``--trials`` is an exact total of finished trials (complete, pruned or failed), the baseline not
+counted. A trial whose process died (kill -9, a lost machine) is failed and retried once under
+a new number; the dead one then no longer counts, its retry does.
+
+How a dead worker's RUNNING trial is found:
+- on this machine, whatever the storage: each trial records its worker as ``host:pid``
+  (``WORKER``); a RUNNING trial of this host whose process is gone is failed at once, before
+  every trial a worker starts;
+- from another machine: by Optuna's heartbeat (RDB storages: SQLite, PostgreSQL, MySQL), which
+  fails it after the grace period. A journal file has no heartbeat: use it on one machine.
+
+Workers check the total before each trial, counting the ones still running. Two workers that
+look in the same instant may both start one: the later one (by start time) is then a surplus,
+stopped at once and marked so; it does not count either, nor does a trial stopped by Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import optuna
+from optuna.storages import BaseStorage
+from optuna.trial import FrozenTrial, TrialState
+
+WORKER = f"{socket.gethostname()}:{os.getpid()}"
+"""Which process runs a trial, recorded on it (several workers may share one study)."""
+SURPLUS = "surplus"
+"""User attribute of a trial started when the study already had its total."""
+INTERRUPTED = "interrupted"
+"""User attribute of a trial stopped by Ctrl-C: it does not count (the sampler picks anew)."""
+MAX_RETRIES = 1
+"""A trial that killed its worker twice is left failed (it may be what kills it)."""
+MACHINE_INDEX_VARIABLES = (
+    "AUTOTUNE_WORKER_INDEX",
+    "SLURM_ARRAY_TASK_ID",
+    "SLURM_PROCID",
+    "JOB_COMPLETION_INDEX",
+)
+"""Where a machine's index among several is read from (its own, SLURM's, a Kubernetes Job's)."""
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+T = TypeVar("T")
+_EPOCH = datetime.datetime.min
+UNCLAIMED_AFTER = datetime.timedelta(minutes=2)
+"""A RUNNING trial with no worker recorded this long after it started was abandoned."""
+
+
+def machine_index() -> int:
+    """This machine's index among the machines sharing a study (0 when none is set)."""
+    for name in MACHINE_INDEX_VARIABLES:
+        value = os.environ.get(name, "").strip()
+        if value.isdigit():
+            return int(value)
+    return 0
+
+
+def retried(trials: list[FrozenTrial]) -> set[int]:
+    """Numbers of the trials that were retried under another number."""
+    return {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+
+
+def counts(trial: FrozenTrial, retried_numbers: set[int]) -> bool:
+    """Whether a finished or running trial counts toward ``--trials``."""
+    return not (
+        trial.user_attrs.get("baseline")
+        or trial.user_attrs.get(SURPLUS)
+        or trial.user_attrs.get(INTERRUPTED)
+        or trial.number in retried_numbers
+    )
+
+
+def has_baseline(study: optuna.Study) -> bool:
+    return any(t.user_attrs.get("baseline") for t in study.get_trials(deepcopy=False))
+
+
+def finished(study: optuna.Study) -> int:
+    """Finished trials that count toward ``--trials``."""
+    trials = study.get_trials(deepcopy=False)
+    again = retried(trials)
+    return sum(1 for t in trials if t.state in FINISHED and counts(t, again))
+
+
+def started(study: optuna.Study) -> int:
+    """Finished and running trials that count toward ``--trials``."""
+    trials = study.get_trials(deepcopy=False)
+    again = retried(trials)
+    states = (*FINISHED, TrialState.RUNNING)
+    return sum(1 for t in trials if t.state in states and counts(t, again))
+
+
+def is_surplus(study: optuna.Study, number: int, total: int) -> bool:
+    """Whether trial ``number`` (running) started after the study already had ``total``."""
+    trials = study.get_trials(deepcopy=False)
+    again = retried(trials)
+    mine = next(t for t in trials if t.number == number)
+
+    def when(t: FrozenTrial) -> tuple[datetime.datetime, int]:
+        return (t.datetime_start or _EPOCH, t.number)
+
+    states = (*FINISHED, TrialState.RUNNING)
+    before = [
+        t
+        for t in trials
+        if t.number != number and t.state in states and counts(t, again) and when(t) < when(mine)
+    ]
+    return len(before) >= total
+
+
+class Surplus(Exception):
+    """A trial started when the study already had its total."""
+
+
+def within_total(
+    objective: Callable[[optuna.Trial], T], study: optuna.Study, total: int
+) -> Callable[[optuna.Trial], T]:
+    """``objective``, except for a trial that is a surplus: marked and stopped at once."""
+
+    def run(trial: optuna.Trial) -> T:
+        if is_surplus(study, trial.number, total):
+            reason = f"not run: another worker started the study's last of {total} trials first"
+            trial.set_user_attr("worker", WORKER)
+            trial.set_user_attr(SURPLUS, True)
+            trial.set_user_attr("fail_reason", reason)
+            raise Surplus(reason)
+        return objective(trial)
+
+    return run
+
+
+def retry(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Queue a failed trial's parameters again (Optuna's retry convention: ``failed_trial`` and
+    ``retry_history`` system attributes), unless it was retried ``MAX_RETRIES`` times already.
+
+    Unlike Optuna's ``RetryHeartbeatStaleTrialCallback``, the dead trial's user attributes (its
+    worker, its results so far) are not copied: they belong to the dead run."""
+    history = [*trial.system_attrs.get("retry_history", []), trial.number]
+    if len(history) > MAX_RETRIES:
+        return
+    system_attrs: dict[str, Any] = {
+        k: v for k, v in trial.system_attrs.items() if not k.startswith("constraints")
+    }
+    system_attrs.update(failed_trial=history[0], retry_history=history)
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=TrialState.WAITING,
+            params=trial.params,
+            distributions=trial.distributions,
+            system_attrs=system_attrs,
+        )
+    )
+
+
+def fail_orphans(study: optuna.Study) -> list[int]:
+    """Fail and retry the RUNNING trials whose worker was a process of this machine that is
+    gone; returns their numbers."""
+    storage: BaseStorage = study._storage
+    host = socket.gethostname()
+    failed = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = trial.user_attrs.get("worker")
+        if not isinstance(worker, str):
+            # Killed before its first line: nobody owns it once it is older than a trial's start.
+            started_at = trial.datetime_start or datetime.datetime.now()
+            if datetime.datetime.now() - started_at < UNCLAIMED_AFTER:
+                continue
+            worker = "an unknown worker"
+        elif worker == WORKER:
+            continue
+        else:
+            where, _, pid = worker.rpartition(":")
+            if where != host or not pid.isdigit() or _alive(int(pid)):
+                continue
+        try:
+            storage.set_trial_user_attr(
+                trial._trial_id, "fail_reason", f"its worker ({worker}) died; retried"
+            )
+            if not storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another worker failed it first
+        retry(study, storage.get_trial(trial._trial_id))
+        failed.append(trial.number)
+    return failed
+
+
+def running_elsewhere(study: optuna.Study) -> list[FrozenTrial]:
+    """RUNNING trials this process waits for before exporting: those of live local processes,
+    and those of other machines when the storage's heartbeat will fail them if they died."""
+    from optuna.storages._heartbeat import is_heartbeat_enabled
+
+    heartbeat = is_heartbeat_enabled(study._storage)
+    host = socket.gethostname()
+    waiting = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = str(trial.user_attrs.get("worker", ""))
+        local = worker.rpartition(":")[0] == host
+        if (local and worker != WORKER) or (not local and heartbeat):
+            waiting.append(trial)
+    return waiting
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    # A zombie (a killed child not yet reaped) is dead for our purpose.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return True

@@ -1,0 +1,97 @@
+"""Crashes with real processes: kill -9 mid-trial and resume, Ctrl-C, a worker killed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from optuna.trial import TrialState
+from processes import command, make_job, start, study_in, wait_for
+
+from autotune.search.study import best_trial
+from autotune.search.trials import finished
+
+pytestmark = pytest.mark.slow
+
+
+def _running(out: Path, after: int = 1) -> bool:
+    """A trial is running after ``after`` trials have finished (the baseline included)."""
+    trials = study_in(out).get_trials(deepcopy=False)
+    done = [t for t in trials if t.state.is_finished()]
+    return len(done) > after and any(t.state == TrialState.RUNNING for t in trials)
+
+
+def test_kill_9_mid_trial_then_the_same_command_resumes(tmp_path: Path) -> None:
+    args, env = make_job(tmp_path / "job")
+    out, log = tmp_path / "out", tmp_path / "log"
+    args += ["--trials", "3", "--out", str(out)]
+    process = start(args, env, log)
+    wait_for(lambda: _running(out), process, log)
+    process.kill()
+    process.wait()
+    before = study_in(out).get_trials()
+    killed = [t.number for t in before if t.state == TrialState.RUNNING]
+    kept = {t.number: t.values for t in before if t.state == TrialState.COMPLETE}
+    assert len(killed) == 1 and len(kept) >= 2  # the baseline and at least one trial
+
+    again = subprocess.run(command(args), env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    study = study_in(out)
+    trials = study.get_trials()
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    assert {n: trials[n].values for n in kept} == kept  # nothing finished was lost
+    assert trials[killed[0]].state == TrialState.FAIL
+    assert [t.system_attrs.get("failed_trial") for t in trials].count(killed[0]) == 1
+    assert finished(study) == 3
+    best = best_trial(study)
+    assert best is not None
+    config = yaml.safe_load((out / "best" / "config.yaml").read_text())
+    assert config["trial"] == best.number
+
+
+def test_ctrl_c_mid_trial_leaves_nothing_running_and_the_trial_uncounted(tmp_path: Path) -> None:
+    args, env = make_job(tmp_path / "job")
+    out, log = tmp_path / "out", tmp_path / "log"
+    process = start([*args, "--trials", "3", "--out", str(out)], env, log)
+    wait_for(lambda: _running(out), process, log)
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=120) == 130, log.read_text()[-3000:]
+    study = study_in(out)
+    trials = study.get_trials()
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    stopped = [t for t in trials if t.user_attrs.get("interrupted")]
+    assert len(stopped) == 1 and stopped[0].state == TrialState.FAIL
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.number > 0]
+    assert finished(study) == len(complete)
+
+
+def test_a_killed_worker_is_replaced_while_the_other_goes_on(tmp_path: Path) -> None:
+    args, env = make_job(tmp_path / "job")
+    out, log = tmp_path / "out", tmp_path / "log"
+    # Enough trials that the second worker, slower to start, runs some.
+    process = start([*args, "--trials", "8", "--workers", "2", "--out", str(out)], env, log)
+
+    def child_running() -> bool:
+        running = study_in(out).get_trials(states=(TrialState.RUNNING,))
+        return any(not str(t.user_attrs.get("worker", "")).endswith(f":{process.pid}")
+                   and "worker" in t.user_attrs for t in running)  # fmt: skip
+
+    wait_for(child_running, process, log, seconds=240)
+    running = study_in(out).get_trials(states=(TrialState.RUNNING,))
+    victim = next(t for t in running if not t.user_attrs["worker"].endswith(f":{process.pid}"))
+    os.kill(int(victim.user_attrs["worker"].rpartition(":")[2]), signal.SIGKILL)
+    assert process.wait(timeout=300) == 0, log.read_text()[-3000:]
+    study = study_in(out)
+    trials = study.get_trials()
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    assert trials[victim.number].state == TrialState.FAIL
+    assert "died" in trials[victim.number].user_attrs["fail_reason"]
+    assert [t.system_attrs.get("failed_trial") for t in trials].count(victim.number) == 1
+    assert finished(study) == 8
+    assert (out / "best" / "config.yaml").is_file()
+    # The second worker read the analysis the first one made, from the cache.
+    assert "cached" in (out / "workers" / "worker-1.log").read_text()

@@ -1,0 +1,67 @@
+"""Two worker processes on one study in a real PostgreSQL server, as two machines would run.
+
+``.ci/run`` starts the server and sets ``AUTOTUNE_TEST_POSTGRES_URL``; elsewhere the test skips
+(``AUTOTUNE_REQUIRE_POSTGRES=1`` makes it fail instead)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from processes import make_job, start
+
+from autotune.search.trials import counts, finished, retried
+
+URL = os.environ.get("AUTOTUNE_TEST_POSTGRES_URL")
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def postgres() -> str:
+    if URL:
+        return URL
+    reason = "AUTOTUNE_TEST_POSTGRES_URL is not set (.ci/run starts a PostgreSQL server for it)"
+    if os.environ.get("AUTOTUNE_REQUIRE_POSTGRES") == "1":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def test_two_machines_share_one_study_in_postgresql(postgres: str, tmp_path: Path) -> None:
+    args, env = make_job(tmp_path / "job")
+    name = f"shared-{uuid.uuid4().hex[:8]}"
+    args += ["--trials", "6", "--storage", postgres, "--study-name", name]
+    processes = []
+    for machine in (0, 1):
+        out, log = tmp_path / f"machine{machine}", tmp_path / f"log{machine}"
+        machine_env = {**env, "AUTOTUNE_WORKER_INDEX": str(machine)}
+        processes.append((start([*args, "--out", str(out)], machine_env, log), log))
+    try:
+        for process, log in processes:
+            assert process.wait(timeout=400) == 0, log.read_text()[-3000:]
+    finally:
+        for process, _ in processes:
+            process.kill()  # no machine left waiting on the shared study
+
+    study = optuna.load_study(study_name=name, storage=postgres)
+    trials = study.get_trials()
+    numbers = [t.number for t in trials]
+    assert numbers == list(range(len(trials)))
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    assert finished(study) == 6
+    again = retried(trials)
+    counted = [t for t in trials if counts(t, again) and t.state.is_finished()]
+    configs = [tuple(sorted(t.params.items())) for t in counted]
+    assert len(set(configs)) == len(configs), "two trials ran the same configuration"
+    assert sum(1 for t in trials if t.user_attrs.get("baseline")) == 1
+    # Machine 0 exported the combined study after waiting for machine 1's trials; 1 did not.
+    with (tmp_path / "machine0" / "leaderboard.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert {int(r["trial"]) for r in rows} >= {t.number for t in counted}
+    assert (tmp_path / "machine0" / "best" / "config.yaml").is_file()
+    assert not (tmp_path / "machine1" / "best").exists()
