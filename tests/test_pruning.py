@@ -10,7 +10,7 @@ from torch import nn
 
 from autotune.rank.gates import Gated, Site, sites
 from autotune.rank.methods import score
-from autotune.results.export import save_model
+from autotune.results.deploy import save_model
 from autotune.trial.prune import drop_features, prune
 
 

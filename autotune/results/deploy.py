@@ -1,12 +1,17 @@
-"""The exported program with its input normalisation inside (``--export-preprocessing``), so the
-deployed model takes raw images scaled to [0, 1], as the data's files were read."""
+"""The model files of an exported bundle: ``model.pt`` (pickled or TorchScript) and ``model.pt2``
+(``torch.export``), written atomically; with ``--export-preprocessing`` the program has the input
+normalisation inside, so the deployed model takes raw images scaled to [0, 1]."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from autotune.errors import first_line
+from autotune.paths import write_atomically
 
 
 class Normalized(nn.Module):
@@ -45,3 +50,64 @@ def with_preprocessing(
         f"to [0, 1] ({shape}, shorter side resized then centre-cropped): normalisation inside"
     )
     return wrapped, raw, how
+
+
+def save_model(
+    model: nn.Module,
+    example: torch.Tensor,
+    folder: Path,
+    preprocessing: dict[str, Any] | None = None,
+) -> dict[str, str]:
+    """Save ``model`` in every format it supports; returns file name -> how to load it, or why
+    it was not written (a model holding a lambda cannot be pickled, some cannot be exported).
+    With ``preprocessing`` (``--export-preprocessing``), ``model.pt2`` takes raw images."""
+    files: dict[str, str] = {}
+    if isinstance(model, torch.jit.ScriptModule):
+        files["model.pt"] = _save(
+            folder / "model.pt",
+            lambda path: torch.jit.save(model, str(path)),
+            "torch.jit.load('model.pt')",
+            "torch.jit.save",
+        )
+    elif not isinstance(model, torch.fx.GraphModule):
+        files["model.pt"] = _save(
+            folder / "model.pt",
+            lambda path: torch.save(model, path),
+            "torch.load('model.pt', weights_only=False)  # a pickled module: needs the classes "
+            "it was built from importable",
+            "pickling",
+        )
+
+    program, inputs, how = (
+        model,
+        example,
+        "torch.export.load('model.pt2').module()  # needs only torch",
+    )
+    if preprocessing is not None:
+        deployed = with_preprocessing(model, example, preprocessing)
+        if isinstance(deployed, str):
+            how += f"; {deployed}"
+        else:
+            program, inputs, how = deployed
+    files["model.pt2"] = _save(
+        folder / "model.pt2", lambda path: _save_program(program, inputs, path), how, "torch.export"
+    )
+    return files
+
+
+def _save_program(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+    """``torch.export`` ``model`` with a free batch size and save it to ``path``."""
+    program = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim.AUTO},))
+    # Stack traces name files of this machine (the user's code, site-packages): not shipped.
+    for node in program.graph.nodes:
+        node.meta.pop("stack_trace", None)
+    torch.export.save(program, path)
+
+
+def _save(path: Path, write: Any, how: str, what: str) -> str:
+    """Write one model file (see ``save_model``); ``how`` to load it, else why it is missing."""
+    try:
+        write_atomically(path, write)
+    except Exception as e:
+        return f"not written: {what} failed ({first_line(e)[:200]})"
+    return how

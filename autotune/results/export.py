@@ -24,7 +24,7 @@ from autotune.load.anatomy import count_parameters
 from autotune.load.job import Job
 from autotune.load.tasks import TaskData
 from autotune.paths import checkpoints_dir, export_dir, leaderboard_csv, write_atomically
-from autotune.results.deploy import with_preprocessing
+from autotune.results.deploy import save_model
 from autotune.results.errors import error_metrics, exported_errors
 from autotune.results.leaderboard import Leaderboard
 from autotune.search.prepare import adapt_space, make_maker, run_analyses
@@ -173,17 +173,8 @@ def export_trial(
     source = work.job.model.module.to(work.maker.device)
     errors = exported_errors(source, work.maker.reference, model, data, work.maker.data, folder)
     model = model.cpu().eval()
-    files = save_model(model, data.x_val[:2].cpu(), folder)
-    if work.settings.export_preprocessing:
-        deployed = with_preprocessing(model, data.x_val[:2].cpu(), work.job.data.preprocessing)
-        if isinstance(deployed, str):
-            files["model.pt2"] += f"  # {deployed}"
-        else:
-            wrapped, raw, how = deployed
-            files["model.pt2"] = _save(
-                folder / "model.pt2", lambda path: _save_program(wrapped, raw, path), how,
-                "torch.export",
-            )  # fmt: skip
+    preprocessing = work.job.data.preprocessing if work.settings.export_preprocessing else None
+    files = save_model(model, data.x_val[:2].cpu(), folder, preprocessing)
     record = study_record(study)
     config = _config(work, study, trial, record, val, test, rebuilt.origin, files, model)
     config["structure"] = structure
@@ -246,53 +237,6 @@ def _structure(work: Workspace, rebuilt: Rebuilt, model: nn.Module) -> dict[str,
         "trained_layers": changes.unfrozen,
         "inputs": inputs,
     }
-
-
-def save_model(model: nn.Module, example: torch.Tensor, folder: Path) -> dict[str, str]:
-    """Save ``model`` in every format it supports; returns file name -> how to load it, or why
-    it was not written (a model holding a lambda cannot be pickled, some cannot be exported)."""
-    files: dict[str, str] = {}
-    if isinstance(model, torch.jit.ScriptModule):
-        files["model.pt"] = _save(
-            folder / "model.pt",
-            lambda path: torch.jit.save(model, str(path)),
-            "torch.jit.load('model.pt')",
-            "torch.jit.save",
-        )
-    elif not isinstance(model, torch.fx.GraphModule):
-        files["model.pt"] = _save(
-            folder / "model.pt",
-            lambda path: torch.save(model, path),
-            "torch.load('model.pt', weights_only=False)  # a pickled module: needs the classes "
-            "it was built from importable",
-            "pickling",
-        )
-
-    files["model.pt2"] = _save(
-        folder / "model.pt2",
-        lambda path: _save_program(model, example, path),
-        "torch.export.load('model.pt2').module()  # needs only torch",
-        "torch.export",
-    )
-    return files
-
-
-def _save_program(model: nn.Module, example: torch.Tensor, path: Path) -> None:
-    """``torch.export`` ``model`` with a free batch size and save it to ``path``."""
-    program = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim.AUTO},))
-    # Stack traces name files of this machine (the user's code, site-packages): not shipped.
-    for node in program.graph.nodes:
-        node.meta.pop("stack_trace", None)
-    torch.export.save(program, path)
-
-
-def _save(path: Path, write: Any, how: str, what: str) -> str:
-    """Write one model file (see ``save_model``); ``how`` to load it, else why it is missing."""
-    try:
-        write_atomically(path, write)
-    except Exception as e:
-        return f"not written: {what} failed ({first_line(e)[:200]})"
-    return how
 
 
 def _config(

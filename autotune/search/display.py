@@ -1,4 +1,5 @@
-"""What a search shows while it runs: the live leaderboard (``results.live``), or nothing."""
+"""What a search shows while it runs: its header line, then the live leaderboard
+(``results.live``) or nothing."""
 
 from __future__ import annotations
 
@@ -8,7 +9,14 @@ from contextlib import AbstractContextManager
 from typing import Protocol
 
 import optuna
+import torch
 from optuna.trial import FrozenTrial
+
+from autotune.config import SearchSettings
+from autotune.errors import redacted
+from autotune.load.job import Job
+from autotune.load.streams import Streamed
+from autotune.paths import study_db
 
 
 class Display(Protocol):
@@ -36,3 +44,27 @@ class NoDisplay:
 
     def finished(self, study: optuna.Study, trial: FrozenTrial) -> None:
         pass
+
+
+def header(job: Job, s: SearchSettings, n_layers: int, device: torch.device) -> str:
+    """The line a search starts with: model, data (and how it is held), device, study, budgets."""
+    sizes = [len(job.data.x_train), len(job.data.x_val)]
+    if job.data.x_test is not None:
+        sizes.append(len(job.data.x_test))
+    budgets = [f"--max-{k} {getattr(s, f'max_{k}')}" for k in ("params", "macs", "flips")]
+    budgets = [b for b in budgets if not b.endswith(" None")]
+    storage = redacted(s.storage or str(study_db(s.out)))
+    x = job.data.x_train
+    held = (
+        f"streamed from disk by {x.workers} loader workers"
+        if isinstance(x, Streamed)
+        else "resident in memory"
+    )
+    return (
+        f"model {job.model.path} ({job.model.format}, {job.num_classes} classes, "
+        f"{n_layers} layers), data {job.data.spec} "
+        f"({'/'.join(map(str, sizes))} train/val{'/test' if len(sizes) == 3 else ''}, {held}), "
+        f"device {device}, study {s.study_name!r} in {storage}"
+        + (f", budgets {' '.join(budgets)}" if budgets else "")
+        + (f", Pareto front of {s.metric} vs {s.pareto}" if s.pareto else "")
+    )

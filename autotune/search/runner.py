@@ -23,12 +23,10 @@ from autotune.config import VERSION, SearchSettings
 from autotune.errors import AutotuneError, first_line, redacted
 from autotune.load.anatomy import layers
 from autotune.load.job import Job
-from autotune.load.streams import Streamed
-from autotune.load.tasks import TaskData
-from autotune.paths import checkpoints_dir, study_db, workers_dir
+from autotune.paths import checkpoints_dir, workers_dir
 from autotune.rank.analysis import Analysis
 from autotune.rank.gates import sites
-from autotune.search.display import Display, NoDisplay
+from autotune.search.display import Display, NoDisplay, header
 from autotune.search.objective import WORKER, Budgets, Objective, cost_attrs
 from autotune.search.pool import Pool
 from autotune.search.prepare import adapt_space, make_maker, run_analyses
@@ -245,7 +243,9 @@ class Search:
         s = self.settings
         configure_threads(self.device, self.threads)
         study = self.study = self.open()
-        self.console.print(self._header(), highlight=False)
+        self.console.print(
+            header(self.job, self.settings, self.n_layers, self.device), highlight=False
+        )
         self.prepare()
         study.set_user_attr(LIMITS, dict(self.budgets.limits))
         self.add_baseline(study)
@@ -292,24 +292,6 @@ class Search:
             else:
                 return
 
-    def _header(self) -> str:
-        job, s = self.job, self.settings
-        sizes = [len(job.data.x_train), len(job.data.x_val)]
-        if job.data.x_test is not None:
-            sizes.append(len(job.data.x_test))
-        budgets = [f"--max-{k} {getattr(s, f'max_{k}')}" for k in ("params", "macs", "flips")]
-        budgets = [b for b in budgets if not b.endswith(" None")]
-        storage = redacted(s.storage or str(study_db(s.out)))
-        return (
-            f"model {job.model.path} ({job.model.format}, {job.num_classes} classes, "
-            f"{self.n_layers} layers), data {job.data.spec} "
-            f"({'/'.join(map(str, sizes))} train/val{'/test' if len(sizes) == 3 else ''}, "
-            f"{_storage(job.data)}), "
-            f"device {self.device}, study {s.study_name!r} in {storage}"
-            + (f", budgets {' '.join(budgets)}" if budgets else "")
-            + (f", Pareto front of {s.metric} vs {s.pareto}" if s.pareto else "")
-        )
-
     def _after(self, study: optuna.Study, trial: FrozenTrial) -> None:
         if trial.user_attrs.get(SURPLUS):
             return
@@ -337,12 +319,6 @@ def run_worker(settings: SearchSettings) -> None:
         except Exception as e:
             console.print(f"error: {first_line(e)}")
             raise SystemExit(1) from None
-
-
-def _storage(data: TaskData) -> str:
-    if isinstance(data.x_train, Streamed):
-        return f"streamed from disk by {data.x_train.workers} loader workers"
-    return "resident in memory"
 
 
 @contextlib.contextmanager

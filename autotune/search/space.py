@@ -18,26 +18,12 @@ from typing import Any
 import optuna
 import yaml
 
-from autotune.config import MAX_RATIO, TrialConfig
+from autotune.config import TrialConfig
 from autotune.errors import SpaceError
-from autotune.trial.augment import AUGMENTS
-from autotune.trial.losses import DISTILLATION, LOSSES
-
-OPTIMIZERS = ("adamw", "sgd")
-
+from autotune.search.values import CHOICES, INT_PARAMS, RATIOS, check_value
+from autotune.trial.losses import DISTILLATION
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrialConfig)}
-_INT_PARAMS = {"batch_size", "unfreeze"}
-IMPORTANCES = ("shap", "taylor", "l1", "random")
-_CHOICES = {
-    "optimizer": OPTIMIZERS,
-    "loss": tuple(LOSSES),
-    "importance": IMPORTANCES,
-    "unfreeze_order": ("output", "shap", "taylor"),
-    "prune_scope": ("layer", "global"),
-    "augment": AUGMENTS,
-}
-_RATIOS = {"prune", "prune_layers", "drop_features"}
 # Parameters that matter only under another parameter's value: sampled only then, so TPE
 # and the dashboard see no meaningless values.
 _CONDITIONS = {
@@ -81,7 +67,7 @@ class Param:
             return self.fixed
         high = n_layers if self.high == "all" else self.high
         assert high is not None  # set by the parser whenever low is
-        if self.name in _INT_PARAMS:
+        if self.name in INT_PARAMS:
             step = int(self.step or 1)
             return trial.suggest_int(name, int(self.low), int(high), step=step, log=self.log)
         return trial.suggest_float(name, self.low, float(high), step=self.step, log=self.log)
@@ -117,7 +103,7 @@ class SearchSpace:
 
     def uses_rankings(self) -> bool:
         """Whether trials need an analysis: pruning, feature dropping or a ranked unfreezing."""
-        return any(self.may_be_nonzero(name) for name in _RATIOS) or any(
+        return any(self.may_be_nonzero(name) for name in RATIOS) or any(
             v != "output" for v in self.values_of("unfreeze_order")
         )
 
@@ -141,7 +127,7 @@ class SearchSpace:
     def methods(self) -> list[str]:
         """The importance methods whose analyses the trials may read."""
         needed = []
-        if any(self.may_be_nonzero(n) for n in _RATIOS):
+        if any(self.may_be_nonzero(n) for n in RATIOS):
             needed += list(self.values_of("importance"))
         needed += [v for v in self.values_of("unfreeze_order") if v != "output"]
         return list(dict.fromkeys(needed))
@@ -265,7 +251,7 @@ def _parse_param(name: str, spec: Any, source: str) -> Param:
         if not spec:
             raise SpaceError(f"{where}: the list of choices is empty")
         for value in spec:
-            _check_value(name, value, where)
+            check_value(name, value, where)
         return Param(name, choices=tuple(spec))
     if isinstance(spec, dict):
         unknown = set(spec) - {"low", "high", "log", "step"}
@@ -274,9 +260,9 @@ def _parse_param(name: str, spec: Any, source: str) -> Param:
                 f"{where}: a range needs 'low' and 'high' (and optionally 'log', 'step'), got "
                 f"keys {sorted(spec)}"
             )
-        if name in _CHOICES:
+        if name in CHOICES:
             raise SpaceError(
-                f"{where}: takes a list of choices from {list(_CHOICES[name])}, not a range"
+                f"{where}: takes a list of choices from {list(CHOICES[name])}, not a range"
             )
         low, high = spec["low"], spec["high"]
         allow_all = name == "unfreeze"
@@ -289,9 +275,9 @@ def _parse_param(name: str, spec: Any, source: str) -> Param:
             raise SpaceError(
                 f"{where}: 'low' <= 'high' must hold, but got low={low!r}, high={high!r}"
             )
-        if name in _RATIOS or name in _DISTILL_PARAMS:
-            _check_value(name, low, where)
-            _check_value(name, high, where)
+        if name in RATIOS or name in _DISTILL_PARAMS:
+            check_value(name, low, where)
+            check_value(name, high, where)
         log = bool(spec.get("log", False))
         if log and low <= 0:
             raise SpaceError(f"{where}: a log range needs 'low' > 0, got low={low!r}")
@@ -300,7 +286,7 @@ def _parse_param(name: str, spec: Any, source: str) -> Param:
             raise SpaceError(
                 f"{where}: 'step' must be a positive number and cannot go with log, got {step!r}"
             )
-        if name in _INT_PARAMS and not (
+        if name in INT_PARAMS and not (
             isinstance(low, int) and (high == "all" or isinstance(high, int))
         ):
             raise SpaceError(
@@ -308,38 +294,9 @@ def _parse_param(name: str, spec: Any, source: str) -> Param:
                 f"got low={low!r}, high={high!r}"
             )
         for value in (low, high):
-            _check_value(name, value, where)  # a range must not reach past what a value may be
+            check_value(name, value, where)  # a range must not reach past what a value may be
         return Param(
-            name, low=float(low) if name not in _INT_PARAMS else low, high=high, log=log, step=step
+            name, low=float(low) if name not in INT_PARAMS else low, high=high, log=log, step=step
         )
-    _check_value(name, spec, where)
+    check_value(name, spec, where)
     return Param(name, fixed=spec)
-
-
-def _check_value(name: str, value: Any, where: str) -> None:
-    if name in _CHOICES:
-        if value not in _CHOICES[name]:
-            raise SpaceError(f"{where}: {value!r} is not one of {list(_CHOICES[name])}")
-        return
-    if name == "dropout" and value is None:
-        return
-    if name == "unfreeze" and (value is None or value == "all"):
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise SpaceError(f"{where}: {value!r} is not a number")
-    if name in _INT_PARAMS and not isinstance(value, int):
-        raise SpaceError(f"{where}: {value!r} is not an integer")
-    if name == "dropout" and not 0.0 <= value < 1.0:
-        raise SpaceError(f"{where}: dropout must be in [0, 1), got {value!r}")
-    if name == "distill_weight" and not 0.0 <= value <= 1.0:
-        raise SpaceError(f"{where}: a distillation weight must be in [0, 1], got {value!r}")
-    if name == "distill_temperature" and value <= 0:
-        raise SpaceError(f"{where}: a temperature must be positive, got {value!r}")
-    if name in _RATIOS and not 0.0 <= value <= MAX_RATIO:
-        raise SpaceError(f"{where}: a fraction removed must be in [0, {MAX_RATIO}], got {value!r}")
-    if name in ("batch_size", "unfreeze", "lr") and value <= 0:
-        raise SpaceError(f"{where}: must be positive, got {value!r}")
-    if name in ("weight_decay", "focal_gamma") and value < 0:
-        raise SpaceError(f"{where}: must be >= 0, got {value!r}")
-    if name in ("momentum", "label_smoothing") and not 0.0 <= value < 1.0:
-        raise SpaceError(f"{where}: must be in [0, 1), got {value!r}")

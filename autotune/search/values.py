@@ -1,0 +1,55 @@
+"""What each search-space parameter may be: the choices of the categorical ones, which are
+fractions or integers, and the check of one value against them (``search.space`` reads files
+with it)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from autotune.config import MAX_RATIO
+from autotune.errors import SpaceError
+from autotune.trial.augment import AUGMENTS
+from autotune.trial.losses import LOSSES
+
+OPTIMIZERS = ("adamw", "sgd")
+INT_PARAMS = {"batch_size", "unfreeze"}
+IMPORTANCES = ("shap", "taylor", "l1", "random")
+CHOICES = {
+    "optimizer": OPTIMIZERS,
+    "loss": tuple(LOSSES),
+    "importance": IMPORTANCES,
+    "unfreeze_order": ("output", "shap", "taylor"),
+    "prune_scope": ("layer", "global"),
+    "augment": AUGMENTS,
+}
+RATIOS = {"prune", "prune_layers", "drop_features"}
+
+
+def check_value(name: str, value: Any, where: str) -> None:
+    """Refuse ``value`` for parameter ``name`` (in ``where`` of a space) when it cannot be one."""
+    if name in CHOICES:
+        if value not in CHOICES[name]:
+            raise SpaceError(f"{where}: {value!r} is not one of {list(CHOICES[name])}")
+        return
+    if name == "dropout" and value is None:
+        return
+    if name == "unfreeze" and (value is None or value == "all"):
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SpaceError(f"{where}: {value!r} is not a number")
+    if name in INT_PARAMS and not isinstance(value, int):
+        raise SpaceError(f"{where}: {value!r} is not an integer")
+    if name == "dropout" and not 0.0 <= value < 1.0:
+        raise SpaceError(f"{where}: dropout must be in [0, 1), got {value!r}")
+    if name == "distill_weight" and not 0.0 <= value <= 1.0:
+        raise SpaceError(f"{where}: a distillation weight must be in [0, 1], got {value!r}")
+    if name == "distill_temperature" and value <= 0:
+        raise SpaceError(f"{where}: a temperature must be positive, got {value!r}")
+    if name in RATIOS and not 0.0 <= value <= MAX_RATIO:
+        raise SpaceError(f"{where}: a fraction removed must be in [0, {MAX_RATIO}], got {value!r}")
+    if name in ("batch_size", "unfreeze", "lr") and value <= 0:
+        raise SpaceError(f"{where}: must be positive, got {value!r}")
+    if name in ("weight_decay", "focal_gamma") and value < 0:
+        raise SpaceError(f"{where}: must be >= 0, got {value!r}")
+    if name in ("momentum", "label_smoothing") and not 0.0 <= value < 1.0:
+        raise SpaceError(f"{where}: must be in [0, 1), got {value!r}")
