@@ -227,6 +227,8 @@ class SearchSettings:
                 budget_parts(budget, what)
         if self.workers < 1:
             raise AutotuneError(f"--workers must be at least 1, got {self.workers}")
+        if self.threads < 1:
+            raise AutotuneError(f"--threads must be at least 1, got {self.threads}")
         if max_epochs < 1 or patience < 1:
             raise AutotuneError(f"epochs and patience must be >= 1, got {max_epochs}, {patience}")
         return dataclasses.replace(
