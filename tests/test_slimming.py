@@ -172,6 +172,11 @@ def test_a_slimmed_trial_is_rebuilt_from_its_parent_and_reproduces(tmp_path: Pat
     )
     slimmed = [t for t in result.study.trials if t.user_attrs.get("stage") == 2]
     assert slimmed and all(t.state == TrialState.COMPLETE for t in slimmed)
+    # The space tunes the learning rate: stage 2 scales its parent's.
+    for trial in slimmed:
+        parent = result.study.trials[trial.user_attrs["parent"]]
+        scaled = parent.user_attrs["config"]["lr"] * trial.params["lr_scale"]
+        assert trial.user_attrs["config"]["lr"] == pytest.approx(scaled)
     # No checkpoint at all: the parent is retrained, ranked again, and slimmed again.
     bare = dataclasses.replace(workspace(result.search), checkpoints=tmp_path / "none")
     for trial in slimmed:

@@ -33,6 +33,7 @@ from autotune.search.stages import (
     slimming_space,
     stage_of,
     stage_two_params,
+    suggest_lr_scale,
     tuning_space,
 )
 from autotune.search.study import best_trial, config_of, rank_key
@@ -241,7 +242,8 @@ class Objective:
         slim = slimming_space(self.space).suggest(trial, self.n_layers, self.prunable)
         tuned = config_of(parent, self.space)
         sampled = stage_two_params(self.space)
-        return child_config(tuned, slim, sampled), self._slimmer(parent.number, tuned), 2
+        child = child_config(tuned, slim, sampled, suggest_lr_scale(trial, self.space))
+        return child, self._slimmer(parent.number, tuned), 2
 
     def _slimmer(self, parent: int, tuned: TrialConfig) -> TrialMaker:
         """The maker of ``parent``'s children: its trained model and that model's rankings."""

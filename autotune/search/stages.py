@@ -36,6 +36,10 @@ SLIMMING = ("prune", "prune_scope", "prune_layers", "drop_features", "importance
 """Space parameters that remove parts of the model: sampled in stage 2 only."""
 LOSS_PARAMS = ("loss", "label_smoothing", "focal_gamma", "distill_weight", "distill_temperature")
 """Re-sampled in stage 2 when the space offers distillation (``distils``)."""
+LR_SCALE = ("lr_scale", 0.1, 3.0)
+"""Stage 2 samples its learning rate as the parent's times this factor (log scale) when the
+space tunes the learning rate: a slimmed copy of an adapted model wants its own step size, and
+the parent's was chosen for training from the source model."""
 PARENT = "parent"
 """User attribute of a stage-2 trial: the number of the stage-1 trial it slimmed."""
 
@@ -95,12 +99,26 @@ def parent_of(study: optuna.Study, metric: str) -> FrozenTrial | None:
 
 
 def child_config(
-    parent: TrialConfig, slim: TrialConfig, sampled: tuple[str, ...] = SLIMMING
+    parent: TrialConfig,
+    slim: TrialConfig,
+    sampled: tuple[str, ...] = SLIMMING,
+    lr_scale: float = 1.0,
 ) -> TrialConfig:
-    """The parent's fine-tuning, on every layer, with the ``sampled`` parameters (the slimming,
-    and maybe the loss) of the child."""
+    """The parent's fine-tuning, on every layer, at ``lr_scale`` times its learning rate, with
+    the ``sampled`` parameters (the slimming, and maybe the loss) of the child."""
     values = {name: getattr(slim, name) for name in sampled}
-    return dataclasses.replace(parent, unfreeze=None, unfreeze_order="output", **values)
+    return dataclasses.replace(
+        parent, lr=parent.lr * lr_scale, unfreeze=None, unfreeze_order="output", **values
+    )
+
+
+def suggest_lr_scale(trial: optuna.Trial, space: SearchSpace) -> float:
+    """Stage 2's learning-rate factor (``LR_SCALE``): sampled when the space tunes the
+    learning rate, else 1."""
+    if "lr" not in space.params or "lr" in space.fixed_values():
+        return 1.0
+    name, low, high = LR_SCALE
+    return trial.suggest_float(name, low, high, log=True)
 
 
 def slimming_maker(
