@@ -227,6 +227,10 @@ def search(
             "the first exports."
         ),
     ] = 1,
+    devices: Annotated[
+        str | None,
+        typer.Option(help="One worker per CUDA device listed, e.g. 0,1 (overrides --device)."),
+    ] = None,
     allow_changes: Annotated[
         bool,
         typer.Option(
@@ -273,6 +277,7 @@ def search(
             amp=amp,
             channels_last=channels_last,
             workers=workers,
+            devices=devices,
             allow_changes=allow_changes,
         )
     except KeyboardInterrupt:

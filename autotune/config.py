@@ -159,6 +159,9 @@ class SearchSettings:
     """Seeds the sampler and each trial (trial N trains with seed + N)."""
     pruner: str = "median"
     device: str = "auto"
+    devices: str | None = None
+    """``--devices 0,1,...``: one worker per listed CUDA device (worker i on the i-th, round
+    robin when there are more workers than devices); overrides ``device``."""
     threads: int = 1
     """torch intra-op threads on CPU (see ``trial.fit.configure_threads``)."""
     study_name: str = "autotune"
@@ -231,9 +234,15 @@ class SearchSettings:
             raise AutotuneError(f"--threads must be at least 1, got {self.threads}")
         if max_epochs < 1 or patience < 1:
             raise AutotuneError(f"epochs and patience must be >= 1, got {max_epochs}, {patience}")
+        device, workers = self.device, self.workers
+        if self.devices is not None:
+            ids = _device_ids(self.devices)
+            device = f"cuda:{ids[self.worker % len(ids)]}"
+            workers = max(workers, len(ids))  # at least one worker per device
         return dataclasses.replace(
-            self, max_epochs=max_epochs, patience=patience, out=Path(self.out)
-        )
+            self, max_epochs=max_epochs, patience=patience, out=Path(self.out), device=device,
+            workers=workers,
+        )  # fmt: skip
 
     def stored(self) -> dict[str, Any]:
         """The settings that decide what a trial's result is: stored with the study."""
@@ -250,3 +259,13 @@ class SearchSettings:
             "refit",
         )
         return {k: getattr(self, k) for k in keep}
+
+
+def _device_ids(text: str) -> list[int]:
+    """``--devices 0,1,3`` as CUDA device numbers."""
+    parts = [p.strip() for p in str(text).split(",") if p.strip()]
+    if not parts or not all(p.isdigit() for p in parts) or len(set(parts)) != len(parts):
+        raise AutotuneError(
+            f"--devices {text!r} is not a list of CUDA device numbers: write e.g. 0,1"
+        )
+    return [int(p) for p in parts]

@@ -47,6 +47,13 @@ def main() -> None:
         )
         search_s = time.perf_counter() - start
         best = result.best_config or {}
+        trials = result.study.trials
+        memory = [
+            t.user_attrs["cuda_memory_mb"] for t in trials if "cuda_memory_mb" in t.user_attrs
+        ]
+        precision = sorted(
+            {t.user_attrs["precision"] for t in trials if "precision" in t.user_attrs}
+        )
     metrics = best.get("metrics", {})
     structure = best.get("structure", {})
     params = structure.get("params", {"model": 0, "source": 1})
@@ -69,9 +76,19 @@ def main() -> None:
             f"{metrics.get('gain', float('nan')):+.4f}; "
             f"{params['model'] / params['source']:.0%} of the source's parameters; "
             f"latency (32 samples, CUDA) {latency.get('model')} ms vs {latency.get('source')} ms.",
+            "",
+            f"Trials trained with: {', '.join(precision)}. GPU memory allocated after each trial "
+            f"(MiB): {', '.join(f'{m:.0f}' for m in memory)}{_drift(memory)}",
         ],
         args.write,
     )
+
+
+def _drift(memory: list[float]) -> str:
+    """The memory after the last trial against after the fifth (the target: within 5%)."""
+    if len(memory) <= 5 or memory[4] <= 0:
+        return "."
+    return f"; after the last against after the fifth: {memory[-1] / memory[4]:.3f}x."
 
 
 if __name__ == "__main__":

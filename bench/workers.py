@@ -24,11 +24,15 @@ from optuna.trial import TrialState
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 
+DEVICE: list[str] = []
+"""``--device X`` for every search, when the benchmark is given one."""
+
+
 def search(out: Path, trials: int, epochs: int, workers: int = 1) -> list[str]:
     return [
         sys.executable, "-m", "autotune.cli", "search", "--model", "demo", "--data", "demo",
         "--space", "vision", "--trials", str(trials), "--epochs", str(epochs),
-        "--workers", str(workers), "--out", str(out),
+        "--workers", str(workers), "--out", str(out), *DEVICE,
     ]  # fmt: skip
 
 
@@ -85,30 +89,47 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=10, help="trials per throughput run")
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--memory", type=int, nargs=2, default=[5, 50], help="short, long")
+    parser.add_argument("--counts", type=int, nargs="+", default=[1, 2], help="worker counts")
+    parser.add_argument("--device", help="--device of every search (default: autotune's)")
     parser.add_argument("--write", type=Path, help="append the Markdown to this file")
     args = parser.parse_args()
+    if args.device:
+        DEVICE.extend(["--device", args.device])
     root = Path(tempfile.mkdtemp(prefix="bench-workers-"))
     os.environ.setdefault("AUTOTUNE_CACHE_DIR", str(root / "cache"))
     run(search(root / "warm", 1, 1))  # builds the demo and its analysis into the cache
 
     lines = [
         f"Command: `python bench/workers.py --trials {args.trials} --epochs {args.epochs} "
-        f"--memory {args.memory[0]} {args.memory[1]}`  ",
-        f"Machine: {os.cpu_count()} CPU cores (shared), CPU, 1 torch thread per worker.",
+        f"--memory {args.memory[0]} {args.memory[1]} --counts {' '.join(map(str, args.counts))}"
+        + (f" --device {args.device}" if args.device else "")
+        + "`  ",
+        f"Machine: {os.cpu_count()} CPU cores (shared), device {args.device or 'auto'}, "
+        "1 torch thread per worker.",
         "",
-        "| measure | 1 worker | 2 workers |",
-        "| --- | --- | --- |",
+        "| measure | "
+        + " | ".join(f"{n} worker{'s' if n > 1 else ''}" for n in args.counts)
+        + " |",
+        "| --- |" + " --- |" * len(args.counts),
     ]
     seconds = {}
-    for workers in (1, 2):
+    for workers in args.counts:
         seconds[workers], _ = run(search(root / f"w{workers}", args.trials, args.epochs, workers))
     per_hour = {w: args.trials * 3600 / s for w, s in seconds.items()}
+    one = per_hour[args.counts[0]]
     lines.append(
-        f"| {args.trials} trials, wall seconds (process start to exit) "
-        f"| {seconds[1]:.0f} | {seconds[2]:.0f} |"
+        f"| {args.trials} trials, wall seconds (process start to exit) | "
+        + " | ".join(f"{seconds[n]:.0f}" for n in args.counts)
+        + " |"
     )
-    lines.append(f"| trials per hour | {per_hour[1]:.0f} | {per_hour[2]:.0f} |")
-    lines.append(f"| ratio 2 workers / 1 | | {per_hour[2] / per_hour[1]:.2f}x |")
+    lines.append(
+        "| trials per hour | " + " | ".join(f"{per_hour[n]:.0f}" for n in args.counts) + " |"
+    )
+    lines.append(
+        f"| ratio to {args.counts[0]} worker(s) | "
+        + " | ".join(f"{per_hour[n] / one:.2f}x" for n in args.counts)
+        + " |"
+    )
     lines += ["", "| study length | peak memory of the search process |", "| --- | --- |"]
     for n in args.memory:
         _, peak = run(search(root / f"m{n}", n, args.epochs))

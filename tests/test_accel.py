@@ -117,3 +117,12 @@ def test_a_trial_out_of_memory_retries_once_at_half_the_batch(tmp_path: Path) ->
     (trial,) = _search_at_batch(128, tmp_path / "too_big")
     assert trial.state == TrialState.FAIL
     assert "out of GPU memory at batch size 64 too" in trial.user_attrs["fail_reason"]
+
+
+def test_devices_place_one_worker_per_card() -> None:
+    settings = SearchSettings(devices="0,1").resolved({})
+    assert (settings.device, settings.workers) == ("cuda:0", 2)
+    third = SearchSettings(devices="0,1", workers=4, worker=3).resolved({})
+    assert (third.device, third.workers) == ("cuda:1", 4)  # round robin beyond the cards
+    with pytest.raises(AutotuneError, match="--devices 'gpu0' is not a list of CUDA device"):
+        SearchSettings(devices="gpu0").resolved({})
