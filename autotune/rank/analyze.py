@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import time
+from pathlib import Path
 
 import torch
 
@@ -44,6 +45,11 @@ def cache_key(job: Job, method: str, options: AnalysisOptions) -> str:
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:24]
 
 
+def cache_path(job: Job, method: str, options: AnalysisOptions) -> Path:
+    """Where ``analyze_job`` keeps this analysis between searches."""
+    return cache_dir() / "analysis" / f"{method}-{cache_key(job, method, options)}.json"
+
+
 def analyze_job(
     job: Job,
     method: str = "shap",
@@ -55,7 +61,7 @@ def analyze_job(
         raise AutotuneError(f"unknown importance method {method!r}: use one of {list(METHODS)}")
     check_analyzable(job)
     options = options or AnalysisOptions()
-    path = cache_dir() / "analysis" / f"{method}-{cache_key(job, method, options)}.json"
+    path = cache_path(job, method, options)
     if cache and path.is_file():
         try:
             cached = Analysis.load(path)

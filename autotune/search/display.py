@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from typing import Protocol
@@ -68,3 +69,18 @@ def header(job: Job, s: SearchSettings, n_layers: int, device: torch.device) -> 
         + (f", budgets {' '.join(budgets)}" if budgets else "")
         + (f", Pareto front of {s.metric} vs {s.pareto}" if s.pareto else "")
     )
+
+
+@contextlib.contextmanager
+def optuna_quiet(quiet: bool) -> Iterator[None]:
+    # Failed trials are shown in the leaderboard with their reason; Optuna's warnings and
+    # tracebacks would tear the live display apart.
+    if not quiet:
+        yield
+        return
+    before = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(logging.ERROR)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(before)

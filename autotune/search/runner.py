@@ -6,13 +6,11 @@ in the cache, and waits for them: only it exports.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import logging
 import time
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -26,11 +24,12 @@ from autotune.load.job import Job
 from autotune.paths import checkpoints_dir, workers_dir
 from autotune.rank.analysis import Analysis
 from autotune.rank.gates import sites
-from autotune.search.display import Display, NoDisplay, header
+from autotune.search.display import Display, NoDisplay, header, optuna_quiet
 from autotune.search.objective import WORKER, Budgets, Objective, cost_attrs
 from autotune.search.pool import Pool
 from autotune.search.prepare import adapt_space, make_maker, run_analyses
 from autotune.search.seeds import recipe, seed_configs
+from autotune.search.shared import shared
 from autotune.search.space import SearchSpace
 from autotune.search.stages import is_staged, tuning_space
 from autotune.search.study import (
@@ -122,12 +121,21 @@ class Search:
 
     # -- preparing -----------------------------------------------------------------------
 
-    def prepare(self) -> None:
-        """Run (or load from the cache) the analyses the space reads, and measure the source."""
+    def prepare(self, study: optuna.Study | None = None) -> None:
+        """Run (or load from the cache, or the ``study``: ``search.shared``) the analyses the
+        space reads, and measure the source."""
         with self.console.status(f"analysis of {len(self.prunable)} layers..."):
-            # One process writes OUT/analysis; the others read the cache it filled.
+            # One process writes OUT/analysis; the others read the cache it filled. Machines
+            # after the first wait for its rankings in the study rather than compute them.
             out = self.settings.out if self.exports else None
-            run_analyses(self.job, self.space, self.analyses, out, self.console.print)
+            run = partial(
+                run_analyses, self.job, self.space, self.analyses, out, self.console.print
+            )
+            if study is None:
+                run()
+            else:
+                wait = 0.0 if machine_index() == 0 else BASELINE_WAIT
+                shared(study, self.job, self.space, run, wait)
         module = self.job.model.module.to(self.device)
         self.original = measure(module, self.maker.data.x_val)
         for what in ("params", "macs"):
@@ -236,7 +244,7 @@ class Search:
 
     def run(self) -> optuna.Study:
         """Run this worker's trials; returns the study."""
-        with _optuna_quiet(not self.settings.verbose):
+        with optuna_quiet(not self.settings.verbose):
             return self._run()
 
     def _run(self) -> optuna.Study:
@@ -246,7 +254,7 @@ class Search:
         self.console.print(
             header(self.job, self.settings, self.n_layers, self.device), highlight=False
         )
-        self.prepare()
+        self.prepare(study)
         study.set_user_attr(LIMITS, dict(self.budgets.limits))
         self.add_baseline(study)
         self.baseline_value = next(
@@ -319,21 +327,6 @@ def run_worker(settings: SearchSettings) -> None:
         except Exception as e:
             console.print(f"error: {first_line(e)}")
             raise SystemExit(1) from None
-
-
-@contextlib.contextmanager
-def _optuna_quiet(quiet: bool) -> Iterator[None]:
-    # Failed trials are shown in the leaderboard with their reason; Optuna's warnings and
-    # tracebacks would tear the live display apart.
-    if not quiet:
-        yield
-        return
-    before = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(logging.ERROR)
-    try:
-        yield
-    finally:
-        optuna.logging.set_verbosity(before)
 
 
 __all__ = ["WORKER", "Display", "NoDisplay", "Search"]
