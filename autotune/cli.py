@@ -287,7 +287,8 @@ def search(
         )
         raise typer.Exit(130) from None
     _summary(result)
-    if result.best is None or result.search.stopped:
+    # A machine that does not export (machine 0 does) succeeded when its trials did.
+    if result.search.stopped or (result.best is None and result.search.exports):
         raise typer.Exit(NO_RESULT)
 
 

@@ -258,11 +258,12 @@ def test_peak_memory_does_not_grow_with_the_number_of_images(tmp_path: Path) -> 
     )  # fmt: skip
     small_run, large_run, resident_run = json.loads(done.stdout.splitlines()[-1])
     assert small_run["streamed"] and large_run["streamed"] and not resident_run["streamed"]
-    # Five times the images, streamed: the peak moves by allocator noise (8 MB here), well under
-    # what the added images take as tensors (37 MB).
-    assert large_run["peak_mb"] - small_run["peak_mb"] < 15
-    # What streaming saves: held as tensors, the same images raise it by their 46 MB.
+    # What streaming saves: held as tensors, the same images raise the peak by their 46 MB.
     assert resident_run["peak_mb"] - large_run["peak_mb"] > 40
+    # Five times the images, streamed: the peak moves by allocator noise (8-17 MB seen), well
+    # under half of what the added images cost when held as tensors.
+    streamed_growth = large_run["peak_mb"] - small_run["peak_mb"]
+    assert streamed_growth < (resident_run["peak_mb"] - small_run["peak_mb"]) / 2
 
 
 def test_a_large_torch_dataset_streams_and_trains(tiny_limit: None) -> None:
