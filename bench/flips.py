@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import shutil
 import statistics
 import sys
 from pathlib import Path
@@ -37,7 +36,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
 from _shared import emit  # noqa: E402
-from peers import autotune_command, build_tasks, machine, timed  # noqa: E402
+from peers import build_tasks, machine, search_command, timed  # noqa: E402
 
 VARIANTS = ("free", "flips", "slim", "slim-distill")
 MAX_FLIPS = "0.01"
@@ -68,16 +67,9 @@ def run_one(
 ) -> dict[str, Any]:
     tag = f"{task}-{variant}-s{seed}"
     out = work / tag
-    shutil.rmtree(out, ignore_errors=True)  # a re-run would continue the study
-    command = [*autotune_command(), "search", "--model", spec["model"], "--data", spec["data"]]
-    if spec.get("arch"):
-        command += ["--arch", spec["arch"]]
-    if spec.get("num_classes"):
-        command += ["--num-classes", str(spec["num_classes"])]
+    command = search_command(spec, out, args.trials, seed)
     command += ["--space", SHIPPED[task]] if variant != "slim-distill" else []
-    command += ["--trials", str(args.trials), "--seed", str(seed), "--threads", "1"]
     command += ["--epochs", str(args.epochs), "--patience", str(args.patience)]
-    command += ["--out", str(out)]
     if variant == "flips":
         command += ["--max-flips", MAX_FLIPS]
     if variant.startswith("slim"):

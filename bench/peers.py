@@ -413,6 +413,19 @@ def build_tasks(names: list[str], folder: Path) -> dict[str, Path]:
     return specs
 
 
+def search_command(spec: dict[str, Any], out: Path, trials: int, seed: int) -> list[str]:
+    """``autotune search`` on a task ``spec`` with one thread, into a fresh ``out`` (a folder
+    left from an earlier run would continue its study)."""
+    shutil.rmtree(out, ignore_errors=True)
+    command = [*autotune_command(), "search", "--model", spec["model"], "--data", spec["data"]]
+    if spec.get("arch"):
+        command += ["--arch", spec["arch"]]
+    if spec.get("num_classes"):
+        command += ["--num-classes", str(spec["num_classes"])]
+    command += ["--trials", str(trials), "--seed", str(seed), "--threads", "1"]
+    return [*command, "--out", str(out)]
+
+
 def autotune_command() -> list[str]:
     script = Path(sys.executable).parent / "autotune"
     return [str(script)] if script.is_file() else [sys.executable, "-m", "autotune.cli"]
@@ -459,14 +472,7 @@ def run_one(
     measure_columns: list[int] = []
     if method.startswith("autotune"):
         out = work / tag
-        shutil.rmtree(out, ignore_errors=True)  # a re-run would continue the study
-        command = [*autotune_command(), "search", "--model", spec["model"], "--data", spec["data"]]
-        if spec.get("arch"):
-            command += ["--arch", spec["arch"]]
-        if spec.get("num_classes"):
-            command += ["--num-classes", str(spec["num_classes"])]
-        command += ["--trials", str(args.trials), "--seed", str(seed), "--threads", "1"]
-        command += ["--out", str(out)]
+        command = search_command(spec, out, args.trials, seed)
         space = SLIM_SPACE[task] if method == "autotune-slim" else DEFAULT_SPACE
         if space:
             command += ["--space", space]
