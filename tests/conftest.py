@@ -33,6 +33,35 @@ class TinyNet(nn.Module):
         return self.out(self.body(x))
 
 
+NET_SOURCE = """
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(8, 16), nn.ReLU())
+        self.out = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.body(x))
+"""
+"""An 8-feature, 3-class model as a user's file holds it (for ``--code`` and pickled modules)."""
+
+
+def randomise_norms(model: nn.Module) -> torch.Generator:
+    """Non-trivial BatchNorm statistics, so a channel kept with the wrong statistics shows;
+    returns the generator, to draw on from where it stopped."""
+    gen = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
+    return gen
+
+
 def blobs(n: int = 240, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Three separable Gaussian blobs in 8 dimensions."""
     gen = torch.Generator().manual_seed(seed)

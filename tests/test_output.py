@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TinyNet
+from conftest import NET_SOURCE, TinyNet
 from rich.console import Console
 from torch import nn
 from typer.testing import CliRunner
@@ -19,20 +19,9 @@ from autotune.errors import AutotuneError
 from autotune.load.tasks import TaskData
 
 SPACE = {"lr": {"low": 1e-3, "high": 1e-2, "log": True}, "fit": {"max_epochs": 2, "patience": 2}}
-NET = """
-import torch
-from torch import nn
-
-
-class Net(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.body = nn.Sequential(nn.Linear(8, 16), nn.ReLU())
-        self.out = nn.Linear(16, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(self.body(x))
-
+NET = (
+    NET_SOURCE
+    + """
 
 class Broken(Net):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -40,6 +29,7 @@ class Broken(Net):
             raise RuntimeError("this layer cannot train")
         return super().forward(x)
 """
+)
 
 
 def _files(folder: Path, tensors_file: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:

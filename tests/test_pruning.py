@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
+from conftest import randomise_norms
 from torch import nn
 
 from autotune.rank.gates import Gated, Site, sites
@@ -27,16 +28,6 @@ class TwoBranch(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.mix(torch.cat([self.left(x), self.right(x)], 1))
         return self.head(h.mean((2, 3)))
-
-
-def _randomise_norms(model: nn.Module) -> None:
-    # Non-trivial BatchNorm statistics, so a channel kept with the wrong statistics shows.
-    gen = torch.Generator().manual_seed(1)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-            m.bias.data.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
 
 
 def _gated_log_probs(
@@ -79,7 +70,7 @@ def _params(model: nn.Module) -> int:
 def test_resnet18_pruned_at_half_runs_smaller_and_round_trips(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = torchvision.models.resnet18(num_classes=4).eval()
-    _randomise_norms(model)
+    randomise_norms(model)
     x = torch.randn(6, 3, 32, 32)
     pruned = _check_pruned_equals_masked(model, x, 0.5)
     assert _params(pruned) < 0.35 * _params(model)  # half the channels: about a quarter the weights
@@ -96,7 +87,7 @@ def test_resnet18_pruned_at_half_runs_smaller_and_round_trips(tmp_path: Path) ->
 def test_concatenated_branches_prune_consistently() -> None:
     torch.manual_seed(0)
     model = TwoBranch().eval()
-    _randomise_norms(model)
+    randomise_norms(model)
     x = torch.randn(8, 3, 6, 6)
     pruned = _check_pruned_equals_masked(model, x, 0.5)
     assert pruned.mix[0].in_channels == pruned.left[0].out_channels + pruned.right[0].out_channels

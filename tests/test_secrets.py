@@ -9,26 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import NET_SOURCE
 from typer.testing import CliRunner
 
 from autotune.cli import app
 from autotune.errors import redacted
 
 SECRET = "PLANTED-s3cret"
-MODEL_CODE = """
-import torch
-from torch import nn
-
-
-class Net(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.body = nn.Sequential(nn.Linear(8, 16), nn.ReLU())
-        self.out = nn.Linear(16, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(self.body(x))
-"""
 
 
 def test_passwords_in_urls_are_redacted() -> None:
@@ -58,7 +45,7 @@ def test_no_output_file_holds_the_password_a_host_name_or_an_unwritten_path(
     tmp_path: Path, tensors_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    Path("net.py").write_text(MODEL_CODE)
+    Path("net.py").write_text(NET_SOURCE)
     monkeypatch.syspath_prepend(str(tmp_path))
     torch.manual_seed(0)
     from net import Net  # type: ignore[import-not-found]

@@ -25,6 +25,7 @@ from autotune.errors import DataError, SpaceError
 from autotune.load.data import load_data
 from autotune.load.job import DataSpec, Job
 from autotune.load.streams import Streamed
+from autotune.load.tasks import TaskData
 from autotune.search.prepare import adapt_space
 from autotune.search.space import load_space
 from autotune.trial import augment
@@ -67,13 +68,18 @@ def tiny_limit(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AUTOTUNE_RESIDENT_MB", "0.01")
 
 
-def test_a_folder_above_the_limit_streams_and_reads_the_same_inputs(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _both_ways(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[TaskData, TaskData]:
+    """One small image folder read resident, then streamed (a resident limit of ~10 KB)."""
     folder = make_folder(tmp_path, 6)
     resident = load_data(str(folder))
     monkeypatch.setenv("AUTOTUNE_RESIDENT_MB", "0.01")
-    streamed = load_data(str(folder), workers=1)
+    return resident, load_data(str(folder), workers=1)
+
+
+def test_a_folder_above_the_limit_streams_and_reads_the_same_inputs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    resident, streamed = _both_ways(tmp_path, monkeypatch)
     assert not resident.streamed and streamed.streamed
     assert isinstance(streamed.x_train, Streamed) and streamed.x_train.shape == (12, 3, 16, 16)
     assert streamed.preprocessing["storage"] == "streamed from disk"
@@ -89,10 +95,7 @@ def test_a_folder_above_the_limit_streams_and_reads_the_same_inputs(
 def test_training_on_streamed_batches_equals_training_on_the_tensors(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    folder = make_folder(tmp_path, 6)
-    resident = load_data(str(folder))
-    monkeypatch.setenv("AUTOTUNE_RESIDENT_MB", "0.01")
-    streamed = load_data(str(folder), workers=1)
+    resident, streamed = _both_ways(tmp_path, monkeypatch)
     config = TrialConfig(lr=1e-2, batch_size=4)
     a, b = tiny_cnn(), tiny_cnn()
     fit_a = fine_tune(a, resident, config, max_epochs=2, patience=5)

@@ -17,6 +17,7 @@ import pytest
 import torch
 import torchvision
 import yaml
+from conftest import randomise_norms
 from optuna.trial import TrialState
 from rich.console import Console
 from torch import nn
@@ -124,13 +125,7 @@ LIGHT = ["resnet18", "mobilenet_v3_small", "vit_small", "timm_style_vit"]
 def _build(name: str) -> nn.Module:
     torch.manual_seed(0)
     model = ZOO[name]().eval()
-    gen = torch.Generator().manual_seed(1)
-    # Non-trivial normalisation statistics, so a channel kept with the wrong ones shows.
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-            m.bias.data.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
+    gen = randomise_norms(model)
     for name, p in model.named_parameters():
         if name.endswith("layer_scale"):  # ConvNeXt starts its blocks at 1e-6 of the stream
             p.data.fill_(1.0)
