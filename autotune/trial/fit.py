@@ -90,16 +90,17 @@ def configure_threads(device: torch.device, threads: int) -> None:
         torch.set_num_threads(threads)
 
 
-def in_order(x: Inputs, y: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(inputs, labels) batches of the whole split, in order, on the labels' device."""
+def in_order(x: Inputs, device: torch.device) -> Iterator[torch.Tensor]:
+    """The input batches of a whole split, in order, on ``device`` (streamed inputs read by a
+    loader's workers)."""
     if not isinstance(x, Streamed):
         for i in range(0, len(x), EVAL_BATCH):
-            yield x[i : i + EVAL_BATCH], y[i : i + EVAL_BATCH]
+            yield x[i : i + EVAL_BATCH].to(device)
         return
     stops = range(0, len(x), STREAM_BATCH)
-    loader = x.loader([range(i, min(i + STREAM_BATCH, len(x))) for i in stops], y.device)
-    for i, inputs in zip(stops, loader, strict=True):
-        yield inputs.to(y.device, non_blocking=True), y[i : i + len(inputs)]
+    loader = x.loader([range(i, min(i + STREAM_BATCH, len(x))) for i in stops], device)
+    for inputs in loader:
+        yield inputs.to(device, non_blocking=True)
 
 
 @torch.no_grad()
@@ -109,7 +110,10 @@ def evaluate(model: nn.Module, x: Inputs, y: torch.Tensor, accel: Accel = Accel(
     set_training(model, False)
     correct = torch.zeros((), device=y.device)
     loss_sum = torch.zeros((), device=y.device)
-    for inputs, target in in_order(x, y):
+    start = 0
+    for inputs in in_order(x, y.device):
+        target = y[start : start + len(inputs)]
+        start += len(inputs)
         with accel.autocast(y.device):
             logits = model(accel.inputs(inputs))
         correct += (logits.argmax(1) == target).sum()

@@ -16,19 +16,17 @@ from torch import nn
 from autotune.errors import AutotuneError
 from autotune.load.anatomy import set_training
 from autotune.load.tasks import Inputs
-
-EVAL_BATCH = 1024
+from autotune.trial.fit import in_order
 
 
 @torch.no_grad()
 def outputs(model: nn.Module, x: Inputs) -> torch.Tensor:
-    """``model``'s logits on ``x``, in eval mode, batched (the model's mode is restored), on
-    the model's device (streamed inputs are read a batch at a time)."""
+    """``model``'s logits on ``x``, in eval mode, batched as ``fit.evaluate`` reads a split
+    (the model's mode is restored), on the model's device."""
     was_training = model.training
     set_training(model, False)
     device = next((p.device for p in model.parameters()), x.device)
-    batches = (x[i : i + EVAL_BATCH].to(device) for i in range(0, len(x), EVAL_BATCH))
-    out = torch.cat([model(batch).float() for batch in batches])
+    out = torch.cat([model(batch).float() for batch in in_order(x, device)])
     set_training(model, was_training)
     return out
 
