@@ -51,7 +51,7 @@ from autotune.search.trials import (
 )
 from autotune.trial.cost import Cost, measure, parse_budget
 from autotune.trial.fit import configure_threads, evaluate
-from autotune.trial.flips import count_flips, flip_limit, flip_violation, predictions
+from autotune.trial.flips import count_flips, flip_limit, flip_violation
 
 MAX_FAILS_IN_A_ROW = 5
 POLL_SECONDS = 1.0  # how often a worker looks whether others' trials have ended
@@ -172,13 +172,14 @@ class Search:
         evaluating before looking keeps the window to milliseconds; readers take the first.
         """
         assert self.original is not None, "prepare() measures the source model"
+        reference = self.maker.reference  # the source's validation predictions (make_maker)
+        assert reference is not None
         waited = 0.0
         while not self.exports and waited < BASELINE_WAIT and not has_baseline(study):
             time.sleep(POLL_SECONDS)
             waited += POLL_SECONDS
         model = self.job.model.module.to(self.device)
         data = self.maker.data
-        reference = predictions(model, data.x_val)
         start = time.perf_counter()
         val = evaluate(model, data.x_val, data.y_val)
         value = val.metric(self.settings.metric)
