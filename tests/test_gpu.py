@@ -43,3 +43,16 @@ def test_the_analysis_on_the_gpu_ranks_like_the_cpu() -> None:
     assert cpu.channels.keys() == gpu.channels.keys()
     for layer, values in cpu.channels.items():
         assert values == pytest.approx(gpu.channels[layer], rel=1e-3, abs=1e-6)
+
+
+def test_a_model_on_the_gpu_is_traced_with_a_cpu_example() -> None:
+    # The search keeps the source on its device while examples stay on the CPU: the gate
+    # sites (and so what can be pruned) must not depend on where the model is.
+    from autotune.load.demo import DigitsCNN
+    from autotune.rank.gates import sites
+
+    model = DigitsCNN().eval()
+    example = torch.randn(2, 1, 8, 8)
+    on_cpu = [(s.layer, s.prunable) for s in sites(model, example)]
+    assert on_cpu == [(s.layer, s.prunable) for s in sites(model.cuda(), example)]
+    assert any(prunable for _, prunable in on_cpu)

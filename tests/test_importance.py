@@ -211,6 +211,27 @@ def test_batched_expected_gradients_equal_shaps_gradient_explainer() -> None:
             assert mine[j] == pytest.approx(reference.reshape(-1), abs=1e-6)
 
 
+def test_a_gated_copy_for_another_device_is_gated_by_its_own_inputs() -> None:
+    # The analysis explains on a copy moved to the device; a plain deep copy kept hooks that
+    # read the original's gates, ran ungated and gave the gates no gradient on a GPU.
+    model, x, y = _trained_cnn()
+    gated = Gated(copy.deepcopy(model), sites(model, x), features=False)
+    moved = gated.on("cpu")
+    assert moved.model is not gated.model
+    x, y = x[:4], y[:4]
+    gates = [torch.rand(4, n, requires_grad=True) for n in gated.gate_sizes()]
+    outputs = []
+    for each in (moved, gated):  # the original keeps working, its hooks not doubled
+        each.bind(x, y)
+        outputs.append(each(*gates))
+    assert torch.equal(outputs[0], outputs[1])
+    grads = torch.autograd.grad(outputs[0].sum(), gates)
+    assert all(g.abs().sum() > 0 for g in grads)
+    with torch.no_grad():
+        closed = moved(*[torch.zeros_like(g) for g in gates])
+    assert not torch.allclose(closed, outputs[0])
+
+
 def test_each_mistake_is_driven_by_the_layer_giving_the_most_evidence_against_it() -> None:
     found = [Site("conv", "conv", 1, 2, True), Site("fc", "fc", -1, 3, False)]
     # Four samples, the first three misclassified; per unit attributions in nats.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 
@@ -44,6 +45,12 @@ def classifier_of(model: nn.Module) -> tuple[str, nn.Linear]:
     if not found:
         raise ValueError("the model has no nn.Linear classifier")
     return found[-1]
+
+
+def device_of(model: nn.Module, default: torch.device | str = "cpu") -> torch.device:
+    """Where ``model``'s parameters are (``default`` for a model without any): inputs that
+    trace or probe it go there, since the search keeps the source model on its device."""
+    return next((p.device for p in model.parameters()), torch.device(default))
 
 
 def set_training(module: nn.Module, training: bool) -> None:

@@ -9,14 +9,16 @@ feature-vector model. ``sites`` finds where the gates go;
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
-from autotune.load.anatomy import classifier_of, layers
+from autotune.load.anatomy import classifier_of, device_of, layers
 from autotune.rank.placement import Point, placements
 
 _WEIGHTED = (nn.modules.conv._ConvNd, nn.Linear)
@@ -40,6 +42,7 @@ class Site:
 
 def sites(model: nn.Module, example: torch.Tensor) -> list[Site]:
     """The gate sites of ``model``: one per Conv/Linear layer whose output can be gated."""
+    example = example[:2].to(device_of(model))
     named = dict(model.named_modules())
     _, classifier = classifier_of(model)
     candidates = [u.name for u in layers(model) if isinstance(named[u.name], _WEIGHTED)]
@@ -57,7 +60,7 @@ def sites(model: nn.Module, example: torch.Tensor) -> list[Site]:
     handles = [named[name].register_forward_hook(record(name)) for name in watched]
     try:
         with torch.no_grad(), _eval(model):
-            model(example[:2])
+            model(example)
     finally:
         for handle in handles:
             handle.remove()
@@ -94,11 +97,30 @@ class Gated(nn.Module):
         self.x = torch.empty(0)
         self.y = torch.empty(0, dtype=torch.long)
         self._gates: tuple[torch.Tensor, ...] = ()
-        named = dict(model.named_modules())
-        offset = 1 if features else 0
-        for i, site in enumerate(found):
-            for point in site.points:
-                named[point.module].register_forward_hook(self._hook(i + offset, point))
+        self._handles = self._attach()
+
+    def _attach(self) -> list[RemovableHandle]:
+        named = dict(self.model.named_modules())
+        offset = 1 if self.features else 0
+        return [
+            named[point.module].register_forward_hook(self._hook(i + offset, point))
+            for i, site in enumerate(self.sites)
+            for point in site.points
+        ]
+
+    def on(self, device: torch.device | str) -> Gated:
+        """A new ``Gated`` over a copy of the model on ``device``.
+
+        Not ``copy.deepcopy(self).to(device)``: the copied hooks would still read the gates of
+        ``self``, so the copy would run ungated and its gradients would not reach the gates.
+        """
+        for handle in self._handles:
+            handle.remove()
+        try:
+            model = copy.deepcopy(self.model).to(device)
+        finally:
+            self._handles = self._attach()
+        return Gated(model, self.sites, self.features)
 
     def gate_sizes(self) -> list[int]:
         first = [self.x.shape[1]] if self.features else []

@@ -11,7 +11,7 @@ from torch import nn
 
 from autotune.config import budget_parts
 from autotune.errors import AutotuneError
-from autotune.load.anatomy import set_training
+from autotune.load.anatomy import device_of, set_training
 from autotune.load.tasks import Inputs
 
 
@@ -75,7 +75,7 @@ def measure(
 
 
 def _batch(model: nn.Module, example: Inputs) -> torch.Tensor:
-    device = next((p.device for p in model.parameters()), example.device)
+    device = device_of(model, example.device)
     batch = example[:LATENCY_BATCH].to(device)
     if len(batch) < LATENCY_BATCH:
         batch = batch.repeat(-(-LATENCY_BATCH // len(batch)), *[1] * (batch.ndim - 1))

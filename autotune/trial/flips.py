@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from autotune.errors import AutotuneError
-from autotune.load.anatomy import set_training
+from autotune.load.anatomy import device_of, set_training
 from autotune.load.tasks import Inputs
 from autotune.trial.fit import in_order
 
@@ -25,7 +25,7 @@ def outputs(model: nn.Module, x: Inputs) -> torch.Tensor:
     (the model's mode is restored), on the model's device."""
     was_training = model.training
     set_training(model, False)
-    device = next((p.device for p in model.parameters()), x.device)
+    device = device_of(model, x.device)
     out = torch.cat([model(batch).float() for batch in in_order(x, device)])
     set_training(model, was_training)
     return out

@@ -16,7 +16,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from autotune.load.anatomy import classifier_of
+from autotune.load.anatomy import classifier_of, device_of
 
 # A depthwise conv's channels go through its own handler: without it, a depthwise layer's
 # removed channels were neither scored nor recorded.
@@ -126,6 +126,7 @@ def _prune(
 
 def input_layer(model: nn.Module, example: torch.Tensor) -> tuple[str, nn.Module]:
     """The module that receives the model's input tensor itself."""
+    example = example.to(device_of(model))
     found: list[tuple[str, nn.Module]] = []
 
     def spot(name: str):
