@@ -112,7 +112,12 @@ def _screen(raw: str) -> list[str]:
 def test_the_live_view_updates_in_place_in_a_terminal(tmp_path: Path) -> None:
     script = tmp_path / "live.py"
     script.write_text(textwrap.dedent(SCRIPT))
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "100", "LINES": "40"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), *sys.path]),
+        "COLUMNS": "100",
+        "LINES": "40",
+    }
     env |= {"TERM": "xterm-256color"}
     env.pop("NO_COLOR", None), env.pop("FORCE_COLOR", None), env.pop("TERM_PROGRAM", None)
     primary, secondary = os.openpty()

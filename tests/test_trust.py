@@ -111,6 +111,14 @@ CRAFTED: dict[str, Callable[[Entries, Path], None]] = {
 }
 
 
+def _loads_opaque_constants() -> bool:
+    """Whether this torch's ``torch.export.load`` unpickles ``opaque_obj_*`` constants (newer
+    versions do; older ones reject the entry as an unsupported constant type)."""
+    from torch.export.pt2_archive import constants
+
+    return hasattr(constants, "OPAQUE_OBJ_FILENAME_PREFIX")
+
+
 @pytest.mark.parametrize("kind", list(CRAFTED))
 def test_a_crafted_program_runs_no_code_without_trust(
     kind: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
@@ -126,6 +134,8 @@ def test_a_crafted_program_runs_no_code_without_trust(
     assert "\n" not in str(info.value) and "torch.export archive with" in str(info.value)
 
     # The archive is a real exploit: torch's own loader runs the payload.
+    if kind == "opaque constant" and not _loads_opaque_constants():
+        pytest.skip(f"torch {torch.__version__} does not unpickle opaque constants (refused above)")
     caplog.set_level(logging.CRITICAL)
     with contextlib.suppress(Exception):  # most payloads break the entry they replaced
         load_model(crafted, trust_model=True)

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from autotune.errors import DataError, first_line
+from autotune.load.anatomy import device_of
 from autotune.load.demo import demo_files
 from autotune.load.images import load_image_folder
 from autotune.load.readers import load_csv, load_sklearn, read_tensors_file
@@ -82,7 +83,7 @@ def load_data(
     return data
 
 
-def check_model_fits(model: nn.Module, data: TaskData, device: torch.device | str = "cpu") -> int:
+def check_model_fits(model: nn.Module, data: TaskData) -> int:
     """Run one dry forward pass and check the model's output against the labels.
 
     Returns:
@@ -92,8 +93,8 @@ def check_model_fits(model: nn.Module, data: TaskData, device: torch.device | st
         with torch.no_grad():
             # Two batch sizes: a torch.export program traced with a fixed one fails here, not
             # in the middle of the search (batches of 32 for the latency, of any size to train).
-            model(data.x_train[:3].to(device))
-            out = model(data.x_train[:2].to(device))
+            model(data.x_train[:3].to(device_of(model)))
+            out = model(data.x_train[:2].to(device_of(model)))
     except Exception as e:
         reason = first_line(e)
         fix = "Give inputs of the shape the model was trained on"

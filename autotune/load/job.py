@@ -6,6 +6,7 @@ same job from the storage alone.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,7 +119,10 @@ class Job:
         data_spec: DataSpec | None = None,
     ) -> Job:
         if isinstance(model, nn.Module):
-            model = LoadedModel(model.eval(), "<in memory>", "module", module_sha256(model))
+            # A copy: the search moves its source to the device and sets its mode, and the
+            # caller's model (in a notebook, say) must come out of a search as it went in.
+            module = copy.deepcopy(model).eval()
+            model = LoadedModel(module, "<in memory>", "module", module_sha256(model))
         return cls(model, data, check_model_fits(model.module, data), model_spec, data_spec)
 
     def describe(self) -> dict[str, Any]:
