@@ -225,6 +225,8 @@ def test_a_slimmed_trial_learns_from_its_parent_and_is_judged_against_the_source
         adapted.out.weight.mul_(-1.0)  # another model than the source
     slim = slimming_maker(maker, adapted, job, slimming_space(space))
     teacher_train, _ = slim.teacher()
-    assert torch.allclose(teacher_train.cpu(), outputs(adapted, tiny_data.x_train).cpu())
+    # Up to the device's float rounding: the teacher is computed where the search trains.
+    expected = outputs(adapted, tiny_data.x_train).cpu()
+    assert torch.allclose(teacher_train.cpu(), expected, rtol=1e-3, atol=1e-4)
     assert not torch.allclose(teacher_train, maker.teacher()[0].to(teacher_train.device))
     assert slim.reference is not None and torch.equal(slim.reference, maker.reference)
