@@ -25,6 +25,7 @@ from autotune.rank.analyze import analyze_job
 from autotune.results.artifacts import attach
 from autotune.results.charts import plot_analysis
 from autotune.results.export import ExportResult, Workspace, export_trial, write_leaderboard
+from autotune.results.finalists import choose
 from autotune.results.leaderboard import Leaderboard
 from autotune.results.live import LiveLeaderboard
 from autotune.results.report import write_report
@@ -154,6 +155,7 @@ def _finish(run: Search, study: optuna.Study) -> tuple[ExportResult | None, Path
     if not trained:
         run.console.print("nothing exported: no trial completed besides the baseline")
     else:
+        _choose(run, study)
         try:
             best = export_trial(workspace(run), study, refit=run.settings.refit)
         except Exception as e:
@@ -167,6 +169,24 @@ def _finish(run: Search, study: optuna.Study) -> tuple[ExportResult | None, Path
         keep |= {p for p in parents if p is not None}
         prune_checkpoints(run.checkpoints, keep=keep)
     return best, _publish(run, study, best)
+
+
+def _choose(run: Search, study: optuna.Study) -> None:
+    """Train the finalists again with fresh seeds and record the choice the export reads."""
+    if run.settings.finalists < 1:
+        return
+    try:
+        with run.console.status("training the finalists again with fresh seeds"):
+            choose(
+                workspace(run),
+                study,
+                run.settings.finalists,
+                say=lambda line: run.console.print(line, highlight=False),
+            )
+    except Exception as e:  # the export falls back to the top trial
+        run.console.print(
+            f"note: finalists not compared ({first_line(e)}); exporting the top trial"
+        )
 
 
 def workspace(run: Search) -> Workspace:

@@ -208,6 +208,13 @@ def search(
             "for its best epoch count (its validation score is then not held out).",
         ),
     ] = False,
+    finalists: Annotated[
+        int,
+        typer.Option(
+            help="Train the top N trials (and the standard recipe) again with 2 fresh seeds and "
+            "export the best on the mean validation score; 0 exports the top trial as ranked.",
+        ),
+    ] = 3,
     timeout: Annotated[
         float | None,
         typer.Option(help="Start no new trial after this many seconds; finished ones are kept."),
@@ -272,6 +279,7 @@ def search(
             max_flips=max_flips,
             pareto=pareto,
             refit=refit,
+            finalists=finalists,
             timeout=timeout,
             export_preprocessing=export_preprocessing,
             amp=amp,

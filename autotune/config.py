@@ -183,6 +183,10 @@ class SearchSettings:
     """Start a new study with configurations read off the rankings (prune the bottom, ...)."""
     refit: bool = False
     """Export the chosen configuration trained again on training + validation samples."""
+    finalists: int = 3
+    """The top trials on validation (and the standard recipe) each train again with
+    ``FINALIST_SEEDS`` fresh seeds; the export is the one with the best mean (``results.
+    finalists``). 0: the top trial, as it ranked."""
     timeout: float | None = None
     """Stop starting new trials after this many seconds (this worker's; the study keeps all)."""
     export_preprocessing: bool = False
@@ -230,6 +234,8 @@ class SearchSettings:
                 budget_parts(budget, what)
         if self.workers < 1:
             raise AutotuneError(f"--workers must be at least 1, got {self.workers}")
+        if self.finalists < 0:
+            raise AutotuneError(f"--finalists must be >= 0, got {self.finalists}")
         if self.threads < 1:
             raise AutotuneError(f"--threads must be at least 1, got {self.threads}")
         if max_epochs < 1 or patience < 1:

@@ -30,7 +30,7 @@ from autotune.results.leaderboard import Leaderboard
 from autotune.search.prepare import adapt_space, make_maker, run_analyses
 from autotune.search.space import SearchSpace
 from autotune.search.stages import PARENT, slimming_maker, slimming_space
-from autotune.search.study import best_trial, config_of, study_record
+from autotune.search.study import chosen_trial, config_of, study_record
 from autotune.trial.build import Changes
 from autotune.trial.cost import Cost, measure
 from autotune.trial.fit import Evaluation, configure_threads, evaluate
@@ -72,9 +72,10 @@ class ExportResult:
 
 
 def pick_trial(study: optuna.Study, number: int | None) -> FrozenTrial:
-    """Trial ``number``, or the best trial of the study (the baseline when nothing beat it)."""
+    """Trial ``number``, or the study's choice: the finalists' pick, else the best trial (the
+    baseline when nothing beat it)."""
     if number is None:
-        best = best_trial(study)
+        best = chosen_trial(study)
         if best is None:
             raise AutotuneError(
                 f"study {study.study_name!r} has no completed trial within its budgets to export"
@@ -118,13 +119,7 @@ def rebuild(
     if trial.user_attrs.get("baseline"):
         module = work.job.model.module.to(maker.device)
         return Rebuilt(module, maker.data, Changes(), "the source model, unchanged")
-    configure_threads(maker.device, work.settings.threads)
-    # The analyses come from the cache: the same rankings as the trial's.
-    run_analyses(work.job, work.space, maker.analyses)
-    parent = trial.user_attrs.get(PARENT)
-    if parent is not None:
-        adapted = rebuild(work, study, study.trials[parent]).model
-        maker = slimming_maker(maker, adapted, work.job, slimming_space(work.space))
+    maker = trial_maker(work, study, trial)
     config = config_of(trial, work.space)
     if refit:
         epochs = int(trial.user_attrs.get("best_epoch") or work.settings.max_epochs or 1)
@@ -135,6 +130,19 @@ def rebuild(
         return Rebuilt(model, data, changes, f"{how}, with trial {trial.number}'s parameters")
     model, changes, data, origin = maker.trained(config, trial.number, work.checkpoints)
     return Rebuilt(model, data, changes, origin)
+
+
+def trial_maker(work: Workspace, study: optuna.Study, trial: FrozenTrial) -> TrialMaker:
+    """The maker that builds ``trial``'s model: the search's, or for a stage-2 trial one whose
+    source is its parent's trained model, ranked again as the search ranked it."""
+    configure_threads(work.maker.device, work.settings.threads)
+    # The analyses come from the cache: the same rankings as the trial's.
+    run_analyses(work.job, work.space, work.maker.analyses)
+    parent = trial.user_attrs.get(PARENT)
+    if parent is None:
+        return work.maker
+    adapted = rebuild(work, study, study.trials[parent]).model
+    return slimming_maker(work.maker, adapted, work.job, slimming_space(work.space))
 
 
 def export_trial(

@@ -34,6 +34,7 @@ from autotune.search.space import SearchSpace
 from autotune.search.stages import is_staged, tuning_space
 from autotune.search.study import (
     LIMITS,
+    RECIPE,
     finished_trials,
     load_study,
     open_study,
@@ -221,7 +222,9 @@ class Search:
         # A staged search slims in stage 2 only: its first trials seed the tuning.
         first = tuning_space(self.space) if is_staged(self.space) else self.space
         study.enqueue_trial(
-            recipe(first, self.n_layers, self.prunable, dropout), skip_if_exists=True
+            recipe(first, self.n_layers, self.prunable, dropout),
+            user_attrs={RECIPE: True},
+            skip_if_exists=True,
         )
         if not self.settings.seed_trials or not self.analyses:
             return

@@ -28,6 +28,11 @@ from autotune.search.trials import finished, machine_index, retry
 
 ATTR = "autotune"  # study user attribute holding the job, space and settings
 LIMITS = "autotune_limits"
+CHOSEN = "autotune_chosen"
+"""Study user attribute: the finalists' scores over fresh seeds and the trial chosen from them
+(``results.finalists``); the export reads it."""
+RECIPE = "recipe"
+"""Trial user attribute of the standard recipe trial (``search.seeds.recipe``)."""
 """Study user attribute: the budgets in absolute counts, as the latest run resolved them."""
 UNCHECKED = ("threads",)
 """Stored settings a re-run may change freely: they do not change what a trial achieves."""
@@ -211,6 +216,12 @@ def best_trial(study: optuna.Study) -> FrozenTrial | None:
 
     Feasible is within the budgets of the latest run (``LIMITS``), which may have changed since
     older trials ran; else within the constraints each trial recorded."""
+    ranked = ranked_trials(study)
+    return ranked[0] if ranked else None
+
+
+def ranked_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """The feasible completed trials (a Pareto study: those on its front), best first."""
     limits = study.user_attrs.get(LIMITS)
     s = metric_sign(study)
     if len(study.directions) == 1:
@@ -223,10 +234,18 @@ def best_trial(study: optuna.Study) -> FrozenTrial | None:
         try:
             candidates = [t for t in study.best_trials if _feasible(t, limits)]
         except ValueError:
-            return None
-    if not candidates:
-        return None
-    return max(candidates, key=lambda t: rank_key(t, s))
+            return []
+    return sorted(candidates, key=lambda t: rank_key(t, s), reverse=True)
+
+
+def chosen_trial(study: optuna.Study) -> FrozenTrial | None:
+    """The trial to export: the finalists' choice when it was made on the study as it ranks
+    now (the same top trials: no trial finished or budget changed since), else ``best_trial``."""
+    ranked = ranked_trials(study)
+    chosen = study.user_attrs.get(CHOSEN)
+    if chosen is not None and [t.number for t in ranked[: len(chosen["top"])]] == chosen["top"]:
+        return study.trials[chosen["trial"]]
+    return ranked[0] if ranked else None
 
 
 def rank_key(trial: FrozenTrial, s: float) -> tuple[float, float, int]:
