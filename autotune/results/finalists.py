@@ -24,6 +24,9 @@ from autotune.search.study import CHOSEN, RECIPE, config_of, metric_sign, ranked
 
 FINALIST_SEEDS = 2
 """Fresh seeds per finalist, beside the seed it ran with."""
+MIN_TRIALS = 10
+"""Trained trials a study needs before its finalists are compared: with fewer, the top few are
+most of the study, and training them again would cost about as much as the search."""
 SEED_OFFSET = 100_003
 """Fresh run j of trial N trains with the seed of "trial" N + (j + 1) * SEED_OFFSET: seeds no
 trial of a study uses."""
@@ -50,7 +53,8 @@ def choose(
     say: Callable[[str], None] = lambda _: None,
 ) -> FrozenTrial | None:
     """Record (``CHOSEN``) and return the finalist with the best mean validation score; None
-    when there is nothing to choose among (fewer than two candidates, a Pareto study)."""
+    when there is nothing to choose among (fewer than two candidates, a Pareto study, fewer
+    than ``MIN_TRIALS`` trained trials)."""
     ranked = ranked_trials(study)
     if count < 1 or len(study.directions) > 1 or not ranked:
         return None
@@ -65,6 +69,9 @@ def choose(
     if recipe is not None and recipe.number not in {t.number for t in finalists}:
         finalists.append(recipe)
     if len(finalists) < 2:
+        return None
+    trained = sum(1 for t in study.get_trials(deepcopy=False) if "seconds" in t.user_attrs)
+    if trained < MIN_TRIALS:
         return None
     metric = "accuracy" if metric_sign(study) > 0 else "loss"
     results = [
