@@ -212,9 +212,9 @@ def search(
         int,
         typer.Option(
             help="Train the top N trials (and the standard recipe) again with 2 fresh seeds and "
-            "export the best on the mean validation score; 0 exports the top trial as ranked.",
+            "export the best on the mean validation score; 0 (default) exports the top trial.",
         ),
-    ] = 3,
+    ] = 0,
     timeout: Annotated[
         float | None,
         typer.Option(help="Start no new trial after this many seconds; finished ones are kept."),

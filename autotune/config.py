@@ -183,10 +183,11 @@ class SearchSettings:
     """Start a new study with configurations read off the rankings (prune the bottom, ...)."""
     refit: bool = False
     """Export the chosen configuration trained again on training + validation samples."""
-    finalists: int = 3
-    """The top trials on validation (and the standard recipe) each train again with
-    ``FINALIST_SEEDS`` fresh seeds; the export is the one with the best mean (``results.
-    finalists``). 0: the top trial, as it ranked."""
+    finalists: int = 0
+    """``--finalists N``: the top N trials on validation (and the standard recipe) each train
+    again with ``FINALIST_SEEDS`` fresh seeds; the export is the one with the best mean
+    (``results.finalists``). 0: the top trial, as it ranked (measured no better on the peer
+    tasks, see BENCHMARKS.md)."""
     timeout: float | None = None
     """Stop starting new trials after this many seconds (this worker's; the study keeps all)."""
     export_preprocessing: bool = False

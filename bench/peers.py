@@ -26,7 +26,8 @@ separate, untimed process, the same way for the source: the median of repeated f
 a batch of 32 after warm-up.
 
 Run: python bench/peers.py [--seeds 0 1 2] [--trials 30] [--tasks demo tabular resnet18]
-         [--methods p0 p1 p2 p3 autotune autotune-refit autotune-slim] [--quick] [--results FILE]
+         [--methods p0 p1 p2 p3 autotune autotune-refit autotune-slim autotune-finalists
+                    autotune-slim-finalists] [--quick] [--results FILE]
          [--write BENCHMARKS.md]
      python bench/peers.py --table-only FILE [--write BENCHMARKS.md]
 """
@@ -62,6 +63,8 @@ SLIM_SPACE: dict[str, str | None] = {"demo": None, "tabular": None, "resnet18": 
 """``--space`` of the ``--max-params 0.5`` runs, per task; None passes none: autotune then picks
 the space by model (``vision`` for conv nets, ``tabular`` for feature vectors)."""
 MAX_PARAMS = "0.5"
+FINALISTS = 3
+"""``--finalists`` of the *-finalists methods."""
 COLD_CACHE = True
 """Give every autotune run its own empty cache folder (the demo's files copied in, untimed):
 autotune caches SHAP analyses by model and data, so otherwise every run after the first of a
@@ -70,7 +73,10 @@ task would skip the analysis that P-methods never get to skip."""
 TASKS = ("demo", "tabular", "resnet18")
 TASK_SEED = 0
 """Seed the tasks are built with; the run seeds vary only the methods."""
-METHODS = ("p0", "p1", "p2", "p3", "autotune", "autotune-refit", "autotune-slim")
+METHODS = (
+    "p0", "p1", "p2", "p3", "autotune", "autotune-refit", "autotune-slim",
+    "autotune-finalists", "autotune-slim-finalists",
+)  # fmt: skip
 LABELS = {
     "p0": "P0 source model",
     "p1": "P1 standard fine-tune",
@@ -79,9 +85,11 @@ LABELS = {
     "autotune": "autotune default",
     "autotune-refit": "autotune --refit",
     "autotune-slim": f"autotune --max-params {MAX_PARAMS}",
+    "autotune-finalists": f"autotune --finalists {FINALISTS}",
+    "autotune-slim-finalists": f"autotune --max-params {MAX_PARAMS} --finalists {FINALISTS}",
 }
 # at-slim runs before p3, which prunes to its parameter count.
-RUN_ORDER = ("p0", "p1", "p2", "autotune", "autotune-refit", "autotune-slim", "p3")
+RUN_ORDER = (*METHODS[:3], *(m for m in METHODS if m.startswith("autotune")), "p3")
 
 MAX_EPOCHS, PATIENCE = 50, 5
 QUICK = {"trials": 4, "seeds": [0], "max_epochs": 8, "patience": 3}
@@ -473,11 +481,14 @@ def run_one(
     if method.startswith("autotune"):
         out = work / tag
         command = search_command(spec, out, args.trials, seed)
-        space = SLIM_SPACE[task] if method == "autotune-slim" else DEFAULT_SPACE
+        slim = method.startswith("autotune-slim")
+        space = SLIM_SPACE[task] if slim else DEFAULT_SPACE
         if space:
             command += ["--space", space]
-        if method == "autotune-slim":
+        if slim:
             command += ["--max-params", MAX_PARAMS]
+        if method.endswith("-finalists"):
+            command += ["--finalists", str(FINALISTS)]
         if method == "autotune-refit":
             command += ["--refit"]
         if args.quick:

@@ -153,7 +153,7 @@ def test_the_export_is_the_finalist_with_the_best_mean_over_fresh_seeds(tmp_path
     space = {"lr": {"low": 1e-3, "high": 3e-2, "log": True}, **FAST}
     console = _quiet()
     result = search(TinyNet().eval(), _data(), space=space, trials=MIN_TRIALS, out=tmp_path,
-                    console=console)  # fmt: skip
+                    console=console, finalists=3)  # fmt: skip
     chosen = result.study.user_attrs[CHOSEN]
     ranked = sorted(
         (
@@ -179,11 +179,11 @@ def test_the_export_is_the_finalist_with_the_best_mean_over_fresh_seeds(tmp_path
     assert "finalists, validation accuracy" in console.file.getvalue()  # type: ignore[attr-defined]
 
 
-def test_without_finalists_the_top_trial_is_exported(tmp_path: Path) -> None:
+def test_by_default_the_top_trial_is_exported(tmp_path: Path) -> None:
     torch.manual_seed(0)
     space = {"lr": {"low": 1e-3, "high": 3e-2, "log": True}, **FAST}
     result = search(TinyNet().eval(), _data(), space=space, trials=MIN_TRIALS, out=tmp_path,
-                    console=_quiet(), finalists=0)  # fmt: skip
+                    console=_quiet())  # fmt: skip
     assert CHOSEN not in result.study.user_attrs
     top = best_trial(result.study)
     assert result.best is not None and top is not None and result.best.trial == top.number
