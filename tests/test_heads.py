@@ -5,14 +5,18 @@ with the reason; a head-pruned model exports a program that loads in a clean pro
 from __future__ import annotations
 
 import copy
+import io
 import subprocess
 import sys
 from pathlib import Path
 
 import torch
+from rich.console import Console
 from test_zoo import Attention, TimmStyleViT, _build
 from torch import nn
 
+from autotune.load.anatomy import layers
+from autotune.rank.analysis import Analysis
 from autotune.rank.gates import sites
 from autotune.rank.methods import score
 from autotune.results.deploy import save_model
@@ -55,6 +59,19 @@ def test_a_dead_head_ranks_last_and_goes_first() -> None:
     assert pruned.blocks[0].attn.qkv.out_features == 72
     with torch.no_grad():  # the head added nothing: the outputs stay the same
         torch.testing.assert_close(pruned(x), model(x), atol=1e-5, rtol=1e-5)
+
+
+def test_the_analysis_table_lists_each_attention_module_s_heads_lowest_first() -> None:
+    model = _vit_with_a_dead_head(2)
+    x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    scores = score("l1", model, x, torch.arange(8) % 4)
+    channels = {k: [float(v) for v in c] for k, c in scores.channels.items()}
+    all_layers = [unit.name for unit in layers(model)]
+    analysis = Analysis("l1", channels, None, None, meta={"all_layers": all_layers})
+    console = Console(file=io.StringIO(), width=200)
+    console.print(analysis)
+    row = next(line for line in console.file.getvalue().splitlines() if "blocks.0.attn " in line)
+    assert "4 heads" in row and row.split("│")[6].split()[0].startswith("2:")
 
 
 def test_every_module_keeps_at_least_one_head() -> None:
