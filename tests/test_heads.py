@@ -11,8 +11,9 @@ import sys
 from pathlib import Path
 
 import torch
+from conftest import randomise_norms
 from rich.console import Console
-from test_zoo import Attention, TimmStyleViT, _build
+from test_zoo import Attention, TimmStyleViT, _build, _gated
 from torch import nn
 
 from autotune.load.anatomy import layers
@@ -32,6 +33,24 @@ class LegacyAttention(Attention):
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         x = nn.functional.scaled_dot_product_attention(q, k, v)
         return self.proj(x.transpose(1, 2).reshape(b, n, c))
+
+
+class NormedAttention(Attention):
+    """timm's ``Attention`` with ``qk_norm`` (a LayerNorm over each head's width, shared by the
+    heads) or ``scale_norm`` (a LayerNorm over all heads together, before ``proj``)."""
+
+    def __init__(self, dim: int, heads: int, across: bool) -> None:
+        super().__init__(dim, heads)
+        self.q_norm = nn.LayerNorm(self.head_dim)
+        self.k_norm = nn.LayerNorm(self.head_dim)
+        self.norm = nn.LayerNorm(self.attn_dim) if across else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        x = nn.functional.scaled_dot_product_attention(self.q_norm(q), self.k_norm(k), v)
+        return self.proj(self.norm(x.transpose(1, 2).reshape(b, n, self.attn_dim)))
 
 
 def _vit_with_a_dead_head(head: int = 2) -> TimmStyleViT:
@@ -117,6 +136,28 @@ def test_a_forward_that_needs_all_its_heads_is_left_unpruned_with_the_reason() -
     assert pruned.blocks[0].attn.num_heads == 4 and kept["blocks.1.attn"] == [
         h for h in range(4) if h not in scores.channels["blocks.1.attn"].argsort()[:2]
     ]
+
+
+def test_a_norm_within_heads_stays_and_one_across_heads_leaves_them_unpruned() -> None:
+    model = _build("timm_style_vit")
+    for block, across in zip(model.blocks, (False, True), strict=True):
+        normed = NormedAttention(32, 4, across)
+        normed.load_state_dict(block.attn.state_dict(), strict=False)
+        block.attn = normed
+    randomise_norms(model)
+    x = torch.randn(3, 3, 32, 32)
+    found = sites(model, x)
+    heads = {s.layer: s for s in found if s.heads}
+    assert heads["blocks.0.attn"].prunable
+    assert heads["blocks.1.attn"].unsupported == "attention whose heads pass through LayerNorm"
+    scores = score("shap", model, x, torch.arange(3), background=4, nsamples=2)
+    pruned = copy.deepcopy(model)
+    kept = prune(pruned, scores.channels, x[:2], 0.5)
+    assert [b.attn.num_heads for b in pruned.blocks] == [2, 4]
+    assert pruned.blocks[0].attn.q_norm.weight.shape == (8,)  # shared by the heads: whole
+    with torch.no_grad():
+        got = torch.log_softmax(pruned.eval()(x), 1)[:, 0]
+    torch.testing.assert_close(got, _gated(model, found, kept, x), atol=1e-4, rtol=1e-4)
 
 
 def test_a_head_pruned_model_exports_a_program_that_loads_in_a_clean_process(

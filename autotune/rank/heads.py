@@ -109,30 +109,33 @@ def module_calls(
     return calls
 
 
-def remove_heads(module: nn.Module, heads: list[int], call: Call) -> None:
-    """Remove ``heads`` from attention ``module`` in place; ``call``: an input it takes."""
+def remove_heads(module: nn.Module, heads: list[int], call: Call) -> set[str]:
+    """Remove ``heads`` from attention ``module`` in place; ``call``: an input it takes.
+
+    Only ``qkv`` and ``proj`` lose rows and columns. Returns the kinds of the module's other
+    layers the heads pass through, left as they are: a norm over each head's width (timm's
+    ``qk_norm``) is shared by the heads and stays whole; one over all heads breaks the forward
+    (``attention_heads`` checks which, before any head is scored).
+    """
     qkv, proj, count = parts(module)
     width = proj.in_features // count
     channels = [h * width + d for h in heads for d in range(width)]
+    own = {m for m in module.modules() if m not in (qkv, proj)}
     with _traceable(module), warnings.catch_warnings(), torch.enable_grad():
         warnings.simplefilter("ignore")  # parameters outside the heads' group are not ours
         graph = tp.DependencyGraph().build_dependency(
             module, example_inputs=call, forward_fn=lambda m, c: m(*c[0], **c[1])
         )
         group = graph.get_pruning_group(proj, tp.prune_linear_in_channels, channels)
-        own = set(module.modules())
-        others = {
-            type(dep.target.module).__name__
-            for dep, _ in group
-            if dep.target.module in own and dep.target.module not in (qkv, proj)
-        }
-        if others:
-            raise ValueError(f"the heads also feed {', '.join(sorted(others))}")
-        group.prune()
+        for dep, idxs in group:
+            if dep.target.module in (qkv, proj):
+                dep(idxs)
+    others = {type(dep.target.module).__name__ for dep, _ in group if dep.target.module in own}
     # Plain int attributes (nn.Module's typing only knows tensors and submodules).
     setattr(module, "num_heads", count - len(heads))  # noqa: B010
     if isinstance(getattr(module, "attn_dim", None), int):
         setattr(module, "attn_dim", (count - len(heads)) * width)  # noqa: B010
+    return others
 
 
 def head_gate(width: int, head: int, count: int):
@@ -150,11 +153,14 @@ def _check(module: nn.Module, call: Call, width: int) -> str | None:
     args, kwargs = call
     _, proj, count = parts(module)
     pruned = copy.deepcopy(module).eval()
+    others: set[str] = set()
     try:
-        remove_heads(pruned, [0], call)
+        others = remove_heads(pruned, [0], call)
         with torch.no_grad():
             got = pruned(*args, **kwargs)
     except Exception as e:  # a forward tied to the head count: scored nowhere, never a failure
+        if others:
+            return f"attention whose heads pass through {', '.join(sorted(others))}"
         return f"attention whose forward needs all its heads ({type(e).__name__})"
     handle = proj.register_forward_pre_hook(head_gate(width, 0, count))
     was = module.training
