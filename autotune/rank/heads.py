@@ -5,8 +5,10 @@ q, k, v, each heads x head width, and an output ``proj`` Linear) mixes positions
 but never mixes heads: closing head h's gate (its slice of ``proj``'s input) is exactly what
 removing the head does. Removal goes through torch-pruning's dependency graph from ``proj``'s
 input channels, which follows the reshape, permute and unbind back to the head's q, k and v
-rows of ``qkv``; then the module's ``num_heads`` (and ``attn_dim``, where it has one, as timm's
-does) are set to the heads kept. The head width stays.
+rows of ``qkv``; only those rows and ``proj``'s columns go (a norm over each head's width, as
+timm's ``qk_norm``, is shared by the heads and stays whole). Then the module's ``num_heads``
+(and ``attn_dim``, where it has one, as timm's does) are set to the heads kept. The head width
+stays.
 
 Whether a forward still runs with fewer heads depends on how it computes its shapes (timm
 before 1.0 reshaped to the input's width), so each module is checked on the example: a copy
@@ -138,7 +140,7 @@ def remove_heads(module: nn.Module, heads: list[int], call: Call) -> set[str]:
     return others
 
 
-def head_gate(width: int, head: int, count: int):
+def _head_gate(width: int, head: int, count: int):
     """A forward pre-hook for ``proj`` that zeroes one head's slice of its input."""
     keep = torch.ones(count * width)
     keep[head * width : (head + 1) * width] = 0
@@ -162,7 +164,7 @@ def _check(module: nn.Module, call: Call, width: int) -> str | None:
         if others:
             return f"attention whose heads pass through {', '.join(sorted(others))}"
         return f"attention whose forward needs all its heads ({type(e).__name__})"
-    handle = proj.register_forward_pre_hook(head_gate(width, 0, count))
+    handle = proj.register_forward_pre_hook(_head_gate(width, 0, count))
     was = module.training
     try:
         with torch.no_grad():
