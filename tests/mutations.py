@@ -70,6 +70,12 @@ MUTATIONS: dict[str, tuple[str, str, str, str]] = {
         "",
         "tests/test_zoo.py::test_pruning_equals_gating_and_the_analysis_leaves_the_model_as_it_was[mobilenet_v3_small]",
     ),
+    "head gates spread over every head's slice": (
+        "autotune/rank/gates.py",
+        "                gate = gate.repeat_interleave(point.width, dim=1)\n",
+        "                gate = gate.repeat(1, point.width)\n",
+        "tests/test_heads.py::test_a_dead_head_ranks_last_and_goes_first",
+    ),
     "pruning removes the highest-ranked channels": (
         "autotune/trial/prune.py",
         "        return total / count.clamp(min=1)\n",

@@ -283,3 +283,21 @@ def test_a_large_torch_dataset_streams_and_trains(tiny_limit: None) -> None:
     assert from_datasets(TensorDataset(x, y), workers=0).fingerprint() != data.fingerprint()
     result = fine_tune(tiny_cnn(), data, TrialConfig(batch_size=8), max_epochs=1, patience=1)
     assert result.epochs_run == 1 and math.isfinite(result.history[0]["train_loss"])
+
+
+def test_a_nan_in_streamed_inputs_is_refused_up_front_like_a_resident_one(
+    tiny_limit: None,
+) -> None:
+    from torch.utils.data import TensorDataset
+
+    from autotune.load.tasks import from_datasets, from_tensors
+
+    x, y = torch.rand(40, 3, 16, 16), torch.arange(40) % 2
+    x[17, 1, 2, 3] = float("nan")
+    said = r"x_train holds NaN or inf values \(first in sample 17\); clean or impute them first"
+    with pytest.raises(DataError, match=said):
+        from_tensors(x, y, x_val=x[:8].nan_to_num(), y_val=y[:8])
+    with pytest.raises(DataError, match=said):  # before any search starts reading batches
+        from_datasets(TensorDataset(x, y), TensorDataset(x[:8].nan_to_num(), y[:8]), workers=0)
+    x[17] = 0.5
+    assert from_datasets(TensorDataset(x, y), workers=0).streamed

@@ -32,20 +32,23 @@ models = torchvision.models
 
 
 class Attention(nn.Module):
-    """timm's ``Attention``: one qkv projection split into heads, then an output projection."""
+    """timm's ``Attention`` (1.0): one qkv projection split into heads, then an output
+    projection; the shapes come from ``num_heads``, ``head_dim`` and ``attn_dim``."""
 
     def __init__(self, dim: int, heads: int) -> None:
         super().__init__()
         self.num_heads = heads
-        self.qkv = nn.Linear(dim, dim * 3)
-        self.proj = nn.Linear(dim, dim)
+        self.head_dim = dim // heads
+        self.attn_dim = heads * self.head_dim
+        self.qkv = nn.Linear(dim, self.attn_dim * 3)
+        self.proj = nn.Linear(self.attn_dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, c = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads)
+        b, n, _ = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         x = nn.functional.scaled_dot_product_attention(q, k, v)
-        return self.proj(x.transpose(1, 2).reshape(b, n, c))
+        return self.proj(x.transpose(1, 2).reshape(b, n, self.attn_dim))
 
 
 class Block(nn.Module):
@@ -167,7 +170,11 @@ def test_pruning_equals_gating_and_the_analysis_leaves_the_model_as_it_was(name:
     # Every conv and linear layer the forward pass calls as a module gets a gate (the ViTs'
     # attention output projection is called inside nn.MultiheadAttention's functional code).
     called = layers - {n for n in layers if n.endswith("self_attention.out_proj")}
-    assert {s.layer for s in found} == called
+    assert {s.layer for s in found if not s.heads} == called
+    # Each timm-style attention module's heads get gates and scores, one per head.
+    attention = {n: m.num_heads for n, m in model.named_modules() if isinstance(m, Attention)}
+    assert {s.layer: s.channels for s in found if s.heads} == attention
+    assert {n: len(scores.channels[n]) for n in attention} == attention
     assert set(PRUNED.get(name, [])) <= set(scores.channels)
     if name in UNPRUNED:
         layer, reason = UNPRUNED[name]
@@ -181,7 +188,13 @@ def test_pruning_equals_gating_and_the_analysis_leaves_the_model_as_it_was(name:
     named = dict(pruned.named_modules())
     for layer, channels in kept.items():
         # Kept channels are recorded as the layer really has them (depthwise included).
-        assert len(channels) == named[layer].weight.shape[0]
+        units = named[layer].num_heads if layer in attention else named[layer].weight.shape[0]
+        assert len(channels) == units
+    # Half the heads go, whole: the head width stays.
+    for layer, heads in attention.items():
+        kept_heads = named[layer].num_heads
+        assert kept_heads == heads // 2 and len(kept[layer]) == kept_heads
+        assert named[layer].proj.in_features == kept_heads * named[layer].head_dim
     for layer in PRUNED.get(name, []):
         assert named[layer].weight.shape[0] < dict(model.named_modules())[layer].weight.shape[0]
     assert _params(pruned) < _params(model)
@@ -233,6 +246,11 @@ def test_a_vision_search_slims_the_model_and_its_program_loads_in_a_clean_proces
     assert all(t.state != TrialState.FAIL for t in trials), [t.user_attrs for t in trials]
     slimmed = [t for t in trials if t.user_attrs["total_params"] < _params(model)]
     assert slimmed and all(t.state == TrialState.COMPLETE for t in slimmed)
+    heads = {n: m.num_heads for n, m in model.named_modules() if isinstance(m, Attention)}
+    if heads:  # whole heads went in the trials that pruned, never the last one
+        kept = [t.user_attrs["heads_kept"] for t in trials if "heads_kept" in t.user_attrs]
+        assert any(k[n] < heads[n] for k in kept for n in heads)
+        assert all(k.keys() == heads.keys() and min(k.values()) >= 1 for k in kept)
     # The exported best model: a program that loads without autotune or the model's code.
     program = tmp_path / "best" / "model.pt2"
     with torch.no_grad():

@@ -21,6 +21,8 @@ RESIDENT_LIMIT_MB = 512
 (``AUTOTUNE_RESIDENT_MB`` overrides it); smaller data is held as tensors."""
 STREAM_BATCH = 128
 """Batch size of evaluation passes over a streamed split."""
+SPREAD = 64
+"""Inputs of a streamed split read up front: checked for NaN and hashed into the fingerprint."""
 
 
 def resident_limit() -> int:
@@ -72,6 +74,11 @@ class Streamed:
         else:
             positions = torch.as_tensor(key).reshape(-1).tolist()  # type: ignore[assignment]
         return torch.stack([self._read(self.indices[p]) for p in positions])
+
+    def spread(self, count: int = SPREAD) -> list[int]:
+        """Up to ``count`` positions spread evenly over the split."""
+        step = max(1, len(self) // count)
+        return list(range(0, len(self), step))[:count]
 
     def _read(self, index: int) -> torch.Tensor:
         return torch.as_tensor(self.source[index][0], dtype=torch.float32)

@@ -63,8 +63,7 @@ class TaskData:
             for split in SPLITS:
                 for t in (getattr(self, f"x_{split}"), getattr(self, f"y_{split}")):
                     if isinstance(t, Streamed):
-                        step = max(1, len(t) // 64)
-                        t = t[range(0, len(t), step)[:64]]
+                        t = t[t.spread()]
                         digest.update(str(len(t)).encode())
                     if t is not None:
                         digest.update(t.cpu().contiguous().numpy().tobytes())
@@ -267,10 +266,15 @@ def check_pair(spec: str, split: str, x: Inputs | None, y: torch.Tensor | None) 
         )
     if len(x) == 0:
         raise DataError(f"data {spec!r}: the {split} split is empty; give it samples")
+    positions = None
     if isinstance(x, Streamed):
-        return  # read batch by batch: a NaN shows as a failed trial's loss
+        # Read batch by batch later: a spread sample is checked now, so that a NaN is named
+        # here rather than showing as a failed trial's loss.
+        positions = x.spread()
+        x = x[positions]
     if not torch.isfinite(x).all():
         bad = int((~torch.isfinite(x)).flatten(1).any(1).nonzero()[0].item())
+        bad = bad if positions is None else positions[bad]
         raise DataError(
             f"data {spec!r}: x_{split} holds NaN or inf values (first in sample {bad}); "
             "clean or impute them first"

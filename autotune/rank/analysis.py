@@ -19,8 +19,9 @@ from rich.table import Table
 
 from autotune.errors import AutotuneError
 
-FORMAT_VERSION = 2
-"""2: gates placed by the dependency graph (pre-norm layers, unsupported layers left out)."""
+FORMAT_VERSION = 3
+"""2: gates placed by the dependency graph (pre-norm layers, unsupported layers left out);
+3: attention modules' heads scored (``channels`` holds one score per head for them)."""
 SHOWN = 3
 """Channels shown at each end of a layer's ranking."""
 
@@ -34,7 +35,8 @@ class Analysis(JupyterMixin):
 
     method: str
     channels: dict[str, list[float]]
-    """Prunable layer -> importance of each output channel (higher: keep)."""
+    """Prunable layer -> importance of each output channel (higher: keep); for an attention
+    module, of each head."""
     layers: dict[str, float] | None
     """Layer -> error score (higher: drives more mistakes); None when the method has none."""
     features: list[float] | None
@@ -114,7 +116,10 @@ def tables(analysis: Analysis, features: int = 5) -> list[Table]:
     heads = ("#", "layer", "error score", "errors driven", "channels", "lowest (pruned first)")
     for name in (*heads, "highest"):
         layers.add_column(name, justify="left" if "layer" in name or "est" in name else "right")
-    for rank, name in enumerate(order, 1):
+    # Attention modules' heads (not layers of the unfreezing order) come after, unranked.
+    rows = [(str(i), name) for i, name in enumerate(order, 1)]
+    rows += [("", name) for name in analysis.channels if name not in order]
+    for rank, name in rows:
         scores = analysis.channels.get(name)
         error = (analysis.layers or {}).get(name)
         low = high = ""
@@ -123,11 +128,13 @@ def tables(analysis: Analysis, features: int = 5) -> list[Table]:
             low = _units(ranked[:SHOWN], scores)
             high = _units(ranked[::-1][:SHOWN], scores)
         layers.add_row(
-            str(rank),
+            rank,
             name,
             "-" if error is None else f"{error:.4g}",
             f"{driven[name]}/{errors}" if name in driven else "-",
-            str(len(scores)) if scores is not None else _unscored(name, all_layers, unpruned),
+            _count(scores, rank == "")
+            if scores is not None
+            else _unscored(name, all_layers, unpruned),
             low,
             high,
         )
@@ -161,6 +168,10 @@ def unpruned_note(unpruned: dict[str, str]) -> str | None:
         f"whose channels pass through {', '.join(kinds)}; see 'Supported architectures' in "
         "the README"
     )
+
+
+def _count(scores: list[float], heads: bool) -> str:
+    return f"{len(scores)} heads" if heads else str(len(scores))
 
 
 def _unscored(name: str, all_layers: list[str], unpruned: dict[str, str]) -> str:

@@ -2,8 +2,9 @@
 
 A unit is an output channel of a Conv layer or a neuron of a Linear layer, gated where zeroing
 it is exactly what structural pruning does (``rank.placement``: after the normalisation that
-follows it, or after each one that normalises it later), or an input feature of a
-feature-vector model. ``sites`` finds where the gates go;
+follows it, or after each one that normalises it later), an attention head (``rank.heads``:
+its slice of the output projection's input), or an input feature of a feature-vector model.
+``sites`` finds where the gates go;
 ``Gated`` wraps a model so that the gates are its inputs.
 """
 
@@ -19,6 +20,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from autotune.load.anatomy import classifier_of, device_of, layers
+from autotune.rank.heads import attention_heads
 from autotune.rank.placement import Point, placements
 
 _WEIGHTED = (nn.modules.conv._ConvNd, nn.Linear)
@@ -38,6 +40,8 @@ class Site:
     """False for the classifier (its outputs are the classes) and unsupported layers."""
     unsupported: str | None = None
     """Why the layer is left unpruned: the unsupported module kinds its channels pass through."""
+    heads: bool = False
+    """The units are the heads of the attention module ``layer`` (``rank.heads``)."""
 
 
 def sites(model: nn.Module, example: torch.Tensor) -> list[Site]:
@@ -79,6 +83,11 @@ def sites(model: nn.Module, example: torch.Tensor) -> list[Site]:
         why = placement.unsupported
         prunable = first is not classifier and why is None
         found.append(Site(name, placement.points, channels, prunable, why))
+    # Heads last, so that the coalitions drawn for the layers above stay the same.
+    for heads in attention_heads(model, example):
+        point = Point(heads.proj, -1, None, width=heads.width, before=True)
+        prunable = heads.unsupported is None
+        found.append(Site(heads.module, (point,), heads.count, prunable, heads.unsupported, True))
     return found
 
 
@@ -103,7 +112,9 @@ class Gated(nn.Module):
         named = dict(self.model.named_modules())
         offset = 1 if self.features else 0
         return [
-            named[point.module].register_forward_hook(self._hook(i + offset, point))
+            named[point.module].register_forward_pre_hook(self._hook(i + offset, point, True))
+            if point.before
+            else named[point.module].register_forward_hook(self._hook(i + offset, point))
             for i, site in enumerate(self.sites)
             for point in site.points
         ]
@@ -129,14 +140,14 @@ class Gated(nn.Module):
     def bind(self, x: torch.Tensor, y: torch.Tensor) -> None:
         self.x, self.y = x, y
 
-    def _hook(self, index: int, point: Point):
+    def _hook(self, index: int, point: Point, before: bool = False):
         dim = point.channel_dim
         positions = None if point.positions is None else torch.tensor(point.positions)
 
-        def hook(_module: nn.Module, _inputs: object, output: torch.Tensor) -> torch.Tensor:
-            if not self._gates:  # an ungated forward pass
-                return output
+        def gated(output: torch.Tensor) -> torch.Tensor:
             gate = self._gates[index]
+            if point.width > 1:  # one gate per head: its slice of channels
+                gate = gate.repeat_interleave(point.width, dim=1)
             if positions is not None:  # the layer's channels among others (a concatenation)
                 whole = gate.new_ones(gate.shape[0], output.shape[dim])
                 gate = whole.index_copy(1, positions.to(gate.device), gate)
@@ -144,7 +155,15 @@ class Gated(nn.Module):
             shape[0], shape[dim] = gate.shape[0], gate.shape[1]
             return output * gate.reshape(shape)
 
-        return hook
+        def hook(_module: nn.Module, _inputs: object, output: torch.Tensor) -> torch.Tensor:
+            return gated(output) if self._gates else output  # else: an ungated forward pass
+
+        def pre_hook(
+            _module: nn.Module, args: tuple[torch.Tensor, ...]
+        ) -> tuple[torch.Tensor, ...]:
+            return (gated(args[0]), *args[1:]) if self._gates else args
+
+        return pre_hook if before else hook
 
     def forward(self, *gates: torch.Tensor) -> torch.Tensor:
         batch = gates[0].shape[0]

@@ -3,7 +3,8 @@
 Every method scores the same thing: what removing a unit does to the model's evidence for the
 true class (its log-probability). A unit is an output channel of a Conv layer or a neuron of a
 Linear layer, taken after the normalisation that follows it (so zeroing it is exactly what
-structural pruning does to the next layer), or an input feature of a feature-vector model.
+structural pruning does to the next layer), an attention head (``rank.heads``), or an input
+feature of a feature-vector model.
 
 A multiplicative gate sits on every unit: 1 keeps it, 0 removes it. The methods:
 
@@ -41,6 +42,7 @@ from autotune.config import EXPLAINERS
 from autotune.load.anatomy import layers
 from autotune.rank.expected_gradients import expected_gradients
 from autotune.rank.gates import Gated, Site, sites
+from autotune.rank.heads import parts
 
 METHODS = ("shap", "taylor", "l1", "random")
 
@@ -203,18 +205,23 @@ def _summarise(
     feature_scores = np.abs(phis[0]).mean(0) if features else None
     per_site = phis[1:] if features else phis
     # With no mistakes to explain, the least confident quarter of the samples stands in.
-    basis = wrong if wrong.sum() else _least_confident(per_site, len(wrong))
-    channels = {}
-    layer_scores = {}
-    for site, phi in zip(found, per_site, strict=True):
-        if site.prunable:
-            channels[site.layer] = np.abs(phi).mean(0)
-        layer_scores[site.layer] = float(np.clip(-phi[basis], 0, None).sum(1).mean())
+    channels = {
+        site.layer: np.abs(phi).mean(0)
+        for site, phi in zip(found, per_site, strict=True)
+        if site.prunable
+    }
+    # Heads rank units within their attention module; the layers' scores come from the layers
+    # (the module's qkv and proj have their own gates).
+    layered = [(site, phi) for site, phi in zip(found, per_site, strict=True) if not site.heads]
+    basis = wrong if wrong.sum() else _least_confident([phi for _, phi in layered], len(wrong))
+    layer_scores = {
+        site.layer: float(np.clip(-phi[basis], 0, None).sum(1).mean()) for site, phi in layered
+    }
     driven = None
-    if wrong.sum() and per_site:
-        against = np.stack([np.clip(-phi[wrong], 0, None).sum(1) for phi in per_site])
-        counts = np.bincount(against.argmax(0), minlength=len(found))
-        driven = {site.layer: int(c) for site, c in zip(found, counts, strict=True)}
+    if wrong.sum() and layered:
+        against = np.stack([np.clip(-phi[wrong], 0, None).sum(1) for _, phi in layered])
+        counts = np.bincount(against.argmax(0), minlength=len(layered))
+        driven = {site.layer: int(c) for (site, _), c in zip(layered, counts, strict=True)}
     return Scores(channels, layer_scores, feature_scores, int(wrong.sum()), driven)
 
 
@@ -229,7 +236,9 @@ def _l1(model: nn.Module, found: list[Site], features: bool) -> Scores:
     named = dict(model.named_modules())
     channels = {}
     for site in found:
-        if site.prunable:
+        if site.prunable and site.heads:
+            channels[site.layer] = _head_l1(named[site.layer], site.channels)
+        elif site.prunable:
             weight = named[site.layer].weight.detach()
             channels[site.layer] = weight.abs().flatten(1).sum(1).numpy()
     feature_scores = None
@@ -237,6 +246,14 @@ def _l1(model: nn.Module, found: list[Site], features: bool) -> Scores:
         first = _first_linear(model)
         feature_scores = first.weight.detach().abs().sum(0).numpy() if first is not None else None
     return Scores(channels, None, feature_scores, 0)
+
+
+def _head_l1(attention: nn.Module, heads: int) -> np.ndarray:
+    """Per head, the L1 norm of its q, k and v rows of ``qkv`` and its columns of ``proj``."""
+    qkv_layer, proj_layer, _ = parts(attention)
+    qkv, proj = qkv_layer.weight.detach().abs(), proj_layer.weight.detach().abs()
+    rows = qkv.reshape(3, heads, -1, qkv.shape[1]).sum((0, 2, 3))
+    return (rows + proj.reshape(proj.shape[0], heads, -1).sum((0, 2))).numpy()
 
 
 def _random(model: nn.Module, found: list[Site], x: torch.Tensor, seed: int) -> Scores:

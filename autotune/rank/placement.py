@@ -67,6 +67,10 @@ class Point:
     channel_dim: int
     positions: tuple[int, ...] | None
     """Where the layer's channels 0..n-1 sit along ``channel_dim``; None: all, in order."""
+    width: int = 1
+    """Consecutive channels each gate covers (an attention head's slice)."""
+    before: bool = False
+    """Gate the module's input rather than its output (the heads entering ``proj``)."""
 
 
 @dataclass(frozen=True)

@@ -242,6 +242,10 @@ def _structure(work: Workspace, rebuilt: Rebuilt, model: nn.Module) -> dict[str,
             layer: {"kept": len(kept_channels), "indices": kept_channels}
             for layer, kept_channels in changes.channels.items()
         },
+        "heads": {
+            module: {"kept": len(kept_heads), "indices": kept_heads}
+            for module, kept_heads in changes.heads.items()
+        },
         "trained_layers": changes.unfrozen,
         "inputs": inputs,
     }

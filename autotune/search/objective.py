@@ -136,6 +136,8 @@ class Objective:
             trial.set_user_attr(key, value)
         if changes.features is not None:
             trial.set_user_attr("features_kept", len(changes.features))
+        if changes.heads:
+            trial.set_user_attr("heads_kept", {n: len(k) for n, k in changes.heads.items()})
         started = time.perf_counter()
         over = self.budgets.violations(cost)
         for key, value in over.items():

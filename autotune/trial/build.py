@@ -1,5 +1,5 @@
-"""A trial's model: the source model copied, its input features dropped, its channels pruned,
-its layers unfrozen, all read from the analyses' rankings."""
+"""A trial's model: the source model copied, its input features dropped, its channels and
+attention heads pruned, its layers unfrozen, all read from the analyses' rankings."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from torch import nn
 from autotune.config import MAX_RATIO, TrialConfig
 from autotune.load.anatomy import layers
 from autotune.rank.analysis import Analysis
+from autotune.rank.heads import is_attention
 from autotune.trial.freeze import configure, copy_model
 from autotune.trial.prune import drop_features, prune
 
@@ -24,6 +25,8 @@ class Changes:
     """Input columns the model still takes, in order; None when all."""
     channels: dict[str, list[int]] = field(default_factory=dict)
     """Pruned layer -> the channels it kept."""
+    heads: dict[str, list[int]] = field(default_factory=dict)
+    """Pruned attention module -> the heads it kept."""
     unfrozen: list[str] = field(default_factory=list)
 
 
@@ -45,7 +48,7 @@ def build(
     if config.prune > 0 or config.prune_layers:
         analysis = _analysis(analyses, config.importance)
         scores = {k: np.asarray(v) for k, v in analysis.channels.items()}
-        changes.channels = prune(
+        kept = prune(
             model,
             scores,
             example,
@@ -53,6 +56,9 @@ def build(
             config.prune_layers,
             global_ranking=config.prune_scope == "global",
         )
+        modules = dict(model.named_modules())
+        changes.heads = {n: k for n, k in kept.items() if is_attention(modules[n])}
+        changes.channels = {n: k for n, k in kept.items() if n not in changes.heads}
     order = None
     if config.unfreeze_order != "output":
         names = [unit.name for unit in layers(model)]

@@ -17,6 +17,8 @@ import torch_pruning as tp
 from torch import nn
 
 from autotune.load.anatomy import classifier_of, device_of
+from autotune.rank.heads import is_attention
+from autotune.trial.heads import prune_heads
 
 # A depthwise conv's channels go through its own handler: without it, a depthwise layer's
 # removed channels were neither scored nor recorded.
@@ -67,7 +69,8 @@ def prune(
     ``ratio`` is the fraction of channels removed from every scored layer, or with
     ``global_ranking`` the fraction of all scored channels, the lowest across the model;
     ``per_layer`` overrides it for the layers it names. Layers without scores and the
-    classifier are kept; no layer loses more than 95% of its channels.
+    classifier are kept; no layer loses more than 95% of its channels. Scores of an attention
+    module rank its heads: the same fractions of them go, whole, and at least one stays.
     """
     per_layer = dict(per_layer or {})
     if not scores or (ratio <= 0 and not any(r > 0 for r in per_layer.values())):
@@ -75,11 +78,20 @@ def prune(
     unknown = set(per_layer) - set(scores)
     if unknown:
         raise ValueError(f"no scores for layers {sorted(unknown)}; scored: {sorted(scores)}")
+    # Attention modules' scores rank their heads, which go whole (``trial.heads``).
+    modules = dict(model.named_modules())
+    heads = {n: s for n, s in scores.items() if is_attention(modules[n])}
+    channels = {n: s for n, s in scores.items() if n not in heads}
     with warnings.catch_warnings():
         # torch-pruning warns about the parameters it cannot prune (a position embedding, a
         # layer scale): the layers around them are never pruned (see ``rank.placement``).
         warnings.simplefilter("ignore")
-        return _prune(model, scores, example, ratio, per_layer, global_ranking)
+        per_channel = {n: r for n, r in per_layer.items() if n in channels}
+        kept = (
+            _prune(model, channels, example, ratio, per_channel, global_ranking) if channels else {}
+        )
+    per_head = {n: r for n, r in per_layer.items() if n in heads}
+    return kept | prune_heads(model, heads, example, ratio, per_head, global_ranking)
 
 
 def _prune(
