@@ -179,16 +179,6 @@ def test_the_export_is_the_finalist_with_the_best_mean_over_fresh_seeds(tmp_path
     assert "finalists, validation accuracy" in console.file.getvalue()  # type: ignore[attr-defined]
 
 
-def test_by_default_the_top_trial_is_exported(tmp_path: Path) -> None:
-    torch.manual_seed(0)
-    space = {"lr": {"low": 1e-3, "high": 3e-2, "log": True}, **FAST}
-    result = search(TinyNet().eval(), _data(), space=space, trials=MIN_TRIALS, out=tmp_path,
-                    console=_quiet())  # fmt: skip
-    assert CHOSEN not in result.study.user_attrs
-    top = best_trial(result.study)
-    assert result.best is not None and top is not None and result.best.trial == top.number
-
-
 def test_a_recorded_choice_holds_until_the_top_trials_change() -> None:
     study = optuna.create_study(direction="maximize")
     for acc in (0.9, 0.95, 0.8):
