@@ -17,6 +17,7 @@ from test_zoo import Attention, TimmStyleViT, _build, _gated
 from torch import nn
 
 from autotune.load.anatomy import layers
+from autotune.load.attention import SelfAttention, split_attention
 from autotune.rank.analysis import Analysis
 from autotune.rank.gates import sites
 from autotune.rank.methods import score
@@ -184,3 +185,33 @@ def test_a_head_pruned_model_exports_a_program_that_loads_in_a_clean_process(
         capture_output=True, text=True, cwd=tmp_path,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-2000:]
+
+
+class _ThreeAttentions(nn.Module):
+    """Self-attention batch-first and sequence-first, and one called with a mask."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.MultiheadAttention(16, 4, batch_first=True)
+        self.b = nn.MultiheadAttention(16, 4)
+        self.c = nn.MultiheadAttention(16, 4, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.a(x, x, x, need_weights=False)[0]
+        t = x.transpose(0, 1)
+        x = x + self.b(t, t, t, need_weights=False)[0].transpose(0, 1)
+        causal = torch.ones(x.shape[1], x.shape[1], dtype=torch.bool).triu(1)
+        return x + self.c(x, x, x, attn_mask=causal, need_weights=False)[0]
+
+
+def test_torchvision_self_attention_is_split_where_it_is_plain_and_gives_the_same_outputs() -> None:
+    torch.manual_seed(0)
+    model = _ThreeAttentions().eval()
+    x = torch.randn(3, 5, 16)
+    with torch.no_grad():
+        before = model(x)
+    assert split_attention(model, x) == ["a", "b"]
+    assert isinstance(model.a, SelfAttention) and isinstance(model.b, SelfAttention)
+    assert isinstance(model.c, nn.MultiheadAttention)  # a mask: left as it is
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), before, atol=1e-6, rtol=0)

@@ -23,6 +23,7 @@ from rich.console import Console
 from torch import nn
 
 from autotune import search
+from autotune.load.attention import SelfAttention, split_attention
 from autotune.load.tasks import from_tensors
 from autotune.rank.gates import Gated, Site, sites
 from autotune.rank.methods import score
@@ -159,6 +160,7 @@ def _params(model: nn.Module) -> int:
 def test_pruning_equals_gating_and_the_analysis_leaves_the_model_as_it_was(name: str) -> None:
     model = _build(name)
     x = torch.randn(3, 3, 32, 32)
+    split_attention(model, x)  # as a search does when it loads the model
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # torch-pruning's warnings never reach the user
@@ -167,12 +169,15 @@ def test_pruning_equals_gating_and_the_analysis_leaves_the_model_as_it_was(name:
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     found = sites(model, x)
     layers = {n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
-    # Every conv and linear layer the forward pass calls as a module gets a gate (the ViTs'
-    # attention output projection is called inside nn.MultiheadAttention's functional code).
-    called = layers - {n for n in layers if n.endswith("self_attention.out_proj")}
-    assert {s.layer for s in found if not s.heads} == called
-    # Each timm-style attention module's heads get gates and scores, one per head.
-    attention = {n: m.num_heads for n, m in model.named_modules() if isinstance(m, Attention)}
+    # Every conv and linear layer the forward pass calls as a module gets a gate.
+    assert {s.layer for s in found if not s.heads} == layers
+    # Each attention module's heads get gates and scores, one per head: timm-style ones and
+    # torchvision's nn.MultiheadAttention, split into qkv and proj (``load.attention``).
+    kinds = (Attention, SelfAttention)
+    attention = {n: m.num_heads for n, m in model.named_modules() if isinstance(m, kinds)}
+    assert not any(isinstance(m, nn.MultiheadAttention) for m in model.modules())
+    if name.startswith("vit_"):
+        assert len(attention) == {"vit_small": 2, "vit_b_16": 12}[name]
     assert {s.layer: s.channels for s in found if s.heads} == attention
     assert {n: len(scores.channels[n]) for n in attention} == attention
     assert set(PRUNED.get(name, [])) <= set(scores.channels)
@@ -246,7 +251,8 @@ def test_a_vision_search_slims_the_model_and_its_program_loads_in_a_clean_proces
     assert all(t.state != TrialState.FAIL for t in trials), [t.user_attrs for t in trials]
     slimmed = [t for t in trials if t.user_attrs["total_params"] < _params(model)]
     assert slimmed and all(t.state == TrialState.COMPLETE for t in slimmed)
-    heads = {n: m.num_heads for n, m in model.named_modules() if isinstance(m, Attention)}
+    kinds = (Attention, nn.MultiheadAttention)  # the search splits the latter (load.attention)
+    heads = {n: m.num_heads for n, m in model.named_modules() if isinstance(m, kinds)}
     if heads:  # whole heads went in the trials that pruned, never the last one
         kept = [t.user_attrs["heads_kept"] for t in trials if "heads_kept" in t.user_attrs]
         assert any(k[n] < heads[n] for k in kept for n in heads)

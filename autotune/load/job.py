@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from autotune.errors import ModelLoadError
+from autotune.load.attention import split_attention
 from autotune.load.data import check_model_fits, load_data
 from autotune.load.images import model_normalization
 from autotune.load.models import LoadedModel, file_sha256, load_model
@@ -123,7 +124,10 @@ class Job:
             # caller's model (in a notebook, say) must come out of a search as it went in.
             module = copy.deepcopy(model).eval()
             model = LoadedModel(module, "<in memory>", "module", module_sha256(model))
-        return cls(model, data, check_model_fits(model.module, data), model_spec, data_spec)
+        num_classes = check_model_fits(model.module, data)
+        # Same outputs, and heads that can be scored and removed (``load.attention``).
+        split_attention(model.module, data.x_train[:2])
+        return cls(model, data, num_classes, model_spec, data_spec)
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready record of the job, stored with the study and in exported configs."""

@@ -19,7 +19,7 @@ from rich.table import Table
 
 from autotune.errors import AutotuneError
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 """2: gates placed by the dependency graph (pre-norm layers, unsupported layers left out);
 3: attention modules' heads scored (``channels`` holds one score per head for them)."""
 SHOWN = 3

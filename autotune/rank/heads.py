@@ -14,9 +14,9 @@ Whether a forward still runs with fewer heads depends on how it computes its sha
 before 1.0 reshaped to the input's width), so each module is checked on the example: a copy
 with one head removed must give what the original gives with that head's gate closed.
 Otherwise its heads are left unpruned, with the reason. torchvision's ``nn.MultiheadAttention``
-is not handled here: its forward needs the heads to fill the stream's width (torch-pruning's
-handler narrows the whole stream instead), and its output projection is applied functionally,
-where no hook can gate it.
+(whose forward needs the heads to fill the stream's width, with its output projection applied
+functionally, where no hook can gate it) reaches this module as ``load.attention.SelfAttention``:
+the same weights in this form, swapped in when the model is loaded.
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ def remove_heads(module: nn.Module, heads: list[int], call: Call) -> set[str]:
     with _traceable(module), warnings.catch_warnings(), torch.enable_grad():
         warnings.simplefilter("ignore")  # parameters outside the heads' group are not ours
         graph = tp.DependencyGraph().build_dependency(
-            module, example_inputs=call, forward_fn=lambda m, c: m(*c[0], **c[1])
+            module, example_inputs=call, forward_fn=lambda m, c: _output(m(*c[0], **c[1]))
         )
         group = graph.get_pruning_group(proj, tp.prune_linear_in_channels, channels)
         for dep, idxs in group:
@@ -159,7 +159,7 @@ def _check(module: nn.Module, call: Call, width: int) -> str | None:
     try:
         others = remove_heads(pruned, [0], call)
         with torch.no_grad():
-            got = pruned(*args, **kwargs)
+            got = _output(pruned(*args, **kwargs))
     except Exception as e:  # a forward tied to the head count: scored nowhere, never a failure
         if others:
             return f"attention whose heads pass through {', '.join(sorted(others))}"
@@ -168,7 +168,7 @@ def _check(module: nn.Module, call: Call, width: int) -> str | None:
     was = module.training
     try:
         with torch.no_grad():
-            gated = module.eval()(*args, **kwargs)
+            gated = _output(module.eval()(*args, **kwargs))
     finally:
         handle.remove()
         module.train(was)
@@ -177,6 +177,12 @@ def _check(module: nn.Module, call: Call, width: int) -> str | None:
     if not torch.allclose(got, gated, rtol=1e-4, atol=1e-5):
         return "attention whose heads are mixed before the output projection"
     return None
+
+
+def _output(out: Any) -> Any:
+    """A module's output tensor: the first of a tuple (``nn.MultiheadAttention``'s convention,
+    kept by ``load.attention.SelfAttention``: output, attention weights)."""
+    return out[0] if isinstance(out, tuple) and out and isinstance(out[0], torch.Tensor) else out
 
 
 @contextmanager
