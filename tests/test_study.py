@@ -168,7 +168,11 @@ def test_the_default_study_file_logs_ahead_and_another_reader_sees_every_commit(
 
     import optuna
 
-    study = optuna.create_study(storage=open_storage(None, tmp_path), study_name="s")
+    from autotune.search.study_file import write_ahead
+
+    storage = open_storage(None, tmp_path)
+    write_ahead(storage)
+    study = optuna.create_study(storage=storage, study_name="s")
     trial = study.ask()
     trial.set_user_attr("history", [{"val_accuracy": 0.5}])
     trial.report(0.5, 1)
@@ -180,15 +184,16 @@ def test_the_default_study_file_logs_ahead_and_another_reader_sees_every_commit(
     assert seen.trials[0].intermediate_values == {1: 0.5}
 
 
-def test_a_storage_url_given_keeps_its_sqlite_journal(tmp_path: Path) -> None:
+def test_a_search_on_a_storage_url_given_keeps_its_sqlite_journal(
+    tiny_model: torch.nn.Module, tiny_data: TaskData, tmp_path: Path
+) -> None:
     import sqlite3
 
-    import optuna
-
     url = f"sqlite:///{tmp_path / 'mine.db'}"
-    optuna.create_study(storage=open_storage(url, tmp_path), study_name="s").ask()
+    result = _search(tiny_model, tiny_data, tmp_path / "out", trials=1, max_epochs=1, storage=url)
     with sqlite3.connect(tmp_path / "mine.db") as reader:
         assert reader.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    assert len(result.study.trials) == 2
 
 
 def test_the_median_pruner_skipping_its_warm_up_decides_as_optunas() -> None:
@@ -210,3 +215,16 @@ def test_the_median_pruner_skipping_its_warm_up_decides_as_optunas() -> None:
         study.tell(trial, curve[-1])
     assert decisions["warm"] == decisions["plain"]
     assert True in decisions["plain"] and False in decisions["plain"]  # both answers were given
+
+
+def test_a_finished_search_leaves_one_plain_study_file(
+    tiny_model: torch.nn.Module, tiny_data: TaskData, tmp_path: Path
+) -> None:
+    import sqlite3
+
+    _search(tiny_model, tiny_data, tmp_path, trials=2, max_epochs=1)
+    # Folded back: the file alone holds the study (copied alone, read from a read-only folder).
+    assert not (tmp_path / "study.db-wal").exists()
+    with sqlite3.connect(tmp_path / "study.db") as reader:
+        assert reader.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+        assert reader.execute("SELECT COUNT(*) FROM trials").fetchone()[0] == 3  # baseline + 2

@@ -24,6 +24,7 @@ from autotune.config import (
 from autotune.errors import StorageError, first_line, redacted
 from autotune.paths import checkpoint_path, study_db
 from autotune.search.space import SearchSpace, config_from, parse_space
+from autotune.search.study_file import track, write_ahead
 from autotune.search.trials import finished, machine_index, retry
 
 ATTR = "autotune"  # study user attribute holding the job, space and settings
@@ -64,7 +65,7 @@ def open_storage(url: str | None, out: Path) -> BaseStorage | str:
                         heartbeat_stale_trial_callback=retry,
                     )
                     if local:
-                        write_ahead(storage)
+                        track(storage)
                     return storage
                 except (IntegrityError, ProgrammingError):
                     # Workers starting together on a new database race to create its tables:
@@ -82,27 +83,6 @@ def open_storage(url: str | None, out: Path) -> BaseStorage | str:
         ) from e
 
 
-def write_ahead(storage: optuna.storages.RDBStorage) -> None:
-    """Put the default ``OUT/study.db`` in SQLite's write-ahead-log mode, synced at checkpoints.
-
-    Every parameter, epoch and attribute a trial records is a transaction; in SQLite's default
-    mode each waits for the disk twice (``bench/fixed_cost.py``: most of a small search's
-    storage time). With the log a commit survives the process being killed, and a power cut
-    loses at most the last commits, never the file. The log needs all its users on one host,
-    which the default file in OUT is; a study shared between machines has its own ``--storage``.
-    """
-    from sqlalchemy import event
-
-    def on_connect(connection: Any, _: Any) -> None:
-        cursor = connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.close()
-
-    event.listen(storage.engine, "connect", on_connect)
-    storage.engine.dispose()  # the connections opened before the listener close
-
-
 def open_study(settings: SearchSettings, record: dict[str, Any]) -> optuna.Study:
     """Create the study with ``record`` stored on it, or load it and check it holds the same
     search (model, data, metric, Pareto mode and space): ``settings`` must be resolved.
@@ -110,6 +90,8 @@ def open_study(settings: SearchSettings, record: dict[str, Any]) -> optuna.Study
     Other settings (epochs, seed, budgets...) may change only with ``settings.allow_changes``:
     the record then holds the new ones, and the list of changes."""
     storage = open_storage(settings.storage, settings.out)
+    if settings.storage is None and isinstance(storage, optuna.storages.RDBStorage):
+        write_ahead(storage)  # only a search writes enough for the log to pay
     sampler, pruner = make_sampler_and_pruner(settings)
     directions = [METRICS[settings.metric]] + (["minimize"] if settings.pareto else [])
     try:
