@@ -19,7 +19,7 @@ from autotune.errors import first_line
 from autotune.load.job import DataSpec, Job, ModelSpec
 from autotune.load.models import LoadedModel
 from autotune.load.tasks import TaskData, from_datasets
-from autotune.paths import analysis_dir, check_writable, leaderboard_csv
+from autotune.paths import analysis_dir, check_writable, leaderboard_csv, study_db
 from autotune.rank.analysis import Analysis
 from autotune.rank.analyze import analyze_job
 from autotune.results.artifacts import attach
@@ -34,6 +34,7 @@ from autotune.search.runner import Search
 from autotune.search.space import SearchSpace, load_space
 from autotune.search.stages import PARENT
 from autotune.search.study import prune_checkpoints
+from autotune.search.study_file import settle
 from autotune.trial.fit import configure_threads
 
 if TYPE_CHECKING:
@@ -127,16 +128,20 @@ def search(
     display = LiveLeaderboard(console, the_settings.metric, the_settings.trials)
     run = Search(job, the_space, the_settings, console=console, command=command, display=display)
     try:
-        study = run.run()
-    except BaseException:
-        # Interrupted (Ctrl-C) or broken after trials ran: still write what they give.
-        if run.study is not None and run.exports:
-            _finish(run, run.study)
-        raise
-    if not run.exports:
-        return SearchResult(run, study, None)  # the first machine's first worker exports
-    best, report = _finish(run, study)
-    return SearchResult(run, study, best, report)
+        try:
+            study = run.run()
+        except BaseException:
+            # Interrupted (Ctrl-C) or broken after trials ran: still write what they give.
+            if run.study is not None and run.exports:
+                _finish(run, run.study)
+            raise
+        if not run.exports:
+            return SearchResult(run, study, None)  # the first machine's first worker exports
+        best, report = _finish(run, study)
+        return SearchResult(run, study, best, report)
+    finally:
+        if the_settings.storage is None:
+            settle(study_db(folder))
 
 
 def _finish(run: Search, study: optuna.Study) -> tuple[ExportResult | None, Path | None]:

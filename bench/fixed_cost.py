@@ -28,11 +28,23 @@ PHASES = {
         "fit.py",
         "make_optimizer",
     ),
+    "    of which the first one's import of torch._dynamo (once a process)": (
+        "torch/_dynamo/__init__.py",
+        "<module>",
+    ),
     "reporting epochs to the pruner (objective on_epoch)": ("objective.py", "on_epoch"),
     "sampling parameters (space.suggest)": ("space.py", "suggest"),
     "analyses (prepare.run_analyses)": ("prepare.py", "run_analyses"),
     "export (results/export.py export_trial)": ("export.py", "export_trial"),
     "charts, dashboard files, report (api._publish)": ("api.py", "_publish"),
+    "  of which the parameter importances (optuna's, importing scikit-learn)": (
+        "_param_importances.py",
+        "plot_param_importances",
+    ),
+    "waiting for SQLite to commit (every storage write)": (
+        "~",
+        "<method 'commit' of 'sqlite3.Connection' objects>",
+    ),
 }
 
 

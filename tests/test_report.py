@@ -118,3 +118,22 @@ def test_the_errors_grid_draws_fixed_and_broken_samples_in_headless_chromium(
     width = re.search(r"width (\d+)", done.stdout)
     assert width is not None and int(width.group(1)) > 100, done.stdout[-500:]
     assert "1 errors fixed, 1 broken" in done.stdout
+
+
+def test_the_report_copies_the_analysis_charts_unless_they_are_stale(
+    slimmed_study: Path, tmp_path: Path
+) -> None:
+    from autotune.results.report import write_report
+
+    out = tmp_path / "out"
+    shutil.copytree(slimmed_study, out)
+    drawn = out / "analysis" / "shap-layers.png"
+    write_report(out)
+    shown = out / "report" / "shap-layers.png"
+    assert shown.read_bytes() == drawn.read_bytes()
+    # A chart older than its analysis (a later run analysed again) is drawn afresh.
+    drawn.write_bytes(b"stale")
+    os.utime(drawn, (0, 0))
+    pngs = {p.name for p in write_report(out).pngs}
+    assert shown.read_bytes().startswith(b"\x89PNG")
+    assert {"history.png", "learning_curve.png", "shap-layers.png"} <= pngs

@@ -159,3 +159,72 @@ def test_two_worker_processes_share_one_journal_study(tmp_path: Path) -> None:
     assert len(counted) == 10
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in counted)
     assert len({t.user_attrs["worker"] for t in counted}) == 2
+
+
+def test_the_default_study_file_logs_ahead_and_another_reader_sees_every_commit(
+    tmp_path: Path,
+) -> None:
+    import sqlite3
+
+    import optuna
+
+    from autotune.search.study_file import write_ahead
+
+    storage = open_storage(None, tmp_path)
+    write_ahead(storage)
+    study = optuna.create_study(storage=storage, study_name="s")
+    trial = study.ask()
+    trial.set_user_attr("history", [{"val_accuracy": 0.5}])
+    trial.report(0.5, 1)
+    # A second reader (the dashboard, `autotune show`) while the writer still holds the file.
+    with sqlite3.connect(tmp_path / "study.db") as reader:
+        assert reader.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    seen = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    assert seen.trials[0].user_attrs["history"] == [{"val_accuracy": 0.5}]
+    assert seen.trials[0].intermediate_values == {1: 0.5}
+
+
+def test_a_search_on_a_storage_url_given_keeps_its_sqlite_journal(
+    tiny_model: torch.nn.Module, tiny_data: TaskData, tmp_path: Path
+) -> None:
+    import sqlite3
+
+    url = f"sqlite:///{tmp_path / 'mine.db'}"
+    result = _search(tiny_model, tiny_data, tmp_path / "out", trials=1, max_epochs=1, storage=url)
+    with sqlite3.connect(tmp_path / "mine.db") as reader:
+        assert reader.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    assert len(result.study.trials) == 2
+
+
+def test_the_median_pruner_skipping_its_warm_up_decides_as_optunas() -> None:
+    import optuna
+
+    from autotune.search.study import WarmedMedianPruner
+
+    warm = WarmedMedianPruner(n_startup_trials=2, n_warmup_steps=3)
+    plain = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=3)
+    study = optuna.create_study(direction="maximize", pruner=plain)
+    decisions: dict[str, list[bool]] = {"warm": [], "plain": []}
+    for curve in ([0.5, 0.6, 0.7, 0.8, 0.9], [0.4, 0.5, 0.6, 0.7, 0.8], [0.1] * 5, [0.9] * 5):
+        trial = study.ask()
+        for step, value in enumerate(curve, start=1):
+            trial.report(value, step)
+            frozen = study.trials[trial.number]
+            decisions["warm"].append(warm.prune(study, frozen))
+            decisions["plain"].append(plain.prune(study, frozen))
+        study.tell(trial, curve[-1])
+    assert decisions["warm"] == decisions["plain"]
+    assert True in decisions["plain"] and False in decisions["plain"]  # both answers were given
+
+
+def test_a_finished_search_leaves_one_plain_study_file(
+    tiny_model: torch.nn.Module, tiny_data: TaskData, tmp_path: Path
+) -> None:
+    import sqlite3
+
+    _search(tiny_model, tiny_data, tmp_path, trials=2, max_epochs=1)
+    # Folded back: the file alone holds the study (copied alone, read from a read-only folder).
+    assert not (tmp_path / "study.db-wal").exists()
+    with sqlite3.connect(tmp_path / "study.db") as reader:
+        assert reader.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+        assert reader.execute("SELECT COUNT(*) FROM trials").fetchone()[0] == 3  # baseline + 2

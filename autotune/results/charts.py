@@ -10,6 +10,12 @@ import numpy as np
 from autotune.rank.analysis import Analysis
 
 
+def analysis_charts(analysis: Analysis, folder: Path) -> list[Path]:
+    """The files ``plot_analysis`` writes for ``analysis`` in ``folder``."""
+    kinds = ["layers"] + (["features"] if analysis.features is not None else [])
+    return [folder / f"{analysis.method}-{kind}.png" for kind in kinds]
+
+
 def plot_analysis(analysis: Analysis, folder: Path) -> list[Path]:
     """Bar charts of the layer error scores and the feature importances; returns the files."""
     import matplotlib
@@ -26,7 +32,7 @@ def plot_analysis(analysis: Analysis, folder: Path) -> list[Path]:
             list(layer_scores.values()),
             "error score" if analysis.layers else "mean channel importance",
             f"{analysis.method}: layers, input side at the top",
-            folder / f"{analysis.method}-layers.png",
+            analysis_charts(analysis, folder)[0],
         )
     ]
     if analysis.features is not None:
@@ -40,7 +46,7 @@ def plot_analysis(analysis: Analysis, folder: Path) -> list[Path]:
                 [float(values[i]) for i in order],
                 f"importance ({unit})",
                 f"{analysis.method}: input features, most important at the top",
-                folder / f"{analysis.method}-features.png",
+                analysis_charts(analysis, folder)[1],
             )
         )
     return written

@@ -8,6 +8,7 @@ curve. Plotly draws the HTML plots (its JavaScript is inlined once); matplotlib 
 from __future__ import annotations
 
 import html
+import shutil
 import time
 import warnings
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 from autotune.paths import analysis_dir, export_dir, report_dir, report_html
 from autotune.rank.analysis import Analysis
 from autotune.results.cells import KEY_PARAMS
-from autotune.results.charts import plot_analysis, save_figure
+from autotune.results.charts import analysis_charts, plot_analysis, save_figure
 from autotune.results.errors import GRID, errors_html
 from autotune.results.leaderboard import Leaderboard
 from autotune.search.study import best_trial, load_study, metric_sign, study_record
@@ -37,13 +38,26 @@ def write_report(out: Path, storage: str | None = None, study_name: str | None =
     study = load_study(storage, out, study_name)
     record = study_record(study)
     metric = record["settings"]["metric"]
-    analyses = [Analysis.load(p) for p in sorted(analysis_dir(out).glob("*.json"))]
+    sources = sorted(analysis_dir(out).glob("*.json"))
+    analyses = [Analysis.load(p) for p in sources]
     sections = _sections(study, metric, analyses, export_dir(out, None) / GRID)
     page = _page(study, record, sections)
     path = report_html(out)
     path.write_text(page, encoding="utf-8")
-    pngs = _pngs(study, metric, analyses, report_dir(out))
+    pngs = _pngs(study, metric, report_dir(out))
+    for source, analysis in zip(sources, analyses, strict=True):
+        pngs += _analysis_pngs(source, analysis, report_dir(out))
     return Report(path, pngs)
+
+
+def _analysis_pngs(source: Path, analysis: Analysis, folder: Path) -> list[Path]:
+    """The charts of the analysis saved in ``source``: copies of those the search drew beside
+    it (matplotlib draws slowly), or drawn afresh where they are missing or older than it."""
+    drawn = analysis_charts(analysis, source.parent)
+    if not all(p.exists() and p.stat().st_mtime >= source.stat().st_mtime for p in drawn):
+        return plot_analysis(analysis, folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    return [Path(shutil.copyfile(p, folder / p.name)) for p in drawn]
 
 
 # -- data ------------------------------------------------------------------------------------
@@ -217,7 +231,7 @@ th, td {{ padding: 3px 8px; text-align: right; border-bottom: 1px solid #eee; }}
 # -- PNGs ------------------------------------------------------------------------------------
 
 
-def _pngs(study: optuna.Study, metric: str, analyses: list[Analysis], folder: Path) -> list[Path]:
+def _pngs(study: optuna.Study, metric: str, folder: Path) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -259,6 +273,4 @@ def _pngs(study: optuna.Study, metric: str, analyses: list[Analysis], folder: Pa
         ax.set_title(f"best trial {best_t.number}")
         ax.legend()
         written.append(save_figure(fig, folder / "learning_curve.png"))
-    for analysis in analyses:
-        written += plot_analysis(analysis, folder)
     return written

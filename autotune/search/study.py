@@ -24,6 +24,7 @@ from autotune.config import (
 from autotune.errors import StorageError, first_line, redacted
 from autotune.paths import checkpoint_path, study_db
 from autotune.search.space import SearchSpace, config_from, parse_space
+from autotune.search.study_file import track, write_ahead
 from autotune.search.trials import finished, machine_index, retry
 
 ATTR = "autotune"  # study user attribute holding the job, space and settings
@@ -41,6 +42,7 @@ FLAGS = {"max_epochs": "--epochs", "seed": "--seed", "patience": "--patience"}
 
 def open_storage(url: str | None, out: Path) -> BaseStorage | str:
     """An Optuna storage: SQLite in ``out`` by default, any RDB URL, or a journal file."""
+    local = url is None
     if url is None:
         out.mkdir(parents=True, exist_ok=True)
         url = f"sqlite:///{study_db(out)}"
@@ -60,13 +62,16 @@ def open_storage(url: str | None, out: Path) -> BaseStorage | str:
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             for attempt in range(3):
                 try:
-                    return optuna.storages.RDBStorage(
+                    storage = optuna.storages.RDBStorage(
                         url,
                         engine_kwargs=engine_kwargs,
                         heartbeat_interval=60,
                         grace_period=180,
                         heartbeat_stale_trial_callback=retry,
                     )
+                    if local:
+                        track(storage)
+                    return storage
                 except (IntegrityError, ProgrammingError):
                     # Workers starting together on a new database race to create its tables:
                     # the loser finds them made on its next try.
@@ -90,6 +95,8 @@ def open_study(settings: SearchSettings, record: dict[str, Any]) -> optuna.Study
     Other settings (epochs, seed, budgets...) may change only with ``settings.allow_changes``:
     the record then holds the new ones, and the list of changes."""
     storage = open_storage(settings.storage, settings.out)
+    if settings.storage is None and isinstance(storage, optuna.storages.RDBStorage):
+        write_ahead(storage)  # only a search writes enough for the log to pay
     sampler, pruner = make_sampler_and_pruner(settings)
     directions = [METRICS[settings.metric]] + (["minimize"] if settings.pareto else [])
     try:
@@ -183,6 +190,22 @@ def study_record(study: optuna.Study) -> dict[str, Any]:
     return dict(record)
 
 
+class WarmedMedianPruner(optuna.pruners.MedianPruner):
+    """Optuna's median pruner, which reads every completed trial from the storage before it
+    looks at the step: this one answers "go on" during the warm-up without that read, as
+    Optuna's would after it."""
+
+    def __init__(self, *, n_startup_trials: int, n_warmup_steps: int) -> None:
+        super().__init__(n_startup_trials=n_startup_trials, n_warmup_steps=n_warmup_steps)
+        self.warmup = n_warmup_steps
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        step = trial.last_step
+        if step is None or step < self.warmup:
+            return False
+        return super().prune(study, trial)
+
+
 def make_sampler_and_pruner(
     settings: SearchSettings,
 ) -> tuple[optuna.samplers.BaseSampler, optuna.pruners.BasePruner]:
@@ -200,7 +223,7 @@ def make_sampler_and_pruner(
     if settings.pruner == "median":
         # Fine-tuning curves start slowly: judge a trial only after a quarter of its epochs.
         warmup = max(2, (settings.max_epochs or 20) // 4)
-        pruner = optuna.pruners.MedianPruner(n_startup_trials=startup, n_warmup_steps=warmup)
+        pruner = WarmedMedianPruner(n_startup_trials=startup, n_warmup_steps=warmup)
     elif settings.pruner == "hyperband":
         assert settings.max_epochs is not None
         pruner = optuna.pruners.HyperbandPruner(min_resource=2, max_resource=settings.max_epochs)
