@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import io
+import os
 import subprocess
 import sys
 import warnings
@@ -221,7 +222,13 @@ def _vision_space() -> dict:
     return space
 
 
-SEARCHED = ["mobilenet_v3_small", "vit_small", "timm_style_vit"]
+SEARCHED = (
+    list(ZOO)
+    if os.environ.get("AUTOTUNE_ZOO_SEARCH") == "all"
+    else ["mobilenet_v3_small", "vit_small", "timm_style_vit"]
+)
+"""The models a full search runs on: a subset keeps the suite short; ``AUTOTUNE_ZOO_SEARCH=all``
+runs every model of the zoo (several minutes on 2 cores)."""
 
 
 @pytest.mark.slow
