@@ -8,7 +8,9 @@ affine scale) travels with the layer before it: it normalises that layer's outpu
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -67,3 +69,40 @@ def count_parameters(module: nn.Module) -> tuple[int, int]:
         if p.requires_grad:
             trainable += p.numel()
     return trainable, total
+
+
+Call = tuple[tuple[Any, ...], dict[str, Any]]
+"""The arguments one forward call of a module received."""
+
+
+def module_calls(
+    model: nn.Module, example: torch.Tensor, modules: Mapping[str, nn.Module]
+) -> dict[str, list[Call]]:
+    """The inputs each of ``modules`` receives in one forward pass of ``model`` on ``example``
+    (in eval mode, the model's mode restored). A tensor passed several times, as self-attention
+    passes one as query, key and value, is the same object in each place."""
+    calls: dict[str, list[Call]] = {}
+    detached: dict[int, torch.Tensor] = {}
+
+    def detach(a: Any) -> Any:
+        if not isinstance(a, torch.Tensor):
+            return a
+        return detached.setdefault(id(a), a.detach())
+
+    def record(name: str):
+        def hook(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            call = tuple(detach(a) for a in args), {k: detach(v) for k, v in kwargs.items()}
+            calls.setdefault(name, []).append(call)
+
+        return hook
+
+    handles = [m.register_forward_pre_hook(record(n), with_kwargs=True) for n, m in modules.items()]
+    was = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(example)
+    finally:
+        model.train(was)
+        for handle in handles:
+            handle.remove()
+    return calls

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autotune.load.anatomy import device_of
+from autotune.load.anatomy import device_of, module_calls
 
 TOLERANCE = 1e-5
 """Largest difference, relative to the output's scale, between a replacement and the original
@@ -74,25 +74,8 @@ def split_attention(model: nn.Module, example: torch.Tensor) -> list[str]:
     }
     if not candidates:
         return []
-    calls: dict[str, list[tuple[tuple[Any, ...], dict[str, Any]]]] = {}
-
-    def record(name: str):
-        def hook(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            calls.setdefault(name, []).append((args, dict(kwargs)))
-
-        return hook
-
-    handles = [
-        m.register_forward_pre_hook(record(n), with_kwargs=True) for n, m in candidates.items()
-    ]
+    calls = module_calls(model, example.to(device_of(model)), candidates)
     was = model.training
-    try:
-        with torch.no_grad():
-            model.eval()(example.to(device_of(model)))
-    finally:
-        model.train(was)
-        for handle in handles:
-            handle.remove()
     replaced = []
     for name, module in candidates.items():
         found = calls.get(name, [])
@@ -103,7 +86,8 @@ def split_attention(model: nn.Module, example: torch.Tensor) -> list[str]:
         with torch.no_grad():
             old_out = module.eval()(query, query, query, need_weights=False)[0]
             new_out = new.eval()(query)[0]
-        module.train(was), new.train(was)
+        module.train(was)
+        new.train(was)
         scale = old_out.abs().max().clamp_min(1.0)
         if not torch.allclose(old_out, new_out, atol=float(TOLERANCE * scale), rtol=0):
             continue

@@ -32,8 +32,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-Call = tuple[tuple[Any, ...], dict[str, Any]]
-"""The arguments one forward call of a module received."""
+from autotune.load.anatomy import Call, module_calls
 
 
 @dataclass(frozen=True)
@@ -84,31 +83,6 @@ def attention_heads(model: nn.Module, example: torch.Tensor) -> list[Heads]:
         why = _check(module, calls[name][0], width)
         found.append(Heads(name, f"{name}.proj", count, width, why))
     return found
-
-
-def module_calls(
-    model: nn.Module, example: torch.Tensor, modules: dict[str, nn.Module]
-) -> dict[str, list[Call]]:
-    """The inputs each of ``modules`` receives in one forward pass of ``model`` on ``example``."""
-    calls: dict[str, list[Call]] = {}
-
-    def record(name: str):
-        def hook(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            detached = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
-            calls.setdefault(name, []).append((detached, dict(kwargs)))
-
-        return hook
-
-    handles = [m.register_forward_pre_hook(record(n), with_kwargs=True) for n, m in modules.items()]
-    was = model.training
-    try:
-        with torch.no_grad():
-            model.eval()(example)
-    finally:
-        model.train(was)
-        for handle in handles:
-            handle.remove()
-    return calls
 
 
 def remove_heads(module: nn.Module, heads: list[int], call: Call) -> set[str]:

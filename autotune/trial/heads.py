@@ -8,7 +8,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from autotune.rank.heads import module_calls, remove_heads
+from autotune.load.anatomy import module_calls
+from autotune.rank.heads import remove_heads
 
 
 def prune_heads(
