@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import copy
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -8,6 +11,7 @@ import torch
 from torch import nn
 
 from autotune.load.tasks import TaskData, from_tensors
+from autotune.rank.gates import Gated, Site
 
 torch.set_num_threads(1)
 
@@ -60,6 +64,41 @@ def randomise_norms(model: nn.Module) -> torch.Generator:
             m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
             m.bias.data.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
     return gen
+
+
+def gated_log_probs(
+    model: nn.Module, found: list[Site], kept: dict[str, list[int]], x: torch.Tensor
+) -> torch.Tensor:
+    """The original model with every removed unit gated to zero (``kept``: layer -> the units
+    kept; a layer it does not name keeps all): what structural pruning must equal."""
+    gated = Gated(copy.deepcopy(model), found, features=False)
+    gated.bind(x, torch.zeros(len(x), dtype=torch.long))
+    gates = []
+    for site in found:
+        gate = torch.zeros(len(x), site.channels)
+        gate[:, kept.get(site.layer, list(range(site.channels)))] = 1
+        gates.append(gate)
+    with torch.no_grad():
+        return gated(*gates).squeeze(1)
+
+
+def assert_program_matches(program: Path, x: torch.Tensor, y: torch.Tensor) -> None:
+    """``program`` (a ``.pt2``) loads in a fresh process, without autotune or the model's code,
+    and gives ``y`` on ``x``."""
+    io = program.parent / "io.pt"
+    torch.save({"x": x, "y": y}, io)
+    check = (
+        "import sys, torch\n"
+        "io = torch.load(sys.argv[2])\n"
+        "m = torch.export.load(sys.argv[1]).module()\n"
+        "torch.testing.assert_close(m(io['x']), io['y'], atol=1e-5, rtol=1e-5)\n"
+        "assert 'autotune' not in sys.modules\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", check, str(program), str(io)],
+        capture_output=True, text=True, cwd=program.parent,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
 
 
 def blobs(n: int = 240, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import copy
 import io
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
-from conftest import randomise_norms
+from conftest import assert_program_matches, gated_log_probs, randomise_norms
 from rich.console import Console
-from test_zoo import Attention, TimmStyleViT, _build, _gated
+from test_zoo import Attention, TimmStyleViT, _build
 from torch import nn
 
 from autotune.load.anatomy import layers
@@ -158,7 +156,7 @@ def test_a_norm_within_heads_stays_and_one_across_heads_leaves_them_unpruned() -
     assert pruned.blocks[0].attn.q_norm.weight.shape == (8,)  # shared by the heads: whole
     with torch.no_grad():
         got = torch.log_softmax(pruned.eval()(x), 1)[:, 0]
-    torch.testing.assert_close(got, _gated(model, found, kept, x), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got, gated_log_probs(model, found, kept, x), atol=1e-4, rtol=1e-4)
 
 
 def test_a_head_pruned_model_exports_a_program_that_loads_in_a_clean_process(
@@ -172,19 +170,7 @@ def test_a_head_pruned_model_exports_a_program_that_loads_in_a_clean_process(
     files = save_model(model.eval(), x[:2], tmp_path)
     assert (tmp_path / "model.pt2").exists(), files
     with torch.no_grad():
-        torch.save({"x": x, "y": model(x)}, tmp_path / "io.pt")
-    check = (
-        "import sys, torch\n"
-        "io = torch.load(sys.argv[2])\n"
-        "m = torch.export.load(sys.argv[1]).module()\n"
-        "torch.testing.assert_close(m(io['x']), io['y'], atol=1e-5, rtol=1e-5)\n"
-        "assert 'autotune' not in sys.modules\n"
-    )
-    run = subprocess.run(
-        [sys.executable, "-c", check, str(tmp_path / "model.pt2"), str(tmp_path / "io.pt")],
-        capture_output=True, text=True, cwd=tmp_path,
-    )  # fmt: skip
-    assert run.returncode == 0, run.stderr[-2000:]
+        assert_program_matches(tmp_path / "model.pt2", x, model(x))
 
 
 class _ThreeAttentions(nn.Module):

@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-from conftest import randomise_norms
+from conftest import gated_log_probs, randomise_norms
 from torch import nn
 
-from autotune.rank.gates import Gated, Site, sites
+from autotune.rank.gates import sites
 from autotune.rank.methods import score
 from autotune.results.deploy import save_model
 from autotune.trial.prune import drop_features, prune
@@ -30,22 +30,6 @@ class TwoBranch(nn.Module):
         return self.head(h.mean((2, 3)))
 
 
-def _gated_log_probs(
-    model: nn.Module, found: list[Site], kept: dict[str, list[int]], x: torch.Tensor
-) -> torch.Tensor:
-    """The original model with every removed channel gated to zero."""
-    gated = Gated(copy.deepcopy(model), found, features=False)
-    y = torch.zeros(len(x), dtype=torch.long)
-    gated.bind(x, y)
-    gates = []
-    for site in found:
-        gate = torch.zeros(len(x), site.channels)
-        gate[:, kept.get(site.layer, list(range(site.channels)))] = 1
-        gates.append(gate)
-    with torch.no_grad():
-        return gated(*gates).squeeze(1)
-
-
 def _check_pruned_equals_masked(model: nn.Module, x: torch.Tensor, ratio: float) -> nn.Module:
     y = torch.arange(len(x)) % 4
     scores = score("shap", model, x, y, background=8, nsamples=4)
@@ -53,7 +37,7 @@ def _check_pruned_equals_masked(model: nn.Module, x: torch.Tensor, ratio: float)
     kept = prune(pruned, scores.channels, x[:2], ratio)
     assert all(len(c) < len(scores.channels[layer]) for layer, c in kept.items())
     found = sites(model, x)
-    expected = _gated_log_probs(model, found, kept, x)
+    expected = gated_log_probs(model, found, kept, x)
     with torch.no_grad():
         got = torch.log_softmax(pruned.eval()(x), 1)[:, 0]
     # Structural pruning removes exactly what gating those channels to zero removes: nothing

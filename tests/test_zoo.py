@@ -8,8 +8,6 @@ from __future__ import annotations
 import copy
 import io
 import os
-import subprocess
-import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +16,7 @@ import pytest
 import torch
 import torchvision
 import yaml
-from conftest import randomise_norms
+from conftest import assert_program_matches, gated_log_probs, randomise_norms
 from optuna.trial import TrialState
 from rich.console import Console
 from torch import nn
@@ -26,7 +24,7 @@ from torch import nn
 from autotune import search
 from autotune.load.attention import SelfAttention, split_attention
 from autotune.load.tasks import from_tensors
-from autotune.rank.gates import Gated, Site, sites
+from autotune.rank.gates import sites
 from autotune.rank.methods import score
 from autotune.trial.prune import prune
 
@@ -139,18 +137,6 @@ def _build(name: str) -> nn.Module:
     return model
 
 
-def _gated(model: nn.Module, found: list[Site], kept: dict[str, list[int]], x: torch.Tensor):
-    gated = Gated(copy.deepcopy(model), found, features=False)
-    gated.bind(x, torch.zeros(len(x), dtype=torch.long))
-    gates = []
-    for site in found:
-        gate = torch.zeros(len(x), site.channels)
-        gate[:, kept.get(site.layer, list(range(site.channels)))] = 1
-        gates.append(gate)
-    with torch.no_grad():
-        return gated(*gates).squeeze(1)
-
-
 def _params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -208,7 +194,7 @@ def test_pruning_equals_gating_and_the_analysis_leaves_the_model_as_it_was(name:
         got = torch.log_softmax(pruned.eval()(x), 1)[:, 0]
         original = torch.log_softmax(model(x), 1)[:, 0]
     # Structural pruning removes exactly what gating those channels to zero removes.
-    torch.testing.assert_close(got, _gated(model, found, kept, x), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got, gated_log_probs(model, found, kept, x), atol=1e-4, rtol=1e-4)
     assert not torch.allclose(got, original, atol=1e-4)
 
 
@@ -265,18 +251,5 @@ def test_a_vision_search_slims_the_model_and_its_program_loads_in_a_clean_proces
         assert any(k[n] < heads[n] for k in kept for n in heads)
         assert all(k.keys() == heads.keys() and min(k.values()) >= 1 for k in kept)
     # The exported best model: a program that loads without autotune or the model's code.
-    program = tmp_path / "best" / "model.pt2"
     with torch.no_grad():
-        torch.save({"x": x[32:], "y": result.best_model(x[32:])}, tmp_path / "io.pt")
-    check = (
-        "import sys, torch\n"
-        "io = torch.load(sys.argv[2])\n"
-        "m = torch.export.load(sys.argv[1]).module()\n"
-        "torch.testing.assert_close(m(io['x']), io['y'], atol=1e-5, rtol=1e-5)\n"
-        "assert 'autotune' not in sys.modules\n"
-    )
-    run = subprocess.run(
-        [sys.executable, "-c", check, str(program), str(tmp_path / "io.pt")],
-        capture_output=True, text=True, cwd=tmp_path,
-    )  # fmt: skip
-    assert run.returncode == 0, run.stderr[-2000:]
+        assert_program_matches(tmp_path / "best" / "model.pt2", x[32:], result.best_model(x[32:]))
