@@ -26,14 +26,15 @@ class TinyNet(nn.Module):
     def forward(self, x):
         return self.out(self.body(x))
 """
-# Enough samples and epochs that a trial lasts a fraction of a second: long enough to be
-# killed in.
+# Enough samples and epochs that a trial lasts about a second: long enough that a signal sent
+# on seeing a trial run lands in that trial, also on a busy machine (at 6 epochs a trial took
+# 0.3 s, and a Ctrl-C once arrived after it had finished).
 SPACE = """
 lr: {low: 0.001, high: 0.03, log: true}
 batch_size: [16, 32]
 prune: {low: 0.0, high: 0.5}
 analysis: {samples: 16, background: 4, nsamples: 2}
-fit: {max_epochs: 6, patience: 6}
+fit: {max_epochs: 20, patience: 20}
 """
 
 

@@ -19,10 +19,12 @@ pytestmark = pytest.mark.slow
 
 
 def _running(out: Path, after: int = 1) -> bool:
-    """A trial is running after ``after`` trials have finished (the baseline included)."""
+    """A trial is running after ``after`` trials have finished (the baseline included), and
+    has recorded its worker: killed before that, its resume would wait out ``UNCLAIMED_AFTER``."""
     trials = study_in(out).get_trials(deepcopy=False)
     done = [t for t in trials if t.state.is_finished()]
-    return len(done) > after and any(t.state == TrialState.RUNNING for t in trials)
+    running = [t for t in trials if t.state == TrialState.RUNNING and "worker" in t.user_attrs]
+    return len(done) > after and bool(running)
 
 
 def test_kill_9_mid_trial_then_the_same_command_resumes(tmp_path: Path) -> None:
