@@ -208,6 +208,14 @@ def search(
             "for its best epoch count (its validation score is then not held out).",
         ),
     ] = False,
+    select: Annotated[
+        str,
+        typer.Option(
+            help="Without a size budget, export the smallest model whose validation accuracy "
+            "is within one standard error of the best (simplest, default: a small validation "
+            "split cannot tell them apart), or the best on validation (top).",
+        ),
+    ] = "simplest",
     finalists: Annotated[
         int,
         typer.Option(
@@ -279,6 +287,7 @@ def search(
             max_flips=max_flips,
             pareto=pareto,
             refit=refit,
+            select=select,
             finalists=finalists,
             timeout=timeout,
             export_preprocessing=export_preprocessing,

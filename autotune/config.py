@@ -23,6 +23,8 @@ MAX_RATIO = 0.9
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 """``--amp``: mixed precision of a fit (``trial.accel``); ``auto`` is bf16/fp16 on CUDA only."""
 SWITCHES = ("auto", "on", "off")
+SELECT_RULES = ("simplest", "top")
+"""``--select``: which trial a search exports (``search.selection``)."""
 EXPLAINERS = ("gradient", "deep")
 """Engines of the ``shap`` method: expected gradients (``GradientExplainer``'s algorithm, the
 default: better rankings in BENCHMARKS.md) or shap's ``DeepExplainer`` (DeepLIFT)."""
@@ -188,6 +190,9 @@ class SearchSettings:
     again with ``FINALIST_SEEDS`` fresh seeds; the export is the one with the best mean
     (``results.finalists``). 0: the top trial, as it ranked (measured no better on the peer
     tasks, see BENCHMARKS.md)."""
+    select: str = "simplest"
+    """Which trial is exported without a size budget: ``simplest``, the smallest model within
+    one standard error of the top validation accuracy, or ``top`` (``search.selection``)."""
     timeout: float | None = None
     """Stop starting new trials after this many seconds (this worker's; the study keeps all)."""
     export_preprocessing: bool = False
@@ -235,6 +240,10 @@ class SearchSettings:
                 budget_parts(budget, what)
         if self.workers < 1:
             raise AutotuneError(f"--workers must be at least 1, got {self.workers}")
+        if self.select not in SELECT_RULES:
+            raise AutotuneError(
+                f"--select must be one of {list(SELECT_RULES)}, got {self.select!r}"
+            )
         if self.finalists < 0:
             raise AutotuneError(f"--finalists must be >= 0, got {self.finalists}")
         if self.threads < 1:

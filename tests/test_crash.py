@@ -12,7 +12,7 @@ import yaml
 from optuna.trial import TrialState
 from processes import command, make_job, start, study_in, wait_for
 
-from autotune.search.study import best_trial
+from autotune.search.selection import chosen_trial
 from autotune.search.trials import finished
 
 pytestmark = pytest.mark.slow
@@ -49,7 +49,7 @@ def test_kill_9_mid_trial_then_the_same_command_resumes(tmp_path: Path) -> None:
     assert trials[killed[0]].state == TrialState.FAIL
     assert [t.system_attrs.get("failed_trial") for t in trials].count(killed[0]) == 1
     assert finished(study) == 3
-    best = best_trial(study)
+    best = chosen_trial(study)
     assert best is not None
     config = yaml.safe_load((out / "best" / "config.yaml").read_text())
     assert config["trial"] == best.number

@@ -22,7 +22,8 @@ from autotune.results import export
 from autotune.results.finalists import MIN_TRIALS
 from autotune.search import runner
 from autotune.search.prepare import space_for
-from autotune.search.study import CHOSEN, RECIPE, best_trial, chosen_trial
+from autotune.search.selection import SELECT, choice_note, chosen_trial, standard_error
+from autotune.search.study import CHOSEN, LIMITS, RECIPE, best_trial
 from autotune.trial import fit
 
 FAST = {"fit": {"max_epochs": 3, "patience": 3}}
@@ -68,8 +69,13 @@ def test_the_first_trained_trial_is_the_standard_recipe(tmp_path: Path) -> None:
     assert first.params == {"lr": 1e-3, "batch_size": 16}
     best = result.best
     assert best is not None
-    assert CHOSEN not in result.study.user_attrs  # too few trials for finalists: the top one
-    assert best.config["metrics"]["val_accuracy"] >= first.user_attrs["val_accuracy"]
+    assert CHOSEN not in result.study.user_attrs  # too few trials for finalists
+    # The top trial is never below the recipe; the export is within one standard error of it.
+    top = best_trial(result.study)
+    assert top is not None and top.values[0] >= first.user_attrs["val_accuracy"]
+    floor = top.values[0] - standard_error(top.values[0], top.user_attrs["samples"])
+    assert best.config["metrics"]["val_accuracy"] >= floor
+    assert best.config["chosen"].startswith("the ")
 
 
 def test_the_test_split_is_scored_once_for_the_chosen_model_only(
@@ -191,3 +197,40 @@ def test_a_recorded_choice_holds_until_the_top_trials_change() -> None:
         optuna.trial.create_trial(value=0.99, user_attrs={"val_accuracy": 0.99, "val_loss": 1})
     )
     assert chosen_trial(study).number == 3  # type: ignore[union-attr]  # a new top trial
+
+
+def _scored(direction: str, rows: list[tuple[float, int]], samples: int = 200) -> optuna.Study:
+    """A study of trials with these (validation accuracy, parameters), the baseline first."""
+    study = optuna.create_study(direction=direction)
+    for i, (acc, params) in enumerate(rows):
+        attrs = {"val_accuracy": acc, "val_loss": 1.0 - acc, "total_params": params}
+        attrs |= {"samples": samples, **({"baseline": True} if i == 0 else {})}
+        value = acc if direction == "maximize" else 1.0 - acc
+        study.add_trial(optuna.trial.create_trial(value=value, user_attrs=attrs))
+    return study
+
+
+def test_without_a_budget_the_export_is_the_smallest_model_within_one_standard_error() -> None:
+    # 200 validation samples at 0.95: a standard error of 0.016 (plus-four estimate).
+    rows = [(0.5, 1000), (0.95, 1000), (0.94, 400), (0.935, 300), (0.90, 100)]
+    study = _scored("maximize", rows)
+    assert abs(standard_error(0.95, 200) - 0.0165) < 1e-3
+    study.set_user_attr(SELECT, "simplest")
+    study.set_user_attr(LIMITS, {})
+    chosen = chosen_trial(study)
+    assert chosen is not None and chosen.number == 3  # 0.935 is within 0.95 - 0.0165; 0.90 not
+    assert "within one standard error" in choice_note(study) and "trial 1" in choice_note(study)
+    study.set_user_attr(SELECT, "top")
+    assert chosen_trial(study).number == 1  # type: ignore[union-attr]
+    # Under a size budget the user chose the size: the top trial within it.
+    study.set_user_attr(SELECT, "simplest")
+    study.set_user_attr(LIMITS, {"params": 1000})
+    assert chosen_trial(study).number == 1  # type: ignore[union-attr]
+    # A small validation split widens the band: one sample in 34 is 3 points.
+    few = _scored("maximize", [(0.5, 1000), (1.0, 1000), (33 / 34, 200), (32 / 34, 50)], 34)
+    few.set_user_attr(SELECT, "simplest")
+    assert chosen_trial(few).number == 2  # type: ignore[union-attr]
+    # The loss metric has no binomial standard error: the top trial.
+    by_loss = _scored("minimize", rows)
+    by_loss.set_user_attr(SELECT, "simplest")
+    assert chosen_trial(by_loss).number == 1  # type: ignore[union-attr]

@@ -28,9 +28,10 @@ from autotune.results.deploy import save_model
 from autotune.results.errors import error_metrics, exported_errors
 from autotune.results.leaderboard import Leaderboard
 from autotune.search.prepare import adapt_space, make_maker, run_analyses
+from autotune.search.selection import choice_note, chosen_trial
 from autotune.search.space import SearchSpace
 from autotune.search.stages import PARENT, slimming_maker, slimming_space
-from autotune.search.study import chosen_trial, config_of, study_record
+from autotune.search.study import config_of, study_record
 from autotune.trial.build import Changes
 from autotune.trial.cost import Cost, measure
 from autotune.trial.fit import Evaluation, configure_threads, evaluate
@@ -189,6 +190,7 @@ def export_trial(
     config["metrics"]["validation_held_out"] = not refit
     config["metrics"] |= error_metrics(errors)
     config["errors"] = errors
+    config["chosen"] = f"trial {number} as asked" if number is not None else choice_note(study)
     text = yaml.safe_dump(config, sort_keys=False)
     write_atomically(folder / "config.yaml", lambda part: part.write_text(text))
     if number is None:

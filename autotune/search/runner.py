@@ -29,6 +29,7 @@ from autotune.search.objective import WORKER, Budgets, Objective, cost_attrs
 from autotune.search.pool import Pool
 from autotune.search.prepare import adapt_space, make_maker, run_analyses
 from autotune.search.seeds import recipe, seed_configs
+from autotune.search.selection import SELECT
 from autotune.search.shared import shared
 from autotune.search.space import SearchSpace
 from autotune.search.stages import is_staged, tuning_space
@@ -260,6 +261,7 @@ class Search:
         )
         self.prepare(study)
         study.set_user_attr(LIMITS, dict(self.budgets.limits))
+        study.set_user_attr(SELECT, s.select)
         self.add_baseline(study)
         self.baseline_value = next(
             (t.values[0] for t in study.get_trials(deepcopy=False) if t.user_attrs.get("baseline")),

@@ -29,12 +29,12 @@ from autotune.search.trials import finished, machine_index, retry
 
 ATTR = "autotune"  # study user attribute holding the job, space and settings
 LIMITS = "autotune_limits"
+"""Study user attribute: the budgets in absolute counts, as the latest run resolved them."""
 CHOSEN = "autotune_chosen"
 """Study user attribute: the finalists' scores over fresh seeds and the trial chosen from them
 (``results.finalists``); the export reads it."""
 RECIPE = "recipe"
 """Trial user attribute of the standard recipe trial (``search.seeds.recipe``)."""
-"""Study user attribute: the budgets in absolute counts, as the latest run resolved them."""
 UNCHECKED = ("threads",)
 """Stored settings a re-run may change freely: they do not change what a trial achieves."""
 FLAGS = {"max_epochs": "--epochs", "seed": "--seed", "patience": "--patience"}
@@ -259,16 +259,6 @@ def ranked_trials(study: optuna.Study) -> list[FrozenTrial]:
         except ValueError:
             return []
     return sorted(candidates, key=lambda t: rank_key(t, s), reverse=True)
-
-
-def chosen_trial(study: optuna.Study) -> FrozenTrial | None:
-    """The trial to export: the finalists' choice when it was made on the study as it ranks
-    now (the same top trials: no trial finished or budget changed since), else ``best_trial``."""
-    ranked = ranked_trials(study)
-    chosen = study.user_attrs.get(CHOSEN)
-    if chosen is not None and [t.number for t in ranked[: len(chosen["top"])]] == chosen["top"]:
-        return study.trials[chosen["trial"]]
-    return ranked[0] if ranked else None
 
 
 def rank_key(trial: FrozenTrial, s: float) -> tuple[float, float, int]:

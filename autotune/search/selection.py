@@ -1,0 +1,89 @@
+"""Which trial a search exports when its validation split cannot tell the best ones apart.
+
+A validation split of a few dozen or a few hundred samples scores each trial with an error of
+a standard error or so: the trial on top is partly the luckiest (BENCHMARKS.md, "How much of
+the pick is luck"). Without a size budget the export follows the one-standard-error rule
+(Breiman et al., 1984): among the trials whose validation accuracy is within one standard error
+of the top one's, the smallest model, which is cheaper to run and has less room to have
+over-fitted the split. ``--select top`` exports the top trial as it ranked. Under a size budget
+the user has said how small the model must be, and the top trial within it is exported.
+"""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+from optuna.trial import FrozenTrial
+
+from autotune.search.study import CHOSEN, LIMITS, metric_sign, ranked_trials
+
+SELECT = "autotune_select"
+"""Study user attribute: the latest run's ``--select`` rule (``config.SELECT_RULES``)."""
+
+
+def standard_error(accuracy: float, samples: int) -> float:
+    """The standard error of an accuracy measured on ``samples`` samples, with the plus-four
+    estimate (Agresti and Coull) so that a perfect score still has one."""
+    p = (round(accuracy * samples) + 2) / (samples + 4)
+    return math.sqrt(p * (1 - p) / samples)
+
+
+def within_noise(ranked: list[FrozenTrial]) -> list[FrozenTrial]:
+    """The trained trials of ``ranked`` (best first, by accuracy) whose validation accuracy is
+    within one standard error of the top one's; just the top one when the number of validation
+    samples was not recorded."""
+    top = ranked[0]
+    samples = top.user_attrs.get("samples")
+    if not samples or top.user_attrs.get("baseline"):
+        return [top]
+    floor = top.values[0] - standard_error(top.values[0], int(samples))
+    return [
+        t
+        for t in ranked
+        if not t.user_attrs.get("baseline")
+        and t.values[0] >= floor - 1e-9
+        and t.user_attrs.get("total_params") is not None
+    ] or [top]
+
+
+def simplest(ranked: list[FrozenTrial]) -> FrozenTrial:
+    """The one-standard-error rule: the smallest model (parameters) ``within_noise`` of the top
+    trial; among equally small ones, the better ranked."""
+    near = within_noise(ranked)
+    order = {t.number: i for i, t in enumerate(ranked)}
+    return min(near, key=lambda t: (t.user_attrs.get("total_params", 0), order[t.number]))
+
+
+def chosen_trial(study: optuna.Study) -> FrozenTrial | None:
+    """The trial to export: the finalists' choice when it was made on the study as it ranks
+    now (the same top trials: no trial finished or budget changed since); else, by the latest
+    run's ``--select`` rule, the ``simplest`` trial when there is no size budget, or the top."""
+    return _choice(study)[0]
+
+
+def choice_note(study: optuna.Study) -> str:
+    """Why ``chosen_trial`` is the one it is, in a line for ``config.yaml``."""
+    return _choice(study)[1]
+
+
+def _choice(study: optuna.Study) -> tuple[FrozenTrial | None, str]:
+    ranked = ranked_trials(study)
+    chosen = study.user_attrs.get(CHOSEN)
+    if chosen is not None and [t.number for t in ranked[: len(chosen["top"])]] == chosen["top"]:
+        return study.trials[chosen["trial"]], "the finalists' best mean over fresh seeds"
+    if not ranked:
+        return None, "no trial within the budgets"
+    top = ranked[0]
+    rule = study.user_attrs.get(SELECT) == "simplest" and not study.user_attrs.get(LIMITS)
+    if not (rule and len(study.directions) == 1 and metric_sign(study) > 0):
+        return top, "the top trial on validation"
+    pick = simplest(ranked)
+    if pick.number == top.number:
+        return top, "the top trial on validation, and the smallest within its standard error"
+    samples = int(top.user_attrs["samples"])
+    return pick, (
+        f"the smallest model within one standard error "
+        f"({standard_error(top.values[0], samples):.3f} on {samples} samples) of the top "
+        f"trial {top.number}'s validation accuracy {top.values[0]:.4f} (--select top exports it)"
+    )
