@@ -12,7 +12,8 @@ Rules:
 - best: the search's own pick (validation accuracy, ties to the lower validation loss);
 - loss: the lowest validation loss;
 - one-se: the smallest model (parameters) whose validation accuracy is within one standard error
-  of the best one's (sqrt(a(1-a)/n) on n validation samples), ties by ``best``.
+  of the best one's (``autotune.search.selection.standard_error``: what ``--select simplest``
+  exports without a size budget), ties by ``best``. Size budgets are not applied here.
 
 Run: python bench/selection.py OUT [OUT ...] [--json FILE]
 """
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 from pathlib import Path
@@ -83,9 +83,10 @@ def pick(rows: list[dict[str, Any]], rule: str) -> dict[str, Any]:
     if rule == "loss":
         return min(rows, key=lambda r: (r["val_loss"], r["trial"]))
     if rule == "one-se":
+        from autotune.search.selection import standard_error
+
         top = max(rows, key=_best_key)
-        a, n = top["val_accuracy"], top["n_val"]
-        floor = a - math.sqrt(max(a * (1 - a), 1.0 / n) / n)
+        floor = top["val_accuracy"] - standard_error(top["val_accuracy"], top["n_val"])
         near = [r for r in rows if r["val_accuracy"] >= floor - 1e-12]
         return min(near, key=lambda r: (r["params"], tuple(-k for k in _best_key(r))))
     raise ValueError(rule)
