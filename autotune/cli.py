@@ -547,7 +547,7 @@ def _summary(result: Any) -> None:
     m = best.config["metrics"]
     name = m["metric"]
     line = (
-        f"best: trial {best.trial}, val {name} {m['val_' + name]:.4f} "
+        f"exported: trial {best.trial}, val {name} {m['val_' + name]:.4f} "
         f"(baseline {m['baseline_val_' + name]:.4f}, gain {m['gain']:+.4f})"
     )
     if not m["validation_held_out"]:

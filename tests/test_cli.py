@@ -41,6 +41,8 @@ def searched(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # Not a terminal: one plain line per finished trial instead of a live table.
     assert "trial   1 complete accuracy=" in result.output
     assert "exported to" in result.output
+    config = yaml.safe_load((out / "best" / "config.yaml").read_text())
+    assert f"exported: trial {config['trial']}, val accuracy" in result.output
     return out
 
 
