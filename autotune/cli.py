@@ -220,7 +220,7 @@ def search(
         int,
         typer.Option(
             help="Train the top N trials (and the standard recipe) again with 2 fresh seeds and "
-            "export the best on the mean validation score; 0 (default) exports the top trial.",
+            "export the best on the mean validation score; 0 (default): --select decides.",
         ),
     ] = 0,
     timeout: Annotated[

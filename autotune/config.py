@@ -188,8 +188,8 @@ class SearchSettings:
     finalists: int = 0
     """``--finalists N``: the top N trials on validation (and the standard recipe) each train
     again with ``FINALIST_SEEDS`` fresh seeds; the export is the one with the best mean
-    (``results.finalists``). 0: the top trial, as it ranked (measured no better on the peer
-    tasks, see BENCHMARKS.md)."""
+    (``results.finalists``). 0: the ``select`` rule's choice (finalists measured no better
+    on the peer tasks, see BENCHMARKS.md)."""
     select: str = "simplest"
     """Which trial is exported without a size budget: ``simplest``, the smallest model within
     one standard error of the top validation accuracy, or ``top`` (``search.selection``)."""
