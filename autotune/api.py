@@ -190,7 +190,7 @@ def _choose(run: Search, study: optuna.Study) -> None:
             )
     except Exception as e:  # the export falls back to the top trial
         run.console.print(
-            f"note: finalists not compared ({first_line(e)}); exporting the top trial"
+            f"note: finalists not compared ({first_line(e)}); --select chooses the export"
         )
 
 
