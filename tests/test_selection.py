@@ -226,6 +226,16 @@ def test_without_a_budget_the_export_is_the_smallest_model_within_one_standard_e
     study.set_user_attr(SELECT, "simplest")
     study.set_user_attr(LIMITS, {"params": 1000})
     assert chosen_trial(study).number == 1  # type: ignore[union-attr]
+    # Never below the standard recipe on validation, even within the band.
+    with_recipe = _scored("maximize", rows)
+    with_recipe.set_user_attr(SELECT, "simplest")
+    with_recipe.add_trial(
+        optuna.trial.create_trial(
+            value=0.94, user_attrs={"val_accuracy": 0.94, "val_loss": 0.06, "samples": 200,
+                                    "total_params": 1000, RECIPE: True},
+        )
+    )  # fmt: skip
+    assert chosen_trial(with_recipe).number == 2  # type: ignore[union-attr]  # 0.94, 400
     # A small validation split widens the band: one sample in 34 is 3 points.
     few = _scored("maximize", [(0.5, 1000), (1.0, 1000), (33 / 34, 200), (32 / 34, 50)], 34)
     few.set_user_attr(SELECT, "simplest")

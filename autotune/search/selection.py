@@ -4,9 +4,10 @@ A validation split of a few dozen or a few hundred samples scores each trial wit
 a standard error or so: the trial on top is partly the luckiest (BENCHMARKS.md, "How much of
 the pick is luck"). Without a size budget the export follows the one-standard-error rule
 (Breiman et al., 1984): among the trials whose validation accuracy is within one standard error
-of the top one's, the smallest model, which is cheaper to run and has less room to have
-over-fitted the split. ``--select top`` exports the top trial as it ranked. Under a size budget
-the user has said how small the model must be, and the top trial within it is exported.
+of the top one's (and no lower than the standard recipe's), the smallest model, which is
+cheaper to run and has less room to have over-fitted the split. ``--select top`` exports the
+top trial as it ranked. Under a size budget the user has said how small the model must be, and
+the top trial within it is exported.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import math
 import optuna
 from optuna.trial import FrozenTrial
 
-from autotune.search.study import CHOSEN, LIMITS, metric_sign, ranked_trials
+from autotune.search.study import CHOSEN, LIMITS, RECIPE, metric_sign, ranked_trials
 
 SELECT = "autotune_select"
 """Study user attribute: the latest run's ``--select`` rule (``config.SELECT_RULES``)."""
@@ -31,13 +32,16 @@ def standard_error(accuracy: float, samples: int) -> float:
 
 def within_noise(ranked: list[FrozenTrial]) -> list[FrozenTrial]:
     """The trained trials of ``ranked`` (best first, by accuracy) whose validation accuracy is
-    within one standard error of the top one's; just the top one when the number of validation
-    samples was not recorded."""
+    within one standard error of the top one's, and no lower than the standard recipe trial's
+    (the export is never worse than the recipe on validation); just the top one when the
+    number of validation samples was not recorded."""
     top = ranked[0]
     samples = top.user_attrs.get("samples")
     if not samples or top.user_attrs.get("baseline"):
         return [top]
     floor = top.values[0] - standard_error(top.values[0], int(samples))
+    recipe = [t.values[0] for t in ranked if t.user_attrs.get(RECIPE)]
+    floor = max([floor, *recipe])
     return [
         t
         for t in ranked
