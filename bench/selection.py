@@ -9,11 +9,12 @@ rule's pick has, beside the best trial in hindsight (the oracle, which no rule c
 mean over all trials. It is a diagnostic of selection noise: it never feeds back into a search.
 
 Rules:
-- best: the search's own pick (validation accuracy, ties to the lower validation loss);
+- best: the search's top trial (``search.study.rank_key``: validation accuracy, ties to the lower
+  validation loss);
 - loss: the lowest validation loss;
-- one-se: the smallest model (parameters) whose validation accuracy is within one standard error
-  of the best one's (``autotune.search.selection.standard_error``: what ``--select simplest``
-  exports without a size budget), ties by ``best``. Size budgets are not applied here.
+- one-se: ``search.selection.simplest``, what ``--select simplest`` exports without a size
+  budget: the smallest model whose validation accuracy is within one standard error of the top
+  one's and no lower than the recipe's. Size budgets are not applied here.
 
 Run: python bench/selection.py OUT [OUT ...] [--json FILE]
 """
@@ -38,7 +39,8 @@ def trial_rows(out: Path) -> list[dict[str, Any]]:
     from autotune.config import SearchSettings
     from autotune.load.job import Job
     from autotune.results.export import Workspace, rebuild
-    from autotune.search.study import load_study, space_of, study_record
+    from autotune.search.selection import simplest
+    from autotune.search.study import load_study, metric_sign, rank_key, space_of, study_record
     from autotune.trial.fit import evaluate
 
     study = load_study(None, out)
@@ -48,10 +50,16 @@ def trial_rows(out: Path) -> list[dict[str, Any]]:
         out=out, study_name=study.study_name, device="cpu", **record["settings"]
     )
     work = Workspace.create(job, space_of(record), settings)
+    trials = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if not t.user_attrs.get("baseline")
+    ]
+    # The search's own ranking and one-standard-error pick, size budgets not applied.
+    ranked = sorted(trials, key=lambda t: rank_key(t, metric_sign(study)), reverse=True)
+    top, one_se = (ranked[0].number, simplest(ranked).number) if ranked else (None, None)
     rows = []
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if trial.user_attrs.get("baseline"):
-            continue
+    for trial in trials:
         rebuilt = rebuild(work, study, trial)
         data = rebuilt.data
         val = evaluate(rebuilt.model, data.x_val, data.y_val)
@@ -67,28 +75,21 @@ def trial_rows(out: Path) -> list[dict[str, Any]]:
                 "test_accuracy": test.accuracy,
                 "params": int(trial.user_attrs.get("total_params") or 0),
                 "n_val": len(data.y_val),
+                "top": trial.number == top,
+                "one_se": trial.number == one_se,
             }
         )
     return rows
 
 
-def _best_key(row: dict[str, Any]) -> tuple[float, float, int]:
-    return (row["val_accuracy"], -row["val_loss"], -row["trial"])
-
-
 def pick(rows: list[dict[str, Any]], rule: str) -> dict[str, Any]:
     """The trial ``rule`` (see the module's docstring) chooses from ``rows``."""
     if rule == "best":
-        return max(rows, key=_best_key)
+        return next(r for r in rows if r["top"])
     if rule == "loss":
         return min(rows, key=lambda r: (r["val_loss"], r["trial"]))
     if rule == "one-se":
-        from autotune.search.selection import standard_error
-
-        top = max(rows, key=_best_key)
-        floor = top["val_accuracy"] - standard_error(top["val_accuracy"], top["n_val"])
-        near = [r for r in rows if r["val_accuracy"] >= floor - 1e-12]
-        return min(near, key=lambda r: (r["params"], tuple(-k for k in _best_key(r))))
+        return next(r for r in rows if r["one_se"])
     raise ValueError(rule)
 
 
