@@ -215,3 +215,27 @@ def test_frame_lists_every_trial_best_first() -> None:
     assert list(frame["trial"]) == [1, 2, 0, 3]
     assert list(frame["state"]) == ["COMPLETE", "COMPLETE", "BASELINE", "FAIL"]
     assert frame.loc[0, "gain"] == 0.91 - 0.30
+
+
+@pytest.mark.parametrize("metric", ["accuracy", "loss"])
+def test_equal_scores_rank_by_the_other_score_as_the_search_does(metric: str) -> None:
+    from autotune.search.study import best_trial
+
+    # (accuracy, loss): trials 0 and 1 tie on the metric, trial 1 is better on the other score.
+    scores = {
+        "accuracy": [(0.9, 0.40), (0.9, 0.30), (0.8, 0.20)],
+        "loss": [(0.80, 0.30), (0.85, 0.30), (0.95, 0.40)],
+    }[metric]
+    study = optuna.create_study(direction="maximize" if metric == "accuracy" else "minimize")
+    for accuracy, loss in scores:
+        study.add_trial(
+            create_trial(
+                value=accuracy if metric == "accuracy" else loss,
+                user_attrs={"val_accuracy": accuracy, "val_loss": loss, "total_params": 10},
+            )
+        )
+    board = Leaderboard.from_study(study, metric)
+    assert [r.number for r in board.ranked()] == [1, 0, 2]
+    top = best_trial(study)
+    assert top is not None and top.number == 1
+    assert f"(trial {top.number})" in board.progress_line()

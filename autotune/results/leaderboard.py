@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from functools import cached_property
@@ -14,7 +15,7 @@ from rich.jupyter import JupyterMixin
 from rich.table import Table
 from rich.text import Text
 
-from autotune.config import METRICS, sign
+from autotune.config import METRICS, score_key, sign
 from autotune.results.cells import (
     Column,
     count,
@@ -63,6 +64,9 @@ class TrialRow:
     """The stage-1 trial a stage-2 trial slimmed."""
     latency_ratio: float | None = None
     """Latency over the source model's, timed alternately with it (median of the pairs)."""
+    tie: float | None = None
+    """The other validation score, which breaks ties of ``value`` (``config.score_key``): the
+    loss of an accuracy study, the accuracy of a loss study."""
     latency_ratio_spread: float | None = None
     """Half the interquartile range of those pairs' ratios."""
     flips: tuple[int, int] | None = None
@@ -125,6 +129,7 @@ def row_of(
         stage=attrs.get("stage"),
         parent=attrs.get("parent"),
         latency_ratio=attrs.get("latency_ratio"),
+        tie=attrs.get("val_loss" if metric == "accuracy" else "val_accuracy"),
         latency_ratio_spread=attrs.get("latency_ratio_spread"),
         flips=(attrs["fixed"], attrs["broken"]) if "broken" in attrs else None,
     )
@@ -217,8 +222,19 @@ class Leaderboard(JupyterMixin):
     def ranked(self) -> list[TrialRow]:
         """Completed trials (and the baseline), best first; those over budget after the rest."""
         done = [r for r in self.rows if r.state in ("COMPLETE", "BASELINE") and r.value is not None]
-        s = sign(self.metric)
-        return sorted(done, key=lambda r: (not r.feasible, -s * (r.value or 0.0), r.number))
+        return sorted(done, key=lambda r: (not r.feasible, *self._worse_first(r), r.number))
+
+    def _worse_first(self, row: TrialRow) -> tuple[float, float]:
+        """``config.score_key`` of the row, negated: equal metrics rank by the other score,
+        as the search ranks them (``search.study.rank_key``)."""
+        value = row.value if row.value is not None else math.nan
+        if self.metric == "accuracy":
+            tie = row.tie if row.tie is not None else math.inf
+            key = score_key(self.metric, value, tie)
+        else:
+            tie = row.tie if row.tie is not None else -math.inf
+            key = score_key(self.metric, tie, value)
+        return (-key[0], -key[1])
 
     def counts(self) -> dict[str, int]:
         states = ("COMPLETE", "PRUNED", "FAIL", "RUNNING")
