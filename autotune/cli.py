@@ -555,7 +555,8 @@ def _summary(result: Any) -> None:
     if m["test_accuracy"] is not None:
         line += f"; held-out test accuracy {m['test_accuracy']:.4f}"
     console.print(line, highlight=False)
-    if str(best.config.get("chosen", "")).startswith("the smallest"):
+    top = result.leaderboard.best()
+    if top is not None and top.number != best.trial:  # say why the top one was not exported
         console.print(f"chosen as {best.config['chosen']}", highlight=False)
     size = best.config["structure"]
     params, macs = size["params"], size["macs"]

@@ -5,11 +5,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import optuna
 import pytest
 import yaml
 from typer.testing import CliRunner, Result
 
 from autotune.cli import app
+from autotune.search.study import best_trial
 
 runner = CliRunner()
 SPACE = """
@@ -43,6 +45,12 @@ def searched(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert "exported to" in result.output
     config = yaml.safe_load((out / "best" / "config.yaml").read_text())
     assert f"exported: trial {config['trial']}, val accuracy" in result.output
+    # Why, when the export is not the top trial (the one-standard-error rule picked another).
+    study = optuna.load_study(study_name=None, storage=f"sqlite:///{out / 'study.db'}")
+    top = best_trial(study)
+    assert top is not None
+    said = f"chosen as {config['chosen']}" in result.output
+    assert said == (top.number != config["trial"]), (top.number, config["chosen"])
     return out
 
 
