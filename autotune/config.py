@@ -117,6 +117,9 @@ class TrialConfig:
     augment: str = "none"
     """Train-time augmentation of image batches: ``none`` or ``light`` (random resized crop and
     horizontal flip, see ``trial.augment``)."""
+    average: str = "none"
+    """``ema``: the weights evaluated each epoch, and kept, are an exponential moving average of
+    the trained ones (time constant one epoch, ``trial.fit``); ``none``: the trained weights."""
 
 
 @dataclass(frozen=True)

@@ -103,3 +103,33 @@ def test_an_epoch_with_the_same_accuracy_and_a_lower_loss_wins(
     assert result.history[result.best_epoch - 1] is lowest
     kept = evaluate(tiny_model, tiny_data.x_val, tiny_data.y_val)
     assert kept.loss == pytest.approx(lowest["val_loss"], abs=1e-6)
+
+
+def test_averaged_weights_are_what_is_scored_and_kept(
+    tiny_model: torch.nn.Module, tiny_data: TaskData
+) -> None:
+    plain = copy.deepcopy(tiny_model)
+    fine_tune(plain, tiny_data, TrialConfig(lr=1e-2), max_epochs=6, patience=6)
+    result = fine_tune(
+        tiny_model, tiny_data, TrialConfig(lr=1e-2, average="ema"), max_epochs=6, patience=6
+    )
+    # The same seed and steps, but the kept weights are the average, not the trained ones.
+    assert any(
+        not torch.equal(a, b)
+        for a, b in zip(plain.state_dict().values(), tiny_model.state_dict().values(), strict=True)
+    )
+    # The model that comes back scores what the fit recorded for its best epoch.
+    scores = evaluate(tiny_model, tiny_data.x_val, tiny_data.y_val)
+    best = result.history[result.best_epoch - 1]
+    assert scores.accuracy == result.best == best["val_accuracy"]
+    assert scores.loss == pytest.approx(best["val_loss"], rel=1e-5)
+    assert result.best > 0.8  # and it learned the task
+
+
+def test_an_unknown_average_is_refused_by_the_space() -> None:
+    from autotune.errors import SpaceError
+    from autotune.search.space import load_space
+
+    assert load_space({"average": "ema"}).values_of("average") == ("ema",)
+    with pytest.raises(SpaceError, match="'swa' is not one of"):
+        load_space({"average": ["none", "swa"]})

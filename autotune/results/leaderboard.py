@@ -9,13 +9,12 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import optuna
-from optuna.trial import FrozenTrial
 from rich.console import Console, ConsoleOptions, RenderResult
 from rich.jupyter import JupyterMixin
 from rich.table import Table
 from rich.text import Text
 
-from autotune.config import METRICS, score_key, sign
+from autotune.config import METRICS, score_key
 from autotune.results.cells import (
     Column,
     count,
@@ -27,112 +26,10 @@ from autotune.results.cells import (
     latency,
     share,
 )
+from autotune.results.rows import TrialRow, row_of
 
 if TYPE_CHECKING:
     import pandas as pd
-
-
-@dataclass(frozen=True)
-class TrialRow:
-    """One trial as the leaderboard shows it."""
-
-    number: int
-    state: str
-    """COMPLETE, PRUNED, FAIL, RUNNING or BASELINE."""
-    value: float | None
-    """The validation metric (the best epoch's; the last reported one for a pruned trial)."""
-    gain: float | None
-    """``value`` minus the baseline's, signed so that positive is better."""
-    trainable: int | None
-    total: int | None
-    epochs: int | None
-    seconds: float | None
-    params: dict[str, Any]
-    note: str = ""
-    """Why it failed or stopped early."""
-    macs: int | None = None
-    """Multiply-accumulates per sample of the trial's model."""
-    latency_ms: float | None = None
-    """Measured forward time of a 32-sample batch."""
-    feasible: bool = True
-    """Within the search's budgets (``--max-params``, ``--max-macs``)."""
-    front: bool = False
-    """On the Pareto front (``--pareto`` studies)."""
-    stage: int | None = None
-    """1: tuning the full model, 2: slimming ``parent`` (staged searches); 0 unstaged."""
-    parent: int | None = None
-    """The stage-1 trial a stage-2 trial slimmed."""
-    latency_ratio: float | None = None
-    """Latency over the source model's, timed alternately with it (median of the pairs)."""
-    tie: float | None = None
-    """The other validation score, which breaks ties of ``value`` (``config.score_key``): the
-    loss of an accuracy study, the accuracy of a loss study."""
-    latency_ratio_spread: float | None = None
-    """Half the interquartile range of those pairs' ratios."""
-    flips: tuple[int, int] | None = None
-    """(fixed, broken): validation errors of the source model this one fixed, and samples the
-    source got right that this one gets wrong (negative flips)."""
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "trial": self.number,
-            "state": self.state,
-            "value": self.value,
-            "gain": self.gain,
-            "trainable_params": self.trainable,
-            "total_params": self.total,
-            "macs": self.macs,
-            "latency_ms": self.latency_ms,
-            "latency_ratio": self.latency_ratio,
-            "latency_ratio_spread": self.latency_ratio_spread,
-            "feasible": self.feasible,
-            "pareto_front": self.front,
-            "stage": self.stage,
-            "parent": self.parent,
-            "fixed": None if self.flips is None else self.flips[0],
-            "broken": None if self.flips is None else self.flips[1],
-            "epochs": self.epochs,
-            "seconds": self.seconds,
-            **{f"param_{k}": v for k, v in self.params.items()},
-            "note": self.note,
-        }
-
-
-def row_of(
-    trial: FrozenTrial, baseline: float | None, metric: str, front: frozenset[int] = frozenset()
-) -> TrialRow:
-    attrs = trial.user_attrs
-    state = "BASELINE" if attrs.get("baseline") else trial.state.name
-    # The metric is the first objective; a Pareto study's second is the model's size.
-    value = trial.values[0] if trial.values else None
-    if value is None and trial.intermediate_values:
-        value = trial.intermediate_values[max(trial.intermediate_values)]
-    gain = None if value is None or baseline is None else sign(metric) * (value - baseline)
-    seconds = attrs.get("seconds")
-    if seconds is None and trial.datetime_complete and trial.datetime_start:
-        seconds = (trial.datetime_complete - trial.datetime_start).total_seconds()
-    return TrialRow(
-        number=trial.number,
-        state=state,
-        value=value,
-        gain=gain,
-        trainable=attrs.get("trainable_params"),
-        total=attrs.get("total_params"),
-        epochs=attrs.get("epochs", len(trial.intermediate_values) or None),
-        seconds=seconds,
-        params=dict(trial.params),
-        note=attrs.get("fail_reason") or attrs.get("stop_reason", ""),
-        macs=attrs.get("macs"),
-        latency_ms=attrs.get("latency_ms"),
-        feasible=all(v <= 0 for v in trial.constraints.values()),
-        front=trial.number in front,
-        stage=attrs.get("stage"),
-        parent=attrs.get("parent"),
-        latency_ratio=attrs.get("latency_ratio"),
-        tie=attrs.get("val_loss" if metric == "accuracy" else "val_accuracy"),
-        latency_ratio_spread=attrs.get("latency_ratio_spread"),
-        flips=(attrs["fixed"], attrs["broken"]) if "broken" in attrs else None,
-    )
 
 
 COLUMNS: tuple[Column[Leaderboard, TrialRow], ...] = (

@@ -9,6 +9,7 @@ from typing import Any
 from autotune.config import MAX_RATIO
 from autotune.errors import SpaceError
 from autotune.trial.augment import AUGMENTS
+from autotune.trial.fit import AVERAGES
 from autotune.trial.losses import LOSSES
 
 OPTIMIZERS = ("adamw", "sgd")
@@ -21,6 +22,7 @@ CHOICES = {
     "unfreeze_order": ("output", "shap", "taylor"),
     "prune_scope": ("layer", "global"),
     "augment": AUGMENTS,
+    "average": AVERAGES,
 }
 RATIOS = {"prune", "prune_layers", "drop_features"}
 
