@@ -145,3 +145,26 @@ def test_a_model_the_dependency_graph_cannot_trace_is_scored_and_left_unpruned(
     assert scores.channels == {} and scores.layers is not None and len(scores.layers) == 4
     assert "cannot trace" in scores.unpruned["mix.0"]
     assert prune(model, scores.channels, x[:2], 0.5) == {}
+
+
+@pytest.mark.parametrize("global_ranking", [False, True])
+def test_a_frozen_layer_feeding_a_depthwise_conv_loses_the_same_channels(
+    global_ranking: bool,
+) -> None:
+    # An adapted model keeps its parent's frozen layers; pruning must still see that the
+    # expand conv feeds the depthwise one (torch-pruning traces autograd).
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 1), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 4, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2),
+    ).eval()  # fmt: skip
+    for param in model[0].parameters():
+        param.requires_grad_(False)
+    x = torch.randn(2, 3, 6, 6)
+    gen = torch.Generator().manual_seed(1)
+    scores = {name: torch.rand(8, generator=gen).numpy() for name in ("0", "3")}
+    kept = prune(model, scores, x, 0.5, global_ranking=global_ranking)
+    assert kept["0"] == kept["3"] and len(kept["3"]) < 8
+    assert model[0].out_channels == model[3].in_channels == model[3].out_channels
+    assert model(x).shape == (2, 2)

@@ -71,6 +71,7 @@ def prune(
     ``per_layer`` overrides it for the layers it names. Layers without scores and the
     classifier are kept; no layer loses more than 95% of its channels. Scores of an attention
     module rank its heads: the same fractions of them go, whole, and at least one stays.
+    Afterwards every parameter requires grad: the caller sets what trains.
     """
     per_layer = dict(per_layer or {})
     if not scores or (ratio <= 0 and not any(r > 0 for r in per_layer.values())):
@@ -112,6 +113,12 @@ def _prune(
     ]
     ignored.append(classifier)
     sizes = {name: _out_channels(modules[name]) for name in scores}
+    # torch-pruning finds which channels are coupled by tracing autograd: a frozen layer (an
+    # adapted model keeps its parent's frozen layers) would drop out of the trace, and a
+    # depthwise conv then lose channels that the layer feeding it keeps. The caller sets what
+    # trains after pruning (``trial.freeze.configure``).
+    for param in model.parameters():
+        param.requires_grad_(True)
     pruner = tp.pruner.BasePruner(
         model,
         example,
