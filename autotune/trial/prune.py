@@ -71,7 +71,7 @@ def prune(
     ``per_layer`` overrides it for the layers it names. Layers without scores and the
     classifier are kept; no layer loses more than 95% of its channels. Scores of an attention
     module rank its heads: the same fractions of them go, whole, and at least one stays.
-    Afterwards every parameter requires grad: the caller sets what trains.
+    When it prunes, every parameter requires grad afterwards: the caller sets what trains.
     """
     per_layer = dict(per_layer or {})
     if not scores or (ratio <= 0 and not any(r > 0 for r in per_layer.values())):
@@ -79,6 +79,12 @@ def prune(
     unknown = set(per_layer) - set(scores)
     if unknown:
         raise ValueError(f"no scores for layers {sorted(unknown)}; scored: {sorted(scores)}")
+    # torch-pruning finds which channels (and heads' rows) are coupled by tracing autograd: a
+    # frozen layer (an adapted model keeps its parent's frozen layers) would drop out of the
+    # trace, and a depthwise conv then lose channels that the layer feeding it keeps. The
+    # caller sets what trains after pruning (``trial.freeze.configure``).
+    for param in model.parameters():
+        param.requires_grad_(True)
     # Attention modules' scores rank their heads, which go whole (``trial.heads``).
     modules = dict(model.named_modules())
     heads = {n: s for n, s in scores.items() if is_attention(modules[n])}
@@ -113,12 +119,6 @@ def _prune(
     ]
     ignored.append(classifier)
     sizes = {name: _out_channels(modules[name]) for name in scores}
-    # torch-pruning finds which channels are coupled by tracing autograd: a frozen layer (an
-    # adapted model keeps its parent's frozen layers) would drop out of the trace, and a
-    # depthwise conv then lose channels that the layer feeding it keeps. The caller sets what
-    # trains after pruning (``trial.freeze.configure``).
-    for param in model.parameters():
-        param.requires_grad_(True)
     pruner = tp.pruner.BasePruner(
         model,
         example,
