@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from functools import cached_property
@@ -14,7 +13,7 @@ from rich.jupyter import JupyterMixin
 from rich.table import Table
 from rich.text import Text
 
-from autotune.config import METRICS, score_key
+from autotune.config import METRICS
 from autotune.results.cells import (
     Column,
     count,
@@ -119,19 +118,8 @@ class Leaderboard(JupyterMixin):
     def ranked(self) -> list[TrialRow]:
         """Completed trials (and the baseline), best first; those over budget after the rest."""
         done = [r for r in self.rows if r.state in ("COMPLETE", "BASELINE") and r.value is not None]
-        return sorted(done, key=lambda r: (not r.feasible, *self._worse_first(r), r.number))
-
-    def _worse_first(self, row: TrialRow) -> tuple[float, float]:
-        """``config.score_key`` of the row, negated: equal metrics rank by the other score,
-        as the search ranks them (``search.study.rank_key``)."""
-        value = row.value if row.value is not None else math.nan
-        if self.metric == "accuracy":
-            tie = row.tie if row.tie is not None else math.inf
-            key = score_key(self.metric, value, tie)
-        else:
-            tie = row.tie if row.tie is not None else -math.inf
-            key = score_key(self.metric, tie, value)
-        return (-key[0], -key[1])
+        # As the search ranks them (``search.study.rank_key``): equal metrics by the other score.
+        return sorted(done, key=lambda r: (not r.feasible, *(-x for x in r.score or ()), r.number))
 
     def counts(self) -> dict[str, int]:
         states = ("COMPLETE", "PRUNED", "FAIL", "RUNNING")

@@ -8,6 +8,7 @@ from typing import Any
 from optuna.trial import FrozenTrial
 
 from autotune.config import sign
+from autotune.search.study import trial_score
 
 
 @dataclass(frozen=True)
@@ -42,9 +43,9 @@ class TrialRow:
     """The stage-1 trial a stage-2 trial slimmed."""
     latency_ratio: float | None = None
     """Latency over the source model's, timed alternately with it (median of the pairs)."""
-    tie: float | None = None
-    """The other validation score, which breaks ties of ``value`` (``config.score_key``): the
-    loss of an accuracy study, the accuracy of a loss study."""
+    score: tuple[float, float] | None = None
+    """How the search ranks it (``search.study.trial_score``, larger is better): ``value``,
+    then the other validation score for ties."""
     latency_ratio_spread: float | None = None
     """Half the interquartile range of those pairs' ratios."""
     flips: tuple[int, int] | None = None
@@ -107,7 +108,7 @@ def row_of(
         stage=attrs.get("stage"),
         parent=attrs.get("parent"),
         latency_ratio=attrs.get("latency_ratio"),
-        tie=attrs.get("val_loss" if metric == "accuracy" else "val_accuracy"),
+        score=None if value is None else trial_score(value, attrs, metric),
         latency_ratio_spread=attrs.get("latency_ratio_spread"),
         flips=(attrs["fixed"], attrs["broken"]) if "broken" in attrs else None,
     )

@@ -262,15 +262,18 @@ def ranked_trials(study: optuna.Study) -> list[FrozenTrial]:
 
 
 def rank_key(trial: FrozenTrial, s: float) -> tuple[float, float, int]:
-    """How completed trials rank (larger is better): by ``config.score_key`` of the metric
-    (``s``: its sign) and the other validation score the trial recorded, then the earlier."""
+    """How completed trials rank (larger is better): by ``trial_score`` (``s``: the metric's
+    sign), then the earlier."""
     metric = metric_of_direction(s > 0)
-    value = trial.values[0]
+    return (*trial_score(trial.values[0], trial.user_attrs, metric), -trial.number)
+
+
+def trial_score(value: float, attrs: dict[str, Any], metric: str) -> tuple[float, float]:
+    """``config.score_key`` of a trial: its ``metric`` ``value``, then the other validation
+    score it recorded (in ``attrs``; the worst when missing) for ties."""
     if metric == "accuracy":
-        scores = (value, trial.user_attrs.get("val_loss", math.inf))
-    else:
-        scores = (trial.user_attrs.get("val_accuracy", -math.inf), value)
-    return (*score_key(metric, *scores), -trial.number)
+        return score_key(metric, value, attrs.get("val_loss", math.inf))
+    return score_key(metric, attrs.get("val_accuracy", -math.inf), value)
 
 
 def _feasible(trial: FrozenTrial, limits: dict[str, int] | None) -> bool:
