@@ -104,6 +104,23 @@ def test_every_module_keeps_at_least_one_head() -> None:
         assert pruned(x).shape == (2, 4)
 
 
+def test_a_module_pruned_to_its_last_head_is_still_reported_as_heads() -> None:
+    from types import SimpleNamespace
+
+    from autotune.config import TrialConfig
+    from autotune.trial.build import build
+
+    x = torch.randn(2, 3, 32, 32)
+    scores = {"blocks.0.attn": [0.4, 0.1, 0.3, 0.2], "blocks.1.attn": [0.1, 0.2, 0.3, 0.4]}
+    analyses = {"shap": SimpleNamespace(channels=scores)}
+    config = TrialConfig(prune=0.95, importance="shap")
+    pruned, changes = build(_build("timm_style_vit"), config, analyses, x)  # type: ignore[arg-type]
+    # One head left each: what a trial records as heads_kept, not as channels.
+    assert changes.heads == {"blocks.0.attn": [0], "blocks.1.attn": [3]}
+    assert not set(changes.channels) & set(changes.heads)
+    assert [b.attn.num_heads for b in pruned.blocks] == [1, 1]
+
+
 def test_global_ranking_removes_the_lowest_heads_across_modules() -> None:
     model = _build("timm_style_vit")
     x = torch.randn(2, 3, 32, 32)

@@ -48,6 +48,8 @@ def build(
     if config.prune > 0 or config.prune_layers:
         analysis = _analysis(analyses, config.importance)
         scores = {k: np.asarray(v) for k, v in analysis.channels.items()}
+        # Before pruning: a module left with one head no longer counts as attention.
+        attention = {n for n, m in model.named_modules() if is_attention(m)}
         kept = prune(
             model,
             scores,
@@ -56,8 +58,7 @@ def build(
             config.prune_layers,
             global_ranking=config.prune_scope == "global",
         )
-        modules = dict(model.named_modules())
-        changes.heads = {n: k for n, k in kept.items() if is_attention(modules[n])}
+        changes.heads = {n: k for n, k in kept.items() if n in attention}
         changes.channels = {n: k for n, k in kept.items() if n not in changes.heads}
     order = None
     if config.unfreeze_order != "output":
