@@ -137,3 +137,48 @@ def test_the_report_copies_the_analysis_charts_unless_they_are_stale(
     pngs = {p.name for p in write_report(out).pngs}
     assert shown.read_bytes().startswith(b"\x89PNG")
     assert {"history.png", "learning_curve.png", "shap-layers.png"} <= pngs
+
+
+def test_parameter_importances_are_per_stage_over_the_parameters_every_trial_sampled() -> None:
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+    from optuna.trial import create_trial
+
+    from autotune.results.report import _importances
+
+    lr = FloatDistribution(1e-4, 1e-1, log=True)
+    optimizer = CategoricalDistribution(["adamw", "sgd"])
+    momentum = FloatDistribution(0.8, 0.99)  # sampled by the SGD trials only
+    order = CategoricalDistribution(["output"])  # a fixed choice
+    prune = FloatDistribution(0.0, 0.9)
+    study = optuna.create_study(direction="maximize")
+    study.add_trial(create_trial(value=0.5, user_attrs={"stage": 0}))  # the unchanged model
+    for i in range(16):
+        params: dict = {"lr": 10 ** (-4 + 3 * i / 15), "optimizer": ["adamw", "sgd"][i % 2]}
+        dists: dict = {"lr": lr, "optimizer": optimizer}
+        params["unfreeze_order"], dists["unfreeze_order"] = "output", order
+        if params["optimizer"] == "sgd":
+            params["momentum"], dists["momentum"] = 0.8 + 0.01 * i, momentum
+        value = 0.5 + i / 40  # the learning rate decides
+        stage = {"stage": 1}
+        study.add_trial(
+            create_trial(value=value, params=params, distributions=dists, user_attrs=stage)
+        )
+    for i in range(8):
+        params, dists, stage = {"prune": i / 10}, {"prune": prune}, {"stage": 2}
+        study.add_trial(
+            create_trial(value=0.9 - i / 50, params=params, distributions=dists, user_attrs=stage)
+        )
+
+    figures = dict(_importances(study, lambda t: t.values[0], "validation accuracy"))
+
+    assert list(figures) == [
+        "Parameter importances, stage 1 (tuning the full model)",
+        "Parameter importances, stage 2 (slimming)",
+    ]
+    one = figures["Parameter importances, stage 1 (tuning the full model)"].data[0]
+    scores = dict(zip(one.y, one.x, strict=True))
+    assert set(scores) == {"lr", "optimizer"}  # not momentum, nor the fixed order, nor prune
+    assert max(scores, key=scores.__getitem__) == "lr"
+    two = figures["Parameter importances, stage 2 (slimming)"].data[0]
+    assert list(two.y) == ["prune"]

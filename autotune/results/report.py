@@ -11,6 +11,7 @@ import html
 import shutil
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -113,13 +114,7 @@ def _sections(
             study, target=first, target_name=name
         )
         figures.append(("Optimization history", history))
-        try:
-            importances = optuna.visualization.plot_param_importances(
-                study, target=first, target_name=name
-            )
-            figures.append(("Parameter importances", importances))
-        except (ValueError, RuntimeError) as e:
-            figures.append(("Parameter importances", f"not available: {e}"))
+        figures += _importances(study, first, name)
     points = _size_points(study)
     if points:
         front = _front(points, metric_sign(study))
@@ -182,6 +177,46 @@ def _sections(
             body = fig.to_html(full_html=False, include_plotlyjs=False, config={"responsive": True})
             sections.append((title, f"<div class=plot>{body}</div>"))
     return sections
+
+
+STAGES = {0: "", 1: ", stage 1 (tuning the full model)", 2: ", stage 2 (slimming)"}
+
+
+def _importances(
+    study: optuna.Study, target: Callable[[FrozenTrial], float], name: str
+) -> list[tuple[str, Any]]:
+    """Parameter importances for each stage, over that stage's trials and the parameters every
+    one of them sampled.
+
+    Why not one chart over the study: Optuna's evaluator scores every parameter any trial has,
+    so parameters sampled by a few trials only (``momentum`` for SGD, ``label_smoothing`` for
+    that loss) and the two stages' different parameters came out on top by accident.
+    """
+    stages: dict[int, list[FrozenTrial]] = {}
+    for t in _completed(study):
+        if t.params:  # the unchanged model (trial 0) samples nothing
+            stages.setdefault(int(t.user_attrs.get("stage", 0)), []).append(t)
+    figures: list[tuple[str, Any]] = []
+    for stage, trials in sorted(stages.items()):
+        title = "Parameter importances" + STAGES.get(stage, f", stage {stage}")
+        shared = sorted(
+            n
+            for n in set.intersection(*(set(t.distributions) for t in trials))
+            if not trials[0].distributions[n].single()  # a fixed choice explains nothing
+        )
+        if len(trials) < 2 or not shared:
+            figures.append((title, "not available: fewer than two trials sampled parameters"))
+            continue
+        one_stage = optuna.create_study(directions=study.directions)
+        one_stage.add_trials(trials)
+        try:
+            fig = optuna.visualization.plot_param_importances(
+                one_stage, params=shared, target=target, target_name=name
+            )
+            figures.append((title, fig))
+        except (ValueError, RuntimeError) as e:
+            figures.append((title, f"not available: {e}"))
+    return figures
 
 
 def _leaderboard_html(study: optuna.Study, metric: str) -> str:
