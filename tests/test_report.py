@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -170,7 +171,16 @@ def test_parameter_importances_are_per_stage_over_the_parameters_every_trial_sam
             create_trial(value=0.9 - i / 50, params=params, distributions=dists, user_attrs=stage)
         )
 
-    figures = dict(_importances(study, lambda t: t.values[0], "validation accuracy"))
+    logged: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = logged.append  # type: ignore[method-assign]
+    optuna.logging.get_logger("optuna").addHandler(handler)
+    try:
+        figures = dict(_importances(study, lambda t: t.values[0], "validation accuracy"))
+    finally:
+        optuna.logging.get_logger("optuna").removeHandler(handler)
+
+    assert not logged, [r.getMessage() for r in logged]  # nothing printed after the search
 
     assert list(figures) == [
         "Parameter importances, stage 1 (tuning the full model)",

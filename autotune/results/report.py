@@ -207,8 +207,7 @@ def _importances(
         if len(trials) < 2 or not shared:
             figures.append((title, "not available: fewer than two trials sampled parameters"))
             continue
-        one_stage = optuna.create_study(directions=study.directions)
-        one_stage.add_trials(trials)
+        one_stage = _in_memory(study, trials)
         try:
             fig = optuna.visualization.plot_param_importances(
                 one_stage, params=shared, target=target, target_name=name
@@ -217,6 +216,18 @@ def _importances(
         except (ValueError, RuntimeError) as e:
             figures.append((title, f"not available: {e}"))
     return figures
+
+
+def _in_memory(study: optuna.Study, trials: list[FrozenTrial]) -> optuna.Study:
+    """A study in memory holding ``trials``, created without Optuna's INFO line about it."""
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        copy = optuna.create_study(directions=study.directions)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    copy.add_trials(trials)
+    return copy
 
 
 def _leaderboard_html(study: optuna.Study, metric: str) -> str:
