@@ -192,3 +192,17 @@ def test_parameter_importances_are_per_stage_over_the_parameters_every_trial_sam
     assert max(scores, key=scores.__getitem__) == "lr"
     two = figures["Parameter importances, stage 2 (slimming)"].data[0]
     assert list(two.y) == ["prune"]
+
+
+def test_a_stage_with_one_trial_says_why_it_has_no_importances() -> None:
+    import optuna
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import create_trial
+
+    from autotune.results.report import _importances
+
+    study = optuna.create_study(direction="maximize")
+    lr = {"lr": FloatDistribution(1e-4, 1e-1, log=True)}
+    study.add_trial(create_trial(value=0.8, params={"lr": 1e-3}, distributions=lr))
+    ((title, figure),) = _importances(study, lambda t: t.values[0], "validation accuracy")
+    assert (title, figure) == ("Parameter importances", "not available: fewer than two trials")

@@ -179,7 +179,7 @@ def _sections(
     return sections
 
 
-STAGES = {0: "", 1: ", stage 1 (tuning the full model)", 2: ", stage 2 (slimming)"}
+_STAGE_TITLES = {0: "", 1: ", stage 1 (tuning the full model)", 2: ", stage 2 (slimming)"}
 
 
 def _importances(
@@ -198,14 +198,15 @@ def _importances(
             stages.setdefault(int(t.user_attrs.get("stage", 0)), []).append(t)
     figures: list[tuple[str, Any]] = []
     for stage, trials in sorted(stages.items()):
-        title = "Parameter importances" + STAGES.get(stage, f", stage {stage}")
+        title = "Parameter importances" + _STAGE_TITLES.get(stage, f", stage {stage}")
         shared = sorted(
             n
             for n in set.intersection(*(set(t.distributions) for t in trials))
             if not trials[0].distributions[n].single()  # a fixed choice explains nothing
         )
         if len(trials) < 2 or not shared:
-            figures.append((title, "not available: fewer than two trials sampled parameters"))
+            why = "fewer than two trials" if len(trials) < 2 else "no parameter all trials share"
+            figures.append((title, f"not available: {why}"))
             continue
         one_stage = _in_memory(study, trials)
         try:
