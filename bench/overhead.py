@@ -4,7 +4,7 @@ Both train the demo CNN on the demo's target domain with one fixed configuration
 lr 3e-3, batch 32, every layer trained, 20 epochs, validation after each epoch) with the same
 torch threads, interleaved, several times; the ratio of medians is what matters. Three autotune
 timings are taken: ``fine_tune`` alone (the per-trial loop), the same with ``average: ema`` (the
-moving average of the weights scored and kept, a space option), and a whole
+moving average of the weights scored and kept, as the shipped spaces train), and a whole
 ``autotune.search()`` with one trial, which adds the once-per-study costs: creating the SQLite
 study, the baseline evaluation, the model copy, Optuna reporting, and exporting the best model
 (torch.export).

@@ -43,14 +43,14 @@ class TrialRow:
     """The stage-1 trial a stage-2 trial slimmed."""
     latency_ratio: float | None = None
     """Latency over the source model's, timed alternately with it (median of the pairs)."""
-    score: tuple[float, float] | None = None
-    """How the search ranks it (``search.study.trial_score``, larger is better): ``value``,
-    then the other validation score for ties."""
     latency_ratio_spread: float | None = None
     """Half the interquartile range of those pairs' ratios."""
     flips: tuple[int, int] | None = None
     """(fixed, broken): validation errors of the source model this one fixed, and samples the
     source got right that this one gets wrong (negative flips)."""
+    score: tuple[float, float] | None = None
+    """How the search ranks it (``search.study.trial_score``, larger is better): ``value``,
+    then the other validation score for ties."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -108,7 +108,7 @@ def row_of(
         stage=attrs.get("stage"),
         parent=attrs.get("parent"),
         latency_ratio=attrs.get("latency_ratio"),
-        score=None if value is None else trial_score(value, attrs, metric),
         latency_ratio_spread=attrs.get("latency_ratio_spread"),
         flips=(attrs["fixed"], attrs["broken"]) if "broken" in attrs else None,
+        score=None if value is None else trial_score(value, attrs, metric),
     )

@@ -134,7 +134,8 @@ def averaged(model: nn.Module, steps_per_epoch: int) -> AveragedModel:
 
     Why: on a small training set the weights at the end of any one epoch are noisy, and so is
     the validation score that picks the epoch. The average is steadier, and on the benchmark
-    tasks it generalised better (BENCHMARKS.md "Weights averaged over the last epoch").
+    tasks it generalised better (BENCHMARKS.md "Weights averaged, measured again on the fixed
+    pruning").
     """
     decay = 1.0 - 1.0 / max(2, steps_per_epoch)
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
