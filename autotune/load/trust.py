@@ -14,13 +14,15 @@ from __future__ import annotations
 import ast
 import io
 import json
+import re
 import zipfile
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 
-from autotune.errors import ModelLoadError
+from autotune.errors import ModelLoadError, first_line
 
 # The names a shape expression may call: sympy's arithmetic and comparisons, and torch's own
 # sympy functions. Nothing else is called while such an expression is evaluated (see
@@ -68,7 +70,16 @@ _AST_NODES = (
     ast.boolop,
     ast.cmpop,
 )
+_POWERS = frozenset({"Pow", "PowByNatural", "FloatPow", "LShift", "RShift"})
+"""Calls that raise a number to a power (or shift it): what lets a short text grow huge."""
+MAX_EXPRESSION_CHARS = 4096
+"""Longest shape expression checked: torch writes a few dozen characters per dimension."""
+MAX_INTEGER = 2**64
+MAX_EXPONENT = 64
 _KNOWN_TOP = {"archive_format", "archive_version", "byteorder"}
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-/]*")
+"""Entry names torch writes; anything else (``..``, a leading ``/``, backslashes, control
+characters) could be read differently by another zip reader, so it is refused."""
 
 
 def trust_needed(path: str, what: str) -> ModelLoadError:
@@ -84,21 +95,74 @@ def program_hazards(data: bytes) -> list[str]:
     """What in a ``torch.export`` archive would run code when ``torch.export.load`` opens it;
     empty when nothing would."""
     try:
+        records = _records(data)
+    except _Refused as refused:
+        return [str(refused)]
+    hazards: list[str] = []
+    for entry, raw in records.items():
+        # torch's zip reader finds names case-insensitively: judge them as it reads them.
+        hazards.extend(_entry_hazards(entry.lower(), lambda raw=raw: raw))
+    return hazards
+
+
+def _plain(name: str) -> bool:
+    parts = name.rstrip("/").split("/")
+    return bool(_PLAIN_NAME.fullmatch(name)) and not any(p in ("", ".", "..") for p in parts)
+
+
+class _Refused(Exception):
+    """An archive whose entries cannot be checked as torch reads them."""
+
+
+def _records(data: bytes) -> dict[str, bytes]:
+    """Every entry of the archive, by its name inside the archive's folder, with the bytes
+    torch's own reader gives for it.
+
+    Python's ``zipfile`` and torch's reader (miniz) are two parsers of one file: where they
+    could disagree (two entries of one name, of which each reader picks a different one; names
+    equal but for case, which miniz matches; a central directory that points elsewhere than
+    its local headers), what was checked would not be what is loaded. So the archive is read
+    by both, and refused unless they list the same entries with the same bytes."""
+    try:
         archive = zipfile.ZipFile(io.BytesIO(data))
-        names = archive.namelist()
-    except (zipfile.BadZipFile, OSError) as e:
-        return [f"a damaged archive ({e})"]
+        names = [info.filename for info in archive.infolist()]
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        raise _Refused(f"a damaged archive ({e})") from e
+    odd = next((n for n in names if not _plain(n)), None)
+    if odd is not None:
+        raise _Refused(f"an entry name autotune cannot check ({odd[:80]!r})")
+    seen = Counter(n.lower() for n in names)
+    twice = next((n for n in names if seen[n.lower()] > 1), None)
+    if twice is not None:
+        # zipfile reads one of them and torch may read the other.
+        raise _Refused(f"two entries named {twice!r} (names may not repeat, case aside)")
     roots = {name.split("/", 1)[0] for name in names if "/" in name}
     loose = [name for name in names if "/" not in name]
     if loose or len(roots) != 1:
         # torch falls back to an older format that unpickles entries at the archive's top.
-        return [f"entries outside the archive's folder ({(loose or sorted(roots))[0]!r})"]
+        raise _Refused(f"entries outside the archive's folder ({(loose or sorted(roots))[0]!r})")
     root = roots.pop() + "/"
-    hazards: list[str] = []
-    for name in names:
-        entry = name[len(root) :]
-        hazards.extend(_entry_hazards(entry, lambda n=name: archive.read(n)))
-    return hazards
+    listed = {name[len(root) :] for name in names if not name.endswith("/")}
+    try:
+        reader = torch._C.PyTorchFileReader(io.BytesIO(data))
+        records = {
+            name: bytes(reader.get_record(name))
+            for name in reader.get_all_records()
+            if not name.endswith("/")
+        }
+    except (RuntimeError, OSError, ValueError) as e:
+        raise _Refused(f"a damaged archive ({first_line(e)})") from e
+    if set(records) != listed:
+        differ = sorted(set(records) ^ listed)[0]
+        raise _Refused(f"an entry that zip readers list differently ({differ!r})")
+    for name, raw in records.items():
+        try:
+            same = archive.read(root + name) == raw
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+            raise _Refused(f"a damaged archive ({e})") from e
+        if not same:
+            raise _Refused(f"an entry that zip readers read differently ({name!r})")
+    return records
 
 
 def _entry_hazards(entry: str, read: Any) -> Iterator[str]:
@@ -156,11 +220,14 @@ def _expressions(node: Any) -> Iterator[str]:
 
 
 def _unsafe_expression(text: str) -> bool:
-    """Whether evaluating ``text`` could do more than build a sympy expression: anything but
-    arithmetic, comparisons and calls of ``_SYMPY_CALLS`` with non-string arguments."""
+    """Whether evaluating ``text`` could do more than build a small sympy expression: anything
+    but arithmetic, comparisons and calls of ``_SYMPY_CALLS`` with non-string arguments, or
+    arithmetic whose result could not be held (``9**9**9**9`` hangs the loader)."""
+    if len(text) > MAX_EXPRESSION_CHARS:
+        return True
     try:
         tree = ast.parse(text, mode="eval")
-    except (SyntaxError, ValueError):
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
         return True
     calls = _SYMPY_CALLS | _torch_sympy_functions()
     # Symbol('s0', ...) takes its name as a string and does not evaluate it.
@@ -182,7 +249,48 @@ def _unsafe_expression(text: str) -> bool:
         literal = isinstance(node, ast.Constant) and isinstance(node.value, (str, bytes))
         if literal and id(node) not in symbol_names:
             return True
+        if _too_large(node):
+            return True
     return False
+
+
+def _too_large(node: ast.AST) -> bool:
+    """Whether ``node`` is a number or a power that could grow past what a shape needs.
+
+    Sums and products of bounded numbers in a bounded text stay small; only a power (or a
+    shift) multiplies digits, so its exponent must be a small number and its base must hold no
+    other power: a tower of them is how a few characters ask for more digits than exist."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, int):
+        return abs(node.value) > MAX_INTEGER
+    if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Pow, ast.LShift, ast.RShift)):
+        base, exponent = node.left, node.right
+    elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+        if node.func.id not in _POWERS:
+            return False
+        if len(node.args) != 2 or node.keywords:
+            return True
+        base, exponent = node.args
+    else:
+        return False
+    return not _small_number(exponent) or any(_is_power(n) for n in ast.walk(base))
+
+
+def _is_power(node: ast.AST) -> bool:
+    if isinstance(node, ast.BinOp):
+        return isinstance(node.op, (ast.Pow, ast.LShift, ast.RShift))
+    return isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and (
+        node.func.id in _POWERS
+    )
+
+
+def _small_number(node: ast.AST) -> bool:
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        node = node.operand
+    return (
+        isinstance(node, ast.Constant)
+        and isinstance(node.value, (int, float))
+        and abs(node.value) <= MAX_EXPONENT
+    )
 
 
 def _torch_sympy_functions() -> frozenset[str]:
