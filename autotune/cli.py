@@ -439,8 +439,14 @@ def export(
         str, typer.Option(help="Device to rebuild on; cpu reproduces exactly.")
     ] = "cpu",
     export_preprocessing: ExportPreprocessing = False,
+    trust_model: Trust = False,
+    code: Code = None,
 ) -> None:
-    """Rebuild a trial's model from its stored parameters and export it with its config."""
+    """Rebuild a trial's model from its stored parameters and export it with its config.
+
+    Trust is asked again: a model file that unpickles, or code the study names (``--code``,
+    an ``--arch`` outside torchvision), needs ``--trust-model`` or ``--code`` on this command
+    too, whatever the study recorded, since a study folder may come from anyone."""
     from autotune.config import SearchSettings
     from autotune.load.job import Job
     from autotune.results.export import Workspace, export_trial
@@ -449,7 +455,9 @@ def export(
     study = load_study(storage, out, study_name)
     record = study_record(study)
     with console.status("loading the model and data"):
-        job = Job.from_record(record)
+        job = Job.from_record(
+            record, trust_model=trust_model, code=str(code) if code is not None else None
+        )
     stored = record["settings"]
     settings = SearchSettings(
         out=out, storage=storage, study_name=study.study_name, device=device, **stored,

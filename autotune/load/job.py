@@ -156,8 +156,14 @@ class Job:
         }
 
     @classmethod
-    def from_record(cls, record: dict[str, Any]) -> Job:
-        """Rebuild the job a study was run on, from ``describe()``'s record."""
+    def from_record(
+        cls, record: dict[str, Any], *, trust_model: bool = False, code: str | None = None
+    ) -> Job:
+        """Rebuild the job a study was run on, from ``describe()``'s record.
+
+        Trust is the caller's choice, never the record's: a study folder or storage may come
+        from someone else, so the ``trust_model`` and ``code`` it stores are not honoured, and
+        a model that needed them is refused in one line until the caller passes them again."""
         model_fields = {f.name for f in dataclasses.fields(ModelSpec)}
         data_fields = {f.name for f in dataclasses.fields(DataSpec)}
         model = record["model"]
@@ -166,11 +172,32 @@ class Job:
                 "this study's model or data was passed in memory from Python, so it cannot be "
                 "reloaded from the storage: export it from Python with SearchResult.export()"
             )
-        model_spec = ModelSpec(**{k: v for k, v in model.items() if k in model_fields})
+        named = _code_named(model)
+        if named and not trust_model and code is None:
+            raise ModelLoadError(
+                f"this study's model is built by code it names ({named}), and importing it runs "
+                "that code: pass --code FILE (or --trust-model for all the study names) only if "
+                "you trust it"
+            )
+        fields = {k: v for k, v in model.items() if k in model_fields}
+        stored = fields.get("code")
+        fields.update(trust_model=trust_model, code=code or (stored if trust_model else None))
+        model_spec = ModelSpec(**fields)
         data_spec = DataSpec(**{k: v for k, v in record["data"].items() if k in data_fields})
         return cls.load(
             model_spec, data_spec, model.get("sha256") if model_spec.path != "demo" else None
         )
+
+
+def _code_named(model: dict[str, Any]) -> str | None:
+    """The Python a stored model spec would import: its ``--code`` file, or an ``--arch``
+    outside torchvision (a file or a module, whose import runs it)."""
+    if model.get("code"):
+        return f"--code {model['code']!r}"
+    arch = model.get("arch")
+    if isinstance(arch, str) and ":" in arch and arch.rsplit(":", 1)[0] != "torchvision":
+        return f"--arch {arch!r}"
+    return None
 
 
 def module_sha256(model: nn.Module) -> str:
