@@ -18,13 +18,13 @@ ROOT = Path(__file__).resolve().parents[1]
 MUTATIONS: dict[str, tuple[str, str, str, str]] = {
     "best-weight restore deleted": (
         "autotune/trial/fit.py",
-        "    model.load_state_dict(best_state)\n",
-        "",
+        "    if restore_best:\n        model.load_state_dict(best_state)\n",
+        "    if restore_best:\n        pass\n",
         "tests/test_train.py",
     ),
     "early stopping never stops": (
         "autotune/trial/fit.py",
-        "        if epoch - best_epoch >= patience:\n",
+        "        if epoch - last_gain >= patience:\n",
         "        if False:\n",
         "tests/test_train.py",
     ),
@@ -96,8 +96,8 @@ MUTATIONS: dict[str, tuple[str, str, str, str]] = {
     ),
     "stage 2 slims the worst stage-1 model": (
         "autotune/search/stages.py",
-        "    return max(done, key=lambda t: (s * t.values[0], -t.number))\n",
-        "    return min(done, key=lambda t: (s * t.values[0], -t.number))\n",
+        "    return max(done, key=lambda t: rank_key(t, sign(metric)))\n",
+        "    return min(done, key=lambda t: rank_key(t, sign(metric)))\n",
         "tests/test_slimming.py",
     ),
     "export ignores a slimmed trial's parent": (
@@ -108,8 +108,8 @@ MUTATIONS: dict[str, tuple[str, str, str, str]] = {
     ),
     "re-run redoes finished trials": (
         "autotune/search/runner.py",
-        "        remaining = s.trials - finished_trials(study)\n",
-        "        remaining = s.trials\n",
+        "        total = self.settings.trials\n",
+        "        total = self.settings.trials + started(study)\n",
         "tests/test_study.py",
     ),
     "checkpoint kept for a worse trial, not the best": (
@@ -118,17 +118,38 @@ MUTATIONS: dict[str, tuple[str, str, str, str]] = {
         "            improves = best is None or scores < rank_key(best, s)[:2]\n",
         "tests/test_cli.py tests/test_slimming.py",
     ),
+    "a .pt2 with a repeated entry name accepted": (
+        "autotune/load/trust.py",
+        "    if twice is not None:\n",
+        "    if False:\n",
+        "tests/test_trust.py::test_a_repeated_entry_runs_no_code_whichever_copy_a_reader_picks",
+    ),
+    "a power tower in a .pt2 shape expression evaluated": (
+        "autotune/load/trust.py",
+        "        if _too_large(node):\n",
+        "        if False:\n",
+        "tests/test_trust.py::test_a_shape_expression_too_costly_to_evaluate_is_refused",
+    ),
 }
 
 
-def run(name: str) -> bool:
-    """Apply mutation ``name``, run its tests, restore the file; True when a test failed."""
+def run(name: str) -> str:
+    """Apply mutation ``name``, run its tests, restore the file. The verdict: ``caught`` only
+    when the mutant compiles and pytest ran its tests and one failed (exit code 1); ``MISSED``
+    when they all passed; ``BROKEN`` when the row no longer applies (its line is gone), the
+    mutant does not compile, or pytest could not run the tests (a collection or usage error
+    is no catch)."""
     file, before, after, tests = MUTATIONS[name]
     path = ROOT / file
     original = path.read_text()
     if original.count(before) != 1:
-        raise SystemExit(f"{name}: the line to break is not in {file} exactly once: {before!r}")
-    path.write_text(original.replace(before, after))
+        return f"BROKEN: the line to break is not in {file} exactly once: {before!r}"
+    mutant = original.replace(before, after)
+    try:
+        compile(mutant, file, "exec")
+    except SyntaxError as e:
+        return f"BROKEN: the mutant does not compile ({e})"
+    path.write_text(mutant)
     try:
         done = subprocess.run(
             [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests.split()],
@@ -139,11 +160,27 @@ def run(name: str) -> bool:
     finally:
         path.write_text(original)
     failed = [ln for ln in done.stdout.splitlines() if ln.startswith("FAILED")]
-    print(f"{'caught' if done.returncode else 'MISSED'}: {name} -> {failed[:1] or tests}")
-    return done.returncode != 0
+    if done.returncode == 0:
+        return f"MISSED ({tests})"
+    if done.returncode == 1 and failed:
+        return f"caught by {failed[0].removeprefix('FAILED ')}"
+    tail = (done.stdout.strip().splitlines() or ["no output"])[-1]
+    return f"BROKEN: pytest exited {done.returncode} ({tail})"
+
+
+def main(names: list[str]) -> int:
+    unknown = [n for n in names if n not in MUTATIONS]
+    if unknown:
+        print(f"no such mutation: {unknown}; known: {list(MUTATIONS)}")
+        return 2
+    verdicts = {}
+    for name in names or list(MUTATIONS):  # every row, to the end, whatever the verdicts
+        verdicts[name] = run(name)
+        print(f"{name}: {verdicts[name]}", flush=True)
+    bad = [n for n, v in verdicts.items() if not v.startswith("caught")]
+    print(f"{len(verdicts) - len(bad)} caught, {len(bad)} missed or broken", flush=True)
+    return 1 if bad else 0
 
 
 if __name__ == "__main__":
-    names = sys.argv[1:] or list(MUTATIONS)
-    missed = [n for n in names if not run(n)]
-    sys.exit(1 if missed else 0)
+    sys.exit(main(sys.argv[1:]))
