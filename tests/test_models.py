@@ -84,6 +84,39 @@ def test_pickled_module_needs_trust(tmp_path: Path, tiny_model: torch.nn.Module)
     assert _same_outputs(loaded.module, tiny_model)
 
 
+class _Payload:
+    """Unpickling it creates ``marker``: proof that code from the file ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (exec, (f"open({str(self.marker)!r}, 'w').close()",))
+
+
+@pytest.mark.parametrize(
+    ("planted", "named"),
+    [
+        (lambda marker: _Payload(marker), "exec)"),  # a builtin function
+        (lambda marker: torch.nn.ReLU(), "(torch.nn.modules.activation.ReLU)"),  # a class
+    ],
+    ids=["function", "class"],
+)
+def test_a_state_dict_holding_a_pickled_object_names_it_and_the_safe_ways(
+    tmp_path: Path, planted: object, named: str
+) -> None:
+    marker = tmp_path / "ran"
+    path = tmp_path / "weights.pt"
+    torch.save({"weight": torch.zeros(3), "bias": planted(marker)}, path)  # type: ignore[operator]
+    with pytest.raises(ModelLoadError) as info:
+        load_model(path, arch="torchvision:resnet18")
+    message = str(info.value)
+    assert "pickled Python object (" in message and named in message and "--trust-model" in message
+    # torch's own advice (retry with weights_only=False) is the unsafe way: not repeated.
+    assert "weights_only" not in message and "\n" not in message
+    assert not marker.exists()
+
+
 _USER_CODE = """
 import torch
 from torch import nn

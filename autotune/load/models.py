@@ -12,6 +12,7 @@ import importlib
 import importlib.util
 import io
 import pickle
+import re
 import sys
 import types
 import warnings
@@ -160,11 +161,13 @@ def _load_pickle_file(
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        # A pickled class shows up as an unsupported global; anything else is a damaged file.
-        if "Unsupported global" not in str(e):
+        # A pickled class or function shows up as a global the safe reader refuses; anything
+        # else is a damaged file.
+        found = _refused_global(e)
+        if found is None:
             raise _unreadable(path, e) from e
         if not trust_model:
-            raise trust_needed(str(path), "holds a pickled Python object") from e
+            raise trust_needed(str(path), f"holds a pickled Python object ({found})") from e
         obj = _read_trusted(path, code_module)
         if not isinstance(obj, nn.Module):
             raise ModelLoadError(
@@ -202,6 +205,17 @@ def _load_pickle_file(
             "check --arch and --num-classes"
         ) from e
     return LoadedModel(module, str(path), "state_dict", file_sha256(path), arch)
+
+
+# torch's two wordings: "Unsupported global: GLOBAL m.C was not an allowed global by default"
+# and "Trying to load unsupported GLOBAL m.f whose module m is blocked".
+_GLOBAL = re.compile(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)", re.IGNORECASE)
+
+
+def _refused_global(e: Exception) -> str | None:
+    """The global (``module.name``) that torch's safe reader refused to load, if that was why."""
+    match = _GLOBAL.search(str(e))
+    return match.group(1) if match else None
 
 
 def _read_trusted(path: Path, code_module: types.ModuleType | None) -> Any:
