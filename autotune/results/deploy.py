@@ -4,6 +4,7 @@ normalisation inside, so the deployed model takes raw images scaled to [0, 1].""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +66,7 @@ def save_model(
     if isinstance(model, torch.jit.ScriptModule):
         files["model.pt"] = _save(
             folder / "model.pt",
-            lambda path: torch.jit.save(model, str(path)),
+            lambda path: _save_torchscript(model, path),
             "torch.jit.load('model.pt')",
             "torch.jit.save",
         )
@@ -93,6 +94,14 @@ def save_model(
         folder / "model.pt2", lambda path: _save_program(program, inputs, path), how, "torch.export"
     )
     return files
+
+
+def _save_torchscript(model: torch.jit.ScriptModule, path: Path) -> None:
+    """A TorchScript source exports as TorchScript (``torch.export`` does not take a
+    ``ScriptModule``), without torch's deprecation warning: the user did nothing wrong."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r".*torch\.jit", FutureWarning)
+        torch.jit.save(model, str(path))
 
 
 def _save_program(model: nn.Module, example: torch.Tensor, path: Path) -> None:
