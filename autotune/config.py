@@ -47,17 +47,25 @@ def metric_of_direction(maximize: bool) -> str:
     return "accuracy" if maximize else "loss"
 
 
+_SUFFIX = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9}
+
+
 def budget_parts(text: str | float | int, what: str) -> tuple[float, str]:
-    """A ``--max-params`` / ``--max-macs`` budget as (number, unit): unit ``%``, ``k``, ``m``,
-    ``g``, or ``""`` (a fraction when at most 1, else a count)."""
+    """A ``--max-params`` / ``--max-macs`` / ``--max-flips`` budget as (number, unit): unit
+    ``%``, ``k``, ``m``, ``g``, or ``""`` (a share when at most 1, else a count). Every budget
+    takes this one grammar."""
     raw = str(text).strip().lower()
     match = re.fullmatch(r"([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*(%|k|m|g)?", raw)
     if match is None:
         raise AutotuneError(
-            f"--max-{what} {text!r} is not a budget: give a fraction of the original (0.5 or "
-            f"50%) or a count (250000, 250k, 1.5M)"
+            f"--max-{what} {text!r} is not a budget: give a share (0.5 or 50%) or a count "
+            "(250000, 250k, 1.5M)"
         )
     number, unit = float(match.group(1)), match.group(2) or ""
+    if unit == "%" and number > 100:
+        raise AutotuneError(
+            f"--max-{what} {text!r} is more than all of it: give a share up to 100% or a count"
+        )
     if unit == "" and number > 1 and "." in match.group(1) and "e" not in match.group(1):
         # 2.0 reads as two parameters, which nobody means: ask which was meant.
         noun = {"params": "parameters", "macs": "MACs"}.get(what, what)
@@ -67,6 +75,18 @@ def budget_parts(text: str | float | int, what: str) -> tuple[float, str]:
             f"{number * 100:g}% (a share of the source model)"
         )
     return number, unit
+
+
+def budget_limit(text: str | float | int, whole: int, what: str) -> float:
+    """A budget as an absolute count, ``whole`` being all there is (the source model's
+    parameters, the validation samples): ``0.5`` and ``50%`` are shares of it; ``250000``,
+    ``250k``, ``1.5M`` are counts."""
+    number, unit = budget_parts(text, what)
+    if unit == "%":
+        return whole * number / 100
+    if unit == "" and number <= 1:
+        return whole * number
+    return number * _SUFFIX[unit]
 
 
 @dataclass(frozen=True)
@@ -237,7 +257,7 @@ class SearchSettings:
             raise AutotuneError(
                 f"--timeout must be a positive number of seconds, got {self.timeout}"
             )
-        for what in BUDGETS:
+        for what in (*BUDGETS, "flips"):
             budget = getattr(self, f"max_{what}")
             if budget is not None:
                 budget_parts(budget, what)

@@ -128,7 +128,7 @@ def test_rerun_continues_instead_of_starting_over(searched: Path) -> None:
             "cannot take inputs of shape (13,)",
         ),
         (["search", "--model", "demo", "--space", "nope"], "unknown search space 'nope'"),
-        (["search", "--model", "demo", "--max-flips", "lots"], "--max-flips 'lots' is neither"),
+        (["search", "--model", "demo", "--max-flips", "lots"], "--max-flips 'lots' is not a budget"),
         (["search", "--model", "x.pt"], "--data is missing"),
         (["export", "--out", "no/such/run"], "no study in 'no/such/run'"),
     ],

@@ -21,6 +21,7 @@ from autotune.load.tasks import TaskData, from_tensors
 from autotune.results.leaderboard import Leaderboard
 from autotune.search.runner import Search
 from autotune.search.space import load_space
+from autotune.trial.cost import parse_budget
 from autotune.trial.flips import count_flips, flip_limit, predictions
 
 
@@ -54,6 +55,21 @@ def test_flip_budgets_read_as_a_rate_or_a_count() -> None:
     for bad in ("1.5", "-1", "lots", "150%"):
         with pytest.raises(AutotuneError, match="--max-flips"):
             flip_limit(bad, 200)
+
+
+@pytest.mark.parametrize(
+    ("budget", "share", "count"),
+    [("0.25", 50, 50), ("25%", 50, 50), ("40", 40, 40), ("1k", 1000, 1000), ("0", 0, 0)],
+)
+def test_every_budget_reads_one_grammar(budget: str, share: int, count: int) -> None:
+    # The same text means the same for a size budget and a flip budget (200 of each).
+    assert flip_limit(budget, 200) == share
+    if count:
+        assert parse_budget(budget, 200, "params") == count
+    for bad in ("2.0", "-1", "150%", "lots"):
+        for check in (lambda b: flip_limit(b, 200), lambda b: parse_budget(b, 200, "params")):
+            with pytest.raises(AutotuneError, match="--max-"):
+                check(bad)
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from autotune.config import budget_parts
+from autotune.config import budget_limit
 from autotune.errors import AutotuneError
 from autotune.load.anatomy import device_of, set_training
 from autotune.load.tasks import Inputs
@@ -120,19 +120,9 @@ def _count_macs(model: nn.Module, example: torch.Tensor) -> int | None:
     return int(macs)
 
 
-_SUFFIX = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}
-
-
 def parse_budget(text: str | float | int, original: int, what: str) -> int:
-    """A budget as an absolute count: ``0.5`` and ``50%`` are fractions of ``original``;
-    ``250000``, ``250k``, ``1.5M`` are counts."""
-    number, unit = budget_parts(text, what)
-    if unit == "%":
-        limit = original * number / 100
-    elif unit == "" and number <= 1:
-        limit = original * number
-    else:
-        limit = number * _SUFFIX[unit]
+    """A size budget as an absolute count of ``original``'s unit (``config.budget_limit``)."""
+    limit = budget_limit(text, original, what)
     if limit < 1:
         raise AutotuneError(f"--max-{what} {text!r} allows no {what} at all: raise it")
     return int(limit)

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from autotune.errors import AutotuneError
+from autotune.config import budget_limit
 from autotune.load.anatomy import device_of, set_training
 from autotune.load.tasks import Inputs
 from autotune.trial.fit import in_order
@@ -98,23 +98,9 @@ def count_flips(
 
 
 def flip_limit(budget: str | float, samples: int) -> int:
-    """The most negative flips allowed on ``samples`` validation samples: a rate (``0.01``,
-    ``1%``) or a count (``5``)."""
-    text = str(budget).strip()
-    bad = AutotuneError(
-        f"--max-flips {budget!r} is neither a rate below 1 (0.01, 1%) nor a whole count (5)"
-    )
-    try:
-        value = float(text.removesuffix("%"))
-    except ValueError:
-        raise bad from None
-    if text.endswith("%"):
-        if not 0 <= value <= 100:
-            raise bad
-        return int(value / 100 * samples)
-    if not value >= 0 or (value >= 1 and value != int(value)):
-        raise bad
-    return int(value) if value >= 1 else int(value * samples)
+    """The most negative flips allowed on ``samples`` validation samples: a share (``0.01``,
+    ``1%``) or a count (``5``), in the grammar of every budget (``config.budget_limit``)."""
+    return int(budget_limit(budget, samples, "flips"))
 
 
 def flip_violation(broken: int, limit: int) -> float:
