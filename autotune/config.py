@@ -53,7 +53,7 @@ _SUFFIX = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9}
 def budget_parts(text: str | float | int, what: str) -> tuple[float, str]:
     """A ``--max-params`` / ``--max-macs`` / ``--max-flips`` budget as (number, unit): unit
     ``%``, ``k``, ``m``, ``g``, or ``""`` (a share when at most 1, else a count). Every budget
-    takes this one grammar."""
+    takes this one grammar (a share above 100% allows more than there is: no limit)."""
     raw = str(text).strip().lower()
     match = re.fullmatch(r"([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*(%|k|m|g)?", raw)
     if match is None:
@@ -62,10 +62,6 @@ def budget_parts(text: str | float | int, what: str) -> tuple[float, str]:
             "(250000, 250k, 1.5M)"
         )
     number, unit = float(match.group(1)), match.group(2) or ""
-    if unit == "%" and number > 100:
-        raise AutotuneError(
-            f"--max-{what} {text!r} is more than all of it: give a share up to 100% or a count"
-        )
     if unit == "" and number > 1 and "." in match.group(1) and "e" not in match.group(1):
         # 2.0 reads as two parameters, which nobody means: ask which was meant.
         noun = {"params": "parameters", "macs": "MACs"}.get(what, what)
