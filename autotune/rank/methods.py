@@ -45,6 +45,10 @@ from autotune.rank.gates import Gated, Site, sites
 from autotune.rank.heads import parts
 
 METHODS = ("shap", "taylor", "l1", "random")
+"""The importance methods (``--method``, a space's ``importance``): the one list of them."""
+ERROR_METHODS = ("shap", "taylor")
+"""The methods that also rank layers by the mistakes they drive, so can order the unfreezing
+(a space's ``unfreeze_order``); ``l1`` and ``random`` see no data."""
 
 
 @dataclass

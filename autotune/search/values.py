@@ -8,18 +8,18 @@ from typing import Any
 
 from autotune.config import MAX_RATIO
 from autotune.errors import SpaceError
+from autotune.rank.methods import ERROR_METHODS, METHODS
 from autotune.trial.augment import AUGMENTS
 from autotune.trial.fit import AVERAGES
 from autotune.trial.losses import LOSSES
 
 OPTIMIZERS = ("adamw", "sgd")
 INT_PARAMS = {"batch_size", "unfreeze"}
-IMPORTANCES = ("shap", "taylor", "l1", "random")
 CHOICES = {
     "optimizer": OPTIMIZERS,
     "loss": tuple(LOSSES),
-    "importance": IMPORTANCES,
-    "unfreeze_order": ("output", "shap", "taylor"),
+    "importance": METHODS,
+    "unfreeze_order": ("output", *ERROR_METHODS),
     "prune_scope": ("layer", "global"),
     "augment": AUGMENTS,
     "average": AVERAGES,
