@@ -20,7 +20,7 @@ from torch import nn
 from autotune.config import VERSION, SearchSettings
 from autotune.errors import AutotuneError, first_line, redacted
 from autotune.load.anatomy import layers
-from autotune.load.job import Job
+from autotune.load.job import Job, ModelSpec
 from autotune.paths import checkpoints_dir, workers_dir
 from autotune.rank.analysis import Analysis
 from autotune.rank.gates import sites
@@ -271,10 +271,8 @@ class Search:
         self.fails_in_a_row = 0
         deadline = None if s.timeout is None else time.monotonic() + s.timeout
         objective = self.objective()
-        # The workers load the model with this process's trust, not the study record's.
-        spec = self.job.model_spec
-        trust = (spec.trust_model, spec.code) if spec is not None else (False, None)
-        others = [(dataclasses.replace(s, worker=i), *trust) for i in range(1, s.workers)]
+        spec = self.job.model_spec  # workers load the model with this process's trust
+        others = [(dataclasses.replace(s, worker=i), spec) for i in range(1, s.workers)]
         with self.display.session(study):
             if s.worker == 0 and others:
                 workers_dir(s.out).mkdir(parents=True, exist_ok=True)
@@ -320,19 +318,17 @@ class Search:
             self.console.print(f"[red]{self.stopped}; stopping", highlight=False)
 
 
-def run_worker(
-    settings: SearchSettings, trust_model: bool = False, code: str | None = None
-) -> None:
-    """One of the extra processes of ``--workers``: the job and space come from the study's
-    record, the analyses from the cache, the trust from the process that started it; what it
-    says goes to ``OUT/workers/worker-N.log``."""
+def run_worker(settings: SearchSettings, spec: ModelSpec | None = None) -> None:
+    """An extra process of ``--workers``: job and space from the study's record (loaded with
+    ``spec``'s trust), analyses from the cache; what it says goes to OUT/workers/worker-N.log."""
     log = workers_dir(settings.out) / f"worker-{settings.worker}.log"
     with log.open("w") as f:
         console = Console(file=f, width=160)
         try:
             study = load_study(settings.storage, settings.out, settings.study_name)
             record = study_record(study)
-            job = Job.from_record(record, trust_model=trust_model, code=code)
+            code = spec.code if spec else None
+            job = Job.from_record(record, trust_model=bool(spec and spec.trust_model), code=code)
             Search(job, space_of(record), settings, console=console).run()
         except KeyboardInterrupt:
             console.print("interrupted")
