@@ -235,8 +235,16 @@ class SearchSettings:
         # 0 is a value given (and refused below), not "use the default".
         max_epochs = fit.get("max_epochs", 20) if self.max_epochs is None else self.max_epochs
         patience = fit.get("patience", 5) if self.patience is None else self.patience
-        if self.trials < 0:
-            raise AutotuneError(f"--trials must be >= 0, got {self.trials}")
+        if self.trials < 1:
+            # 0 would analyse and train the baseline, then have nothing to export.
+            raise AutotuneError(
+                f"--trials must be at least 1 (trials searched, the baseline not counted), got "
+                f"{self.trials}"
+            )
+        if not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+            raise AutotuneError(
+                f"--seed must be an integer from 0 to {MAX_SEED} (2**32-1), got {self.seed!r}"
+            )
         if self.metric not in METRICS:
             raise AutotuneError(f"--metric must be one of {list(METRICS)}, got {self.metric!r}")
         if self.pruner not in PRUNERS:

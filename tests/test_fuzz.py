@@ -134,6 +134,7 @@ CASES: dict[str, Case] = {
     "negative lr range": _space("lr: {low: -0.1, high: 0.1}\n"),
     "zero lr": _space("lr: 0\n"),
     "--trials -1": _flags("--trials", "-1"),
+    "--trials 0": _flags("--trials", "0"),
     "--trials abc": _flags("--trials", "abc"),
     "--metric f1": _flags("--metric", "f1"),
     "--pruner x": _flags("--pruner", "x"),
