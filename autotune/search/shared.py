@@ -18,6 +18,7 @@ import optuna
 from autotune.config import AnalysisOptions
 from autotune.load.job import Job
 from autotune.rank.analyze import cache_path
+from autotune.search.optuna_internals import set_study_system_attr, study_system_attrs
 from autotune.search.space import SearchSpace
 
 PREFIX = "autotune:analysis:"
@@ -46,7 +47,7 @@ def fetch(study: optuna.Study, job: Job, space: SearchSpace, wait_s: float = 0.0
     entries = _entries(job, space)
     deadline = time.monotonic() + wait_s
     while True:
-        held = study._storage.get_study_system_attrs(study._study_id)
+        held = study_system_attrs(study)
         if all(key in held for key in entries) or time.monotonic() >= deadline:
             break
         time.sleep(POLL_SECONDS)
@@ -61,7 +62,7 @@ def fetch(study: optuna.Study, job: Job, space: SearchSpace, wait_s: float = 0.0
 
 def publish(study: optuna.Study, job: Job, space: SearchSpace) -> None:
     """Store each cached analysis of ``job`` in the study, once."""
-    held = study._storage.get_study_system_attrs(study._study_id)
+    held = study_system_attrs(study)
     for key, path in _entries(job, space).items():
         if key not in held and path.is_file():
-            study._storage.set_study_system_attr(study._study_id, key, path.read_text())
+            set_study_system_attr(study, key, path.read_text())

@@ -1,0 +1,42 @@
+"""The parts of Optuna autotune uses that are not its public API, in one place.
+
+Optuna offers no public way to read or write a study's system attributes fresh from the
+storage, to change a trial that another process runs, or to ask whether a storage beats a
+heartbeat. Each use goes through here, so an Optuna release that moves one breaks one module,
+and ``pyproject.toml`` bounds the versions these were checked against.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+from optuna.storages import BaseStorage
+from optuna.trial import FrozenTrial
+
+
+def storage_of(study: optuna.Study) -> BaseStorage:
+    """The storage a study reads and writes."""
+    return study._storage
+
+
+def trial_id(trial: FrozenTrial) -> int:
+    """A trial's id in its storage (its number counts within the study only)."""
+    return trial._trial_id
+
+
+def study_system_attrs(study: optuna.Study) -> dict[str, Any]:
+    """The study's system attributes as the storage holds them now (``Study.system_attrs`` is
+    deprecated)."""
+    return study._storage.get_study_system_attrs(study._study_id)
+
+
+def set_study_system_attr(study: optuna.Study, key: str, value: Any) -> None:
+    study._storage.set_study_system_attr(study._study_id, key, value)
+
+
+def heartbeat_enabled(storage: BaseStorage) -> bool:
+    """Whether the storage records heartbeats, so that it fails a dead worker's trials."""
+    from optuna.storages._heartbeat import is_heartbeat_enabled
+
+    return is_heartbeat_enabled(storage)
