@@ -3,13 +3,16 @@ from __future__ import annotations
 import io
 import random
 import re
+from pathlib import Path
 
 import optuna
 import pytest
+import torch
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 from rich.console import Console
 
+from autotune.load.tasks import TaskData
 from autotune.results.cells import pack
 from autotune.results.leaderboard import Leaderboard
 
@@ -239,3 +242,32 @@ def test_equal_scores_rank_by_the_other_score_as_the_search_does(metric: str) ->
     top = best_trial(study)
     assert top is not None and top.number == 1
     assert f"(trial {top.number})" in board.progress_line()
+
+
+def test_after_a_tighter_budget_the_leaderboard_report_and_export_agree(
+    tmp_path: Path, tiny_model: torch.nn.Module, tiny_data: TaskData
+) -> None:
+    """``--allow-changes --max-params 50%`` on a study whose trials are all at full size: none
+    of them may be exported, so none is shown as within budget or as the best."""
+    from autotune import search
+    from autotune.search.study import best_trial
+
+    space = {"lr": {"low": 1e-3, "high": 1e-2, "log": True}, "fit": {"max_epochs": 1}}
+    quiet = Console(file=io.StringIO())
+    first = search(tiny_model, tiny_data, space=space, trials=2, out=tmp_path, console=quiet)
+    assert first.best is not None and first.leaderboard.best() is not None
+
+    again = search(
+        tiny_model, tiny_data, space=space, trials=2, out=tmp_path, console=quiet,
+        max_params="50%", allow_changes=True,
+    )  # fmt: skip
+    board = again.leaderboard
+    assert again.best is None and best_trial(again.study) is None and board.best() is None
+    trained = [r for r in board.rows if r.state == "COMPLETE"]
+    assert len(trained) == 2 and not any(r.feasible for r in trained)
+    assert "best accuracy" not in board.progress_line()
+    console = Console(width=160, record=True, file=io.StringIO())
+    console.print(board)
+    text = console.export_text()
+    assert " ok " not in text and "over: over budget" in text
+    assert again.report is not None and "best trial" not in again.report.read_text()

@@ -26,6 +26,7 @@ from autotune.results.cells import (
     share,
 )
 from autotune.results.rows import TrialRow, row_of
+from autotune.search.study import LIMITS
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -108,7 +109,8 @@ class Leaderboard(JupyterMixin):
             kwargs.setdefault(
                 "pareto", study.user_attrs.get("autotune", {}).get("settings", {}).get("pareto")
             )
-        rows = [row_of(t, baseline, metric, front) for t in trials]
+        limits = study.user_attrs.get(LIMITS)
+        rows = [row_of(t, baseline, metric, front, limits) for t in trials]
         return cls(rows, metric, direction, **kwargs)
 
     @property
@@ -175,9 +177,9 @@ class Leaderboard(JupyterMixin):
             title += f" vs {self.pareto} (Pareto front marked *)"
         shown = self.shown()
         styles = [
-            "red"
-            if not r.feasible
-            else ("dim" if r.state == "BASELINE" else ("bold green" if self.rank(r) == 1 else ""))
+            "dim"
+            if r.state == "BASELINE"
+            else ("red" if not r.feasible else ("bold green" if self.rank(r) == 1 else ""))
             for r in shown
         ]
         ref = "" if self.reference is None else f" vs trial {self.reference.number}"

@@ -8,7 +8,7 @@ from typing import Any
 from optuna.trial import FrozenTrial
 
 from autotune.config import sign
-from autotune.search.study import trial_score
+from autotune.search.study import feasible, trial_score
 
 
 @dataclass(frozen=True)
@@ -78,8 +78,14 @@ class TrialRow:
 
 
 def row_of(
-    trial: FrozenTrial, baseline: float | None, metric: str, front: frozenset[int] = frozenset()
+    trial: FrozenTrial,
+    baseline: float | None,
+    metric: str,
+    front: frozenset[int] = frozenset(),
+    limits: dict[str, int] | None = None,
 ) -> TrialRow:
+    """``trial``'s row; ``limits``: the study's latest size budgets (``search.study.LIMITS``),
+    which judge ``feasible`` as the search and the export judge it."""
     attrs = trial.user_attrs
     state = "BASELINE" if attrs.get("baseline") else trial.state.name
     # The metric is the first objective; a Pareto study's second is the model's size.
@@ -103,7 +109,7 @@ def row_of(
         note=attrs.get("fail_reason") or attrs.get("stop_reason", ""),
         macs=attrs.get("macs"),
         latency_ms=attrs.get("latency_ms"),
-        feasible=all(v <= 0 for v in trial.constraints.values()),
+        feasible=feasible(trial, limits),
         front=trial.number in front,
         stage=attrs.get("stage"),
         parent=attrs.get("parent"),

@@ -36,7 +36,7 @@ from autotune.search.stages import (
     suggest_lr_scale,
     tuning_space,
 )
-from autotune.search.study import best_trial, config_of, rank_key
+from autotune.search.study import best_trial, config_of, rank_key, within_limits
 from autotune.search.trials import INTERRUPTED, WORKER
 from autotune.trial.accel import release
 from autotune.trial.cost import Cost, measure
@@ -64,7 +64,7 @@ class Budgets:
         return {k: getattr(cost, k) / limit - 1.0 for k, limit in self.limits.items()}
 
     def feasible(self, cost: Cost) -> bool:
-        return all(v <= 0 for v in self.violations(cost).values())
+        return within_limits({"params": cost.params, "macs": cost.macs}, self.limits)
 
     def size_objective(self, cost: Cost, flips: Flips | None = None) -> list[float]:
         """The second objective of a Pareto study (a size, or the negative flips); nothing

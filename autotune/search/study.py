@@ -251,11 +251,11 @@ def ranked_trials(study: optuna.Study) -> list[FrozenTrial]:
         candidates = [
             t
             for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if t.values is not None and _feasible(t, limits)
+            if t.values is not None and feasible(t, limits)
         ]
     else:
         try:
-            candidates = [t for t in study.best_trials if _feasible(t, limits)]
+            candidates = [t for t in study.best_trials if feasible(t, limits)]
         except ValueError:
             return []
     return sorted(candidates, key=lambda t: rank_key(t, s), reverse=True)
@@ -276,17 +276,27 @@ def trial_score(value: float, attrs: dict[str, Any], metric: str) -> tuple[float
     return score_key(metric, attrs.get("val_accuracy", -math.inf), value)
 
 
-def _feasible(trial: FrozenTrial, limits: dict[str, int] | None) -> bool:
+SIZE_ATTRS = {"params": "total_params", "macs": "macs"}
+"""Budgeted size -> the trial user attribute holding it."""
+
+
+def within_limits(sizes: dict[str, int | None], limits: dict[str, int]) -> bool:
+    """The size rule: every limited size is known and at most its limit."""
+    return all(
+        (size := sizes.get(what)) is not None and size <= cap for what, cap in limits.items()
+    )
+
+
+def feasible(trial: FrozenTrial, limits: dict[str, int] | None) -> bool:
+    """Whether a trial may be exported: within the flip budget it recorded and within the size
+    budgets ``limits`` of the latest run (``LIMITS``; they may have changed since it ran), or,
+    with none stored, within the constraints it recorded. The search, the leaderboard, the
+    report and the export all judge trials by this one rule."""
     if limits is None:
         return all(v <= 0 for v in trial.constraints.values())
     if trial.constraints.get("flips", 0.0) > 0:  # the flip budget is no size limit
         return False
-    attrs = {"params": "total_params", "macs": "macs"}
-    for what, limit in limits.items():
-        value = trial.user_attrs.get(attrs[what])
-        if value is None or value > limit:
-            return False
-    return True
+    return within_limits({w: trial.user_attrs.get(a) for w, a in SIZE_ATTRS.items()}, limits)
 
 
 def metric_sign(study: optuna.Study) -> float:
