@@ -1,8 +1,12 @@
 from __future__ import annotations
 
+import csv
 import json
+import shutil
+import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
 
 import optuna
@@ -68,6 +72,31 @@ def test_search_writes_the_bundle(searched: Path) -> None:
     assert config["autotune_version"] and config["reproduce"].startswith("autotune export")
     assert set(config["params"]) >= {"lr", "batch_size", "unfreeze", "dropout", "loss"}
     assert (searched / "leaderboard.csv").read_text().count("\n") == 5  # header, baseline, 3 trials
+    with (searched / "leaderboard.csv").open() as f:
+        exported = [int(r["trial"]) for r in csv.DictReader(f) if r["exported"] == "True"]
+    assert exported == [config["trial"]]
+
+
+def test_a_finished_search_is_one_plain_file_that_opens_read_only(
+    searched: Path, tmp_path: Path
+) -> None:
+    study = searched / "study.db"
+    # Bytes 18-19 of an SQLite file: 1, 1 in the default journal mode, 2, 2 in WAL mode,
+    # whose readers need to write a -shm file beside it.
+    assert study.read_bytes()[18:20] == b"\x01\x01"
+    assert not (searched / "study.db-wal").exists()
+    shelf = tmp_path / "read-only"
+    shelf.mkdir()
+    shutil.copy(study, shelf / "study.db")  # the file alone, as a user shares it
+    shelf.chmod(0o555)
+    try:
+        uri = f"file:{shelf / 'study.db'}?mode=ro"
+        with closing(sqlite3.connect(uri, uri=True)) as reader:
+            copied = reader.execute("SELECT COUNT(*) FROM trials").fetchone()[0]
+    finally:
+        shelf.chmod(0o755)
+    with closing(sqlite3.connect(study)) as reader:
+        assert copied == reader.execute("SELECT COUNT(*) FROM trials").fetchone()[0] == 4
 
 
 def test_exported_program_runs_without_autotune(searched: Path) -> None:
@@ -128,7 +157,7 @@ def test_rerun_continues_instead_of_starting_over(searched: Path) -> None:
             "cannot take inputs of shape (13,)",
         ),
         (["search", "--model", "demo", "--space", "nope"], "unknown search space 'nope'"),
-        (["search", "--model", "demo", "--max-flips", "lots"], "--max-flips 'lots' is not a budget"),
+        (["search", "--model", "demo", "--max-flips", "lots"], "--max-flips 'lots' is not a"),
         (["search", "--model", "x.pt"], "--data is missing"),
         (["export", "--out", "no/such/run"], "no study in 'no/such/run'"),
     ],

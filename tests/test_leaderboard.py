@@ -244,6 +244,21 @@ def test_equal_scores_rank_by_the_other_score_as_the_search_does(metric: str) ->
     assert f"(trial {top.number})" in board.progress_line()
 
 
+def test_the_exported_trial_is_marked_in_the_table_and_the_frame() -> None:
+    study = _study()
+    # The one-standard-error rule exported trial 2, not the top trial 1.
+    study.set_user_attr("best_export", {"trial": 2, "test_accuracy": 0.7})
+    board = Leaderboard.from_study(study, "accuracy")
+    out = io.StringIO()
+    Console(file=out, width=140).print(board)
+    text = out.getvalue()
+    rows = _rows(text)
+    assert [row[1:3] for row in rows] == [["1", "ok"], ["2", "exp"], ["0", "src"]]
+    assert "exp: exported to best/" in text
+    frame = board.to_frame()
+    assert frame.loc[frame["exported"], "trial"].tolist() == [2]
+
+
 def test_after_a_tighter_budget_the_leaderboard_report_and_export_agree(
     tmp_path: Path, tiny_model: torch.nn.Module, tiny_data: TaskData
 ) -> None:

@@ -26,6 +26,7 @@ from autotune.results.cells import (
     share,
 )
 from autotune.results.rows import TrialRow, row_of
+from autotune.search.selection import exported_trial
 from autotune.search.study import LIMITS
 
 if TYPE_CHECKING:
@@ -51,6 +52,7 @@ COLUMNS: tuple[Column[Leaderboard, TrialRow], ...] = (
 
 LEGEND = {
     "size": "parameters, share of the source's",
+    "exp": "exported to best/",
     "ok": "trained",
     "src": "the source model",
     "over": "over budget",
@@ -60,6 +62,7 @@ LEGEND = {
 
 def _state(row: TrialRow) -> str:
     short = "src" if row.state == "BASELINE" else ("ok" if row.feasible else "over")
+    short = "exp" if row.exported else short
     return short + ("*" if row.front else "")
 
 
@@ -109,8 +112,8 @@ class Leaderboard(JupyterMixin):
             kwargs.setdefault(
                 "pareto", study.user_attrs.get("autotune", {}).get("settings", {}).get("pareto")
             )
-        limits = study.user_attrs.get(LIMITS)
-        rows = [row_of(t, baseline, metric, front, limits) for t in trials]
+        limits, exported = study.user_attrs.get(LIMITS), exported_trial(study)
+        rows = [row_of(t, baseline, metric, front, limits, exported) for t in trials]
         return cls(rows, metric, direction, **kwargs)
 
     @property
@@ -147,10 +150,12 @@ class Leaderboard(JupyterMixin):
         return next((r for r in self.ranked() if r.feasible and r.state != "BASELINE"), None)
 
     def shown(self) -> list[TrialRow]:
-        """The rows of the table: the ``top`` ranked, and the baseline."""
+        """The rows of the table: the ``top`` ranked, the exported trial and the baseline."""
         shown = self.ranked()[: self.top]
-        if self.baseline is not None and self.baseline not in shown:
-            shown.append(self.baseline)
+        exported = next((r for r in self.rows if r.exported), None)
+        for row in (exported, self.baseline):
+            if row is not None and row not in shown:
+                shown.append(row)
         return shown
 
     def rank(self, row: TrialRow) -> int:
@@ -179,7 +184,9 @@ class Leaderboard(JupyterMixin):
         styles = [
             "dim"
             if r.state == "BASELINE"
-            else ("red" if not r.feasible else ("bold green" if self.rank(r) == 1 else ""))
+            else "red"
+            if not r.feasible
+            else ("bold green" if r.exported else ("bold" if self.rank(r) == 1 else ""))
             for r in shown
         ]
         ref = "" if self.reference is None else f" vs trial {self.reference.number}"

@@ -51,6 +51,8 @@ class TrialRow:
     score: tuple[float, float] | None = None
     """How the search ranks it (``search.study.trial_score``, larger is better): ``value``,
     then the other validation score for ties."""
+    exported: bool = False
+    """The trial in ``OUT/best`` (not always the top one: ``search.selection``)."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -65,6 +67,7 @@ class TrialRow:
             "latency_ratio": self.latency_ratio,
             "latency_ratio_spread": self.latency_ratio_spread,
             "feasible": self.feasible,
+            "exported": self.exported,
             "pareto_front": self.front,
             "stage": self.stage,
             "parent": self.parent,
@@ -83,9 +86,11 @@ def row_of(
     metric: str,
     front: frozenset[int] = frozenset(),
     limits: dict[str, int] | None = None,
+    exported: int | None = None,
 ) -> TrialRow:
     """``trial``'s row; ``limits``: the study's latest size budgets (``search.study.LIMITS``),
-    which judge ``feasible`` as the search and the export judge it."""
+    which judge ``feasible`` as the search and the export judge it; ``exported``: the number of
+    the trial in ``OUT/best``."""
     attrs = trial.user_attrs
     state = "BASELINE" if attrs.get("baseline") else trial.state.name
     # The metric is the first objective; a Pareto study's second is the model's size.
@@ -117,4 +122,5 @@ def row_of(
         latency_ratio_spread=attrs.get("latency_ratio_spread"),
         flips=(attrs["fixed"], attrs["broken"]) if "broken" in attrs else None,
         score=None if value is None else trial_score(value, attrs, metric),
+        exported=trial.number == exported,
     )

@@ -21,6 +21,15 @@ from autotune.search.study import CHOSEN, LIMITS, RECIPE, metric_sign, ranked_tr
 
 SELECT = "autotune_select"
 """Study user attribute: the latest run's ``--select`` rule (``config.SELECT_RULES``)."""
+BEST_EXPORT = "best_export"
+"""Study user attribute: the trial the latest export wrote to ``OUT/best``, its metrics (the
+held-out ones included) and its errors (``results.export``)."""
+
+
+def exported_trial(study: optuna.Study) -> int | None:
+    """The number of the trial in ``OUT/best``; None before the study's first export."""
+    held = study.user_attrs.get(BEST_EXPORT)
+    return held.get("trial") if isinstance(held, dict) else None
 
 
 def standard_error(accuracy: float, samples: int) -> float:
