@@ -545,6 +545,8 @@ def _specs(
 
 
 def _summary(result: Any) -> None:
+    from autotune.results.summary import summary_lines
+
     console.print(result.leaderboard)
     best = result.best
     if not result.search.exports:
@@ -552,49 +554,10 @@ def _summary(result: Any) -> None:
         return
     if best is None:
         return  # the search said why
-    m = best.config["metrics"]
-    name = m["metric"]
-    line = (
-        f"exported: trial {best.trial}, val {name} {m['val_' + name]:.4f} "
-        f"(baseline {m['baseline_val_' + name]:.4f}, gain {m['gain']:+.4f})"
-    )
-    if not m["validation_held_out"]:
-        line += " (refit: the validation samples were trained on)"
-    if m["test_accuracy"] is not None:
-        line += f"; held-out test accuracy {m['test_accuracy']:.4f}"
-    console.print(line, highlight=False)
-    top = result.leaderboard.best()
-    if top is not None and top.number != best.trial:  # say why the top one was not exported
-        console.print(f"chosen as {best.config['chosen']}", highlight=False)
-    size = best.config["structure"]
-    params, macs = size["params"], size["macs"]
-    counted = (  # TorchScript and .pt2 programs have no MAC count
-        f"{macs['model']:,} MACs per sample ({macs['model'] / max(macs['source'], 1):.0%}), "
-        if macs["model"] is not None and macs["source"] is not None
-        else ""
-    )
-    console.print(
-        f"size: {params['model']:,} parameters ({params['model'] / params['source']:.0%} "
-        f"of the source), {counted}latency {_latency(size['latency_ms'])}",
-        highlight=False,
-    )
-    files = best.config["files"]
-    written = sorted(name for name, how in files.items() if not how.startswith("not written"))
-    console.print(f"exported to {best.folder}: {', '.join(written)}, config.yaml")
-    for name in sorted(set(files) - set(written)):
-        console.print(f"{name} {files[name]}", highlight=False)
+    for line in summary_lines(best, result.leaderboard.best()):
+        console.print(line, highlight=False)
     if result.report is not None:
         console.print(f"report: {result.report}")
-
-
-def _latency(latency: dict[str, Any]) -> str:
-    """The model's speed against the source's, as the median ratio of interleaved runs."""
-    if "ratio" not in latency:  # a bundle exported before ratios were measured
-        return f"{latency['model']:.1f} ms per batch of 32 (source {latency['source']:.1f} ms)"
-    return (
-        f"{latency['ratio']:.2f}x the source's ±{latency['ratio_spread']:.2f} "
-        f"({latency['model']:.2g} ms per batch of 32, timed alternately with the source)"
-    )
 
 
 def main() -> None:

@@ -110,13 +110,18 @@ def sample_grid(
 
 
 def error_metrics(errors: dict[str, Any]) -> dict[str, Any]:
-    """The counts ``config.yaml``'s ``metrics`` lists: ``val_fixed``, ``test_broken``, ..."""
+    """The counts ``config.yaml``'s ``metrics`` lists: ``val_fixed``, ``test_broken``, ...,
+    and ``baseline_test_accuracy``."""
     short = {"validation": "val", "test": "test"}
-    return {
+    counts = {
         f"{short[split]}_{key}": errors[split][key] if split in errors else None
         for split in short
         for key in ("fixed", "broken", "flip_rate")
     }
+    test = errors.get("test")
+    # The source's held-out score, beside the exported model's ``test_accuracy``.
+    counts["baseline_test_accuracy"] = test["source_right"] / test["samples"] if test else None
+    return counts
 
 
 def errors_html(errors: dict[str, Any] | None, grid: Path | None) -> str:

@@ -1,0 +1,52 @@
+"""The lines a search prints about its export (``results/summary.py``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from autotune.results.export import ExportResult
+from autotune.results.summary import noise_note, summary_lines
+
+
+def _exported(val_samples: int, gain: float, test: float = 0.80) -> ExportResult:
+    metrics: dict[str, Any] = {
+        "metric": "accuracy",
+        "val_accuracy": 0.75 + gain,
+        "baseline_val_accuracy": 0.75,
+        "gain": gain,
+        "validation_held_out": True,
+        "test_accuracy": test,
+        "baseline_test_accuracy": 0.80,
+        "test_fixed": 4,
+        "test_broken": 4,
+    }
+    config = {
+        "metrics": metrics,
+        "errors": {"validation": {"samples": val_samples}},
+        "chosen": "the top trial on validation",
+        "structure": {
+            "params": {"model": 500, "source": 1000},
+            "macs": {"model": None, "source": None},
+            "latency_ms": {"model": 1.0, "source": 2.0, "ratio": 0.5, "ratio_spread": 0.01},
+        },
+        "files": {"model.pt": "torch.load(...)", "model.pt2": "not written: no"},
+    }
+    return ExportResult(Path("runs/x/best"), 3, nn.Identity(), config)
+
+
+def test_the_summary_puts_the_sources_test_score_beside_the_exported_models() -> None:
+    lines = summary_lines(_exported(val_samples=12, gain=0.25), top=None)
+    # A +0.25 gain on 12 validation samples while the test score did not move: both are said.
+    assert "held-out test accuracy 0.8000 (source 0.8000, +0.0000: 4 fixed, 4 broken)" in lines[0]
+    assert lines[1].startswith("note: on 12 validation samples this gain is measured to ±0.16")
+    assert "within noise" in lines[1]
+    assert "model.pt2 not written: no" in lines
+
+
+def test_a_gain_the_validation_split_can_resolve_gets_no_note() -> None:
+    assert noise_note(_exported(val_samples=2000, gain=0.05).config) is None
+    note = noise_note(_exported(val_samples=100, gain=0.05).config)
+    assert note is not None and "on 100 validation samples" in note
