@@ -278,8 +278,8 @@ def _too_large(node: ast.AST) -> bool:
 def _is_power(node: ast.AST) -> bool:
     if isinstance(node, ast.BinOp):
         return isinstance(node.op, (ast.Pow, ast.LShift, ast.RShift))
-    return isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and (
-        node.func.id in _POWERS
+    return (
+        isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and (node.func.id in _POWERS)
     )
 
 
