@@ -85,12 +85,16 @@ def test_budgeted_search_prunes_drops_features_and_documents_the_inputs(tmp_path
     kept = inputs["indices"]
     assert inputs["columns"] == [data.feature_names[i] for i in kept]  # type: ignore[index]
     assert len(kept) + len(inputs["dropped"]) == 8
-    # The exported program takes exactly the documented columns and reproduces the metric.
+    # The exported program takes the data's rows as they are (it selects the kept columns
+    # inside) and reproduces the metric; the pickled model takes the documented columns.
     program = torch.export.load(best.folder / "model.pt2").module()
+    module = torch.load(best.folder / "model.pt", weights_only=False)
     with torch.no_grad():
-        predicted = program(data.x_val[:, kept]).argmax(1)
+        predicted = program(data.x_val).argmax(1)
+        assert torch.equal(module(data.x_val[:, kept]).argmax(1), predicted)
     accuracy = (predicted == data.y_val).float().mean().item()
     assert accuracy == pytest.approx(best.config["metrics"]["val_accuracy"])
+    assert "selects its" in best.config["files"]["model.pt2"]
     saved = yaml.safe_load((best.folder / "config.yaml").read_text())
     assert saved["structure"]["inputs"]["columns"] == inputs["columns"]
     text = console.file.getvalue()  # type: ignore[attr-defined]

@@ -31,6 +31,20 @@ class Normalized(nn.Module):
         return self.model((x - self.mean) / self.std)
 
 
+class SelectColumns(nn.Module):
+    """``model(x[:, columns])``: a model that dropped input columns, taking the data's own."""
+
+    columns: torch.Tensor
+
+    def __init__(self, model: nn.Module, columns: list[int]) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("columns", torch.tensor(columns, dtype=torch.long))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.index_select(1, self.columns))
+
+
 def with_preprocessing(
     model: nn.Module, example: torch.Tensor, preprocessing: dict[str, Any]
 ) -> tuple[nn.Module, torch.Tensor, str] | str:
@@ -58,10 +72,14 @@ def save_model(
     example: torch.Tensor,
     folder: Path,
     preprocessing: dict[str, Any] | None = None,
+    columns: tuple[list[int], torch.Tensor] | None = None,
 ) -> dict[str, str]:
     """Save ``model`` in every format it supports; returns file name -> how to load it, or why
     it was not written (a model holding a lambda cannot be pickled, some cannot be exported).
-    With ``preprocessing`` (``--export-preprocessing``), ``model.pt2`` takes raw images."""
+    With ``preprocessing`` (``--export-preprocessing``), ``model.pt2`` takes raw images. With
+    ``columns`` (the input columns the model kept, and a batch of the data's full rows),
+    ``model.pt2`` takes the data's rows as they come and selects the columns inside, while
+    ``model.pt`` stays the model itself, taking the kept columns."""
     files: dict[str, str] = {}
     if isinstance(model, torch.jit.ScriptModule):
         files["model.pt"] = _save(
@@ -75,7 +93,8 @@ def save_model(
             folder / "model.pt",
             lambda path: torch.save(model, path),
             "torch.load('model.pt', weights_only=False)  # a pickled module: needs the classes "
-            "it was built from importable",
+            "it was built from importable"
+            + ("; takes the kept columns only (structure.inputs.indices)" if columns else ""),
             "pickling",
         )
 
@@ -84,6 +103,10 @@ def save_model(
         example,
         "torch.export.load('model.pt2').module()  # needs only torch",
     )
+    if columns is not None:
+        kept, rows = columns
+        program, inputs = SelectColumns(model, kept).eval(), rows
+        how += f"; takes the data's {rows.shape[1]} columns and selects its {len(kept)} inside"
     if preprocessing is not None:
         deployed = with_preprocessing(model, example, preprocessing)
         if isinstance(deployed, str):

@@ -183,7 +183,9 @@ def export_trial(
     errors = exported_errors(source, work.maker.reference, model, data, work.maker.data, folder)
     model = model.cpu().eval()
     preprocessing = work.job.data.preprocessing if work.settings.export_preprocessing else None
-    files = save_model(model, data.x_val[:2].cpu(), folder, preprocessing)
+    kept = rebuilt.changes.features
+    columns = None if kept is None else (kept, work.job.data.x_val[:2].cpu())
+    files = save_model(model, data.x_val[:2].cpu(), folder, preprocessing, columns)
     record = study_record(study)
     config = _config(work, study, trial, record, val, test, rebuilt.origin, files, model)
     config["structure"] = structure
@@ -222,7 +224,10 @@ def _structure(work: Workspace, rebuilt: Rebuilt, model: nn.Module) -> dict[str,
     if kept is not None and width is not None:
         dropped = [i for i in range(width) if i not in set(kept)]
         inputs = {
-            "expects": f"{len(kept)} of the data's {width} columns, in this order",
+            "expects": (
+                f"model.pt2: the data's {width} columns (it selects its {len(kept)} inside); "
+                f"model.pt: the {len(kept)} columns below, in this order"
+            ),
             "columns": [names[i] for i in kept] if names else kept,
             "indices": kept,
             "dropped": [names[i] for i in dropped] if names else dropped,
