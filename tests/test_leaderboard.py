@@ -73,7 +73,7 @@ def test_table_ranks_trials_and_shows_gain_over_the_baseline() -> None:
     assert rows[2][2:5] == ["src", "0.3", ""]
     assert rows[2][-1] == "="  # the source model: nothing changed
     assert "ok: trained · src: the source model" in text
-    assert "trials 3 done: 2 complete, 0 pruned, 1 failed, 0 running" in text
+    assert "trials 3 done: 2 complete, 0 stopped early, 1 failed, 0 running" in text
     assert "best accuracy 0.91 (trial 1)" in text
 
 
@@ -286,3 +286,16 @@ def test_after_a_tighter_budget_the_leaderboard_report_and_export_agree(
     text = console.export_text()
     assert " ok " not in text and "over: over budget" in text
     assert again.report is not None and "best trial" not in again.report.read_text()
+
+
+def test_the_legend_explains_slims_and_prune(slimmed_study: Path) -> None:
+    from autotune.search.study import load_study
+
+    board = Leaderboard.from_study(load_study(None, slimmed_study), "accuracy", top=20)
+    text = board.legend().plain
+    shown = board.shown()
+    # A staged search: stage 2 slims copies of stage 1's best model.
+    assert any(r.parent is not None for r in shown) and any("prune" in r.params for r in shown)
+    assert "slims N: a copy of trial N's trained model, slimmed" in text
+    assert "prune: share of channels removed" in text
+    assert "stopped early" in board.progress_line()

@@ -57,6 +57,8 @@ LEGEND = {
     "src": "the source model",
     "over": "over budget",
     "*": "Pareto front",
+    "slims N": "a copy of trial N's trained model, slimmed",
+    "prune": "share of channels removed",
 }
 
 
@@ -135,8 +137,8 @@ class Leaderboard(JupyterMixin):
         finished = c["COMPLETE"] + c["PRUNED"] + c["FAIL"]
         planned = f"/{self.planned}" if self.planned is not None else ""
         line = (
-            f"trials {finished}{planned} done: {c['COMPLETE']} complete, {c['PRUNED']} pruned, "
-            f"{c['FAIL']} failed, {c['RUNNING']} running"
+            f"trials {finished}{planned} done: {c['COMPLETE']} complete, "
+            f"{c['PRUNED']} stopped early, {c['FAIL']} failed, {c['RUNNING']} running"
         )
         if self.started is not None:
             line += f" | elapsed {duration(time.time() - self.started)}"
@@ -200,6 +202,10 @@ class Leaderboard(JupyterMixin):
         used = {"size", *(_state(r).rstrip("*") for r in shown)}
         if any(r.front for r in shown):
             used.add("*")
+        if any(r.parent is not None for r in shown):
+            used.add("slims N")
+        if any("prune" in r.params for r in shown):
+            used.add("prune")
         parts = [f"{short}: {meaning}" for short, meaning in LEGEND.items() if short in used]
         ranked = len(self.ranked())
         if ranked > self.top:
