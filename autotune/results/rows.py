@@ -8,6 +8,7 @@ from typing import Any
 from optuna.trial import FrozenTrial
 
 from autotune.config import sign
+from autotune.search.record import TrialRecord
 from autotune.search.study import feasible, trial_score
 
 
@@ -91,14 +92,14 @@ def row_of(
     """``trial``'s row; ``limits``: the study's latest size budgets (``search.study.LIMITS``),
     which judge ``feasible`` as the search and the export judge it; ``exported``: the number of
     the trial in ``OUT/best``."""
-    attrs = trial.user_attrs
-    state = "BASELINE" if attrs.get("baseline") else trial.state.name
+    rec = TrialRecord.from_trial(trial)
+    state = "BASELINE" if rec.baseline else trial.state.name
     # The metric is the first objective; a Pareto study's second is the model's size.
     value = trial.values[0] if trial.values else None
     if value is None and trial.intermediate_values:
         value = trial.intermediate_values[max(trial.intermediate_values)]
     gain = None if value is None or baseline is None else sign(metric) * (value - baseline)
-    seconds = attrs.get("seconds")
+    seconds = rec.seconds
     if seconds is None and trial.datetime_complete and trial.datetime_start:
         seconds = (trial.datetime_complete - trial.datetime_start).total_seconds()
     return TrialRow(
@@ -106,21 +107,21 @@ def row_of(
         state=state,
         value=value,
         gain=gain,
-        trainable=attrs.get("trainable_params"),
-        total=attrs.get("total_params"),
-        epochs=attrs.get("epochs", len(trial.intermediate_values) or None),
+        trainable=rec.trainable_params,
+        total=rec.total_params,
+        epochs=rec.epochs if rec.epochs is not None else len(trial.intermediate_values) or None,
         seconds=seconds,
         params=dict(trial.params),
-        note=attrs.get("fail_reason") or attrs.get("stop_reason", ""),
-        macs=attrs.get("macs"),
-        latency_ms=attrs.get("latency_ms"),
+        note=rec.fail_reason or rec.stop_reason or "",
+        macs=rec.macs,
+        latency_ms=rec.latency_ms,
         feasible=feasible(trial, limits),
         front=trial.number in front,
-        stage=attrs.get("stage"),
-        parent=attrs.get("parent"),
-        latency_ratio=attrs.get("latency_ratio"),
-        latency_ratio_spread=attrs.get("latency_ratio_spread"),
-        flips=(attrs["fixed"], attrs["broken"]) if "broken" in attrs else None,
-        score=None if value is None else trial_score(value, attrs, metric),
+        stage=rec.stage,
+        parent=rec.parent,
+        latency_ratio=rec.latency_ratio,
+        latency_ratio_spread=rec.latency_ratio_spread,
+        flips=(rec.fixed or 0, rec.broken) if rec.broken is not None else None,
+        score=None if value is None else trial_score(value, trial.user_attrs, metric),
         exported=trial.number == exported,
     )

@@ -24,9 +24,9 @@ from autotune.load.anatomy import count_parameters
 from autotune.load.job import Job
 from autotune.load.tasks import TaskData
 from autotune.paths import checkpoint_path
+from autotune.search.record import record
 from autotune.search.space import SearchSpace
 from autotune.search.stages import (
-    PARENT,
     child_config,
     parent_of,
     slimming_maker,
@@ -37,7 +37,7 @@ from autotune.search.stages import (
     tuning_space,
 )
 from autotune.search.study import best_trial, config_of, rank_key, within_limits
-from autotune.search.trials import INTERRUPTED, WORKER
+from autotune.search.trials import WORKER
 from autotune.trial.accel import release
 from autotune.trial.cost import Cost, measure
 from autotune.trial.fit import EpochCallback, FitResult
@@ -113,31 +113,30 @@ class Objective:
             raise
         except KeyboardInterrupt:
             # Stopped, not failed: it does not count toward --trials (``search.trials``).
-            trial.set_user_attr(INTERRUPTED, True)
+            record(trial, interrupted=True)
             raise
         except Exception as e:
-            trial.set_user_attr("fail_reason", _one_line(e))
+            record(trial, fail_reason=_one_line(e))
             raise
         finally:
             left = release(self.maker.device)
             if left is not None:  # GPU memory must not grow from trial to trial
-                trial.set_user_attr("cuda_memory_mb", round(left, 1))
+                record(trial, cuda_memory_mb=round(left, 1))
 
     def _run(self, trial: optuna.Trial) -> float | tuple[float, float]:
-        trial.set_user_attr("worker", WORKER)
+        record(trial, worker=WORKER)  # first: whether the trial's process lives is read off it
         config, maker, stage = self._configure(trial)
-        trial.set_user_attr("config", dataclasses.asdict(config))
         model, changes, data = maker.build(config)
         # Timed side by side with the source model: a ratio, fair to both.
         cost = measure(model, data.x_val, source=(self.maker.source, self.maker.data.x_val))
         trainable, _ = count_parameters(model)
-        trial.set_user_attr("trainable_params", trainable)
-        for key, value in cost_attrs(cost).items():
-            trial.set_user_attr(key, value)
+        built: dict[str, Any] = {"trainable_params": trainable, **cost_attrs(cost)}
         if changes.features is not None:
-            trial.set_user_attr("features_kept", len(changes.features))
+            built["features_kept"] = len(changes.features)
         if changes.heads:
-            trial.set_user_attr("heads_kept", {n: len(k) for n, k in changes.heads.items()})
+            built["heads_kept"] = {n: len(k) for n, k in changes.heads.items()}
+        built["precision"] = maker.accel(model).describe()
+        record(trial, config=dataclasses.asdict(config), **built)
         started = time.perf_counter()
         over = self.budgets.violations(cost)
         for key, value in over.items():
@@ -148,7 +147,7 @@ class Objective:
             # Over budget: no point training it. The sampler learns from the constraint.
             limits = self.budgets.limits
             what = ", ".join(f"{k} {getattr(cost, k):,} > {limits[k]:,}" for k in exceeded)
-            trial.set_user_attr("stop_reason", f"over budget: {what}")
+            record(trial, stop_reason=f"over budget: {what}")
             raise optuna.TrialPruned()
         metric = self.settings.metric
 
@@ -163,12 +162,12 @@ class Objective:
             # Stage 2 starts from the adapted model: the pruner's medians, made of stage-1
             # curves from the source model, say nothing about it. Early stopping only.
             if stage != 2 and trial.should_prune():
-                trial.set_user_attr("epochs", epoch)
-                trial.set_user_attr("seconds", time.perf_counter() - started)
-                trial.set_user_attr("stop_reason", f"pruned after epoch {epoch}")
+                seconds = time.perf_counter() - started
+                record(
+                    trial, epochs=epoch, seconds=seconds, stop_reason=f"pruned after epoch {epoch}"
+                )
                 raise optuna.TrialPruned()
 
-        trial.set_user_attr("precision", maker.accel(model).describe())
         try:
             result = maker.fit(model, config, trial.number, data, on_epoch)
         except torch.cuda.OutOfMemoryError:
@@ -176,37 +175,42 @@ class Objective:
             config, model, result = self._retry_smaller(trial, config, maker, on_epoch)
         # The best epoch's scores are those of the weights the model now holds.
         best_epoch = result.history[result.best_epoch - 1]
-        trial.set_user_attr("epochs", result.epochs_run)
-        trial.set_user_attr("best_epoch", result.best_epoch)
-        trial.set_user_attr("seconds", result.seconds)
-        trial.set_user_attr("stop_reason", result.stop_reason)
+        done: dict[str, Any] = {
+            "epochs": result.epochs_run,
+            "best_epoch": result.best_epoch,
+            "seconds": result.seconds,
+            "stop_reason": result.stop_reason,
+            "val_accuracy": best_epoch["val_accuracy"],
+            "val_loss": best_epoch["val_loss"],
+            "history": result.history,
+        }
         if result.wait_seconds:  # streamed data: the share of training spent waiting for it
-            trial.set_user_attr("loader_wait", result.wait_seconds / result.train_seconds)
-        trial.set_user_attr("val_accuracy", best_epoch["val_accuracy"])
-        trial.set_user_attr("val_loss", best_epoch["val_loss"])
+            done["loader_wait"] = result.wait_seconds / result.train_seconds
         if self.baseline_value is not None:
-            trial.set_user_attr("gain", sign(metric) * (result.best - self.baseline_value))
-        trial.set_user_attr("history", result.history)
-        flips = self._record_flips(trial, model, data)
+            done["gain"] = sign(metric) * (result.best - self.baseline_value)
+        flips = self._count_flips(trial, model, data, done)
+        record(trial, **done)
         scores = score_key(metric, best_epoch["val_accuracy"], best_epoch["val_loss"])
         self._keep_if_best(trial, scores, model, cost, stage, flips)
         size = self.budgets.size_objective(cost, flips)
         return (result.best, size[0]) if size else result.best
 
-    def _record_flips(self, trial: optuna.Trial, model: nn.Module, data: TaskData) -> Flips | None:
-        """Count the errors the trial fixed and broke against the source model, and hold it
-        to the flip budget: over it, the trial completes but is infeasible (never exported)."""
+    def _count_flips(
+        self, trial: optuna.Trial, model: nn.Module, data: TaskData, done: dict[str, Any]
+    ) -> Flips | None:
+        """Count the errors the trial fixed and broke against the source model (into ``done``,
+        the fields to record), and hold it to the flip budget: over it, the trial completes but
+        is infeasible (never exported)."""
         reference = self.maker.reference
         if reference is None:
             return None
         flips = count_flips(reference, predictions(model, data.x_val), data.y_val, data.classes)
-        for key, value in flips.attrs().items():
-            trial.set_user_attr(key, value)
+        done.update(flips.attrs())
         limit = self.budgets.max_flips
         if limit is not None:
             trial.set_constraint("flips", flip_violation(flips.broken, limit))
             if flips.broken > limit:
-                trial.set_user_attr("stop_reason", f"over budget: flips {flips.broken} > {limit}")
+                done["stop_reason"] = f"over budget: flips {flips.broken} > {limit}"
         return flips
 
     def _retry_smaller(
@@ -217,11 +221,10 @@ class Objective:
             raise TrialFailed("out of GPU memory at batch size 1: the model does not fit")
         release(maker.device)
         smaller = dataclasses.replace(config, batch_size=config.batch_size // 2)
-        trial.set_user_attr(
-            "oom", f"out of GPU memory at batch size {config.batch_size}: retried at "
-            f"{smaller.batch_size}",
-        )  # fmt: skip
-        trial.set_user_attr("config", dataclasses.asdict(smaller))
+        oom = (
+            f"out of GPU memory at batch size {config.batch_size}: retried at {smaller.batch_size}"
+        )
+        record(trial, oom=oom, config=dataclasses.asdict(smaller))
         model, _, data = maker.build(smaller)
         try:
             return smaller, model, maker.fit(model, smaller, trial.number, data, on_epoch)
@@ -237,10 +240,9 @@ class Objective:
         parent = parent_of(trial.study, self.settings.metric) if stage == 2 else None
         if parent is None:  # unstaged, stage 1, or no stage-1 trial has completed yet
             space = tuning_space(self.space) if self.staged else self.space
-            trial.set_user_attr("stage", 1 if self.staged else 0)
+            record(trial, stage=1 if self.staged else 0)
             return space.suggest(trial, self.n_layers, self.prunable), self.maker, 1
-        trial.set_user_attr("stage", 2)
-        trial.set_user_attr(PARENT, parent.number)
+        record(trial, stage=2, parent=parent.number)
         slim = slimming_space(self.space).suggest(trial, self.n_layers, self.prunable)
         tuned = config_of(parent, self.space)
         sampled = stage_two_params(self.space)

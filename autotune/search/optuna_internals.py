@@ -40,3 +40,27 @@ def heartbeat_enabled(storage: BaseStorage) -> bool:
     from optuna.storages._heartbeat import is_heartbeat_enabled
 
     return is_heartbeat_enabled(storage)
+
+
+def set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
+    """Set several user attributes of a running trial in one transaction of an RDB storage
+    (SQLite, PostgreSQL, MySQL): Optuna writes each in a transaction of its own, which is most
+    of a small trial's storage time. Other storages get them one by one."""
+    from optuna.storages import RDBStorage
+
+    storage = trial.study._storage
+    backend = getattr(storage, "_backend", storage)  # under Optuna's cache of an RDB storage
+    if not isinstance(backend, RDBStorage):
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        return
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    with _create_scoped_session(backend.scoped_session, True) as session:
+        for key, value in attrs.items():
+            backend._set_trial_attr_without_commit(
+                session, models.TrialUserAttributeModel, trial._trial_id, key, value
+            )
+    # What ``Trial.set_user_attr`` also does: ``trial.user_attrs`` reads this copy.
+    trial._cached_frozen_trial.user_attrs.update(attrs)
