@@ -23,6 +23,8 @@ MAX_RATIO = 0.9
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 """``--amp``: mixed precision of a fit (``trial.accel``); ``auto`` is bf16/fp16 on CUDA only."""
 SWITCHES = ("auto", "on", "off")
+MAX_SEED = 2**32 - 1
+"""The largest ``--seed``: numpy's generators (the sampler's) take no larger."""
 SELECT_RULES = ("simplest", "top")
 """``--select``: which trial a search exports (``search.selection``)."""
 EXPLAINERS = ("gradient", "deep")

@@ -32,14 +32,15 @@ def write_ahead(storage: optuna.storages.RDBStorage) -> None:
     """Put the SQLite file behind ``storage`` in write-ahead-log mode, synced at checkpoints."""
     from sqlalchemy import event
 
-    def on_connect(connection: Any, _: Any) -> None:
-        cursor = connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.close()
-
-    event.listen(storage.engine, "connect", on_connect)
+    event.listen(storage.engine, "connect", _log_ahead)
     storage.engine.dispose()  # the connections opened before the listener close
+
+
+def _log_ahead(connection: Any, _: Any) -> None:
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
 
 
 def settle(path: Path) -> None:
@@ -47,8 +48,14 @@ def settle(path: Path) -> None:
     mode: a finished study is one file again, which can be copied alone and read from a
     read-only folder. Best effort: while another process (a worker, the dashboard) has the
     file open it stays in log mode, as safe, and the next search to end settles it."""
+    from sqlalchemy import event
+
     for engine in list(_OPEN.values()):
         if engine.url.database and Path(engine.url.database).resolve() == path.resolve():
+            # The study stays open after the search (the summary, a notebook read it): a
+            # connection it opens later must not put the file back in log mode.
+            if event.contains(engine, "connect", _log_ahead):
+                event.remove(engine, "connect", _log_ahead)
             engine.dispose()  # this process's connections would keep the log
     if not path.is_file():
         return
