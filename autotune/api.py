@@ -14,12 +14,18 @@ from rich.jupyter import JupyterMixin
 from torch import nn
 from torch.utils.data import Dataset
 
-from autotune.config import AnalysisOptions, SearchSettings
+from autotune.config import AnalysisOptions, Explainer, SearchSettings
 from autotune.errors import first_line
 from autotune.load.job import DataSpec, Job, ModelSpec
 from autotune.load.models import LoadedModel
 from autotune.load.tasks import TaskData, from_datasets
-from autotune.paths import analysis_dir, check_writable, leaderboard_csv, study_db
+from autotune.paths import (
+    analysis_dir,
+    check_storage,
+    check_writable,
+    leaderboard_csv,
+    study_db,
+)
 from autotune.rank.analysis import Analysis
 from autotune.rank.analyze import analyze_job
 from autotune.results.artifacts import attach
@@ -117,6 +123,11 @@ def search(
     """
     study_name = settings.pop("study_name", None) or default_study_name(model)
     folder = Path(out) if out is not None else Path("runs") / study_name
+    the_settings = SearchSettings(trials=trials, out=folder, study_name=study_name, **settings)
+    # Mistakes in the settings end the search before the model loads and before any folder
+    # is made; the space's fit section, read later, only fills in what is not given.
+    the_settings.resolved({})
+    check_storage(the_settings.storage)
     check_writable(folder)
     job = make_job(model, data)
     console = console or Console()
@@ -124,7 +135,6 @@ def search(
         space, why = space_for(job)
         console.print(f"space: {space} ({why}; --space default fine-tunes only)", highlight=False)
     the_space = space if isinstance(space, SearchSpace) else load_space(space)
-    the_settings = SearchSettings(trials=trials, out=folder, study_name=study_name, **settings)
     display = LiveLeaderboard(console, the_settings.metric, the_settings.trials)
     run = Search(job, the_space, the_settings, console=console, command=command, display=display)
     try:
@@ -231,7 +241,7 @@ def analyze(
     background: int = 32,
     nsamples: int = 16,
     seed: int = 0,
-    explainer: str = "gradient",
+    explainer: Explainer = "gradient",
     threads: int = 1,
     cache: bool = True,
 ) -> Analysis:

@@ -38,12 +38,20 @@ def first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
-# user:password@ in a URL (postgresql://user:secret@host/db), and password=... in its query.
-_URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]*):[^\s@]*@")
-_QUERY_PASSWORD = re.compile(r"((?:password|passwd|pwd)=)[^\s&'\"]*", re.IGNORECASE)
+# user:password@ in a URL (postgresql://user:secret@host/db), also mistyped (one slash, or
+# no scheme: user:secret@host/db; scheme://user@host has no password), up to the token's last
+# @ since a password may hold one. And password=... in a URL's query or a libpq key=value
+# connection string (host=h password='a b').
+_URL_PASSWORD = re.compile(
+    r"([A-Za-z][A-Za-z0-9+.-]*:/*[^\s:/@'\"]*:|[^\s:/@'\"]+:(?!//))[^\s'\"]*@"
+)
+_QUERY_PASSWORD = re.compile(
+    r"((?:password|passwd|pwd)\s*=\s*)(?:'[^']*'|\"[^\"]*\"|[^\s&;'\"]*)", re.IGNORECASE
+)
 
 
 def redacted(text: str) -> str:
-    """``text`` with the passwords of the URLs in it replaced by ``***``: storage URLs are
-    printed and stored (errors, the recorded command line) where others may read them."""
-    return _QUERY_PASSWORD.sub(r"\1***", _URL_PASSWORD.sub(r"\1:***@", text))
+    """``text`` with the passwords of the URLs and connection strings in it replaced by
+    ``***``: storage URLs are printed and stored (errors, the recorded command line) where
+    others may read them."""
+    return _QUERY_PASSWORD.sub(r"\1***", _URL_PASSWORD.sub(r"\1***@", text))

@@ -15,11 +15,12 @@ OUT/workers/            what each extra worker process of --workers said
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from autotune.errors import AutotuneError
+from autotune.errors import AutotuneError, StorageError, redacted
 
 
 def cache_dir() -> Path:
@@ -81,6 +82,30 @@ def check_writable(out: Path) -> None:
             f"--out {str(out)!r} cannot be written ({e.strerror or e}): give a folder you can "
             "write to"
         ) from e
+
+
+# A scheme of two letters or more (one is a Windows drive), whatever follows it.
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:")
+# libpq's key=value connection strings, and ODBC's Key=value;...
+_DSN_KEY = re.compile(
+    r"(?:^|[\s;])(?:host|hostaddr|port|dbname|user|password|passfile|sslmode|service|server|"
+    r"database|uid|pwd)\s*=",
+    re.IGNORECASE,
+)
+
+
+def check_storage(storage: str | None) -> None:
+    """Fail now, before anything is written, when ``storage`` is neither a URL (``://``) nor
+    a journal file path: a mistyped URL taken for a path would put its password in a folder
+    name, the header and the recorded command line."""
+    if storage is None or "://" in storage:
+        return  # a URL: the database driver says what is wrong with it, if anything
+    if _SCHEME.match(storage) or _DSN_KEY.search(storage) or redacted(storage) != storage:
+        raise StorageError(
+            f"--storage {redacted(storage)!r} is neither a storage URL nor a journal file path: "
+            "write sqlite:///path, postgresql://user@host/db, mysql://user@host/db, or the path "
+            "of a journal file"
+        )
 
 
 def write_atomically(path: Path, write: Callable[[Path], object]) -> None:

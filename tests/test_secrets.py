@@ -29,6 +29,67 @@ def test_passwords_in_urls_are_redacted() -> None:
         assert redacted(text) == shown
 
 
+def test_passwords_in_mistyped_urls_and_connection_strings_are_redacted() -> None:
+    cases = {
+        "postgresql:/bob:pw@db/x": "postgresql:/bob:***@db/x",
+        "--storage bob:pw@db/x": "--storage bob:***@db/x",
+        "'host=db password=pw dbname=x'": "'host=db password=*** dbname=x'",
+        "host=db password = 'p w'": "host=db password = ***",
+        "postgresql://bob:p@ss@db/x": "postgresql://bob:***@db/x",
+        "postgresql://bob@db/x": "postgresql://bob@db/x",
+        "runs/x/journal.log": "runs/x/journal.log",
+    }
+    for text, shown in cases.items():
+        assert redacted(text) == shown
+
+
+MISTYPED = [
+    f"postgresql:/autotune:{SECRET}@db.example/autotune",
+    f"autotune:{SECRET}@db.example/autotune",
+    f"host=db.example password={SECRET} dbname=autotune",
+]
+
+
+@pytest.mark.parametrize("url", MISTYPED)
+def test_a_mistyped_storage_url_is_refused_before_anything_is_written(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    Path("space.yaml").write_text("lr: {low: 1.0e-3, high: 1.0e-2, log: true}\n")
+    args = ["search", "--model", "demo", "--space", "space.yaml", "--trials", "1", "--epochs", "1"]
+    result = CliRunner().invoke(app, [*args, "--storage", url, "--out", "out"])
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.output.split())
+    assert "is neither a storage URL nor a journal file path" in said and "***" in said
+    assert "sqlite:///path, postgresql://user@host/db" in said
+    assert SECRET not in result.output
+    assert [p.name for p in tmp_path.iterdir()] == ["space.yaml"]  # no folder, no journal
+
+
+@pytest.mark.parametrize("url", MISTYPED)
+def test_reading_a_study_from_a_mistyped_storage_url_writes_nothing(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["show", "out", "--storage", url])
+    assert result.exit_code == 2, result.output
+    assert "is neither a storage URL" in result.output and SECRET not in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_relative_journal_file_path_is_still_a_storage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import optuna
+
+    from autotune.search.study import open_storage
+
+    monkeypatch.chdir(tmp_path)
+    storage = open_storage("runs/x/journal.log", tmp_path / "out")
+    optuna.create_study(storage=storage, study_name="s")
+    assert (tmp_path / "runs" / "x" / "journal.log").is_file()
+
+
 def test_an_unreachable_storage_is_reported_without_its_password(
     tmp_path: Path, tensors_file: Path
 ) -> None:

@@ -22,7 +22,7 @@ from autotune.config import (
     sign,
 )
 from autotune.errors import StorageError, first_line, redacted
-from autotune.paths import checkpoint_path, study_db
+from autotune.paths import check_storage, checkpoint_path, study_db
 from autotune.search.space import SearchSpace, config_from, parse_space
 from autotune.search.study_file import track, write_ahead
 from autotune.search.trials import finished, machine_index, retry
@@ -42,6 +42,7 @@ FLAGS = {"max_epochs": "--epochs", "seed": "--seed", "patience": "--patience"}
 
 def open_storage(url: str | None, out: Path) -> BaseStorage | str:
     """An Optuna storage: SQLite in ``out`` by default, any RDB URL, or a journal file."""
+    check_storage(url)
     local = url is None
     if url is None:
         out.mkdir(parents=True, exist_ok=True)
