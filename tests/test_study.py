@@ -228,3 +228,16 @@ def test_a_finished_search_leaves_one_plain_study_file(
     with sqlite3.connect(tmp_path / "study.db") as reader:
         assert reader.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
         assert reader.execute("SELECT COUNT(*) FROM trials").fetchone()[0] == 3  # baseline + 2
+
+
+def test_the_largest_seed_works_for_every_worker() -> None:
+    import optuna
+
+    from autotune.config import MAX_SEED, SearchSettings
+    from autotune.search.study import make_sampler_and_pruner
+
+    for worker in range(3):  # worker N samples with seed + N, which numpy must still take
+        settings = SearchSettings(seed=MAX_SEED, workers=3, worker=worker).resolved({})
+        sampler, _ = make_sampler_and_pruner(settings)
+        study = optuna.create_study(sampler=sampler)
+        assert 0.0 <= study.ask().suggest_float("lr", 0.0, 1.0) <= 1.0

@@ -214,7 +214,7 @@ def make_sampler_and_pruner(
     startup = max(3, min(10, settings.trials // 3))
     # Each worker its own seed, or all would sample the same first trials; the constant liar
     # keeps a worker from sampling what another is running.
-    seed = settings.seed + settings.worker + 1000 * machine_index()
+    seed = (settings.seed + settings.worker + 1000 * machine_index()) % 2**32  # numpy stops there
     sampler = optuna.samplers.TPESampler(
         seed=seed,
         n_startup_trials=startup,
