@@ -60,6 +60,26 @@ def test_broken_space_files_name_the_key(tmp_path: Path, text: str, message: str
         load_space(path)
 
 
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("lr: .nan", "parameter 'lr': nan is not a finite number"),
+        ("lr: {low: 1.0e-4, high: .inf, log: true}", "parameter 'lr': 'high' must be a finite"),
+        ("weight_decay: {low: .nan, high: 0.1}", "'low' must be a finite number, got nan"),
+        ("focal_gamma: [2.0, .inf]", "parameter 'focal_gamma': inf is not a finite number"),
+        ("dropout: {low: 0.0, high: 0.5, step: .inf}", "'step' must be a positive finite"),
+    ],
+)
+def test_nan_and_inf_are_refused_naming_the_file_key_and_value(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    with pytest.raises(SpaceError, match=message) as info:
+        load_space(path)
+    assert f"search space {str(path)!r}" in str(info.value)
+
+
 def test_unknown_space_name_lists_the_shipped_ones() -> None:
     with pytest.raises(SpaceError, match="use one of \\['default'"):
         load_space("nonexistent")

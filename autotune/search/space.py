@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.resources
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -271,6 +272,8 @@ def _parse_param(name: str, spec: Any, source: str) -> Param:
                 allow_all and value == "all" and key == "high"
             ):
                 raise SpaceError(f"{where}: '{key}' must be a number, got {value!r}")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise SpaceError(f"{where}: '{key}' must be a finite number, got {value!r}")
         if high != "all" and low > high:
             raise SpaceError(
                 f"{where}: 'low' <= 'high' must hold, but got low={low!r}, high={high!r}"
@@ -282,9 +285,12 @@ def _parse_param(name: str, spec: Any, source: str) -> Param:
         if log and low <= 0:
             raise SpaceError(f"{where}: a log range needs 'low' > 0, got low={low!r}")
         step = spec.get("step")
-        if step is not None and (not isinstance(step, (int, float)) or step <= 0 or log):
+        if step is not None and (
+            not isinstance(step, (int, float)) or not 0 < step < math.inf or log
+        ):
             raise SpaceError(
-                f"{where}: 'step' must be a positive number and cannot go with log, got {step!r}"
+                f"{where}: 'step' must be a positive finite number and cannot go with log, "
+                f"got {step!r}"
             )
         if name in INT_PARAMS and not (
             isinstance(low, int) and (high == "all" or isinstance(high, int))

@@ -4,6 +4,7 @@ with it)."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from autotune.config import MAX_RATIO
@@ -39,6 +40,8 @@ def check_value(name: str, value: Any, where: str) -> None:
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise SpaceError(f"{where}: {value!r} is not a number")
+    if not math.isfinite(value):  # YAML reads .nan and .inf as numbers; every trial would fail
+        raise SpaceError(f"{where}: {value!r} is not a finite number: write a number")
     if name in INT_PARAMS and not isinstance(value, int):
         raise SpaceError(f"{where}: {value!r} is not an integer")
     if name == "dropout" and not 0.0 <= value < 1.0:
