@@ -452,6 +452,8 @@ def export(
     from autotune.results.export import Workspace, export_trial
     from autotune.search.study import load_study, space_of, study_record
 
+    if to is not None and to.exists() and not to.is_dir():
+        raise AutotuneError(f"--to {str(to)!r} is a file: choose a folder to export into")
     study = load_study(storage, out, study_name)
     record = study_record(study)
     with console.status("loading the model and data"):
@@ -497,8 +499,9 @@ def report(
 def dashboard(
     out: Annotated[Path, typer.Argument(help="Output folder of a search.")] = Path("runs/demo"),
     storage: Storage = None,
+    study_name: StudyName = None,
     host: Annotated[str, typer.Option(help="Address to serve on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to serve on.")] = 8080,
+    port: Annotated[int, typer.Option(help="Port to serve on (1 to 65535).")] = 8080,
 ) -> None:
     """Serve optuna-dashboard on a search's study, with its plots and exported files."""
     from optuna_dashboard import run_server
@@ -507,7 +510,9 @@ def dashboard(
     from autotune.results.artifacts import artifact_store
     from autotune.search.study import load_study, open_storage
 
-    study = load_study(storage, out)  # checks the study is there before serving
+    if not 1 <= port <= 65535:
+        raise AutotuneError(f"--port {port!r} is not a port: choose one from 1 to 65535")
+    study = load_study(storage, out, study_name)  # checks the study is there before serving
     store = artifact_store(out) if artifacts_dir(out).is_dir() else None
     url = f"http://{host}:{port}/dashboard/"
     console.print(f"optuna-dashboard for study {study.study_name!r}: {url}  (Ctrl+C stops it)")

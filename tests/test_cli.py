@@ -136,6 +136,15 @@ def test_export_retrains_a_trial_and_reproduces_its_metric(searched: Path) -> No
     assert "reproduced: True" in result.output
 
 
+def test_export_to_an_existing_file_is_refused_in_one_line(searched: Path) -> None:
+    taken = searched.parent / "notes.txt"
+    taken.write_text("mine")
+    result = runner.invoke(app, ["export", "--out", str(searched), "--to", str(taken)])
+    assert result.exit_code == 2, result.output
+    assert f"--to {str(taken)!r} is a file: choose a folder" in " ".join(result.output.split())
+    assert taken.read_text() == "mine"
+
+
 def test_show_prints_the_leaderboard(searched: Path) -> None:
     result = runner.invoke(app, ["show", str(searched)])
     assert result.exit_code == 0, result.output
@@ -171,6 +180,59 @@ def test_bad_input_ends_with_one_line_and_exit_code_2(args: list[str], message: 
     assert result.exit_code == 2
     assert message in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("seed", ["-1", "4294967296"])
+def test_a_seed_numpy_cannot_take_is_refused_before_any_work(seed: str, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["search", "--model", "demo", "--seed", seed, "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert f"--seed must be an integer from 0 to 4294967295 (2**32-1), got {seed}" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_a_space_with_nan_or_inf_is_refused_naming_file_key_and_value(tmp_path: Path) -> None:
+    space = tmp_path / "space.yaml"
+    space.write_text("lr: {low: 1.0e-3, high: .inf}\nfit: {max_epochs: 1, patience: 1}\n")
+    args = ["search", "--model", "demo", "--space", str(space), "--out", str(tmp_path / "out")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.output.split())
+    assert f"search space {str(space)!r}, parameter 'lr': 'high' must be a finite" in said
+    assert "got inf" in said
+
+
+@pytest.fixture
+def two_studies(tmp_path: Path) -> Path:
+    """An output folder whose study.db holds two studies."""
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    for name in ("first", "second"):
+        optuna.create_study(storage=storage, study_name=name)
+    return tmp_path
+
+
+def test_dashboard_serves_the_study_named_among_several(
+    two_studies: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import optuna_dashboard
+
+    served: list[int] = []
+    monkeypatch.setattr(optuna_dashboard, "run_server", lambda *a, **k: served.append(k["port"]))
+    asked = runner.invoke(app, ["dashboard", str(two_studies)])
+    assert asked.exit_code == 2 and "choose one with --study-name" in asked.output
+    result = runner.invoke(app, ["dashboard", str(two_studies), "--study-name", "second"])
+    assert result.exit_code == 0, result.output
+    assert "optuna-dashboard for study 'second'" in result.output and served == [8080]
+
+
+@pytest.mark.parametrize("port", ["-1", "99999"])
+def test_dashboard_refuses_a_port_out_of_range_in_one_line(tmp_path: Path, port: str) -> None:
+    optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}", study_name="only")
+    result = runner.invoke(app, ["dashboard", str(tmp_path), "--port", port])
+    assert result.exit_code == 2, result.output
+    assert f"--port {port} is not a port: choose one from 1 to 65535" in result.output
+    assert len(result.output.strip().splitlines()) == 1
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the no-CUDA message")
