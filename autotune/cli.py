@@ -12,6 +12,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 
+from autotune import config
 from autotune.errors import AutotuneError, redacted
 
 app = typer.Typer(
@@ -128,10 +129,10 @@ Patience = Annotated[
     typer.Option(help="Epochs without improvement before a trial stops (default: from the space)."),
 ]
 Metric = Annotated[
-    str, typer.Option(help="Validation metric: accuracy (maximised) or loss (minimised).")
+    config.Metric, typer.Option(help="Validation metric: accuracy (maximised) or loss (minimised).")
 ]
 Seed = Annotated[int, typer.Option(help="Seed of the sampler and of every trial.")]
-Pruner = Annotated[str, typer.Option(help="Trial pruner: median, hyperband or none.")]
+Pruner = Annotated[config.Pruner, typer.Option(help="Trial pruner.")]
 Device = Annotated[str, typer.Option(help="auto (CUDA when available), cpu, cuda, cuda:N.")]
 Threads = Annotated[
     int, typer.Option(help="torch threads on CPU; one is fastest for small models on few cores.")
@@ -160,10 +161,10 @@ MaxFlips = Annotated[
     ),
 ]
 Pareto = Annotated[
-    str | None,
+    config.ParetoAxis | None,
     typer.Option(
-        help="params, macs or flips: find the Pareto front of the metric vs model size, or vs "
-        "negative flips."
+        help="Find the Pareto front of the metric vs model size (params, macs), or vs negative "
+        "flips."
     ),
 ]
 
@@ -209,7 +210,7 @@ def search(
         ),
     ] = False,
     select: Annotated[
-        str,
+        config.SelectRule,
         typer.Option(
             help="Without a size budget, export the smallest model whose validation accuracy "
             "is within one standard error of the best (simplest, default: a small validation "
@@ -228,12 +229,12 @@ def search(
         typer.Option(help="Start no new trial after this many seconds; finished ones are kept."),
     ] = None,
     amp: Annotated[
-        str,
-        typer.Option(help="Mixed precision: auto (bf16/fp16 on CUDA, off on CPU), bf16, fp16, off"),
+        config.AmpMode,
+        typer.Option(help="Mixed precision: auto is bf16/fp16 on CUDA, off on the CPU."),
     ] = "auto",
     channels_last: Annotated[
-        str,
-        typer.Option(help="Conv nets in channels-last memory format: auto (on CUDA), on, off."),
+        config.Switch,
+        typer.Option(help="Conv nets in channels-last memory format: auto is on with CUDA."),
     ] = "auto",
     workers: Annotated[
         int,
@@ -342,9 +343,7 @@ def analyze(
     val_fraction: ValFraction = 0.2,
     image_size: ImageSize = None,
     normalize: Normalize = None,
-    method: Annotated[
-        str, typer.Option(help="Importance: shap (default), taylor, l1 or random.")
-    ] = "shap",
+    method: Annotated[config.Method, typer.Option(help="Importance method.")] = "shap",
     samples: Annotated[int, typer.Option(help="Validation samples explained.")] = 128,
     background: Annotated[
         int, typer.Option(help="Random unit coalitions shap integrates from.")
@@ -353,7 +352,8 @@ def analyze(
         int, typer.Option(help="Expected-gradient samples per explained sample.")
     ] = 16,
     explainer: Annotated[
-        str, typer.Option(help="shap explainer: gradient (default) or deep (DeepLIFT).")
+        config.Explainer,
+        typer.Option(help="shap's engine: expected gradients, or DeepLIFT (deep)."),
     ] = "gradient",
     seed: Seed = 0,
     threads: Threads = 1,

@@ -7,27 +7,38 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from autotune.errors import AutotuneError
 
 VERSION = "0.1.0"
 """autotune's version (``autotune.__version__``), recorded with every study and export."""
+# The choices of the settings, each once: a ``Literal`` type (the CLI's --help lists it) and
+# the tuple of its values that the checks read.
+Metric = Literal["accuracy", "loss"]
+Pruner = Literal["median", "hyperband", "none"]
+ParetoAxis = Literal["params", "macs", "flips"]
+AmpMode = Literal["auto", "bf16", "fp16", "off"]
+Switch = Literal["auto", "on", "off"]
+SelectRule = Literal["simplest", "top"]
+Explainer = Literal["gradient", "deep"]
+Method = Literal["shap", "taylor", "l1", "random"]
+"""The importance methods (``rank.methods``)."""
 METRICS: dict[str, Literal["maximize", "minimize"]] = {"accuracy": "maximize", "loss": "minimize"}
-PRUNERS = ("median", "hyperband", "none")
+PRUNERS: tuple[str, ...] = get_args(Pruner)
 BUDGETS = ("params", "macs")
-PARETO_AXES = (*BUDGETS, "flips")
+PARETO_AXES: tuple[str, ...] = get_args(ParetoAxis)
 """What ``--pareto`` can set against the metric: a size, or the negative flips (``trial.flips``)."""
 MAX_RATIO = 0.9
 """The largest fraction of a layer's channels (or of the features) a trial may remove."""
-AMP_MODES = ("auto", "bf16", "fp16", "off")
+AMP_MODES: tuple[str, ...] = get_args(AmpMode)
 """``--amp``: mixed precision of a fit (``trial.accel``); ``auto`` is bf16/fp16 on CUDA only."""
-SWITCHES = ("auto", "on", "off")
+SWITCHES: tuple[str, ...] = get_args(Switch)
 MAX_SEED = 2**32 - 1
 """The largest ``--seed``: numpy's generators (the sampler's) take no larger."""
-SELECT_RULES = ("simplest", "top")
+SELECT_RULES: tuple[str, ...] = get_args(SelectRule)
 """``--select``: which trial a search exports (``search.selection``)."""
-EXPLAINERS = ("gradient", "deep")
+EXPLAINERS: tuple[str, ...] = get_args(Explainer)
 """Engines of the ``shap`` method: expected gradients (``GradientExplainer``'s algorithm, the
 default: better rankings in BENCHMARKS.md) or shap's ``DeepExplainer`` (DeepLIFT)."""
 
@@ -151,7 +162,7 @@ class AnalysisOptions:
     nsamples: int = 16
     """Expected-gradient samples per explained sample (``shap``)."""
     seed: int = 0
-    explainer: str = "gradient"
+    explainer: Explainer = "gradient"
     """``gradient`` (expected gradients, shap's GradientExplainer algorithm, batched) or ``deep``
     (shap's DeepExplainer), for ``shap``."""
 
@@ -176,11 +187,11 @@ class SearchSettings:
     """Epochs per trial at most (default: the space's ``fit.max_epochs``, else 20)."""
     patience: int | None = None
     """Epochs without improvement before a trial stops (default: the space's, else 5)."""
-    metric: str = "accuracy"
+    metric: Metric = "accuracy"
     """``accuracy`` (maximised) or ``loss`` (validation cross-entropy, minimised)."""
     seed: int = 0
     """Seeds the sampler and each trial (trial N trains with seed + N)."""
-    pruner: str = "median"
+    pruner: Pruner = "median"
     device: str = "auto"
     devices: str | None = None
     """``--devices 0,1,...``: one worker per listed CUDA device (worker i on the i-th, round
@@ -199,7 +210,7 @@ class SearchSettings:
     """Multiply-accumulate budget per sample, in the same forms as ``max_params``."""
     max_flips: str | float | None = None
     """Negative-flip budget on the validation split: a rate (``0.01``, ``1%``) or a count."""
-    pareto: str | None = None
+    pareto: ParetoAxis | None = None
     """``params``, ``macs`` or ``flips``: a two-objective study (metric vs size, or vs negative
     flips), early stopping only."""
     seed_trials: bool = True
@@ -211,17 +222,17 @@ class SearchSettings:
     again with ``FINALIST_SEEDS`` fresh seeds; the export is the one with the best mean
     (``results.finalists``). 0: the ``select`` rule's choice (finalists measured no better
     on the peer tasks, see BENCHMARKS.md)."""
-    select: str = "simplest"
+    select: SelectRule = "simplest"
     """Which trial is exported without a size budget: ``simplest``, the smallest model within
     one standard error of the top validation accuracy, or ``top`` (``search.selection``)."""
     timeout: float | None = None
     """Stop starting new trials after this many seconds (this worker's; the study keeps all)."""
     export_preprocessing: bool = False
     """Put the data's input normalisation inside the exported ``model.pt2``."""
-    amp: str = "auto"
+    amp: AmpMode = "auto"
     """Mixed precision: ``auto`` (bf16, or fp16 with a scaler, on CUDA; off on the CPU),
     ``bf16``, ``fp16`` or ``off``."""
-    channels_last: str = "auto"
+    channels_last: Switch = "auto"
     """Conv nets' memory format: ``auto`` (channels-last on CUDA), ``on`` or ``off``."""
     workers: int = 1
     """Processes running trials on this machine (``search.pool``); they share ``threads``."""

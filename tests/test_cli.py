@@ -263,5 +263,17 @@ def test_analyze_writes_rankings_and_charts(tmp_path: Path) -> None:
 
 def test_analyze_refuses_an_unknown_method(tmp_path: Path) -> None:
     result = runner.invoke(app, ["analyze", "--model", "demo", "--method", "magic"])
-    assert result.exit_code == 2
-    assert "unknown importance method 'magic'" in result.output
+    assert result.exit_code == 2  # refused by the argument parser, listing the methods
+    assert "'magic' is not one of 'shap', 'taylor', 'l1', 'random'" in " ".join(
+        result.output.replace("│", " ").split()
+    )
+
+
+def test_help_lists_the_choices_of_each_setting() -> None:
+    result = runner.invoke(app, ["search", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    for choices in ("<accuracy|loss>", "<median|hyperband|none>", "<params|macs|flips>",
+                    "<simplest|top>", "<auto|bf16|fp16|off>", "<auto|on|off>"):  # fmt: skip
+        assert choices in result.output, choices
+    analyze = runner.invoke(app, ["analyze", "--help"], env={"COLUMNS": "200"})
+    assert "<shap|taylor|l1|random>" in analyze.output and "<gradient|deep>" in analyze.output

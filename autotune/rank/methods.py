@@ -32,19 +32,19 @@ import copy
 import dataclasses
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import torch
 from torch import nn
 
-from autotune.config import EXPLAINERS
+from autotune.config import EXPLAINERS, Method
 from autotune.load.anatomy import layers
 from autotune.rank.expected_gradients import expected_gradients
 from autotune.rank.gates import Gated, Site, sites
 from autotune.rank.heads import parts
 
-METHODS = ("shap", "taylor", "l1", "random")
+METHODS: tuple[str, ...] = get_args(Method)
 """The importance methods (``--method``, a space's ``importance``): the one list of them."""
 ERROR_METHODS = ("shap", "taylor")
 """The methods that also rank layers by the mistakes they drive, so can order the unfreezing
