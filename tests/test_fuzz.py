@@ -129,6 +129,7 @@ CASES: dict[str, Case] = {
     "ragged csv": _data(lambda d: _file(d, "d.csv", "a,b,target\n1,2,0\n3\n4,5,6,1\n")),
     "text feature column": _data(lambda d: _file(d, "d.csv", "a,b,target\nx,2,0\ny,3,1\n" * 5)),
     "malformed YAML": _space("lr: [1, 2\n"),
+    "YAML python tag": _space("lr: !!python/object/apply:os.system ['true']\n"),
     "YAML list": _space("- lr\n- dropout\n"),
     "unknown space key": _space("learning_rate: 0.1\n"),
     "negative lr range": _space("lr: {low: -0.1, high: 0.1}\n"),

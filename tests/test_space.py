@@ -118,3 +118,14 @@ def test_slimming_parameters_parse_and_sample_per_layer() -> None:
 def test_bad_slimming_parameters_name_the_fix(raw: dict, message: str) -> None:
     with pytest.raises(SpaceError, match=message):
         load_space(raw)
+
+
+def test_a_yaml_tag_is_refused_in_one_line_naming_file_line_and_tag(tmp_path: Path) -> None:
+    path = tmp_path / "space.yaml"
+    path.write_text("fit: {max_epochs: 2}\nlr: !!python/object/apply:os.system ['true']\n")
+    with pytest.raises(SpaceError) as info:
+        load_space(path)
+    message = str(info.value)
+    assert "\n" not in message and "^" not in message
+    assert f"{str(path)!r}, line 2" in message
+    assert "!!python/object/apply:os.system is not allowed" in message

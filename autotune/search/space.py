@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.resources
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,8 +187,22 @@ def load_space(name_or_path: str | Path | Mapping[str, Any] = "default") -> Sear
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise SpaceError(f"search space {text_source!r} is not valid YAML: {e}") from e
+        raise SpaceError(_yaml_problem(text_source, e)) from e
     return parse_space(raw, text_source)
+
+
+def _yaml_problem(source: str, e: yaml.YAMLError) -> str:
+    """One line for a YAML error (PyYAML's own text quotes the line and draws a caret)."""
+    mark = getattr(e, "problem_mark", None)
+    where = f"{source!r}, line {mark.line + 1}" if mark is not None else repr(source)
+    problem = str(getattr(e, "problem", None) or e).splitlines()[0]
+    tag = re.search(r"tag '(?:tag:yaml\.org,2002:)?([^']+)'", problem)
+    if isinstance(e, yaml.constructor.ConstructorError) and tag:
+        return (
+            f"search space {where}: the tag !!{tag.group(1)} is not allowed (tags build Python "
+            "objects; a space holds plain numbers, strings, lists and mappings): remove it"
+        )
+    return f"search space {where} is not valid YAML: {problem}"
 
 
 def parse_space(raw: Any, source: str) -> SearchSpace:
