@@ -21,7 +21,6 @@ from autotune.load.models import LoadedModel
 from autotune.load.tasks import TaskData, from_datasets
 from autotune.paths import (
     analysis_dir,
-    check_storage,
     check_writable,
     leaderboard_csv,
     study_db,
@@ -39,6 +38,7 @@ from autotune.search.prepare import space_for
 from autotune.search.runner import Search
 from autotune.search.space import SearchSpace, load_space
 from autotune.search.stages import PARENT
+from autotune.search.storage import probe_storage
 from autotune.search.study import prune_checkpoints
 from autotune.search.study_file import settle
 from autotune.trial.fit import configure_threads
@@ -127,8 +127,11 @@ def search(
     # Mistakes in the settings end the search before the model loads and before any folder
     # is made; the space's fit section, read later, only fills in what is not given.
     the_settings.resolved({})
-    check_storage(the_settings.storage)
+    if the_settings.storage is not None:  # before the output folder is made
+        probe_storage(the_settings.storage, folder)
     check_writable(folder)
+    if the_settings.storage is None:
+        probe_storage(None, folder)
     job = make_job(model, data)
     console = console or Console()
     if isinstance(space, str) and space == "auto":

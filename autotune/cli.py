@@ -508,7 +508,8 @@ def dashboard(
 
     from autotune.paths import artifacts_dir
     from autotune.results.artifacts import artifact_store
-    from autotune.search.study import load_study, open_storage
+    from autotune.search.storage import open_storage
+    from autotune.search.study import load_study
 
     if not 1 <= port <= 65535:
         raise AutotuneError(f"--port {port!r} is not a port: choose one from 1 to 65535")

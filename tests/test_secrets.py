@@ -82,7 +82,7 @@ def test_a_relative_journal_file_path_is_still_a_storage(
 ) -> None:
     import optuna
 
-    from autotune.search.study import open_storage
+    from autotune.search.storage import open_storage
 
     monkeypatch.chdir(tmp_path)
     storage = open_storage("runs/x/journal.log", tmp_path / "out")

@@ -13,7 +13,7 @@ from rich.console import Console
 from autotune import search
 from autotune.errors import StorageError
 from autotune.load.tasks import TaskData, from_tensors
-from autotune.search.study import open_storage
+from autotune.search.storage import open_storage
 from autotune.search.trials import SURPLUS
 from autotune.trial.fit import evaluate
 

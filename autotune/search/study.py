@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import math
 import shutil
-import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from autotune.config import (
@@ -22,10 +19,11 @@ from autotune.config import (
     sign,
 )
 from autotune.errors import StorageError, first_line, redacted
-from autotune.paths import check_storage, checkpoint_path, study_db
+from autotune.paths import checkpoint_path, study_db
 from autotune.search.space import SearchSpace, config_from, parse_space
-from autotune.search.study_file import track, write_ahead
-from autotune.search.trials import finished, machine_index, retry
+from autotune.search.storage import open_storage
+from autotune.search.study_file import write_ahead
+from autotune.search.trials import finished, machine_index
 
 ATTR = "autotune"  # study user attribute holding the job, space and settings
 LIMITS = "autotune_limits"
@@ -38,55 +36,6 @@ RECIPE = "recipe"
 UNCHECKED = ("threads",)
 """Stored settings a re-run may change freely: they do not change what a trial achieves."""
 FLAGS = {"max_epochs": "--epochs", "seed": "--seed", "patience": "--patience"}
-
-
-def open_storage(url: str | None, out: Path) -> BaseStorage | str:
-    """An Optuna storage: SQLite in ``out`` by default, any RDB URL, or a journal file."""
-    check_storage(url)
-    local = url is None
-    if url is None:
-        out.mkdir(parents=True, exist_ok=True)
-        url = f"sqlite:///{study_db(out)}"
-    try:
-        if "://" not in url:
-            from optuna.storages.journal import JournalFileBackend, JournalStorage
-
-            Path(url).parent.mkdir(parents=True, exist_ok=True)
-            return JournalStorage(JournalFileBackend(url))
-        from sqlalchemy.exc import IntegrityError, ProgrammingError
-
-        engine_kwargs: dict[str, Any] = {}
-        if url.startswith(("postgresql", "mysql")):
-            engine_kwargs["connect_args"] = {"connect_timeout": 10}
-        # Heartbeats let a restarted worker fail and retry the trials of one that died.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            for attempt in range(3):
-                try:
-                    storage = optuna.storages.RDBStorage(
-                        url,
-                        engine_kwargs=engine_kwargs,
-                        heartbeat_interval=60,
-                        grace_period=180,
-                        heartbeat_stale_trial_callback=retry,
-                    )
-                    if local:
-                        track(storage)
-                    return storage
-                except (IntegrityError, ProgrammingError):
-                    # Workers starting together on a new database race to create its tables:
-                    # the loser finds them made on its next try.
-                    if attempt == 2:
-                        raise
-                    time.sleep(1.0 + attempt)
-            raise AssertionError("unreachable")
-    except Exception as e:
-        reason = redacted(first_line(e))
-        raise StorageError(
-            f"cannot open storage {redacted(url)!r}: {reason}. Check the URL (sqlite:///path, "
-            "postgresql://user@host/db, or a journal file path), that the server is running, and "
-            "that its driver is installed"
-        ) from e
 
 
 def open_study(settings: SearchSettings, record: dict[str, Any]) -> optuna.Study:

@@ -1,0 +1,100 @@
+"""The storage a study lives in: the default SQLite file in the output folder, any RDB URL, or a
+journal file; opened with one-line errors that say what to do (a damaged file, an unreachable
+server)."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages import BaseStorage
+
+from autotune.errors import StorageError, first_line, redacted
+from autotune.paths import check_storage, study_db
+from autotune.search.study_file import track
+from autotune.search.trials import retry
+
+
+def open_storage(url: str | None, out: Path) -> BaseStorage | str:
+    """An Optuna storage: SQLite in ``out`` by default, any RDB URL, or a journal file."""
+    check_storage(url)
+    local = url is None
+    if url is None:
+        out.mkdir(parents=True, exist_ok=True)
+        url = f"sqlite:///{study_db(out)}"
+    try:
+        if "://" not in url:
+            from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+            Path(url).parent.mkdir(parents=True, exist_ok=True)
+            return JournalStorage(JournalFileBackend(url))
+        from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+        engine_kwargs: dict[str, Any] = {}
+        if url.startswith(("postgresql", "mysql")):
+            engine_kwargs["connect_args"] = {"connect_timeout": 10}
+        # Heartbeats let a restarted worker fail and retry the trials of one that died.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            for attempt in range(3):
+                try:
+                    storage = optuna.storages.RDBStorage(
+                        url,
+                        engine_kwargs=engine_kwargs,
+                        heartbeat_interval=60,
+                        grace_period=180,
+                        heartbeat_stale_trial_callback=retry,
+                    )
+                    if local:
+                        track(storage)
+                    return storage
+                except (IntegrityError, ProgrammingError):
+                    # Workers starting together on a new database race to create its tables:
+                    # the loser finds them made on its next try.
+                    if attempt == 2:
+                        raise
+                    time.sleep(1.0 + attempt)
+            raise AssertionError("unreachable")
+    except Exception as e:
+        reason = redacted(first_line(e))
+        file = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else None
+        if file is not None and Path(file).is_file() and _damaged(reason):
+            raise StorageError(
+                f"the study file {file!r} is damaged ({reason}): restore it from a copy, or move "
+                "it aside (to start a new study in its place; the checkpoints and the analysis "
+                "cache beside it stay usable)"
+            ) from e
+        raise StorageError(
+            f"cannot open storage {redacted(url)!r}: {reason}. Check the URL (sqlite:///path, "
+            "postgresql://user@host/db, or a journal file path), that the server is running, and "
+            "that its driver is installed"
+        ) from e
+
+
+def _damaged(reason: str) -> bool:
+    """Whether SQLite's error says the file is not a sound database (not a missing driver or
+    a permission)."""
+    return any(s in reason for s in ("malformed", "not a database", "file is encrypted"))
+
+
+def probe_storage(url: str | None, out: Path) -> None:
+    """Open the storage once and close it: an unreachable server or a damaged study file is
+    reported before the model loads (and, for another storage than the default file, before
+    the output folder is made)."""
+    storage = open_storage(url, out)
+    if isinstance(storage, optuna.storages.RDBStorage):
+        try:
+            storage.get_all_studies()  # SQLite opens a damaged file lazily: read it
+        except Exception as e:
+            raise StorageError(
+                f"the study file {str(study_db(out))!r} is damaged ({first_line(e)}): restore it "
+                "from a copy, or move it aside (to start a new study in its place; the "
+                "checkpoints and the analysis cache beside it stay usable)"
+                if url is None
+                else f"cannot read storage {redacted(url)!r}: {redacted(first_line(e))}"
+            ) from e
+        finally:
+            storage.engine.dispose()
