@@ -130,7 +130,7 @@ def search(
     if the_settings.storage is not None:  # before the output folder is made
         probe_storage(the_settings.storage, folder)
     check_writable(folder)
-    if the_settings.storage is None:
+    if the_settings.storage is None and study_db(folder).is_file():  # a new one waits
         probe_storage(None, folder)
     job = make_job(model, data)
     console = console or Console()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
+import pytest
 import torch
 
 from autotune.results.deploy import save_model
@@ -22,3 +25,24 @@ def test_a_torchscript_model_exports_without_torchs_deprecation_warnings(
     loaded = torch.jit.load(str(tmp_path / "model.pt"))
     with torch.no_grad():
         torch.testing.assert_close(loaded(torch.ones(2, 8)), scripted(torch.ones(2, 8)))
+
+
+@pytest.mark.slow  # a fresh interpreter (pytest's own filters hide the warning): seconds
+def test_autotune_export_of_a_torchscript_study_prints_no_warning(
+    tmp_path: Path, tiny_model: torch.nn.Module, tensors_file: Path
+) -> None:
+    model = tmp_path / "model.pt"
+    torch.jit.save(torch.jit.script(tiny_model), str(model))
+    space = tmp_path / "space.yaml"
+    space.write_text("lr: {low: 1.0e-3, high: 1.0e-2, log: true}\nfit: {max_epochs: 1}\n")
+    out = tmp_path / "out"
+    cli = [sys.executable, "-m", "autotune.cli"]
+    search = [*cli, "search", "--model", str(model), "--data", str(tensors_file), "--trials", "1"]
+    done = subprocess.run(
+        [*search, "--space", str(space), "--out", str(out)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Warning" not in done.stderr, done.stderr
+    exported = subprocess.run([*cli, "export", "--out", str(out)], capture_output=True, text=True)
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    assert "Warning" not in exported.stderr and "reproduced: True" in exported.stdout

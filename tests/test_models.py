@@ -166,3 +166,20 @@ def test_demo_model_loads_and_is_pretrained() -> None:
     loaded = load_model("demo")
     assert isinstance(loaded.module, torch.nn.Module) and not loaded.module.training
     assert loaded.arch == "autotune.load.demo:DigitsCNN"
+
+
+def test_the_command_line_names_the_pickled_object_of_a_state_dict(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from autotune.cli import app
+
+    marker = tmp_path / "ran"
+    path = tmp_path / "weights.pt"
+    torch.save({"conv1.weight": _Payload(marker)}, path)
+    args = ["search", "--model", str(path), "--arch", "torchvision:resnet18", "--data", "demo"]
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith("error: ") and "pickled Python object (" in line and "exec" in line
+    assert "--trust-model" in line and "weights_only" not in line
+    assert not marker.exists() and not (tmp_path / "out" / "study.db").exists()
