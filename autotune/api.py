@@ -35,9 +35,9 @@ from autotune.results.leaderboard import Leaderboard
 from autotune.results.live import LiveLeaderboard
 from autotune.results.report import write_report
 from autotune.search.prepare import space_for
+from autotune.search.record import TrialRecord
 from autotune.search.runner import Search
 from autotune.search.space import SearchSpace, load_space
-from autotune.search.stages import PARENT
 from autotune.search.storage import probe_storage
 from autotune.search.study import prune_checkpoints
 from autotune.search.study_file import settle
@@ -167,7 +167,7 @@ def _finish(run: Search, study: optuna.Study) -> tuple[ExportResult | None, Path
     trained = [
         t
         for t in study.get_trials(deepcopy=False)
-        if t.values is not None and not t.user_attrs.get("baseline")
+        if t.values is not None and not TrialRecord.from_trial(t).baseline
     ]
     best = None
     if not trained:
@@ -183,7 +183,7 @@ def _finish(run: Search, study: optuna.Study) -> tuple[ExportResult | None, Path
         if len(study.directions) > 1:
             keep |= {t.number for t in study.best_trials}
         # A stage-2 trial is rebuilt from its parent's weights.
-        parents = (study.trials[n].user_attrs.get(PARENT) for n in keep)
+        parents = (TrialRecord.from_trial(study.trials[n]).parent for n in keep)
         keep |= {p for p in parents if p is not None}
         prune_checkpoints(run.checkpoints, keep=keep)
     return best, _publish(run, study, best)

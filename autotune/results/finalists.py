@@ -20,7 +20,8 @@ from optuna.trial import FrozenTrial
 
 from autotune.config import score_key
 from autotune.results.export import Workspace, trial_maker
-from autotune.search.study import CHOSEN, RECIPE, config_of, metric_sign, ranked_trials
+from autotune.search.record import TrialRecord
+from autotune.search.study import CHOSEN, config_of, metric_sign, ranked_trials
 
 FINALIST_SEEDS = 2
 """Fresh seeds per finalist, beside the seed it ran with."""
@@ -58,19 +59,21 @@ def choose(
     ranked = ranked_trials(study)
     if count < 1 or len(study.directions) > 1 or not ranked:
         return None
-    if ranked[0].user_attrs.get("baseline"):
+    if TrialRecord.from_trial(ranked[0]).baseline:
         return None  # nothing beat the untouched model: there is no configuration to compare
     top = ranked[:count]
     chosen = study.user_attrs.get(CHOSEN)
     if chosen is not None and chosen["top"] == [t.number for t in top]:
         return study.trials[chosen["trial"]]  # a re-run of a finished study: chosen already
-    finalists = [t for t in top if not t.user_attrs.get("baseline")]
-    recipe = next((t for t in ranked if t.user_attrs.get(RECIPE)), None)
+    finalists = [t for t in top if not TrialRecord.from_trial(t).baseline]
+    recipe = next((t for t in ranked if TrialRecord.from_trial(t).recipe), None)
     if recipe is not None and recipe.number not in {t.number for t in finalists}:
         finalists.append(recipe)
     if len(finalists) < 2:
         return None
-    trained = sum(1 for t in study.get_trials(deepcopy=False) if "seconds" in t.user_attrs)
+    trained = sum(
+        1 for t in study.get_trials(deepcopy=False) if TrialRecord.from_trial(t).seconds is not None
+    )
     if trained < MIN_TRIALS:
         return None
     metric = "accuracy" if metric_sign(study) > 0 else "loss"
@@ -93,7 +96,8 @@ def choose(
 
 
 def _own(trial: FrozenTrial, metric: str) -> tuple[float, float]:
-    return score_key(metric, trial.user_attrs["val_accuracy"], trial.user_attrs["val_loss"])
+    rec = TrialRecord.from_trial(trial)
+    return score_key(metric, rec.val_accuracy or 0.0, rec.val_loss or 0.0)
 
 
 def _fresh(

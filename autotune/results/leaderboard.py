@@ -26,6 +26,7 @@ from autotune.results.cells import (
     share,
 )
 from autotune.results.rows import TrialRow, row_of
+from autotune.search.record import TrialRecord
 from autotune.search.selection import exported_trial
 from autotune.search.study import LIMITS
 
@@ -106,7 +107,7 @@ class Leaderboard(JupyterMixin):
     def from_study(cls, study: optuna.Study, metric: str, **kwargs: Any) -> Leaderboard:
         direction = METRICS[metric]
         trials = study.get_trials(deepcopy=False)
-        base = next((t for t in trials if t.user_attrs.get("baseline")), None)
+        base = next((t for t in trials if TrialRecord.from_trial(t).baseline), None)
         baseline = base.values[0] if base is not None and base.values else None
         front: frozenset[int] = frozenset()
         if len(study.directions) > 1:

@@ -17,7 +17,8 @@ import math
 import optuna
 from optuna.trial import FrozenTrial
 
-from autotune.search.study import CHOSEN, LIMITS, RECIPE, metric_sign, ranked_trials
+from autotune.search.record import TrialRecord
+from autotune.search.study import CHOSEN, LIMITS, metric_sign, ranked_trials
 
 SELECT = "autotune_select"
 """Study user attribute: the latest run's ``--select`` rule (``config.SELECT_RULES``)."""
@@ -45,18 +46,19 @@ def within_noise(ranked: list[FrozenTrial]) -> list[FrozenTrial]:
     (the export is never worse than the recipe on validation); just the top one when the
     number of validation samples was not recorded."""
     top = ranked[0]
-    samples = top.user_attrs.get("samples")
-    if not samples or top.user_attrs.get("baseline"):
+    records = {t.number: TrialRecord.from_trial(t) for t in ranked}
+    samples = records[top.number].samples
+    if not samples or records[top.number].baseline:
         return [top]
     floor = top.values[0] - standard_error(top.values[0], int(samples))
-    recipe = [t.values[0] for t in ranked if t.user_attrs.get(RECIPE)]
+    recipe = [t.values[0] for t in ranked if records[t.number].recipe]
     floor = max([floor, *recipe])
     return [
         t
         for t in ranked
-        if not t.user_attrs.get("baseline")
+        if not records[t.number].baseline
         and t.values[0] >= floor - 1e-9
-        and t.user_attrs.get("total_params") is not None
+        and records[t.number].total_params is not None
     ] or [top]
 
 
@@ -65,7 +67,8 @@ def simplest(ranked: list[FrozenTrial]) -> FrozenTrial:
     trial; among equally small ones, the better ranked."""
     near = within_noise(ranked)
     order = {t.number: i for i, t in enumerate(ranked)}
-    return min(near, key=lambda t: (t.user_attrs.get("total_params", 0), order[t.number]))
+    size = {t.number: TrialRecord.from_trial(t).total_params or 0 for t in near}
+    return min(near, key=lambda t: (size[t.number], order[t.number]))
 
 
 def chosen_trial(study: optuna.Study) -> FrozenTrial | None:
@@ -94,7 +97,7 @@ def _choice(study: optuna.Study) -> tuple[FrozenTrial | None, str]:
     pick = simplest(ranked)
     if pick.number == top.number:
         return top, "the top trial on validation, and the smallest within its standard error"
-    samples = int(top.user_attrs["samples"])
+    samples = int(TrialRecord.from_trial(top).samples or 0)
     return pick, (
         f"the smallest model within one standard error "
         f"({standard_error(top.values[0], samples):.3f} on {samples} samples) of the top "

@@ -27,6 +27,7 @@ from autotune.config import SearchSettings, TrialConfig, sign
 from autotune.load.job import Job
 from autotune.rank.analysis import Analysis
 from autotune.search.prepare import run_analyses
+from autotune.search.record import TrialRecord
 from autotune.search.space import SearchSpace
 from autotune.search.study import rank_key
 from autotune.trial.losses import DISTILLATION
@@ -90,7 +91,7 @@ def parent_of(study: optuna.Study, metric: str) -> FrozenTrial | None:
     done = [
         t
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if t.values and not t.user_attrs.get("baseline") and PARENT not in t.user_attrs
+        if t.values and not (rec := TrialRecord.from_trial(t)).baseline and rec.parent is None
     ]
     done = [t for t in done if t.constraints.get("flips", 0.0) <= 0] or done
     if not done:
