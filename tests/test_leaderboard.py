@@ -285,7 +285,7 @@ def test_after_a_tighter_budget_the_leaderboard_report_and_export_agree(
     console.print(board)
     text = console.export_text()
     assert " ok " not in text and "over: over budget" in text
-    assert again.report is not None and "best trial" not in again.report.read_text()
+    assert again.report is not None and "top trial" not in again.report.read_text()
 
 
 def test_the_legend_explains_slims_and_prune(slimmed_study: Path) -> None:

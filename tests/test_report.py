@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from typer.testing import CliRunner
 
 from autotune.cli import app
@@ -51,9 +52,14 @@ def test_report_command_writes_an_offline_page_and_pngs(slimmed_study: Path) -> 
         "Accuracy vs model size",
         "shap: layers",
         "learning curve",
-        "Errors: fixed and broken against the source model",
+        "fixed and broken against the source model",
     ):
         assert title in page
+    # What the page describes is the trial in best/, named as such beside the top one.
+    exported = yaml.safe_load((slimmed_study / "best" / "config.yaml").read_text())["trial"]
+    assert f"trials, exported trial {exported} (" in page
+    assert f"Exported trial ({exported}): learning curve" in page
+    assert f"Errors of the exported trial ({exported}): fixed and broken" in page
     assert "validation split:" in page and "test split:" in page  # the exported model's
     pngs = {p.name for p in (slimmed_study / "report").glob("*.png")}
     assert {"history.png", "size_front.png", "learning_curve.png", "shap-layers.png"} <= pngs

@@ -6,8 +6,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import optuna
 
 from autotune.rank.analysis import Analysis
+from autotune.results.study_data import completed, front, shown_trial, size_points
+from autotune.search.record import TrialRecord
+from autotune.search.study import metric_sign
 
 
 def analysis_charts(analysis: Analysis, folder: Path) -> list[Path]:
@@ -71,3 +75,50 @@ def save_figure(fig: Any, path: Path) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def plot_study(study: optuna.Study, metric: str, folder: Path) -> list[Path]:
+    """The study's optimization history, accuracy against size with its front, and the
+    learning curve of the exported (else the top) trial, as PNGs in ``folder``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    done = completed(study)
+    if done:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        xs = [t.number for t in done]
+        ys = [t.values[0] for t in done]
+        ax.plot(xs, ys, "o", label="trial")
+        best: list[float] = []
+        for y in ys:
+            best.append(y if not best else (max if metric_sign(study) > 0 else min)(best[-1], y))
+        ax.plot(xs, best, "-", label="best so far")
+        ax.set_xlabel("trial")
+        ax.set_ylabel(f"validation {metric}")
+        ax.legend()
+        written.append(save_figure(fig, folder / "history.png"))
+    points = size_points(study)
+    if points:
+        edge = front(points, metric_sign(study))
+        fig, ax = plt.subplots(figsize=(7, 4))
+        ax.plot([p[0] for p in points], [p[1] for p in points], "o", alpha=0.6, label="trials")
+        ax.step([p[0] for p in edge], [p[1] for p in edge], "-", where="post", label="front")
+        ax.set_xlabel("parameters")
+        ax.set_ylabel(f"validation {metric}")
+        ax.legend()
+        written.append(save_figure(fig, folder / "size_front.png"))
+    shown, which = shown_trial(study)
+    history = TrialRecord.from_trial(shown).history if shown is not None else None
+    if shown is not None and history:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for key in history[0]:
+            ax.plot(range(1, len(history) + 1), [h[key] for h in history], "o-", label=key)
+        ax.set_xlabel("epoch")
+        ax.set_title(f"{which} trial {shown.number}")
+        ax.legend()
+        written.append(save_figure(fig, folder / "learning_curve.png"))
+    return written

@@ -1,8 +1,10 @@
 """The report: one self-contained ``report.html`` (works offline) and PNGs of the key plots.
 
 It shows the leaderboard, the optimization history, the parameter importances, accuracy against
-model size with its front, the SHAP layer and feature importances, and the best trial's learning
-curve. Plotly draws the HTML plots (its JavaScript is inlined once); matplotlib draws the PNGs.
+model size with its front, the SHAP layer and feature importances, and the learning curve and
+errors of the exported trial (named in the headline beside the top one). Plotly draws the HTML
+plots (its JavaScript is inlined once); ``results.charts`` draws the PNGs with matplotlib, from
+the same data (``results.study_data``).
 """
 
 from __future__ import annotations
@@ -17,14 +19,17 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 from autotune.paths import analysis_dir, export_dir, report_dir, report_html
 from autotune.rank.analysis import Analysis
 from autotune.results.cells import KEY_PARAMS
-from autotune.results.charts import analysis_charts, plot_analysis, save_figure
+from autotune.results.charts import analysis_charts, plot_analysis, plot_study
 from autotune.results.errors import GRID, errors_html
 from autotune.results.leaderboard import Leaderboard
+from autotune.results.study_data import completed, front, shown_trial, size_points
+from autotune.search.record import TrialRecord
+from autotune.search.selection import BEST_EXPORT, exported_trial
 from autotune.search.study import best_trial, load_study, metric_sign, study_record
 
 
@@ -45,7 +50,7 @@ def write_report(out: Path, storage: str | None = None, study_name: str | None =
     page = _page(study, record, sections)
     path = report_html(out)
     path.write_text(page, encoding="utf-8")
-    pngs = _pngs(study, metric, report_dir(out))
+    pngs = plot_study(study, metric, report_dir(out))
     for source, analysis in zip(sources, analyses, strict=True):
         pngs += _analysis_pngs(source, analysis, report_dir(out))
     return Report(path, pngs)
@@ -59,39 +64,6 @@ def _analysis_pngs(source: Path, analysis: Analysis, folder: Path) -> list[Path]
         return plot_analysis(analysis, folder)
     folder.mkdir(parents=True, exist_ok=True)
     return [Path(shutil.copyfile(p, folder / p.name)) for p in drawn]
-
-
-# -- data ------------------------------------------------------------------------------------
-
-
-def _completed(study: optuna.Study) -> list[FrozenTrial]:
-    return [
-        t
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if t.values is not None
-    ]
-
-
-def _front(points: list[tuple[float, float, int]], s: float) -> list[tuple[float, float, int]]:
-    """Points (size, metric, trial) not beaten by a smaller-or-equal, better-or-equal one.
-
-    ``s`` is the metric's sign (``config.sign``). A single-objective study has no Pareto front
-    of its own (``study.best_trials`` is its best trial), so the size front is computed here.
-    """
-    ordered = sorted(points, key=lambda p: (p[0], -s * p[1]))
-    front: list[tuple[float, float, int]] = []
-    for point in ordered:
-        if not front or s * (point[1] - front[-1][1]) > 0:
-            front.append(point)
-    return front
-
-
-def _size_points(study: optuna.Study) -> list[tuple[float, float, int]]:
-    return [
-        (float(t.user_attrs["total_params"]), t.values[0], t.number)
-        for t in _completed(study)
-        if "total_params" in t.user_attrs
-    ]
 
 
 # -- HTML ------------------------------------------------------------------------------------
@@ -115,9 +87,9 @@ def _sections(
         )
         figures.append(("Optimization history", history))
         figures += _importances(study, first, name)
-    points = _size_points(study)
+    points = size_points(study)
     if points:
-        front = _front(points, metric_sign(study))
+        edge = front(points, metric_sign(study))
         fig = go.Figure()
         fig.add_scatter(
             x=[p[0] for p in points],
@@ -127,8 +99,8 @@ def _sections(
             text=[f"trial {p[2]}" for p in points],
         )
         fig.add_scatter(
-            x=[p[0] for p in front],
-            y=[p[1] for p in front],
+            x=[p[0] for p in edge],
+            y=[p[1] for p in edge],
             mode="lines+markers",
             name="front",
             line={"shape": "hv"},
@@ -155,19 +127,21 @@ def _sections(
             )
             fig.update_layout(xaxis_title="importance", yaxis={"autorange": "reversed"})
             figures.append((f"{analysis.method}: input features", fig))
-    best = best_trial(study)
-    history = best.user_attrs.get("history") if best is not None else None
-    if best is not None and history:
+    shown, which = shown_trial(study)
+    history = TrialRecord.from_trial(shown).history if shown is not None else None
+    if shown is not None and history:
         epochs = list(range(1, len(history) + 1))
         fig = go.Figure()
         for key in history[0]:
             fig.add_scatter(x=epochs, y=[h[key] for h in history], mode="lines+markers", name=key)
         fig.update_layout(xaxis_title="epoch")
-        figures.append((f"Best trial ({best.number}): learning curve", fig))
+        figures.append((f"{which.capitalize()} trial ({shown.number}): learning curve", fig))
     sections = [("Leaderboard", _leaderboard_html(study, metric))]
-    errors = study.user_attrs.get("best_export", {}).get("errors")
+    errors = study.user_attrs.get(BEST_EXPORT, {}).get("errors")
+    exported = exported_trial(study)
+    title = "Errors" + (f" of the exported trial ({exported})" if exported is not None else "")
     sections.append(
-        ("Errors: fixed and broken against the source model", errors_html(errors, grid))
+        (f"{title}: fixed and broken against the source model", errors_html(errors, grid))
     )
     for title, fig in figures:
         if isinstance(fig, str):
@@ -193,7 +167,7 @@ def _importances(
     that loss) and the two stages' different parameters came out on top by accident.
     """
     stages: dict[int, list[FrozenTrial]] = {}
-    for t in _completed(study):
+    for t in completed(study):
         if t.params:  # the unchanged model (trial 0) samples nothing
             stages.setdefault(int(t.user_attrs.get("stage", 0)), []).append(t)
     figures: list[tuple[str, Any]] = []
@@ -247,11 +221,18 @@ def _page(study: optuna.Study, record: dict[str, Any], sections: list[tuple[str,
 
     model, data = record["model"], record["data"]
     best = best_trial(study)
+    exported = exported_trial(study)
+    chosen = f", exported trial {exported}" if exported is not None else ""
+    if exported is not None:
+        values = study.trials[exported].values
+        chosen += f" ({values[0]:.4f})" if values else ""
+    top = f", top trial {best.number} ({best.values[0]:.4f})" if best is not None else ""
+    if best is not None and best.number == exported:
+        top = ", the top one on validation"
     summary = (
         f"model <code>{html.escape(str(model.get('path')))}</code> ({model.get('format')}), "
         f"data <code>{html.escape(str(data.get('spec')))}</code>, "
-        f"{len(study.trials) - 1} trials"
-        + (f", best trial {best.number} ({best.values[0]:.4f})" if best is not None else "")
+        f"{len(study.trials) - 1} trials{chosen}{top}"
     )
     body = "\n".join(
         f"<section><h2>{html.escape(title)}</h2>{content}</section>" for title, content in sections
@@ -273,51 +254,3 @@ th, td {{ padding: 3px 8px; text-align: right; border-bottom: 1px solid #eee; }}
 {body}
 </body></html>
 """
-
-
-# -- PNGs ------------------------------------------------------------------------------------
-
-
-def _pngs(study: optuna.Study, metric: str, folder: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    folder.mkdir(parents=True, exist_ok=True)
-    written = []
-    completed = _completed(study)
-    if completed:
-        fig, ax = plt.subplots(figsize=(7, 4))
-        xs = [t.number for t in completed]
-        ys = [t.values[0] for t in completed]
-        ax.plot(xs, ys, "o", label="trial")
-        best: list[float] = []
-        for y in ys:
-            best.append(y if not best else (max if metric_sign(study) > 0 else min)(best[-1], y))
-        ax.plot(xs, best, "-", label="best so far")
-        ax.set_xlabel("trial")
-        ax.set_ylabel(f"validation {metric}")
-        ax.legend()
-        written.append(save_figure(fig, folder / "history.png"))
-    points = _size_points(study)
-    if points:
-        front = _front(points, metric_sign(study))
-        fig, ax = plt.subplots(figsize=(7, 4))
-        ax.plot([p[0] for p in points], [p[1] for p in points], "o", alpha=0.6, label="trials")
-        ax.step([p[0] for p in front], [p[1] for p in front], "-", where="post", label="front")
-        ax.set_xlabel("parameters")
-        ax.set_ylabel(f"validation {metric}")
-        ax.legend()
-        written.append(save_figure(fig, folder / "size_front.png"))
-    best_t = best_trial(study)
-    history = best_t.user_attrs.get("history") if best_t is not None else None
-    if best_t is not None and history:
-        fig, ax = plt.subplots(figsize=(7, 4))
-        for key in history[0]:
-            ax.plot(range(1, len(history) + 1), [h[key] for h in history], "o-", label=key)
-        ax.set_xlabel("epoch")
-        ax.set_title(f"best trial {best_t.number}")
-        ax.legend()
-        written.append(save_figure(fig, folder / "learning_curve.png"))
-    return written

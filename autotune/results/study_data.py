@@ -1,0 +1,53 @@
+"""What the report and its PNGs plot, read off a study: the completed trials, accuracy against
+size and its front, and the trial whose learning curve is shown."""
+
+from __future__ import annotations
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from autotune.search.record import TrialRecord
+from autotune.search.selection import exported_trial
+from autotune.search.study import best_trial
+
+
+def completed(study: optuna.Study) -> list[FrozenTrial]:
+    """The completed trials with a value (the baseline included)."""
+    return [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.values is not None
+    ]
+
+
+def front(points: list[tuple[float, float, int]], s: float) -> list[tuple[float, float, int]]:
+    """Points (size, metric, trial) not beaten by a smaller-or-equal, better-or-equal one.
+
+    ``s`` is the metric's sign (``config.sign``). A single-objective study has no Pareto front
+    of its own (``study.best_trials`` is its best trial), so the size front is computed here.
+    """
+    ordered = sorted(points, key=lambda p: (p[0], -s * p[1]))
+    front: list[tuple[float, float, int]] = []
+    for point in ordered:
+        if not front or s * (point[1] - front[-1][1]) > 0:
+            front.append(point)
+    return front
+
+
+def size_points(study: optuna.Study) -> list[tuple[float, float, int]]:
+    """(parameters, metric, trial) of each completed trial that recorded its size."""
+    records = {t.number: TrialRecord.from_trial(t) for t in completed(study)}
+    return [
+        (float(size), t.values[0], t.number)
+        for t in completed(study)
+        if (size := records[t.number].total_params) is not None
+    ]
+
+
+def shown_trial(study: optuna.Study) -> tuple[FrozenTrial | None, str]:
+    """The trial whose learning curve the report draws: the exported one, else (before any
+    export) the top one on validation; and which of the two it is."""
+    exported = exported_trial(study)
+    if exported is not None:
+        return study.trials[exported], "exported"
+    return best_trial(study), "top"
