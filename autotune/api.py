@@ -224,7 +224,10 @@ def _publish(run: Search, study: optuna.Study, best: ExportResult | None) -> Pat
         for analysis in run.analyses.values():
             plot_analysis(analysis, analysis_dir(out))
         if best is not None:
-            attach(study, sorted(best.folder.iterdir()), out, prefix=f"trial_{best.trial}-")
+            # Named so that the dashboard says which trial best/ holds.
+            attach(
+                study, sorted(best.folder.iterdir()), out, prefix=f"exported-trial_{best.trial}-"
+            )
         attach(study, sorted(analysis_dir(out).glob("*")), out)
     except Exception as e:
         run.console.print(f"note: files not attached for the dashboard: {first_line(e)}")

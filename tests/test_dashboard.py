@@ -75,6 +75,7 @@ def test_dashboard_serves_the_study_trials_and_artifacts(slimmed_study: Path) ->
         artifacts = {a["filename"] for a in detail["artifacts"]}
         assert {"shap.json", "shap-layers.png"} <= artifacts
         assert any(name.endswith("-model.pt2") for name in artifacts)
+        assert any(name.startswith("exported-trial_") for name in artifacts)
         first_line = server.stdout.readline() if server.stdout else ""
         assert f"http://127.0.0.1:{port}/dashboard/" in first_line
     finally:
