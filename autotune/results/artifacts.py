@@ -2,8 +2,8 @@
 
 The store is a folder beside the study (``OUT/artifacts``); ``autotune dashboard`` points the
 dashboard at it. Files go on the study itself (Optuna takes no artifacts on finished trials),
-named with a prefix such as ``exported-trial_7-`` where they belong to a trial. A name already attached
-is not attached again.
+named with a prefix such as ``exported-trial_7-`` where they belong to a trial. A name already
+attached is not attached again.
 """
 
 from __future__ import annotations

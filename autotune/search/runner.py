@@ -20,14 +20,14 @@ from torch import nn
 from autotune.config import VERSION, SearchSettings
 from autotune.errors import AutotuneError, first_line, redacted
 from autotune.load.anatomy import layers
-from autotune.load.job import Job, ModelSpec
-from autotune.paths import checkpoints_dir, workers_dir
+from autotune.load.job import DataSpec, Job, ModelSpec
+from autotune.paths import workers_dir
 from autotune.rank.analysis import Analysis
 from autotune.rank.gates import sites
 from autotune.search.display import Display, NoDisplay, header, optuna_quiet
 from autotune.search.objective import WORKER, Budgets, Objective, cost_attrs
 from autotune.search.pool import Pool
-from autotune.search.prepare import adapt_space, make_maker, run_analyses
+from autotune.search.prepare import adapt_space, make_maker, run_analyses, study_checkpoints
 from autotune.search.seeds import recipe, seed_configs
 from autotune.search.selection import SELECT
 from autotune.search.shared import shared
@@ -87,7 +87,6 @@ class Search:
             if self.space.uses_rankings()
             else ()
         )
-        self.checkpoints = checkpoints_dir(self.settings.out)
         self.original: Cost | None = None
         self.budgets = Budgets(pareto=self.settings.pareto)
         if self.settings.max_flips is not None:  # checked here, before any long work
@@ -241,7 +240,7 @@ class Search:
             self.budgets,
             self.n_layers,
             self.prunable,
-            self.checkpoints,
+            study_checkpoints(self.settings, self.study),
             self.baseline_value,
             self.display.progress,
             is_staged(self.space),
@@ -271,8 +270,8 @@ class Search:
         self.fails_in_a_row = 0
         deadline = None if s.timeout is None else time.monotonic() + s.timeout
         objective = self.objective()
-        spec = self.job.model_spec  # workers load the model with this process's trust
-        others = [(dataclasses.replace(s, worker=i), spec) for i in range(1, s.workers)]
+        specs = (self.job.model_spec, self.job.data_spec)  # what this command loaded, as it did
+        others = [(dataclasses.replace(s, worker=i), *specs) for i in range(1, s.workers)]
         with self.display.session(study):
             if s.worker == 0 and others:
                 workers_dir(s.out).mkdir(parents=True, exist_ok=True)
@@ -318,17 +317,17 @@ class Search:
             self.console.print(f"[red]{self.stopped}; stopping", highlight=False)
 
 
-def run_worker(settings: SearchSettings, spec: ModelSpec | None = None) -> None:
-    """An extra process of ``--workers``: job and space from the study's record (loaded with
-    ``spec``'s trust), analyses from the cache; what it says goes to OUT/workers/worker-N.log."""
+def run_worker(settings: SearchSettings, model: ModelSpec, data: DataSpec) -> None:
+    """An extra process of ``--workers``: the job its parent loaded (never trust read off the
+    study), the space from the study's record, analyses from the cache; what it says goes to
+    OUT/workers/worker-N.log."""
     log = workers_dir(settings.out) / f"worker-{settings.worker}.log"
     with log.open("w") as f:
         console = Console(file=f, width=160)
         try:
             study = load_study(settings.storage, settings.out, settings.study_name)
             record = study_record(study)
-            code = spec.code if spec else None
-            job = Job.from_record(record, trust_model=bool(spec and spec.trust_model), code=code)
+            job = Job.load(model, data, record["model"]["sha256"] if model.path != "demo" else None)
             Search(job, space_of(record), settings, console=console).run()
         except KeyboardInterrupt:
             console.print("interrupted")
