@@ -34,12 +34,11 @@ from autotune.results.finalists import choose
 from autotune.results.leaderboard import Leaderboard
 from autotune.results.live import LiveLeaderboard
 from autotune.results.report import write_report
-from autotune.search.prepare import space_for
+from autotune.search.prepare import space_for, study_checkpoints
 from autotune.search.record import TrialRecord
 from autotune.search.runner import Search
 from autotune.search.space import SearchSpace, load_space
 from autotune.search.storage import probe_storage
-from autotune.search.study import prune_checkpoints
 from autotune.search.study_file import settle
 from autotune.trial.fit import configure_threads
 
@@ -185,7 +184,7 @@ def _finish(run: Search, study: optuna.Study) -> tuple[ExportResult | None, Path
         # A stage-2 trial is rebuilt from its parent's weights.
         parents = (TrialRecord.from_trial(study.trials[n]).parent for n in keep)
         keep |= {p for p in parents if p is not None}
-        prune_checkpoints(run.checkpoints, keep=keep)
+        study_checkpoints(run.settings, study).prune(keep)
     return best, _publish(run, study, best)
 
 
@@ -209,7 +208,8 @@ def _choose(run: Search, study: optuna.Study) -> None:
 
 def workspace(run: Search) -> Workspace:
     """What export needs of a finished search (its fitted space, rankings and measurements)."""
-    return Workspace(run.job, run.space, run.settings, run.maker, run.checkpoints, run.original)
+    checkpoints = study_checkpoints(run.settings, run.study)
+    return Workspace(run.job, run.space, run.settings, run.maker, checkpoints, run.original)
 
 
 def _publish(run: Search, study: optuna.Study, best: ExportResult | None) -> Path | None:

@@ -465,9 +465,7 @@ def export(
         out=out, storage=storage, study_name=study.study_name, device=device, **stored,
         export_preprocessing=export_preprocessing,
     )  # fmt: skip
-    rebuild = Workspace.create(job, space_of(record), settings)
-    if retrain:
-        rebuild.checkpoints = out / "no-checkpoints"
+    rebuild = Workspace.create(job, space_of(record), settings, study, saved=not retrain)
     with console.status(f"rebuilding trial {trial if trial is not None else 'best'}"):
         result = export_trial(rebuild, study, trial, to)
     metrics = result.config["metrics"]

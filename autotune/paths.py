@@ -3,7 +3,7 @@
 ```
 OUT/study.db            the Optuna study (SQLite, unless --storage says otherwise)
 OUT/analysis/           the rankings (JSON) and their charts (PNG)
-OUT/checkpoints/        weights of trials that may be exported
+OUT/checkpoints/STUDY/  weights of trials that may be exported, a folder per study
 OUT/best/, OUT/trial_N/ exported bundles: model.pt, model.pt2, config.yaml
 OUT/leaderboard.csv     every trial
 OUT/report.html, OUT/report/   the report and its PNGs
@@ -14,6 +14,7 @@ OUT/workers/            what each extra worker process of --workers said
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import tempfile
@@ -39,8 +40,31 @@ def analysis_dir(out: Path) -> Path:
     return out / "analysis"
 
 
-def checkpoints_dir(out: Path) -> Path:
+def checkpoints_dir(out: Path, study_name: str) -> Path:
+    """Where the study ``study_name`` keeps its trials' weights: several studies may share
+    one output folder, and each numbers its trials from 0."""
+    return shared_checkpoints_dir(out) / study_folder(study_name)
+
+
+def shared_checkpoints_dir(out: Path) -> Path:
+    """``OUT/checkpoints``: it held every study's weights itself before each had a folder."""
     return out / "checkpoints"
+
+
+# A name that is a folder name as it is, on any disk: lower case (a case-insensitive disk
+# would take Demo for demo), no leading dot, not too long.
+_PLAIN = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+_HASHED = re.compile(r".*--[0-9a-f]{8}")
+
+
+def study_folder(study_name: str) -> str:
+    """A folder name for the study ``study_name``: the name itself when it is a plain one
+    (the default, a model file's stem, mostly is), else a slug of it and a hash of the whole,
+    so that no two names share a folder (``a/b`` and ``a_b``, ``A`` and ``a``)."""
+    if _PLAIN.fullmatch(study_name) and not _HASHED.fullmatch(study_name):
+        return study_name
+    slug = re.sub(r"[^a-z0-9._-]+", "_", study_name.lower()).strip("._-")[:48] or "study"
+    return f"{slug}--{hashlib.sha256(study_name.encode()).hexdigest()[:8]}"
 
 
 def checkpoint_path(folder: Path, number: int) -> Path:

@@ -50,7 +50,7 @@ def trial_rows(out: Path) -> list[dict[str, Any]]:
     settings = SearchSettings(
         out=out, study_name=study.study_name, device="cpu", **record["settings"]
     )
-    work = Workspace.create(job, space_of(record), settings)
+    work = Workspace.create(job, space_of(record), settings, study)
     trials = [
         t
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))

@@ -14,6 +14,7 @@ from torch import nn
 
 from autotune import search
 from autotune.load.tasks import TaskData, from_tensors
+from autotune.paths import checkpoints_dir
 
 ANALYSIS = {"samples": 32, "background": 8, "nsamples": 4}
 
@@ -124,8 +125,9 @@ def test_pareto_search_marks_the_front_and_exports_its_most_accurate(tmp_path: P
     best_value = max(study.trials[n].values[0] for n in front)
     assert result.best.config["metrics"]["val_accuracy"] == pytest.approx(best_value)
     # Only the front's checkpoints are kept.
-    kept = {int(p.stem.split("_")[1]) for p in (tmp_path / "checkpoints").glob("trial_*.pt")}
-    assert kept <= front
+    saved = checkpoints_dir(tmp_path, result.study.study_name).glob("trial_*.pt")
+    kept = {int(p.stem.split("_")[1]) for p in saved}
+    assert kept and kept <= front
 
 
 def test_an_unparsable_budget_is_refused_before_any_trial(tmp_path: Path) -> None:
@@ -164,6 +166,7 @@ def test_a_slimmed_trial_is_rebuilt_from_its_parent_and_reproduces(tmp_path: Pat
 
     from autotune.api import workspace
     from autotune.results.export import export_trial
+    from autotune.trial.checkpoints import Checkpoints
 
     space = {
         "lr": {"low": 3e-3, "high": 3e-2, "log": True},
@@ -182,7 +185,7 @@ def test_a_slimmed_trial_is_rebuilt_from_its_parent_and_reproduces(tmp_path: Pat
         scaled = parent.user_attrs["config"]["lr"] * trial.params["lr_scale"]
         assert trial.user_attrs["config"]["lr"] == pytest.approx(scaled)
     # No checkpoint at all: the parent is retrained, ranked again, and slimmed again.
-    bare = dataclasses.replace(workspace(result.search), checkpoints=tmp_path / "none")
+    bare = dataclasses.replace(workspace(result.search), checkpoints=Checkpoints(None))
     for trial in slimmed:
         again = export_trial(bare, result.study, trial.number, tmp_path / f"again_{trial.number}")
         assert again.config["weights"].startswith("retrained")

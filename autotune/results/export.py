@@ -23,16 +23,17 @@ from autotune.errors import AutotuneError, first_line
 from autotune.load.anatomy import count_parameters
 from autotune.load.job import Job
 from autotune.load.tasks import TaskData
-from autotune.paths import checkpoints_dir, export_dir, leaderboard_csv, write_atomically
+from autotune.paths import export_dir, leaderboard_csv, write_atomically
 from autotune.results.deploy import save_model
 from autotune.results.errors import error_metrics, exported_errors
 from autotune.results.leaderboard import Leaderboard
-from autotune.search.prepare import adapt_space, make_maker, run_analyses
+from autotune.search.prepare import adapt_space, make_maker, run_analyses, study_checkpoints
 from autotune.search.selection import choice_note, chosen_trial
 from autotune.search.space import SearchSpace
 from autotune.search.stages import PARENT, slimming_maker, slimming_space
 from autotune.search.study import config_of, study_record
 from autotune.trial.build import Changes
+from autotune.trial.checkpoints import Checkpoints
 from autotune.trial.cost import Cost, measure
 from autotune.trial.fit import Evaluation, configure_threads, evaluate
 from autotune.trial.maker import TrialMaker
@@ -47,17 +48,26 @@ class Workspace:
     space: SearchSpace
     settings: SearchSettings
     maker: TrialMaker
-    checkpoints: Path
-    """Where trials' weights were saved (``OUT/checkpoints``)."""
+    checkpoints: Checkpoints
+    """Where the study's trials' weights were saved (``OUT/checkpoints/STUDY``)."""
     original: Cost | None = None
     """The source model's cost, when the search measured it already."""
 
     @classmethod
-    def create(cls, job: Job, space: SearchSpace, settings: SearchSettings) -> Workspace:
-        """The workspace of a stored study, for ``autotune export``."""
+    def create(
+        cls,
+        job: Job,
+        space: SearchSpace,
+        settings: SearchSettings,
+        study: optuna.Study | None = None,
+        saved: bool = True,
+    ) -> Workspace:
+        """The workspace of the stored ``study``, for ``autotune export``; without ``saved``,
+        its trials are retrained rather than read from their checkpoints."""
         settings = settings.resolved(space.fit)
         space, _ = adapt_space(space, job)
-        return cls(job, space, settings, make_maker(job, settings), checkpoints_dir(settings.out))
+        checkpoints = study_checkpoints(settings, study) if saved else Checkpoints(None)
+        return cls(job, space, settings, make_maker(job, settings), checkpoints)
 
 
 @dataclass
@@ -308,7 +318,10 @@ def _config(
         },
         "weights": origin,
         "files": files,
-        "reproduce": f"autotune export --out {shlex.quote(out)} --trial {trial.number}",
+        "reproduce": (
+            f"autotune export --out {shlex.quote(out)} --study-name "
+            f"{shlex.quote(study.study_name)} --trial {trial.number}"
+        ),
         "search_command": record.get("command"),
     }
 

@@ -11,7 +11,6 @@ import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import optuna
@@ -23,7 +22,6 @@ from autotune.errors import AutotuneError, TrialFailed, first_line
 from autotune.load.anatomy import count_parameters
 from autotune.load.job import Job
 from autotune.load.tasks import TaskData
-from autotune.paths import checkpoint_path
 from autotune.search.record import record
 from autotune.search.space import SearchSpace
 from autotune.search.stages import (
@@ -39,6 +37,7 @@ from autotune.search.stages import (
 from autotune.search.study import best_trial, config_of, rank_key, within_limits
 from autotune.search.trials import WORKER
 from autotune.trial.accel import release
+from autotune.trial.checkpoints import Checkpoints
 from autotune.trial.cost import Cost, measure
 from autotune.trial.fit import EpochCallback, FitResult
 from autotune.trial.flips import Flips, count_flips, flip_violation, predictions
@@ -98,7 +97,7 @@ class Objective:
     budgets: Budgets
     n_layers: int
     prunable: tuple[str, ...]
-    checkpoints: Path
+    checkpoints: Checkpoints
     baseline_value: float | None = None
     progress: Progress | None = None
     staged: bool = False
@@ -282,9 +281,7 @@ class Objective:
             )
             keep = self.budgets.feasible(cost) and within and improves
         if keep:
-            self.checkpoints.mkdir(parents=True, exist_ok=True)
-            state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-            torch.save(state, checkpoint_path(self.checkpoints, trial.number))
+            self.checkpoints.save(model, trial.number)
 
 
 def _one_line(e: BaseException) -> str:

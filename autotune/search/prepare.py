@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import optuna
 from torch import nn
 
 from autotune.config import AnalysisOptions, SearchSettings
@@ -15,8 +16,10 @@ from autotune.load.job import Job
 from autotune.paths import analysis_dir
 from autotune.rank.analysis import Analysis, unpruned_note
 from autotune.rank.analyze import analyze_job
+from autotune.search.optuna_internals import storage_of
 from autotune.search.space import SearchSpace
 from autotune.trial.augment import MIN_SIDE, can_augment
+from autotune.trial.checkpoints import Checkpoints
 from autotune.trial.fit import resolve_device
 from autotune.trial.flips import predictions
 from autotune.trial.freeze import can_set_dropout
@@ -134,3 +137,13 @@ def run_analyses(
                 say(f"note: {note}")
                 noted = True
         analyses[method] = analysis
+
+
+def study_checkpoints(settings: SearchSettings, study: optuna.Study | None = None) -> Checkpoints:
+    """Where the study keeps its trials' weights. Given the ``study``, the folder that every
+    study of the output folder shared before each had its own is read too when the storage
+    holds this study alone: the files there name no study."""
+    alone = False
+    if study is not None:
+        alone = optuna.study.get_all_study_names(storage_of(study)) == [study.study_name]
+    return Checkpoints.of(settings.out, settings.study_name, alone)

@@ -1,9 +1,8 @@
-"""The Optuna study: settings, storage, sampler and pruner, the stored record, checkpoints."""
+"""The Optuna study: settings, storage, sampler and pruner, the stored record."""
 
 from __future__ import annotations
 
 import math
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from autotune.config import (
     sign,
 )
 from autotune.errors import StorageError, first_line, redacted
-from autotune.paths import checkpoint_path, study_db
+from autotune.paths import study_db
 from autotune.search.space import SearchSpace, config_from, parse_space
 from autotune.search.storage import open_storage
 from autotune.search.study_file import write_ahead
@@ -253,18 +252,6 @@ def metric_sign(study: optuna.Study) -> float:
     """``config.sign`` of the study's metric, read off its first direction."""
     maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
     return sign(metric_of_direction(maximize))
-
-
-def prune_checkpoints(folder: Path, keep: set[int]) -> None:
-    """Delete the checkpoints of trials not in ``keep``."""
-    if not folder.is_dir():
-        return
-    kept = {checkpoint_path(folder, n) for n in keep}
-    for path in folder.glob("trial_*.pt"):
-        if path not in kept:
-            path.unlink(missing_ok=True)
-    if not any(folder.iterdir()):
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def space_of(record: dict[str, Any]) -> SearchSpace:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -13,10 +12,10 @@ from torch import nn
 from autotune.config import TrialConfig
 from autotune.load.streams import inputs_join
 from autotune.load.tasks import TaskData
-from autotune.paths import checkpoint_path
 from autotune.rank.analysis import Analysis
 from autotune.trial.accel import Accel, plan
 from autotune.trial.build import Changes, build
+from autotune.trial.checkpoints import Checkpoints
 from autotune.trial.fit import EpochCallback, FitResult, fine_tune
 from autotune.trial.flips import outputs
 from autotune.trial.losses import DISTILLATION
@@ -78,14 +77,13 @@ class TrialMaker:
         return model.to(self.device), changes, data
 
     def trained(
-        self, config: TrialConfig, number: int, checkpoints: Path
+        self, config: TrialConfig, number: int, checkpoints: Checkpoints
     ) -> tuple[nn.Module, Changes, TaskData, str]:
         """Trial ``number``'s trained model, the data it takes, and where its weights came from:
         its checkpoint when one was saved, else retrained with its seed."""
         model, changes, data = self.build(config)
-        saved = checkpoint_path(checkpoints, number)
-        if saved.is_file():
-            state = torch.load(saved, map_location=self.device, weights_only=True)
+        state = checkpoints.load(number, self.device)
+        if state is not None:
             model.load_state_dict(state)
             return model, changes, data, f"weights saved by trial {number}"
         self.fit(model, config, number, data)
