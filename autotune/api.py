@@ -21,6 +21,7 @@ from autotune.load.models import LoadedModel
 from autotune.load.tasks import TaskData, from_datasets
 from autotune.paths import (
     analysis_dir,
+    check_storage,
     check_writable,
     leaderboard_csv,
     study_db,
@@ -126,11 +127,15 @@ def search(
     # Mistakes in the settings end the search before the model loads and before any folder
     # is made; the space's fit section, read later, only fills in what is not given.
     the_settings.resolved({})
-    if the_settings.storage is not None:  # before the output folder is made
-        probe_storage(the_settings.storage, folder)
+    storage = the_settings.storage
+    check_storage(storage)  # a mistyped URL: refused before any folder is made
+    server = storage is not None and "://" in storage and not storage.startswith("sqlite")
+    if server:  # before the output folder is made
+        probe_storage(storage, folder)
     check_writable(folder)
-    if the_settings.storage is None and study_db(folder).is_file():  # a new one waits
-        probe_storage(None, folder)
+    file = study_db(folder) if storage is None else Path(storage.removeprefix("sqlite:///"))
+    if not server and file.is_file():  # a damaged study file; a new one is made later
+        probe_storage(storage, folder)
     job = make_job(model, data)
     console = console or Console()
     if isinstance(space, str) and space == "auto":
