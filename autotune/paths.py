@@ -14,12 +14,15 @@ OUT/workers/            what each extra worker process of --workers said
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
+import secrets
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 from autotune.errors import AutotuneError, StorageError, redacted
 
@@ -132,17 +135,65 @@ def check_storage(storage: str | None) -> None:
         )
 
 
-def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
-    """``write(temporary)``, then rename it to ``path``: a failure leaves no half-written file
-    (and removes an older one, which would no longer match what was written beside it)."""
-    part = path.with_name(f".{path.stem}.part{path.suffix}")  # keeps the suffix torch checks
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+"""The errors of a disk (or a quota) with no room left."""
+
+
+def out_of_space(e: BaseException) -> bool:
+    """Whether ``e``, or an error it arose from, is a write that found no room left."""
+    seen: set[int] = set()
+    cause: BaseException | None = e
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, OSError) and cause.errno in DISK_FULL:
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
+def write_atomically(
+    path: Path, write: Callable[[BinaryIO], object], keep_old: bool = True
+) -> None:
+    """Write ``path`` whole or not at all: ``write`` fills a new file beside it, which reaches
+    the disk before it is renamed to ``path``. A failure (a full disk, a crash) leaves no part
+    of a file: ``path`` stays as it was, or with ``keep_old=False`` is removed (where an older
+    file would no longer match the files written beside it).
+
+    ``write`` gets a binary file rather than a path: torch then reports a full disk as the
+    ``OSError`` it is (saving to a path, it raises a ``RuntimeError`` that names no cause)."""
+    # A name of its own: two processes (workers building the demo) may write one path at once.
+    part = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
     try:
-        write(part)
+        with open(part, "xb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(part, path)
     except BaseException:
         part.unlink(missing_ok=True)
-        path.unlink(missing_ok=True)
+        if not keep_old:
+            path.unlink(missing_ok=True)
         raise
+    _sync_folder(path.parent)
+
+
+def write_text_atomically(path: Path, text: str, keep_old: bool = True) -> None:
+    """``write_atomically`` for text, in UTF-8."""
+    write_atomically(path, lambda f: f.write(text.encode("utf-8")), keep_old)
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` survive a power cut (where the system allows it)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems and systems cannot sync a folder: the rename still happened
+    finally:
+        os.close(fd)
 
 
 def workers_dir(out: Path) -> Path:

@@ -9,8 +9,6 @@ deterministically, in a few seconds on one CPU thread, and cached.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autotune.paths import cache_dir
+from autotune.paths import cache_dir, write_atomically
 
 DEMO_ARCH = "autotune.load.demo:DigitsCNN"
 _VERSION = "v1"  # bump when the demo model or data change, so caches rebuild
@@ -65,17 +63,11 @@ def demo_files() -> DemoFiles:
     if not (files.model.is_file() and files.data.is_file()):
         folder.mkdir(parents=True, exist_ok=True)
         state, data = build_demo()
-        _atomic_save(data, files.data)
-        _atomic_save(state, files.model)
+        # Several workers may build the demo at once: each writes a file of its own and
+        # renames it.
+        write_atomically(files.data, lambda f: torch.save(data, f))
+        write_atomically(files.model, lambda f: torch.save(state, f))
     return files
-
-
-def _atomic_save(obj: object, path: Path) -> None:
-    # Several workers may build the demo at once: each writes its own file and renames it.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def build_demo(seed: int = 0) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:

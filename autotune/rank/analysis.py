@@ -18,6 +18,7 @@ from rich.jupyter import JupyterMixin
 from rich.table import Table
 
 from autotune.errors import AutotuneError
+from autotune.paths import write_text_atomically
 
 FORMAT_VERSION = 4
 """2: gates placed by the dependency graph (pre-norm layers, unsupported layers left out);
@@ -81,9 +82,7 @@ class Analysis(JupyterMixin):
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1))
-        tmp.replace(path)
+        write_text_atomically(path, json.dumps(self.to_dict(), indent=1))
 
     @classmethod
     def load(cls, path: str | Path) -> Analysis:

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import optuna
 
+from autotune.paths import write_atomically
 from autotune.rank.analysis import Analysis
 from autotune.results.study_data import completed, front, shown_trial, size_points
 from autotune.search.record import TrialRecord
@@ -68,12 +69,14 @@ def _bars(names: list[str], values: list[float], xlabel: str, title: str, path: 
 
 
 def save_figure(fig: Any, path: Path) -> Path:
-    """Write a matplotlib figure as a PNG and free it."""
+    """Write a matplotlib figure as a PNG, whole or not at all, and free it."""
     import matplotlib.pyplot as plt
 
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        fig.tight_layout()
+        write_atomically(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    finally:
+        plt.close(fig)
     return path
 
 

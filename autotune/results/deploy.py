@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from torch import nn
 
 from autotune.errors import first_line
-from autotune.paths import write_atomically
+from autotune.paths import out_of_space, write_atomically
 
 
 class Normalized(nn.Module):
@@ -84,14 +84,14 @@ def save_model(
     if isinstance(model, torch.jit.ScriptModule):
         files["model.pt"] = _save(
             folder / "model.pt",
-            lambda path: _save_torchscript(model, path),
+            lambda f: _save_torchscript(model, f),
             "torch.jit.load('model.pt')",
             "torch.jit.save",
         )
     elif not isinstance(model, torch.fx.GraphModule):
         files["model.pt"] = _save(
             folder / "model.pt",
-            lambda path: torch.save(model, path),
+            lambda f: torch.save(model, f),
             "torch.load('model.pt', weights_only=False)  # a pickled module: needs the classes "
             "it was built from importable"
             + ("; takes the kept columns only (structure.inputs.indices)" if columns else ""),
@@ -114,32 +114,34 @@ def save_model(
         else:
             program, inputs, how = deployed
     files["model.pt2"] = _save(
-        folder / "model.pt2", lambda path: _save_program(program, inputs, path), how, "torch.export"
+        folder / "model.pt2", lambda f: _save_program(program, inputs, f), how, "torch.export"
     )
     return files
 
 
-def _save_torchscript(model: torch.jit.ScriptModule, path: Path) -> None:
+def _save_torchscript(model: torch.jit.ScriptModule, f: BinaryIO) -> None:
     """A TorchScript source exports as TorchScript (``torch.export`` does not take a
     ``ScriptModule``), without torch's deprecation warning: the user did nothing wrong."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", r".*torch\.jit", FutureWarning)
-        torch.jit.save(model, str(path))
+        torch.jit.save(model, f)
 
 
-def _save_program(model: nn.Module, example: torch.Tensor, path: Path) -> None:
-    """``torch.export`` ``model`` with a free batch size and save it to ``path``."""
+def _save_program(model: nn.Module, example: torch.Tensor, f: BinaryIO) -> None:
+    """``torch.export`` ``model`` with a free batch size and save it to ``f``."""
     program = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim.AUTO},))
     # Stack traces name files of this machine (the user's code, site-packages): not shipped.
     for node in program.graph.nodes:
         node.meta.pop("stack_trace", None)
-    torch.export.save(program, path)
+    torch.export.save(program, f)
 
 
 def _save(path: Path, write: Any, how: str, what: str) -> str:
     """Write one model file (see ``save_model``); ``how`` to load it, else why it is missing."""
     try:
-        write_atomically(path, write)
+        write_atomically(path, write, keep_old=False)
     except Exception as e:
+        if out_of_space(e):
+            raise  # no fault of the model's: the whole export stops
         return f"not written: {what} failed ({first_line(e)[:200]})"
     return how

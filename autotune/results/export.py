@@ -23,7 +23,7 @@ from autotune.errors import AutotuneError, first_line
 from autotune.load.anatomy import count_parameters
 from autotune.load.job import Job
 from autotune.load.tasks import TaskData
-from autotune.paths import export_dir, leaderboard_csv, write_atomically
+from autotune.paths import export_dir, leaderboard_csv, write_atomically, write_text_atomically
 from autotune.results.deploy import save_model
 from autotune.results.errors import error_metrics, exported_errors
 from autotune.results.leaderboard import Leaderboard
@@ -204,7 +204,7 @@ def export_trial(
     config["errors"] = errors
     config["chosen"] = f"trial {number} as asked" if number is not None else choice_note(study)
     text = yaml.safe_dump(config, sort_keys=False)
-    write_atomically(folder / "config.yaml", lambda part: part.write_text(text))
+    write_text_atomically(folder / "config.yaml", text, keep_old=False)
     if number is None:
         # The held-out split is read for the chosen model only; the dashboard shows it here.
         study.set_user_attr(
@@ -328,4 +328,4 @@ def _config(
 
 def write_leaderboard(study: optuna.Study, metric: str, path: Path) -> None:
     frame = Leaderboard.from_study(study, metric).to_frame()
-    write_atomically(path, lambda part: frame.to_csv(part, index=False))
+    write_atomically(path, lambda f: frame.to_csv(f, index=False))

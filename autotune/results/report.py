@@ -21,7 +21,14 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial
 
-from autotune.paths import analysis_dir, export_dir, report_dir, report_html
+from autotune.paths import (
+    analysis_dir,
+    export_dir,
+    report_dir,
+    report_html,
+    write_atomically,
+    write_text_atomically,
+)
 from autotune.rank.analysis import Analysis
 from autotune.results.cells import KEY_PARAMS
 from autotune.results.charts import analysis_charts, plot_analysis, plot_study
@@ -49,7 +56,7 @@ def write_report(out: Path, storage: str | None = None, study_name: str | None =
     sections = _sections(study, metric, analyses, export_dir(out, None) / GRID)
     page = _page(study, record, sections)
     path = report_html(out)
-    path.write_text(page, encoding="utf-8")
+    write_text_atomically(path, page)
     pngs = plot_study(study, metric, report_dir(out))
     for source, analysis in zip(sources, analyses, strict=True):
         pngs += _analysis_pngs(source, analysis, report_dir(out))
@@ -63,7 +70,13 @@ def _analysis_pngs(source: Path, analysis: Analysis, folder: Path) -> list[Path]
     if not all(p.exists() and p.stat().st_mtime >= source.stat().st_mtime for p in drawn):
         return plot_analysis(analysis, folder)
     folder.mkdir(parents=True, exist_ok=True)
-    return [Path(shutil.copyfile(p, folder / p.name)) for p in drawn]
+    return [_copy(p, folder / p.name) for p in drawn]
+
+
+def _copy(source: Path, target: Path) -> Path:
+    with source.open("rb") as read:
+        write_atomically(target, lambda f: shutil.copyfileobj(read, f))
+    return target
 
 
 # -- HTML ------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import optuna
 
 from autotune.config import AnalysisOptions
 from autotune.load.job import Job
+from autotune.paths import write_text_atomically
 from autotune.rank.analyze import cache_path
 from autotune.search.optuna_internals import set_study_system_attr, study_system_attrs
 from autotune.search.space import SearchSpace
@@ -55,7 +56,7 @@ def fetch(study: optuna.Study, job: Job, space: SearchSpace, wait_s: float = 0.0
     for key, path in entries.items():
         if key in held and not path.is_file():
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(held[key])
+            write_text_atomically(path, held[key])
             copied += 1
     return copied
 

@@ -47,7 +47,7 @@ class Checkpoints:
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         saved = {"format": FORMAT, "study": self.study, "trial": number, "state_dict": state}
         self.folder.mkdir(parents=True, exist_ok=True)
-        write_atomically(checkpoint_path(self.folder, number), lambda p: torch.save(saved, p))
+        write_atomically(checkpoint_path(self.folder, number), lambda f: torch.save(saved, f))
 
     def load(self, number: int, device: torch.device) -> dict[str, torch.Tensor] | None:
         """Trial ``number``'s weights when this study kept them, else None."""
