@@ -35,6 +35,7 @@ from autotune.results.finalists import choose
 from autotune.results.leaderboard import Leaderboard
 from autotune.results.live import LiveLeaderboard
 from autotune.results.report import write_report
+from autotune.search.outage import outage
 from autotune.search.prepare import space_for, study_checkpoints
 from autotune.search.record import TrialRecord
 from autotune.search.runner import Search
@@ -147,7 +148,9 @@ def search(
     try:
         try:
             study = run.run()
-        except BaseException:
+        except BaseException as e:
+            # A full disk or a lost storage would fail each file too: the next run writes them.
+            _raise_outage(e)
             # Interrupted (Ctrl-C) or broken after trials ran: still write what they give.
             if run.study is not None and run.exports:
                 _finish(run, run.study)
@@ -161,12 +164,23 @@ def search(
             settle(study_db(folder))
 
 
+def _raise_outage(e: BaseException) -> None:
+    """Raise the one-line ``Outage`` when ``e`` comes of a full disk or a lost storage."""
+    lost = outage(e)
+    if lost is e:
+        raise e
+    if lost is not None:
+        raise lost from e
+
+
 def _finish(run: Search, study: optuna.Study) -> tuple[ExportResult | None, Path | None]:
     """Write the leaderboard, the best bundle and the report: each that can be, with a line
-    saying why for each that cannot."""
+    saying why for each that cannot. A full disk or a lost storage, which would fail every
+    one of them, ends it with that one line instead (``search.outage``)."""
     try:
         write_leaderboard(study, run.settings.metric, leaderboard_csv(run.settings.out))
     except Exception as e:
+        _raise_outage(e)
         run.console.print(f"note: leaderboard.csv not written ({first_line(e)})")
     trained = [
         t
@@ -181,6 +195,7 @@ def _finish(run: Search, study: optuna.Study) -> tuple[ExportResult | None, Path
         try:
             best = export_trial(workspace(run), study, refit=run.settings.refit)
         except Exception as e:
+            _raise_outage(e)
             run.console.print(f"nothing exported: {first_line(e)}", highlight=False)
     if best is not None:
         keep = {best.trial}
@@ -206,6 +221,7 @@ def _choose(run: Search, study: optuna.Study) -> None:
                 say=lambda line: run.console.print(line, highlight=False),
             )
     except Exception as e:  # the export falls back to the top trial
+        _raise_outage(e)
         run.console.print(
             f"note: finalists not compared ({first_line(e)}); --select chooses the export"
         )
@@ -235,10 +251,12 @@ def _publish(run: Search, study: optuna.Study, best: ExportResult | None) -> Pat
             )
         attach(study, sorted(analysis_dir(out).glob("*")), out)
     except Exception as e:
+        _raise_outage(e)
         run.console.print(f"note: files not attached for the dashboard: {first_line(e)}")
     try:
         return write_report(out, run.settings.storage, run.settings.study_name).html
     except Exception as e:
+        _raise_outage(e)
         run.console.print(f"note: report not written ({first_line(e)}); try `autotune report`")
         return None
 

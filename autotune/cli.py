@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
 import shlex
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -14,6 +17,7 @@ from rich.console import Console
 
 from autotune import config
 from autotune.errors import AutotuneError, redacted
+from autotune.search.outage import Outage, outage
 
 app = typer.Typer(
     help="Find how to fine-tune and slim a trained PyTorch model for the data you now care about.",
@@ -30,20 +34,52 @@ BAD_INPUT = 2
 NO_RESULT = 3
 """Exit code of a search that ran but completed no trial (the baseline aside), exported
 nothing, or stopped on failures in a row: its leaderboard and report say why."""
+OUTAGE = 4
+"""Exit code of a full disk or a lost storage (``search.outage``), reported in one line: the
+finished trials are kept, and the same command goes on from them."""
 
 
 def friendly(command: F) -> F:
-    """Expected mistakes end with one clear line and exit code 2, not a traceback."""
+    """Expected mistakes end with one clear line and exit code 2, not a traceback; a full disk
+    or a lost storage with one line and exit code 4."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return command(*args, **kwargs)
+            with _outages_told_once():
+                return command(*args, **kwargs)
         except AutotuneError as e:
-            errors.print(f"[red]error:[/red] {redacted(str(e))}", highlight=False, soft_wrap=True)
-            raise typer.Exit(BAD_INPUT) from None
+            code, message = (OUTAGE if isinstance(e, Outage) else BAD_INPUT), str(e)
+        except Exception as e:
+            lost = outage(e)
+            if lost is None:
+                raise
+            code, message = OUTAGE, str(lost)
+        errors.print(f"[red]error:[/red] {redacted(message)}", highlight=False, soft_wrap=True)
+        raise typer.Exit(code)
 
     return wrapper  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def _outages_told_once() -> Iterator[None]:
+    """Keep a lost storage to the one line ``friendly`` prints: without this, Optuna's
+    heartbeat thread and SQLAlchemy's connection pool each print their own traceback of it."""
+    before = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if args.exc_value is None or outage(args.exc_value) is None:
+            before(args)
+
+    quiet = logging.NullHandler()
+    pool = logging.getLogger("sqlalchemy")
+    threading.excepthook = hook
+    pool.addHandler(quiet)
+    try:
+        yield
+    finally:
+        threading.excepthook = before
+        pool.removeHandler(quiet)
 
 
 Model = Annotated[

@@ -22,6 +22,7 @@ from autotune.errors import AutotuneError, TrialFailed, first_line
 from autotune.load.anatomy import count_parameters
 from autotune.load.job import Job
 from autotune.load.tasks import TaskData
+from autotune.paths import out_of_space
 from autotune.search.record import record
 from autotune.search.space import SearchSpace
 from autotune.search.stages import (
@@ -35,7 +36,7 @@ from autotune.search.stages import (
     tuning_space,
 )
 from autotune.search.study import best_trial, config_of, rank_key, within_limits
-from autotune.search.trials import WORKER
+from autotune.search.trials import RECIPE, WORKER
 from autotune.trial.accel import release
 from autotune.trial.checkpoints import Checkpoints
 from autotune.trial.cost import Cost, measure
@@ -236,6 +237,8 @@ class Objective:
     def _configure(self, trial: optuna.Trial) -> tuple[TrialConfig, TrialMaker, int]:
         """The trial's configuration, the maker that builds it, and its stage."""
         stage = stage_of(trial.number, self.settings, self.staged)
+        if trial.user_attrs.get(RECIPE):  # run again under a later number, still the recipe
+            stage = 1
         parent = parent_of(trial.study, self.settings.metric) if stage == 2 else None
         if parent is None:  # unstaged, stage 1, or no stage-1 trial has completed yet
             space = tuning_space(self.space) if self.staged else self.space
@@ -280,8 +283,16 @@ class Objective:
                 flips is not None and flips.broken <= self.budgets.max_flips
             )
             keep = self.budgets.feasible(cost) and within and improves
-        if keep:
+        if not keep:
+            return
+        try:
             self.checkpoints.save(model, trial.number)
+        except OSError as e:
+            # The trial's result stands without its weights: the export, or a stage-2 child,
+            # retrains it from its parameters and seed. Failing it would spend the study's
+            # trials on a full disk; a storage on that disk ends the search at its next write.
+            if not out_of_space(e):
+                raise
 
 
 def _one_line(e: BaseException) -> str:
