@@ -178,7 +178,8 @@ def main(names: list[str]) -> int:
         verdicts[name] = run(name)
         print(f"{name}: {verdicts[name]}", flush=True)
     bad = [n for n, v in verdicts.items() if not v.startswith("caught")]
-    print(f"{len(verdicts) - len(bad)} caught, {len(bad)} missed or broken", flush=True)
+    # The plain closing line test runners print: a caught mutant passed, the rest failed.
+    print(f"mutations: {len(verdicts) - len(bad)} passed, {len(bad)} failed", flush=True)
     return 1 if bad else 0
 
 
