@@ -130,6 +130,18 @@ MUTATIONS: dict[str, tuple[str, str, str, str]] = {
         "        if False:\n",
         "tests/test_trust.py::test_a_shape_expression_too_costly_to_evaluate_is_refused",
     ),
+    "a trial of this pid taken for this process's whatever its run id": (
+        "autotune/search/identity.py",
+        'worker.get("run") == RUN and ',
+        "",
+        "tests/test_resume.py::test_a_trial_of_this_pid_with_another_run_id_is_failed_and_retried",
+    ),
+    "a live pid taken for the worker whatever its start time": (
+        "autotune/search/identity.py",
+        "    return started is None or current is None or float(started) == current\n",
+        "    return True\n",
+        "tests/test_resume.py::test_a_live_worker_of_this_machine_is_waited_for_and_a_reused_pid_is_not",
+    ),
 }
 
 

@@ -30,7 +30,7 @@ def _search(model: torch.nn.Module, data: TaskData, out: Path, **kwargs: Any) ->
     return search(model, data, out=out, console=Console(file=io.StringIO()), **kwargs)
 
 
-def _orphan(study: optuna.Study, worker: str) -> int:
+def _orphan(study: optuna.Study, worker: object) -> int:
     """A RUNNING trial left by ``worker``, as a kill -9 leaves it."""
     trial = study.ask({"lr": optuna.distributions.FloatDistribution(1e-3, 3e-2, log=True)})
     trial.set_user_attr("worker", worker)
@@ -116,3 +116,123 @@ def test_allowed_changes_apply_the_new_budget_to_old_trials(
     record = again.study.user_attrs["autotune"]
     assert record["settings"]["max_params"] == "50%"
     assert record["changes"][0]["changed"] == ["--max-params None -> 50%"]
+
+
+def _rerun_within(seconds: int, *args: Any, **kwargs: Any) -> Any:
+    """``_search(*args, **kwargs)``, stopped (and the test failed) if it takes ``seconds``."""
+    import signal
+
+    class Hung(BaseException):
+        pass
+
+    def hung(signum: int, frame: object) -> None:
+        raise Hung(f"the search still ran after {seconds} s: it waits for a dead worker")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(seconds)
+    try:
+        return _search(*args, **kwargs)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _failed_and_retried(study: optuna.Study, number: int) -> None:
+    trials = study.get_trials()
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    assert trials[number].state == TrialState.FAIL
+    assert trials[number].user_attrs["fail_reason"] == "its worker died; retried"
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == number]
+    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
+
+
+def test_a_trial_of_this_pid_with_another_run_id_is_failed_and_retried(
+    tiny_model: torch.nn.Module, tiny_data: TaskData, tmp_path: Path
+) -> None:
+    # As a restarted container leaves it: the process before had the pid this one has.
+    from autotune.search.identity import WORKER
+
+    first = _search(tiny_model, tiny_data, tmp_path, trials=2, pruner="none")
+    dead = _orphan(first.study, {**WORKER, "run": "0123456789abcdef"})
+    again = _rerun_within(120, tiny_model, tiny_data, tmp_path, trials=3, pruner="none")
+    _failed_and_retried(again.study, dead)
+    assert finished(again.study) == 3
+
+
+def test_a_host_pid_record_naming_this_process_is_an_earlier_run_and_is_retried(
+    tiny_model: torch.nn.Module, tiny_data: TaskData, tmp_path: Path
+) -> None:
+    import os
+    import socket
+
+    # Studies written before run ids recorded "host:pid"; this process records more.
+    first = _search(tiny_model, tiny_data, tmp_path, trials=2, pruner="none")
+    dead = _orphan(first.study, f"{socket.gethostname()}:{os.getpid()}")
+    again = _rerun_within(120, tiny_model, tiny_data, tmp_path, trials=3, pruner="none")
+    _failed_and_retried(again.study, dead)
+    assert finished(again.study) == 3
+
+
+def test_a_live_process_that_took_a_dead_workers_pid_is_not_waited_for(
+    tiny_model: torch.nn.Module, tiny_data: TaskData, tmp_path: Path
+) -> None:
+    import subprocess
+
+    from autotune.search.identity import WORKER, start_time
+
+    first = _search(tiny_model, tiny_data, tmp_path, trials=2, pruner="none")
+    unrelated = subprocess.Popen(["sleep", "600"])
+    try:
+        started = start_time(unrelated.pid)
+        assert started is not None
+        # The dead worker had that pid, and started at another time.
+        record = {**WORKER, "run": "0123456789abcdef", "pid": unrelated.pid}
+        dead = _orphan(first.study, {**record, "started": started - 1})
+        again = _rerun_within(120, tiny_model, tiny_data, tmp_path, trials=3, pruner="none")
+        assert unrelated.poll() is None  # it ran throughout, and was left alone
+    finally:
+        unrelated.kill()
+        unrelated.wait()
+    _failed_and_retried(again.study, dead)
+    assert finished(again.study) == 3
+
+
+def test_a_live_worker_of_this_machine_is_waited_for_and_a_reused_pid_is_not(
+    tmp_path: Path,
+) -> None:
+    import subprocess
+
+    from autotune.search.identity import WORKER, start_time
+    from autotune.search.trials import fail_orphans, running_elsewhere
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}")
+    other = subprocess.Popen(["sleep", "600"])
+    try:
+        record = {**WORKER, "run": "0123456789abcdef", "pid": other.pid}
+        live = _orphan(study, {**record, "started": start_time(other.pid)})
+        reused = _orphan(study, {**record, "started": -1.0})
+        assert fail_orphans(study) == [reused]
+        assert [t.number for t in running_elsewhere(study)] == [live]
+    finally:
+        other.kill()
+        other.wait()
+    # Once it has exited, its trial is failed and retried.
+    assert fail_orphans(study) == [live] and running_elsewhere(study) == []
+
+
+def test_the_leaderboard_says_a_worker_died_without_naming_its_host(
+    tiny_model: torch.nn.Module, tiny_data: TaskData, tmp_path: Path
+) -> None:
+    import csv
+    import socket
+
+    first = _search(tiny_model, tiny_data, tmp_path, trials=1, pruner="none")
+    worker = f"{socket.gethostname()}:{2**22 + 1}"  # a pid above Linux's pid_max: dead
+    dead = _orphan(first.study, worker)
+    _search(tiny_model, tiny_data, tmp_path, trials=2, pruner="none")
+    board = (tmp_path / "leaderboard.csv").read_text()
+    assert worker not in board and str(2**22 + 1) not in board
+    if len(socket.gethostname()) >= 6:  # a short name could occur by chance
+        assert socket.gethostname() not in board
+    rows = {int(r["trial"]): r for r in csv.DictReader(board.splitlines())}
+    assert rows[dead]["note"] == "its worker died; retried"

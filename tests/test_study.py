@@ -158,7 +158,7 @@ def test_two_worker_processes_share_one_journal_study(tmp_path: Path) -> None:
     counted = [t for t in ran if not t.user_attrs.get(SURPLUS)]
     assert len(counted) == 10
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in counted)
-    assert len({t.user_attrs["worker"] for t in counted}) == 2
+    assert len({t.user_attrs["worker"]["run"] for t in counted}) == 2
 
 
 def test_the_default_study_file_logs_ahead_and_another_reader_sees_every_commit(

@@ -27,8 +27,9 @@ class TrialRecord:
     """The source model, scored as it came (not trained); never counts toward ``--trials``."""
     recipe: bool = False
     """The standard fine-tune (``search.seeds.recipe``): the export is never worse than it."""
-    worker: str | None = None
-    """The process that ran it (``search.trials``): whether it is alive, after a crash."""
+    worker: dict[str, Any] | str | None = None
+    """The process that ran it (``search.identity``): whether it is alive, after a crash;
+    ``host:pid`` in studies written before run ids."""
     stage: int | None = None
     """1: tuning the full model, 2: slimming ``parent`` (staged searches); 0 unstaged."""
     parent: int | None = None

@@ -5,9 +5,10 @@ counted. A trial whose process died (kill -9, a lost machine) is failed and retr
 a new number; the dead one then no longer counts, its retry does.
 
 How a dead worker's RUNNING trial is found:
-- on this machine, whatever the storage: each trial records its worker as ``host:pid``
-  (``WORKER``); a RUNNING trial of this host whose process is gone is failed at once, before
-  every trial a worker starts;
+- on this machine, whatever the storage: each trial records its worker (``search.identity``:
+  host, pid, a run id of its own, boot id and start time); a RUNNING trial of this host whose
+  process is gone (no process with that pid, or one that started at another time or boot) is
+  failed at once, before every trial a worker starts;
 - from another machine: by Optuna's heartbeat (RDB storages: SQLite, PostgreSQL, MySQL), which
   fails it after the grace period. A journal file has no heartbeat: use it on one machine.
 
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import socket
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -28,8 +28,8 @@ import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
-WORKER = f"{socket.gethostname()}:{os.getpid()}"
-"""Which process runs a trial, recorded on it (several workers may share one study)."""
+from autotune.search.identity import WORKER, is_local, is_ours, lives
+
 SURPLUS = "surplus"
 """User attribute of a trial started when the study already had its total."""
 INTERRUPTED = "interrupted"
@@ -159,26 +159,19 @@ def fail_orphans(study: optuna.Study) -> list[int]:
     """Fail and retry the RUNNING trials whose worker was a process of this machine that is
     gone; returns their numbers."""
     storage: BaseStorage = study._storage
-    host = socket.gethostname()
     failed = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = trial.user_attrs.get("worker")
-        if not isinstance(worker, str):
+        if worker is None:
             # Killed before its first line: nobody owns it once it is older than a trial's start.
             started_at = trial.datetime_start or datetime.datetime.now()
             if datetime.datetime.now() - started_at < UNCLAIMED_AFTER:
                 continue
-            worker = "an unknown worker"
-        elif worker == WORKER:
+        elif is_ours(worker) or not is_local(worker) or lives(worker):
             continue
-        else:
-            where, _, pid = worker.rpartition(":")
-            if where != host or not pid.isdigit() or _alive(int(pid)):
-                continue
+        # The reason shows in the leaderboard, which names no host: nor does it.
         try:
-            storage.set_trial_user_attr(
-                trial._trial_id, "fail_reason", f"its worker ({worker}) died; retried"
-            )
+            storage.set_trial_user_attr(trial._trial_id, "fail_reason", "its worker died; retried")
             if not storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
                 continue
         except optuna.exceptions.UpdateFinishedTrialError:
@@ -194,26 +187,11 @@ def running_elsewhere(study: optuna.Study) -> list[FrozenTrial]:
     from optuna.storages._heartbeat import is_heartbeat_enabled
 
     heartbeat = is_heartbeat_enabled(study._storage)
-    host = socket.gethostname()
     waiting = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        worker = str(trial.user_attrs.get("worker", ""))
-        local = worker.rpartition(":")[0] == host
-        if (local and worker != WORKER) or (not local and heartbeat):
+        worker = trial.user_attrs.get("worker")
+        if is_ours(worker):
+            continue
+        if lives(worker) if is_local(worker) else heartbeat:
             waiting.append(trial)
     return waiting
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process
-    # A zombie (a killed child not yet reaped) is dead for our purpose.
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[0] != "Z"
-    except OSError:
-        return True
