@@ -142,6 +142,24 @@ MUTATIONS: dict[str, tuple[str, str, str, str]] = {
         "    return True\n",
         "tests/test_resume.py::test_a_live_worker_of_this_machine_is_waited_for_and_a_reused_pid_is_not",
     ),
+    "a recipe trial stopped by Ctrl-C not queued again": (
+        "autotune/search/trials.py",
+        "        stopped = t.state == TrialState.FAIL and (\n",
+        "        stopped = False and (\n",
+        "tests/test_resume.py::test_a_recipe_trial_stopped_by_ctrl_c_is_trained_as_the_recipe_by_the_next_run",
+    ),
+    "a recipe run again under a stage-2 number slimmed as stage 2": (
+        "autotune/search/objective.py",
+        "            stage = 1\n",
+        "            pass\n",
+        "tests/test_resume.py::test_a_recipe_trial_stopped_by_ctrl_c_is_trained_as_the_recipe_by_the_next_run",
+    ),
+    "the retry of a dead recipe trial not the recipe": (
+        "autotune/search/trials.py",
+        "            user_attrs={RECIPE: True} if trial.user_attrs.get(RECIPE) else {},\n",
+        "",
+        "tests/test_resume.py::test_the_retry_of_a_recipe_trial_whose_worker_died_is_the_recipe",
+    ),
 }
 
 

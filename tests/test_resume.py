@@ -236,3 +236,83 @@ def test_the_leaderboard_says_a_worker_died_without_naming_its_host(
         assert socket.gethostname() not in board
     rows = {int(r["trial"]): r for r in csv.DictReader(board.splitlines())}
     assert rows[dead]["note"] == "its worker died; retried"
+
+
+STAGED = {
+    "lr": {"low": 1e-3, "high": 3e-2, "log": True},
+    "unfreeze": {"low": 1, "high": "all"},
+    "unfreeze_order": ["output", "shap"],
+    "prune": {"low": 0.0, "high": 0.5},
+    "analysis": {"samples": 16, "background": 4, "nsamples": 2},
+    "fit": {"max_epochs": 2, "patience": 2},
+}
+
+
+def test_a_recipe_trial_stopped_by_ctrl_c_is_trained_as_the_recipe_by_the_next_run(
+    tiny_model: torch.nn.Module,
+    tiny_data: TaskData,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import signal
+
+    from autotune.results.live import LiveLeaderboard
+    from autotune.search.trials import RECIPE
+
+    def ctrl_c(self: LiveLeaderboard, number: int, doing: str) -> None:
+        signal.raise_signal(signal.SIGINT)
+
+    # Staged: the rankings' seed runs first on the rerun and completes stage 1, so the recipe
+    # runs again under a stage-2 number, with a parent to slim at hand.
+    with monkeypatch.context() as patch:
+        patch.setattr(LiveLeaderboard, "progress", ctrl_c)
+        with pytest.raises(KeyboardInterrupt):
+            _search(tiny_model, tiny_data, tmp_path, space=STAGED, trials=2, pruner="none")
+    stopped = optuna.load_study(study_name=None, storage=f"sqlite:///{tmp_path / 'study.db'}")
+    first = stopped.trials[1]
+    assert first.user_attrs[RECIPE] and first.user_attrs["interrupted"]
+
+    again = _search(tiny_model, tiny_data, tmp_path, space=STAGED, trials=2, pruner="none")
+    recipes = [t for t in again.study.trials if t.user_attrs.get(RECIPE)]
+    done = [t for t in recipes if t.state == TrialState.COMPLETE]
+    assert len(done) == 1 and done[0].number > 1
+    assert done[0].params == first.params  # the recipe's own: lr 1e-3, every layer trained
+    assert done[0].params["lr"] == pytest.approx(1e-3)
+    assert done[0].user_attrs["stage"] == 1 and done[0].user_attrs["config"]["prune"] == 0.0
+    assert done[0].user_attrs["config"]["lr"] == pytest.approx(1e-3)
+    assert finished(again.study) == 2
+
+
+def test_the_retry_of_a_recipe_trial_whose_worker_died_is_the_recipe(
+    tiny_model: torch.nn.Module,
+    tiny_data: TaskData,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import socket
+
+    from autotune.results.live import LiveLeaderboard
+    from autotune.search.trials import RECIPE
+
+    class Killed(BaseException):
+        """Ends the search where it is, leaving its trial RUNNING, as a kill -9 would."""
+
+    def die(self: LiveLeaderboard, number: int, doing: str) -> None:
+        raise Killed
+
+    with monkeypatch.context() as patch:
+        patch.setattr(LiveLeaderboard, "progress", die)
+        with pytest.raises(Killed):
+            _search(tiny_model, tiny_data, tmp_path, trials=2, pruner="none")
+    study = optuna.load_study(study_name=None, storage=f"sqlite:///{tmp_path / 'study.db'}")
+    dead = study.trials[1]
+    assert dead.state == TrialState.RUNNING and dead.user_attrs[RECIPE]
+    study._storage.set_trial_user_attr(
+        dead._trial_id, "worker", f"{socket.gethostname()}:{2**22 + 1}"
+    )
+
+    again = _search(tiny_model, tiny_data, tmp_path, trials=2, pruner="none")
+    retry = next(t for t in again.study.trials if t.system_attrs.get("failed_trial") == 1)
+    assert retry.state == TrialState.COMPLETE and retry.user_attrs.get(RECIPE)
+    assert retry.params == again.study.trials[1].params
+    assert retry.params["lr"] == pytest.approx(1e-3)

@@ -23,7 +23,8 @@ from autotune.results.finalists import MIN_TRIALS
 from autotune.search import runner
 from autotune.search.prepare import space_for
 from autotune.search.selection import SELECT, choice_note, chosen_trial, standard_error
-from autotune.search.study import CHOSEN, LIMITS, RECIPE, best_trial
+from autotune.search.study import CHOSEN, LIMITS, best_trial
+from autotune.search.trials import RECIPE
 from autotune.trial import fit
 
 FAST = {"fit": {"max_epochs": 3, "patience": 3}}

@@ -35,7 +35,6 @@ from autotune.search.space import SearchSpace
 from autotune.search.stages import is_staged, tuning_space
 from autotune.search.study import (
     LIMITS,
-    RECIPE,
     finished_trials,
     load_study,
     open_study,
@@ -44,6 +43,7 @@ from autotune.search.study import (
 )
 from autotune.search.trials import (
     SURPLUS,
+    enqueue_recipe,
     fail_orphans,
     has_baseline,
     machine_index,
@@ -213,20 +213,17 @@ class Search:
         return {} if limit is None else {"constraints:flips": flip_violation(0, limit)}
 
     def add_seeds(self, study: optuna.Study) -> None:
-        """Enqueue, in a study that has run no trial yet, the standard recipe and then the
-        rankings' seed configurations (the exporting worker only: no two enqueue them)."""
-        if finished_trials(study) or not self.exports:
+        """Enqueue the standard recipe unless the study has it (a recipe trial stopped by
+        Ctrl-C runs again: ``trials.enqueue_recipe``), then, in a study that has run no trial
+        yet, the rankings' seed configurations (the exporting worker only: no two enqueue them)."""
+        if not self.exports:
             return
         module = self.job.model.module
         dropout = next((m.p for m in module.modules() if isinstance(m, nn.Dropout)), 0.0)
         # A staged search slims in stage 2 only: its first trials seed the tuning.
         first = tuning_space(self.space) if is_staged(self.space) else self.space
-        study.enqueue_trial(
-            recipe(first, self.n_layers, self.prunable, dropout),
-            user_attrs={RECIPE: True},
-            skip_if_exists=True,
-        )
-        if not self.settings.seed_trials or not self.analyses:
+        enqueue_recipe(study, recipe(first, self.n_layers, self.prunable, dropout))
+        if finished_trials(study) or not self.settings.seed_trials or not self.analyses:
             return
         for params in seed_configs(first, self.n_layers, self.prunable):
             study.enqueue_trial(params, skip_if_exists=True)

@@ -30,8 +30,6 @@ LIMITS = "autotune_limits"
 CHOSEN = "autotune_chosen"
 """Study user attribute: the finalists' scores over fresh seeds and the trial chosen from them
 (``results.finalists``); the export reads it."""
-RECIPE = "recipe"
-"""Trial user attribute of the standard recipe trial (``search.seeds.recipe``)."""
 UNCHECKED = ("threads",)
 """Stored settings a re-run may change freely: they do not change what a trial achieves."""
 FLAGS = {"max_epochs": "--epochs", "seed": "--seed", "patience": "--patience"}

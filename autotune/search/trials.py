@@ -15,6 +15,10 @@ How a dead worker's RUNNING trial is found:
 Workers check the total before each trial, counting the ones still running. Two workers that
 look in the same instant may both start one: the later one (by start time) is then a surplus,
 stopped at once and marked so; it does not count either, nor does a trial stopped by Ctrl-C.
+
+A trial run again keeps its role: the standard recipe's retry is the recipe, and a recipe
+trial stopped by Ctrl-C is queued again by the next run (``enqueue_recipe``), so that the
+export stays never below it.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autotune.search.identity import WORKER, is_local, is_ours, lives
 
+RECIPE = "recipe"
+"""Trial user attribute of the standard recipe trial (``search.seeds.recipe``)."""
 SURPLUS = "surplus"
 """User attribute of a trial started when the study already had its total."""
 INTERRUPTED = "interrupted"
@@ -137,7 +143,8 @@ def retry(study: optuna.Study, trial: FrozenTrial) -> None:
     ``retry_history`` system attributes), unless it was retried ``MAX_RETRIES`` times already.
 
     Unlike Optuna's ``RetryHeartbeatStaleTrialCallback``, the dead trial's user attributes (its
-    worker, its results so far) are not copied: they belong to the dead run."""
+    worker, its results so far) are not copied: they belong to the dead run. Its role is: the
+    retry of the recipe trial is the recipe."""
     history = [*trial.system_attrs.get("retry_history", []), trial.number]
     if len(history) > MAX_RETRIES:
         return
@@ -151,8 +158,22 @@ def retry(study: optuna.Study, trial: FrozenTrial) -> None:
             params=trial.params,
             distributions=trial.distributions,
             system_attrs=system_attrs,
+            user_attrs={RECIPE: True} if trial.user_attrs.get(RECIPE) else {},
         )
     )
+
+
+def enqueue_recipe(study: optuna.Study, params: dict[str, Any]) -> None:
+    """Queue the standard recipe (``params``) unless the study holds a recipe trial that ran,
+    runs or waits to: a new study has none, and one stopped by Ctrl-C (or started when the
+    study had its total) did not run."""
+    for t in study.get_trials(deepcopy=False):
+        stopped = t.state == TrialState.FAIL and (
+            t.user_attrs.get(INTERRUPTED) or t.user_attrs.get(SURPLUS)
+        )
+        if t.user_attrs.get(RECIPE) and not stopped:
+            return
+    study.enqueue_trial(params, user_attrs={RECIPE: True})
 
 
 def fail_orphans(study: optuna.Study) -> list[int]:
