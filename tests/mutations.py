@@ -160,6 +160,18 @@ MUTATIONS: dict[str, tuple[str, str, str, str]] = {
         "",
         "tests/test_resume.py::test_the_retry_of_a_recipe_trial_whose_worker_died_is_the_recipe",
     ),
+    "a Ctrl-C not held while Optuna records a trial": (
+        "autotune/search/runner.py",
+        "with held():",
+        "if True:",
+        "tests/test_interrupts.py",
+    ),
+    "a worker runs on after its parent died": (
+        "autotune/search/pool.py",
+        "    stop_with_parent()\n",
+        "",
+        "tests/test_crash.py::test_a_worker_whose_parent_was_killed_stops_and_leaves_no_trial_running",
+    ),
 }
 
 

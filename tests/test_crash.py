@@ -1,4 +1,5 @@
-"""Crashes with real processes: kill -9 mid-trial and resume, Ctrl-C, a worker killed."""
+"""Crashes with real processes: kill -9 mid-trial and resume, Ctrl-C, a worker killed, Ctrl-C
+to the process group of two workers, the parent of a worker killed."""
 
 from __future__ import annotations
 
@@ -34,6 +35,15 @@ def _pid(worker: object) -> int | None:
     if isinstance(worker, str) and worker.rpartition(":")[2].isdigit():
         return int(worker.rpartition(":")[2])
     return None
+
+
+def _exists(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie does not: it has exited)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def test_kill_9_mid_trial_then_the_same_command_resumes(tmp_path: Path) -> None:
@@ -107,3 +117,65 @@ def test_a_killed_worker_is_replaced_while_the_other_goes_on(tmp_path: Path) -> 
     assert (out / "best" / "config.yaml").is_file()
     # The second worker read the analysis the first one made, from the cache.
     assert "cached" in (out / "workers" / "worker-1.log").read_text()
+
+
+def _both_running(out: Path, main: int) -> bool:
+    """The first process and its extra worker each run a trial."""
+    running = study_in(out).get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    pids = {_pid(t.user_attrs.get("worker")) for t in running} - {None}
+    return main in pids and len(pids) == 2
+
+
+def test_ctrl_c_to_the_process_group_of_two_workers_leaves_no_trial_running(
+    tmp_path: Path,
+) -> None:
+    args, env = make_job(tmp_path / "job")
+    out, log = tmp_path / "out", tmp_path / "log"
+    args += ["--trials", "20", "--workers", "2", "--out", str(out)]
+    with log.open("wb") as f:  # a group of its own, as a terminal's Ctrl-C reaches it
+        process = subprocess.Popen(
+            command(args), env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        wait_for(lambda: _both_running(out, process.pid), process, log, seconds=240)
+        os.killpg(process.pid, signal.SIGINT)
+        assert process.wait(timeout=120) == 130, log.read_text()[-3000:]
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    said = log.read_text() + (out / "workers" / "worker-1.log").read_text()
+    assert "updated_state" not in said and "Traceback" not in said, said[-3000:]
+    assert not study_in(out).get_trials(states=(TrialState.RUNNING,))
+
+
+def test_a_worker_whose_parent_was_killed_stops_and_leaves_no_trial_running(
+    tmp_path: Path,
+) -> None:
+    import time
+
+    args, env = make_job(tmp_path / "job")
+    out, log = tmp_path / "out", tmp_path / "log"
+    process = start([*args, "--trials", "20", "--workers", "2", "--out", str(out)], env, log)
+    wait_for(lambda: _both_running(out, process.pid), process, log, seconds=240)
+    trials = study_in(out).get_trials()
+    worker = next(
+        p
+        for t in trials
+        if t.state == TrialState.RUNNING and (p := _pid(t.user_attrs["worker"])) != process.pid
+    )
+    before = [t for t in trials if _pid(t.user_attrs.get("worker")) == worker]
+    process.kill()
+    process.wait()
+    end = time.monotonic() + 60
+    while time.monotonic() < end and _exists(worker):
+        time.sleep(0.2)
+    if _exists(worker):
+        os.kill(worker, signal.SIGKILL)
+        raise AssertionError("the worker ran on after its parent was killed")
+    trials = study_in(out).get_trials()
+    theirs = [t for t in trials if _pid(t.user_attrs.get("worker")) == worker]
+    assert not [t for t in theirs if t.state == TrialState.RUNNING]
+    # It stopped in its trial, or as it began the next one (which is then interrupted at once).
+    assert len(theirs) <= len(before) + 1
+    assert all(t.user_attrs.get("interrupted") for t in theirs[len(before) :])
+    assert "interrupted" in (out / "workers" / "worker-1.log").read_text()

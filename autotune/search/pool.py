@@ -3,7 +3,8 @@
 The first process prepares the study (analysis, baseline, seed trials) and starts N - 1 more,
 each a fresh interpreter (``spawn``: no forked torch state) that reads the job back from the
 study's record and runs trials until the study has its total. The first process runs trials
-too, waits for the others, and is the only one that exports.
+too, waits for the others, and is the only one that exports. A worker stops as after a Ctrl-C
+on its first SIGINT, and when its parent dies (``search.interrupts``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from multiprocessing.process import BaseProcess
 from types import TracebackType
 from typing import Any
 
+from autotune.search.interrupts import stop_once, stop_with_parent
+
 STOP_SECONDS = 30.0
 """How long an interrupted worker has to end its trial before it is killed."""
 
@@ -26,7 +29,7 @@ class Pool:
     def __init__(self, target: Callable[..., None], jobs: list[tuple[Any, ...]]) -> None:
         context = multiprocessing.get_context("spawn")
         self.processes: list[BaseProcess] = [
-            context.Process(target=target, args=args, name=f"autotune-worker-{i + 1}")
+            context.Process(target=_main, args=(target, *args), name=f"autotune-worker-{i + 1}")
             for i, args in enumerate(jobs)
         ]
 
@@ -59,3 +62,10 @@ class Pool:
             if process.is_alive():
                 process.kill()
                 process.join()
+
+
+def _main(target: Callable[..., None], *args: Any) -> None:
+    """A worker process: ``target(*args)``, stopped by a first SIGINT or its parent's death."""
+    stop_once()
+    stop_with_parent()
+    target(*args)

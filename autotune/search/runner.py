@@ -25,6 +25,7 @@ from autotune.paths import workers_dir
 from autotune.rank.analysis import Analysis
 from autotune.rank.gates import sites
 from autotune.search.display import Display, NoDisplay, header, optuna_quiet
+from autotune.search.interrupts import held
 from autotune.search.objective import WORKER, Budgets, Objective, cost_attrs
 from autotune.search.pool import Pool
 from autotune.search.prepare import adapt_space, make_maker, run_analyses, study_checkpoints
@@ -297,7 +298,8 @@ class Search:
             if deadline is not None and time.monotonic() >= deadline:
                 return
             if started(study) < total:
-                study.optimize(guarded, n_trials=1, catch=(Exception,), callbacks=[self._after])
+                with held():  # a Ctrl-C while Optuna starts or ends a trial: once it is recorded
+                    study.optimize(guarded, n_trials=1, catch=(Exception,), callbacks=[self._after])
             elif self.exports and running_elsewhere(study):
                 time.sleep(POLL_SECONDS)
             else:

@@ -33,6 +33,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from autotune.search.identity import WORKER, is_local, is_ours, lives
+from autotune.search.interrupts import allowed
 
 RECIPE = "recipe"
 """Trial user attribute of the standard recipe trial (``search.seeds.recipe``)."""
@@ -133,7 +134,13 @@ def within_total(
             trial.set_user_attr(SURPLUS, True)
             trial.set_user_attr("fail_reason", reason)
             raise Surplus(reason)
-        return objective(trial)
+        try:
+            with allowed():  # a Ctrl-C held while Optuna started the trial stops it here
+                return objective(trial)
+        except KeyboardInterrupt:
+            if not trial.user_attrs.get(INTERRUPTED):
+                trial.set_user_attr(INTERRUPTED, True)
+            raise
 
     return run
 

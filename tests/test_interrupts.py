@@ -1,0 +1,73 @@
+"""Ctrl-C at the moments a search is most fragile: while Optuna records a trial's start or end."""
+
+from __future__ import annotations
+
+import io
+import signal
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import torch
+from optuna.storages._cached_storage import _CachedStorage
+from optuna.trial import TrialState
+from rich.console import Console
+
+from autotune import search
+from autotune.load.tasks import TaskData
+from autotune.search.trials import finished
+
+QUICK = {"lr": {"low": 1e-3, "high": 3e-2, "log": True}, "fit": {"max_epochs": 2, "patience": 2}}
+
+
+def _ctrl_c_on(monkeypatch: pytest.MonkeyPatch, method: str, when: Any) -> None:
+    """A Ctrl-C just after the first call of Optuna's storage ``method`` with arguments ``when``
+    accepts: inside Optuna's own code, before the objective starts or after it returned."""
+    original = getattr(_CachedStorage, method)
+    sent: list[bool] = []
+
+    def interrupted(self: _CachedStorage, *args: Any, **kwargs: Any) -> Any:
+        done = original(self, *args, **kwargs)
+        if not sent and when(*args, **kwargs):
+            sent.append(True)
+            signal.raise_signal(signal.SIGINT)
+        return done
+
+    monkeypatch.setattr(_CachedStorage, method, interrupted)
+
+
+def test_a_ctrl_c_while_optuna_records_a_trials_end_stops_once_it_is_recorded(
+    tiny_model: torch.nn.Module,
+    tiny_data: TaskData,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    completes = lambda trial_id, state, values=None: state == TrialState.COMPLETE  # noqa: E731
+    _ctrl_c_on(monkeypatch, "set_trial_state_values", completes)
+    console = Console(file=io.StringIO())
+    with pytest.raises(KeyboardInterrupt):
+        search(tiny_model, tiny_data, out=tmp_path, console=console, space=QUICK, trials=3)
+    study = optuna.load_study(study_name=None, storage=f"sqlite:///{tmp_path / 'study.db'}")
+    trials = study.get_trials()
+    # The trial it was recording completed, and the search stopped before starting another.
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.COMPLETE]
+    assert finished(study) == 1
+
+
+def test_a_ctrl_c_while_optuna_starts_a_trial_stops_it_as_interrupted(
+    tiny_model: torch.nn.Module,
+    tiny_data: TaskData,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The recipe trial, queued, starts when Optuna's ``ask`` sets it RUNNING.
+    starts = lambda trial_id, state, values=None: state == TrialState.RUNNING  # noqa: E731
+    _ctrl_c_on(monkeypatch, "set_trial_state_values", starts)
+    console = Console(file=io.StringIO())
+    with pytest.raises(KeyboardInterrupt):
+        search(tiny_model, tiny_data, out=tmp_path, console=console, space=QUICK, trials=3)
+    study = optuna.load_study(study_name=None, storage=f"sqlite:///{tmp_path / 'study.db'}")
+    started = study.get_trials()[1]
+    assert started.state == TrialState.FAIL and started.user_attrs["interrupted"]
+    assert finished(study) == 0
