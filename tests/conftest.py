@@ -163,3 +163,17 @@ def slimmed_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
     }
     search(model, data, space=space, trials=6, out=out, console=Console(file=io.StringIO()))
     return out
+
+
+def write_cli_job(folder: Path, tensors_file: Path, space: str) -> list[str]:
+    """A model (a state_dict and its class in ``net.py``), data and a search space written
+    into ``folder``; the ``autotune search`` options that name them, relative to it."""
+    (folder / "net.py").write_text(NET_SOURCE)
+    torch.manual_seed(0)
+    body, head = nn.Linear(8, 16), nn.Linear(16, 3)
+    state = {f"body.0.{k}": v for k, v in body.state_dict().items()}
+    torch.save(state | {f"out.{k}": v for k, v in head.state_dict().items()}, folder / "net.pt")
+    (folder / "data.pt").write_bytes(tensors_file.read_bytes())
+    (folder / "space.yaml").write_text(space)
+    model = ["--model", "net.pt", "--arch", "net.py:Net", "--data", "data.pt"]
+    return [*model, "--space", "space.yaml"]

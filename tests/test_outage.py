@@ -16,8 +16,7 @@ from typing import Any
 import optuna
 import pytest
 import sqlalchemy.exc
-import torch
-from conftest import NET_SOURCE
+from conftest import write_cli_job
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 from rich.console import Console
@@ -36,15 +35,7 @@ SPACE = "lr: {low: 0.001, high: 0.03, log: true}\nfit: {max_epochs: 2, patience:
 def _job(folder: Path, tensors_file: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """``autotune search`` options for a tiny model and data in ``folder``, the cwd."""
     monkeypatch.chdir(folder)
-    Path("net.py").write_text(NET_SOURCE)
-    torch.manual_seed(0)
-    body, head = nn.Linear(8, 16), nn.Linear(16, 3)
-    state = {f"body.0.{k}": v for k, v in body.state_dict().items()}
-    torch.save(state | {f"out.{k}": v for k, v in head.state_dict().items()}, "net.pt")
-    Path("data.pt").write_bytes(tensors_file.read_bytes())
-    Path("space.yaml").write_text(SPACE)
-    model = ["--model", "net.pt", "--arch", "net.py:Net", "--data", "data.pt"]
-    return [*model, "--space", "space.yaml", "--pruner", "none", "--out", "out"]
+    return [*write_cli_job(folder, tensors_file, SPACE), "--pruner", "none", "--out", "out"]
 
 
 def _search(args: list[str], trials: int) -> tuple[int, str]:

@@ -10,8 +10,7 @@ import optuna
 import pytest
 import torch
 import yaml
-from conftest import NET_SOURCE
-from torch import nn
+from conftest import write_cli_job
 from typer.testing import CliRunner
 
 from autotune.cli import app
@@ -23,16 +22,8 @@ SPACE = "lr: 0.01\nfit: {max_epochs: 3, patience: 3}\n"
 def _job(folder: Path, tensors_file: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """A model (state_dict + its class in net.py), data and a space in ``folder``, the cwd."""
     monkeypatch.chdir(folder)
-    Path("net.py").write_text(NET_SOURCE)
-    torch.manual_seed(0)
-    body, head = nn.Linear(8, 16), nn.Linear(16, 3)
-    state = {f"body.0.{k}": v for k, v in body.state_dict().items()}
-    torch.save(state | {f"out.{k}": v for k, v in head.state_dict().items()}, "net.pt")
-    Path("data.pt").write_bytes(tensors_file.read_bytes())
-    Path("space.yaml").write_text(SPACE)
     # The loss, not the accuracy: two models of a separable task often share an accuracy.
-    model = ["--model", "net.pt", "--arch", "net.py:Net", "--data", "data.pt"]
-    return [*model, "--space", "space.yaml", "--metric", "loss", "--pruner", "none"]
+    return [*write_cli_job(folder, tensors_file, SPACE), "--metric", "loss", "--pruner", "none"]
 
 
 def _search(args: list[str], name: str, seed: int) -> None:
