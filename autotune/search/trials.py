@@ -29,11 +29,11 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import optuna
-from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from autotune.search.identity import WORKER, is_local, is_ours, lives
 from autotune.search.interrupts import allowed
+from autotune.search.optuna_internals import heartbeat_enabled, storage_of, trial_id
 
 RECIPE = "recipe"
 """Trial user attribute of the standard recipe trial (``search.seeds.recipe``)."""
@@ -186,7 +186,7 @@ def enqueue_recipe(study: optuna.Study, params: dict[str, Any]) -> None:
 def fail_orphans(study: optuna.Study) -> list[int]:
     """Fail and retry the RUNNING trials whose worker was a process of this machine that is
     gone; returns their numbers."""
-    storage: BaseStorage = study._storage
+    storage = storage_of(study)
     failed = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = trial.user_attrs.get("worker")
@@ -199,12 +199,12 @@ def fail_orphans(study: optuna.Study) -> list[int]:
             continue
         # The reason shows in the leaderboard, which names no host: nor does it.
         try:
-            storage.set_trial_user_attr(trial._trial_id, "fail_reason", "its worker died; retried")
-            if not storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+            storage.set_trial_user_attr(trial_id(trial), "fail_reason", "its worker died; retried")
+            if not storage.set_trial_state_values(trial_id(trial), state=TrialState.FAIL):
                 continue
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # another worker failed it first
-        retry(study, storage.get_trial(trial._trial_id))
+        retry(study, storage.get_trial(trial_id(trial)))
         failed.append(trial.number)
     return failed
 
@@ -212,9 +212,7 @@ def fail_orphans(study: optuna.Study) -> list[int]:
 def running_elsewhere(study: optuna.Study) -> list[FrozenTrial]:
     """RUNNING trials this process waits for before exporting: those of live local processes,
     and those of other machines when the storage's heartbeat will fail them if they died."""
-    from optuna.storages._heartbeat import is_heartbeat_enabled
-
-    heartbeat = is_heartbeat_enabled(study._storage)
+    heartbeat = heartbeat_enabled(storage_of(study))
     waiting = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = trial.user_attrs.get("worker")
