@@ -28,9 +28,10 @@ from autotune.results.deploy import save_model
 from autotune.results.errors import error_metrics, exported_errors
 from autotune.results.leaderboard import Leaderboard
 from autotune.search.prepare import adapt_space, make_maker, run_analyses, study_checkpoints
+from autotune.search.record import TrialRecord
 from autotune.search.selection import choice_note, chosen_trial
 from autotune.search.space import SearchSpace
-from autotune.search.stages import PARENT, slimming_maker, slimming_space
+from autotune.search.stages import slimming_maker, slimming_space
 from autotune.search.study import config_of, study_record
 from autotune.trial.build import Changes
 from autotune.trial.checkpoints import Checkpoints
@@ -99,7 +100,8 @@ def pick_trial(study: optuna.Study, number: int | None) -> FrozenTrial:
         )
     trial = trials[number]
     if trial.state != TrialState.COMPLETE:
-        reason = trial.user_attrs.get("fail_reason") or trial.user_attrs.get("stop_reason", "")
+        rec = TrialRecord.from_trial(trial)
+        reason = rec.fail_reason or rec.stop_reason or ""
         raise AutotuneError(
             f"--trial {number} is {trial.state.name.lower()}{f' ({reason})' if reason else ''}: "
             "only completed trials have a model to export"
@@ -127,13 +129,14 @@ def rebuild(
     samples together, for the epoch count at which the trial was best.
     """
     maker = work.maker
-    if trial.user_attrs.get("baseline"):
+    rec = TrialRecord.from_trial(trial)
+    if rec.baseline:
         module = work.job.model.module.to(maker.device)
         return Rebuilt(module, maker.data, Changes(), "the source model, unchanged")
     maker = trial_maker(work, study, trial)
     config = config_of(trial, work.space)
     if refit:
-        epochs = int(trial.user_attrs.get("best_epoch") or work.settings.max_epochs or 1)
+        epochs = int(rec.best_epoch or work.settings.max_epochs or 1)
         model, changes, data = maker.build(config)
         maker.refit(model, config, trial.number, data, epochs)
         pooled = len(data.x_train) + len(data.x_val)
@@ -149,7 +152,7 @@ def trial_maker(work: Workspace, study: optuna.Study, trial: FrozenTrial) -> Tri
     configure_threads(work.maker.device, work.settings.threads)
     # The analyses come from the cache: the same rankings as the trial's.
     run_analyses(work.job, work.space, work.maker.analyses)
-    parent = trial.user_attrs.get(PARENT)
+    parent = TrialRecord.from_trial(trial).parent
     if parent is None:
         return work.maker
     adapted = rebuild(work, study, study.trials[parent]).model
@@ -172,7 +175,7 @@ def export_trial(
     out = work.settings.out
     folder = folder or export_dir(out, None if number is None else trial.number)
     folder.mkdir(parents=True, exist_ok=True)
-    refit = refit and not trial.user_attrs.get("baseline")
+    refit = refit and not TrialRecord.from_trial(trial).baseline
     try:
         rebuilt = rebuild(work, study, trial, refit)
         model, data = rebuilt.model, rebuilt.data
@@ -280,12 +283,13 @@ def _config(
     model: nn.Module,
 ) -> dict[str, Any]:
     s = work.settings
-    baseline = next(t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("baseline"))
+    trials = study.get_trials(deepcopy=False)
+    baseline = next(t for t in trials if TrialRecord.from_trial(t).baseline)
     base_value = baseline.values[0] if baseline.values else None
     metric = s.metric
     value = val.metric(metric)
     trainable, total = count_parameters(model)
-    is_baseline = bool(trial.user_attrs.get("baseline"))
+    is_baseline = TrialRecord.from_trial(trial).baseline
     params = {} if is_baseline else dataclasses.asdict(config_of(trial, work.space))
     value_of_trial = trial.values[0] if trial.values else None
     out = str(s.out)

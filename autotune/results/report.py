@@ -182,7 +182,7 @@ def _importances(
     stages: dict[int, list[FrozenTrial]] = {}
     for t in completed(study):
         if t.params:  # the unchanged model (trial 0) samples nothing
-            stages.setdefault(int(t.user_attrs.get("stage", 0)), []).append(t)
+            stages.setdefault(TrialRecord.from_trial(t).stage or 0, []).append(t)
     figures: list[tuple[str, Any]] = []
     for stage, trials in sorted(stages.items()):
         title = "Parameter importances" + _STAGE_TITLES.get(stage, f", stage {stage}")

@@ -29,6 +29,7 @@ from autotune.search.interrupts import held
 from autotune.search.objective import WORKER, Budgets, Objective, cost_attrs
 from autotune.search.pool import Pool
 from autotune.search.prepare import adapt_space, make_maker, run_analyses, study_checkpoints
+from autotune.search.record import TrialRecord
 from autotune.search.seeds import recipe, seed_configs
 from autotune.search.selection import SELECT
 from autotune.search.shared import shared
@@ -43,7 +44,6 @@ from autotune.search.study import (
     study_record,
 )
 from autotune.search.trials import (
-    SURPLUS,
     enqueue_recipe,
     fail_orphans,
     has_baseline,
@@ -260,10 +260,9 @@ class Search:
         study.set_user_attr(LIMITS, dict(self.budgets.limits))
         study.set_user_attr(SELECT, s.select)
         self.add_baseline(study)
-        self.baseline_value = next(
-            (t.values[0] for t in study.get_trials(deepcopy=False) if t.user_attrs.get("baseline")),
-            None,
-        )
+        trials = study.get_trials(deepcopy=False)
+        base = (t.values[0] for t in trials if TrialRecord.from_trial(t).baseline)
+        self.baseline_value = next(base, None)
         self.add_seeds(study)
         self.fails_in_a_row = 0
         deadline = None if s.timeout is None else time.monotonic() + s.timeout
@@ -306,12 +305,12 @@ class Search:
                 return
 
     def _after(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        if trial.user_attrs.get(SURPLUS):
+        if TrialRecord.from_trial(trial).surplus:
             return
         self.display.finished(study, trial)
         self.fails_in_a_row = self.fails_in_a_row + 1 if trial.state == TrialState.FAIL else 0
         if self.fails_in_a_row >= MAX_FAILS_IN_A_ROW:
-            reason = trial.user_attrs.get("fail_reason", "see the log")
+            reason = TrialRecord.from_trial(trial).fail_reason or "see the log"
             self.stopped = f"{MAX_FAILS_IN_A_ROW} trials in a row failed (last: {reason})"
             self.console.print(f"[red]{self.stopped}; stopping", highlight=False)
 

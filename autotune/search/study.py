@@ -19,6 +19,7 @@ from autotune.config import (
 )
 from autotune.errors import StorageError, first_line, redacted
 from autotune.paths import study_db
+from autotune.search.record import TrialRecord
 from autotune.search.space import SearchSpace, config_from, parse_space
 from autotune.search.storage import open_storage
 from autotune.search.study_file import write_ahead
@@ -259,7 +260,7 @@ def space_of(record: dict[str, Any]) -> SearchSpace:
 def config_of(trial: FrozenTrial, space: SearchSpace) -> TrialConfig:
     """The full configuration of a stored trial, as the objective recorded it (``config``);
     else its sampled values over the space's fixed ones."""
-    recorded = trial.user_attrs.get("config")
+    recorded = TrialRecord.from_trial(trial).config
     if recorded is not None:
         return config_from(recorded)
     return config_from({**space.fixed_values(), **trial.params})

@@ -34,6 +34,7 @@ from optuna.trial import FrozenTrial, TrialState
 from autotune.search.identity import WORKER, is_local, is_ours, lives
 from autotune.search.interrupts import allowed
 from autotune.search.optuna_internals import heartbeat_enabled, storage_of, trial_id
+from autotune.search.record import TrialRecord
 
 RECIPE = "recipe"
 """Trial user attribute of the standard recipe trial (``search.seeds.recipe``)."""
@@ -73,16 +74,12 @@ def retried(trials: list[FrozenTrial]) -> set[int]:
 
 def counts(trial: FrozenTrial, retried_numbers: set[int]) -> bool:
     """Whether a finished or running trial counts toward ``--trials``."""
-    return not (
-        trial.user_attrs.get("baseline")
-        or trial.user_attrs.get(SURPLUS)
-        or trial.user_attrs.get(INTERRUPTED)
-        or trial.number in retried_numbers
-    )
+    rec = TrialRecord.from_trial(trial)
+    return not (rec.baseline or rec.surplus or rec.interrupted or trial.number in retried_numbers)
 
 
 def has_baseline(study: optuna.Study) -> bool:
-    return any(t.user_attrs.get("baseline") for t in study.get_trials(deepcopy=False))
+    return any(TrialRecord.from_trial(t).baseline for t in study.get_trials(deepcopy=False))
 
 
 def finished(study: optuna.Study) -> int:
@@ -189,7 +186,7 @@ def fail_orphans(study: optuna.Study) -> list[int]:
     storage = storage_of(study)
     failed = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        worker = trial.user_attrs.get("worker")
+        worker = TrialRecord.from_trial(trial).worker
         if worker is None:
             # Killed before its first line: nobody owns it once it is older than a trial's start.
             started_at = trial.datetime_start or datetime.datetime.now()
@@ -215,7 +212,7 @@ def running_elsewhere(study: optuna.Study) -> list[FrozenTrial]:
     heartbeat = heartbeat_enabled(storage_of(study))
     waiting = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        worker = trial.user_attrs.get("worker")
+        worker = TrialRecord.from_trial(trial).worker
         if is_ours(worker):
             continue
         if lives(worker) if is_local(worker) else heartbeat:
