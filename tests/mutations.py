@@ -102,7 +102,7 @@ MUTATIONS: dict[str, tuple[str, str, str, str]] = {
     ),
     "export ignores a slimmed trial's parent": (
         "autotune/results/export.py",
-        "    parent = trial.user_attrs.get(PARENT)\n",
+        "    parent = TrialRecord.from_trial(trial).parent\n",
         "    parent = None\n",
         "tests/test_slimming.py",
     ),
