@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 
 
 class AutotuneError(Exception):
@@ -30,6 +31,16 @@ class TrialFailed(AutotuneError):
 
     The study records the trial as failed with this message and carries on.
     """
+
+
+def causes(e: BaseException) -> Iterator[BaseException]:
+    """``e`` and the errors it arose from (raised from, or while handling), each once."""
+    seen: set[int] = set()
+    cause: BaseException | None = e
+    while cause is not None and id(cause) not in seen:
+        yield cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
 
 
 def first_line(e: BaseException) -> str:

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from autotune.errors import AutotuneError, StorageError, redacted
+from autotune.errors import AutotuneError, StorageError, causes, redacted
 
 
 def cache_dir() -> Path:
@@ -141,14 +141,7 @@ DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 def out_of_space(e: BaseException) -> bool:
     """Whether ``e``, or an error it arose from, is a write that found no room left."""
-    seen: set[int] = set()
-    cause: BaseException | None = e
-    while cause is not None and id(cause) not in seen:
-        if isinstance(cause, OSError) and cause.errno in DISK_FULL:
-            return True
-        seen.add(id(cause))
-        cause = cause.__cause__ or cause.__context__
-    return False
+    return any(isinstance(c, OSError) and c.errno in DISK_FULL for c in causes(e))
 
 
 def write_atomically(

@@ -6,9 +6,8 @@ them (a trial its worker left running is failed and run again, ``search.trials``
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 
-from autotune.errors import AutotuneError, first_line, redacted
+from autotune.errors import AutotuneError, causes, first_line, redacted
 from autotune.paths import DISK_FULL
 
 # SQLite's words for a full disk: it reports no errno.
@@ -20,16 +19,6 @@ _DRIVER = re.compile(r"^\([\w.]+\)\s*")
 class Outage(AutotuneError):
     """The disk filled up or the study's storage went away: run the same command again once
     it is back."""
-
-
-def _chain(e: BaseException) -> Iterator[BaseException]:
-    """``e`` and the errors it arose from (raised from, or while handling)."""
-    seen: set[int] = set()
-    cause: BaseException | None = e
-    while cause is not None and id(cause) not in seen:
-        yield cause
-        seen.add(id(cause))
-        cause = cause.__cause__ or cause.__context__
 
 
 def _full(e: BaseException) -> bool:
@@ -49,7 +38,7 @@ def outage(e: BaseException) -> Outage | None:
     lost storage, else None. An ``Outage`` is its own."""
     if isinstance(e, Outage):
         return e
-    chain = list(_chain(e))
+    chain = list(causes(e))
     full = next((c for c in chain if _full(c)), None)
     if full is not None:
         name = getattr(full, "filename", None)
