@@ -40,7 +40,7 @@ from autotune.search.prepare import space_for, study_checkpoints
 from autotune.search.record import TrialRecord
 from autotune.search.runner import Search
 from autotune.search.space import SearchSpace, load_space
-from autotune.search.storage import probe_storage
+from autotune.search.storage import local_file, probe_storage
 from autotune.search.study_file import settle
 from autotune.trial.fit import configure_threads
 
@@ -130,12 +130,11 @@ def search(
     the_settings.resolved({})
     storage = the_settings.storage
     check_storage(storage)  # a mistyped URL: refused before any folder is made
-    server = storage is not None and "://" in storage and not storage.startswith("sqlite")
-    if server:  # before the output folder is made
+    server = local_file(storage, folder) is None
+    if server:  # a server that cannot be reached leaves no output folder behind
         probe_storage(storage, folder)
     check_writable(folder)
-    file = study_db(folder) if storage is None else Path(storage.removeprefix("sqlite:///"))
-    if not server and file.is_file():  # a damaged study file; a new one is made later
+    if not server:  # a damaged study file, in the folder that now exists
         probe_storage(storage, folder)
     job = make_job(model, data)
     console = console or Console()

@@ -60,13 +60,9 @@ def open_storage(url: str | None, out: Path) -> BaseStorage | str:
             raise AssertionError("unreachable")
     except Exception as e:
         reason = redacted(first_line(e))
-        file = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else None
-        if file is not None and Path(file).is_file() and _damaged(reason):
-            raise StorageError(
-                f"the study file {file!r} is damaged ({reason}): restore it from a copy, or move "
-                "it aside (to start a new study in its place; the checkpoints and the analysis "
-                "cache beside it stay usable)"
-            ) from e
+        file = local_file(url, out)
+        if file is not None and file.is_file() and _damaged(reason):
+            raise damaged_file(file, reason) from e
         raise StorageError(
             f"cannot open storage {redacted(url)!r}: {reason}. Check the URL (sqlite:///path, "
             "postgresql://user@host/db, or a journal file path), that the server is running, and "
@@ -80,21 +76,39 @@ def _damaged(reason: str) -> bool:
     return any(s in reason for s in ("malformed", "not a database", "file is encrypted"))
 
 
+def local_file(url: str | None, out: Path) -> Path | None:
+    """The file a storage lives in (the default study file, a SQLite URL's, a journal file);
+    None for a database server."""
+    if url is None:
+        return study_db(out)
+    if url.startswith("sqlite:///"):
+        return Path(url.removeprefix("sqlite:///"))
+    return None if "://" in url else Path(url)
+
+
+def damaged_file(file: Path, reason: str) -> StorageError:
+    """The one line for a study file that is not a sound database, with what to do."""
+    return StorageError(
+        f"the study file {str(file)!r} is damaged ({reason}): restore it from a copy, or move it "
+        "aside (to start a new study in its place; the checkpoints and the analysis cache beside "
+        "it stay usable)"
+    )
+
+
 def probe_storage(url: str | None, out: Path) -> None:
     """Open the storage once and close it: an unreachable server or a damaged study file is
-    reported before the model loads (and, for another storage than the default file, before
-    the output folder is made)."""
+    reported before the model loads. A study file not made yet is left to the search."""
+    file = local_file(url, out)
+    if file is not None and not file.is_file():
+        return
     storage = open_storage(url, out)
     if isinstance(storage, optuna.storages.RDBStorage):
         try:
             storage.get_all_studies()  # SQLite opens a damaged file lazily: read it
         except Exception as e:
-            raise StorageError(
-                f"the study file {str(study_db(out))!r} is damaged ({first_line(e)}): restore it "
-                "from a copy, or move it aside (to start a new study in its place; the "
-                "checkpoints and the analysis cache beside it stay usable)"
-                if url is None
-                else f"cannot read storage {redacted(url)!r}: {redacted(first_line(e))}"
-            ) from e
+            reason = redacted(first_line(e))
+            if file is not None:
+                raise damaged_file(file, reason) from e
+            raise StorageError(f"cannot read storage {redacted(str(url))!r}: {reason}") from e
         finally:
             storage.engine.dispose()
