@@ -36,11 +36,10 @@ def front(points: list[tuple[float, float, int]], s: float) -> list[tuple[float,
 
 def size_points(study: optuna.Study) -> list[tuple[float, float, int]]:
     """(parameters, metric, trial) of each completed trial that recorded its size."""
-    records = {t.number: TrialRecord.from_trial(t) for t in completed(study)}
     return [
         (float(size), t.values[0], t.number)
         for t in completed(study)
-        if (size := records[t.number].total_params) is not None
+        if (size := TrialRecord.from_trial(t).total_params) is not None
     ]
 
 

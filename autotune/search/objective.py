@@ -23,7 +23,7 @@ from autotune.load.anatomy import count_parameters
 from autotune.load.job import Job
 from autotune.load.tasks import TaskData
 from autotune.paths import out_of_space
-from autotune.search.record import record
+from autotune.search.record import TrialRecord, record
 from autotune.search.space import SearchSpace
 from autotune.search.stages import (
     child_config,
@@ -36,7 +36,7 @@ from autotune.search.stages import (
     tuning_space,
 )
 from autotune.search.study import best_trial, config_of, rank_key, within_limits
-from autotune.search.trials import RECIPE, WORKER
+from autotune.search.trials import WORKER
 from autotune.trial.accel import release
 from autotune.trial.checkpoints import Checkpoints
 from autotune.trial.cost import Cost, measure
@@ -237,7 +237,7 @@ class Objective:
     def _configure(self, trial: optuna.Trial) -> tuple[TrialConfig, TrialMaker, int]:
         """The trial's configuration, the maker that builds it, and its stage."""
         stage = stage_of(trial.number, self.settings, self.staged)
-        if trial.user_attrs.get(RECIPE):  # run again under a later number, still the recipe
+        if TrialRecord.from_trial(trial).recipe:  # run again under a later number, still it
             stage = 1
         parent = parent_of(trial.study, self.settings.metric) if stage == 2 else None
         if parent is None:  # unstaged, stage 1, or no stage-1 trial has completed yet

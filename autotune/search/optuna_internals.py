@@ -48,7 +48,7 @@ def set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
     of a small trial's storage time. Other storages get them one by one."""
     from optuna.storages import RDBStorage
 
-    storage = trial.study._storage
+    storage = storage_of(trial.study)
     backend = getattr(storage, "_backend", storage)  # under Optuna's cache of an RDB storage
     if not isinstance(backend, RDBStorage):
         for key, value in attrs.items():

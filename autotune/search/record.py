@@ -79,7 +79,8 @@ class TrialRecord:
     cuda_memory_mb: float | None = None
 
     @classmethod
-    def from_trial(cls, trial: FrozenTrial) -> TrialRecord:
+    def from_trial(cls, trial: FrozenTrial | optuna.Trial) -> TrialRecord:
+        """The record of a stored trial, or of the running one (what it recorded so far)."""
         attrs = trial.user_attrs
         return cls(**{name: attrs[name] for name in FIELDS if name in attrs})
 

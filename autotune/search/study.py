@@ -224,10 +224,6 @@ def trial_score(value: float, attrs: dict[str, Any], metric: str) -> tuple[float
     return score_key(metric, attrs.get("val_accuracy", -math.inf), value)
 
 
-SIZE_ATTRS = {"params": "total_params", "macs": "macs"}
-"""Budgeted size -> the trial user attribute holding it."""
-
-
 def within_limits(sizes: dict[str, int | None], limits: dict[str, int]) -> bool:
     """The size rule: every limited size is known and at most its limit."""
     return all(
@@ -244,7 +240,8 @@ def feasible(trial: FrozenTrial, limits: dict[str, int] | None) -> bool:
         return all(v <= 0 for v in trial.constraints.values())
     if trial.constraints.get("flips", 0.0) > 0:  # the flip budget is no size limit
         return False
-    return within_limits({w: trial.user_attrs.get(a) for w, a in SIZE_ATTRS.items()}, limits)
+    rec = TrialRecord.from_trial(trial)
+    return within_limits({"params": rec.total_params, "macs": rec.macs}, limits)
 
 
 def metric_sign(study: optuna.Study) -> float:

@@ -135,7 +135,7 @@ def within_total(
             with allowed():  # a Ctrl-C held while Optuna started the trial stops it here
                 return objective(trial)
         except KeyboardInterrupt:
-            if not trial.user_attrs.get(INTERRUPTED):
+            if not TrialRecord.from_trial(trial).interrupted:
                 trial.set_user_attr(INTERRUPTED, True)
             raise
 
@@ -162,7 +162,7 @@ def retry(study: optuna.Study, trial: FrozenTrial) -> None:
             params=trial.params,
             distributions=trial.distributions,
             system_attrs=system_attrs,
-            user_attrs={RECIPE: True} if trial.user_attrs.get(RECIPE) else {},
+            user_attrs={RECIPE: True} if TrialRecord.from_trial(trial).recipe else {},
         )
     )
 
@@ -172,10 +172,9 @@ def enqueue_recipe(study: optuna.Study, params: dict[str, Any]) -> None:
     runs or waits to: a new study has none, and one stopped by Ctrl-C (or started when the
     study had its total) did not run."""
     for t in study.get_trials(deepcopy=False):
-        stopped = t.state == TrialState.FAIL and (
-            t.user_attrs.get(INTERRUPTED) or t.user_attrs.get(SURPLUS)
-        )
-        if t.user_attrs.get(RECIPE) and not stopped:
+        rec = TrialRecord.from_trial(t)
+        stopped = t.state == TrialState.FAIL and (rec.interrupted or rec.surplus)
+        if rec.recipe and not stopped:
             return
     study.enqueue_trial(params, user_attrs={RECIPE: True})
 
