@@ -184,18 +184,22 @@ class Leaderboard(JupyterMixin):
         if self.pareto:
             title += f" vs {self.pareto} (Pareto front marked *)"
         shown = self.shown()
-        styles = [
-            "dim"
-            if r.state == "BASELINE"
-            else "red"
-            if not r.feasible
-            else ("bold green" if r.exported else ("bold" if self.rank(r) == 1 else ""))
-            for r in shown
-        ]
+        styles = [self._style(r) for r in shown]
         ref = "" if self.reference is None else f" vs trial {self.reference.number}"
         fields = {"metric": self.metric, "reference": ref}
         table = Table(title=title, title_justify="left")
         return fit_table(table, COLUMNS, self, shown, styles, fields, width)
+
+    def _style(self, row: TrialRow) -> str:
+        """The source dimmed, trials over budget red, the exported one bold green, the top one
+        bold."""
+        if row.state == "BASELINE":
+            return "dim"
+        if not row.feasible:
+            return "red"
+        if row.exported:
+            return "bold green"
+        return "bold" if self.rank(row) == 1 else ""
 
     def legend(self) -> Text:
         """What the short words mean (those in the table), and where the rest of the trials are."""
