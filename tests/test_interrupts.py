@@ -37,18 +37,32 @@ def _ctrl_c_on(monkeypatch: pytest.MonkeyPatch, method: str, when: Any) -> None:
     monkeypatch.setattr(_CachedStorage, method, interrupted)
 
 
+def _search_stopped_when_optuna_sets(
+    wanted: TrialState,
+    tiny_model: torch.nn.Module,
+    tiny_data: TaskData,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> optuna.Study:
+    """A search given a Ctrl-C just after Optuna first sets a trial's state to ``wanted``; the
+    study it leaves."""
+    sets = lambda trial_id, state, values=None: state == wanted  # noqa: E731
+    _ctrl_c_on(monkeypatch, "set_trial_state_values", sets)
+    console = Console(file=io.StringIO())
+    with pytest.raises(KeyboardInterrupt):
+        search(tiny_model, tiny_data, out=tmp_path, console=console, space=QUICK, trials=3)
+    return optuna.load_study(study_name=None, storage=f"sqlite:///{tmp_path / 'study.db'}")
+
+
 def test_a_ctrl_c_while_optuna_records_a_trials_end_stops_once_it_is_recorded(
     tiny_model: torch.nn.Module,
     tiny_data: TaskData,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    completes = lambda trial_id, state, values=None: state == TrialState.COMPLETE  # noqa: E731
-    _ctrl_c_on(monkeypatch, "set_trial_state_values", completes)
-    console = Console(file=io.StringIO())
-    with pytest.raises(KeyboardInterrupt):
-        search(tiny_model, tiny_data, out=tmp_path, console=console, space=QUICK, trials=3)
-    study = optuna.load_study(study_name=None, storage=f"sqlite:///{tmp_path / 'study.db'}")
+    study = _search_stopped_when_optuna_sets(
+        TrialState.COMPLETE, tiny_model, tiny_data, tmp_path, monkeypatch
+    )
     trials = study.get_trials()
     # The trial it was recording completed, and the search stopped before starting another.
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.COMPLETE]
@@ -62,12 +76,9 @@ def test_a_ctrl_c_while_optuna_starts_a_trial_stops_it_as_interrupted(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # The recipe trial, queued, starts when Optuna's ``ask`` sets it RUNNING.
-    starts = lambda trial_id, state, values=None: state == TrialState.RUNNING  # noqa: E731
-    _ctrl_c_on(monkeypatch, "set_trial_state_values", starts)
-    console = Console(file=io.StringIO())
-    with pytest.raises(KeyboardInterrupt):
-        search(tiny_model, tiny_data, out=tmp_path, console=console, space=QUICK, trials=3)
-    study = optuna.load_study(study_name=None, storage=f"sqlite:///{tmp_path / 'study.db'}")
+    study = _search_stopped_when_optuna_sets(
+        TrialState.RUNNING, tiny_model, tiny_data, tmp_path, monkeypatch
+    )
     started = study.get_trials()[1]
     assert started.state == TrialState.FAIL and started.user_attrs["interrupted"]
     assert finished(study) == 0

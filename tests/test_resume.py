@@ -146,28 +146,24 @@ def _failed_and_retried(study: optuna.Study, number: int) -> None:
     assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
 
 
-def test_a_trial_of_this_pid_with_another_run_id_is_failed_and_retried(
-    tiny_model: torch.nn.Module, tiny_data: TaskData, tmp_path: Path
-) -> None:
-    # As a restarted container leaves it: the process before had the pid this one has.
-    from autotune.search.identity import WORKER
-
-    first = _search(tiny_model, tiny_data, tmp_path, trials=2, pruner="none")
-    dead = _orphan(first.study, {**WORKER, "run": "0123456789abcdef"})
-    again = _rerun_within(120, tiny_model, tiny_data, tmp_path, trials=3, pruner="none")
-    _failed_and_retried(again.study, dead)
-    assert finished(again.study) == 3
-
-
-def test_a_host_pid_record_naming_this_process_is_an_earlier_run_and_is_retried(
-    tiny_model: torch.nn.Module, tiny_data: TaskData, tmp_path: Path
-) -> None:
+def _earlier_run_of_this_pid(kind: str) -> Any:
+    """How an earlier process that had this process's pid recorded itself on its trials."""
     import os
     import socket
 
-    # Studies written before run ids recorded "host:pid"; this process records more.
+    from autotune.search.identity import WORKER
+
+    if kind == "run id":  # as a restarted container leaves it: the same pid, another run
+        return {**WORKER, "run": "0123456789abcdef"}
+    return f"{socket.gethostname()}:{os.getpid()}"  # studies written before run ids
+
+
+@pytest.mark.parametrize("kind", ["run id", "host:pid"])
+def test_a_trial_of_this_pid_with_another_run_id_is_failed_and_retried(
+    kind: str, tiny_model: torch.nn.Module, tiny_data: TaskData, tmp_path: Path
+) -> None:
     first = _search(tiny_model, tiny_data, tmp_path, trials=2, pruner="none")
-    dead = _orphan(first.study, f"{socket.gethostname()}:{os.getpid()}")
+    dead = _orphan(first.study, _earlier_run_of_this_pid(kind))
     again = _rerun_within(120, tiny_model, tiny_data, tmp_path, trials=3, pruner="none")
     _failed_and_retried(again.study, dead)
     assert finished(again.study) == 3

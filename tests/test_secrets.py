@@ -18,29 +18,25 @@ from autotune.errors import redacted
 SECRET = "PLANTED-s3cret"
 
 
-def test_passwords_in_urls_are_redacted() -> None:
-    cases = {
-        "postgresql://bob:pw@db:5432/x": "postgresql://bob:***@db:5432/x",
-        "--storage mysql+pymysql://u:p/w@h/d -v": "--storage mysql+pymysql://u:***@h/d -v",
-        "sqlite:///a.db?password=pw&timeout=3": "sqlite:///a.db?password=***&timeout=3",
-        "sqlite:////abs/study.db": "sqlite:////abs/study.db",
-    }
-    for text, shown in cases.items():
-        assert redacted(text) == shown
-
-
-def test_passwords_in_mistyped_urls_and_connection_strings_are_redacted() -> None:
-    cases = {
-        "postgresql:/bob:pw@db/x": "postgresql:/bob:***@db/x",
-        "--storage bob:pw@db/x": "--storage bob:***@db/x",
-        "'host=db password=pw dbname=x'": "'host=db password=*** dbname=x'",
-        "host=db password = 'p w'": "host=db password = ***",
-        "postgresql://bob:p@ss@db/x": "postgresql://bob:***@db/x",
-        "postgresql://bob@db/x": "postgresql://bob@db/x",
-        "runs/x/journal.log": "runs/x/journal.log",
-    }
-    for text, shown in cases.items():
-        assert redacted(text) == shown
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("postgresql://bob:pw@db:5432/x", "postgresql://bob:***@db:5432/x"),
+        ("--storage mysql+pymysql://u:p/w@h/d -v", "--storage mysql+pymysql://u:***@h/d -v"),
+        ("sqlite:///a.db?password=pw&timeout=3", "sqlite:///a.db?password=***&timeout=3"),
+        ("sqlite:////abs/study.db", "sqlite:////abs/study.db"),
+        # Mistyped URLs and libpq connection strings, which a storage check refuses, printed.
+        ("postgresql:/bob:pw@db/x", "postgresql:/bob:***@db/x"),
+        ("--storage bob:pw@db/x", "--storage bob:***@db/x"),
+        ("'host=db password=pw dbname=x'", "'host=db password=*** dbname=x'"),
+        ("host=db password = 'p w'", "host=db password = ***"),
+        ("postgresql://bob:p@ss@db/x", "postgresql://bob:***@db/x"),
+        ("postgresql://bob@db/x", "postgresql://bob@db/x"),
+        ("runs/x/journal.log", "runs/x/journal.log"),
+    ],
+)
+def test_passwords_in_urls_and_connection_strings_are_redacted(text: str, shown: str) -> None:
+    assert redacted(text) == shown
 
 
 MISTYPED = [
