@@ -144,8 +144,8 @@ MUTATIONS: dict[str, tuple[str, str, str, str]] = {
     ),
     "a recipe trial stopped by Ctrl-C not queued again": (
         "autotune/search/trials.py",
-        "        stopped = t.state == TrialState.FAIL and (\n",
-        "        stopped = False and (\n",
+        "        stopped = t.state == TrialState.FAIL and (rec.interrupted or rec.surplus)\n",
+        "        stopped = False\n",
         "tests/test_resume.py::test_a_recipe_trial_stopped_by_ctrl_c_is_trained_as_the_recipe_by_the_next_run",
     ),
     "a recipe run again under a stage-2 number slimmed as stage 2": (
@@ -156,7 +156,7 @@ MUTATIONS: dict[str, tuple[str, str, str, str]] = {
     ),
     "the retry of a dead recipe trial not the recipe": (
         "autotune/search/trials.py",
-        "            user_attrs={RECIPE: True} if trial.user_attrs.get(RECIPE) else {},\n",
+        "            user_attrs={RECIPE: True} if TrialRecord.from_trial(trial).recipe else {},\n",
         "",
         "tests/test_resume.py::test_the_retry_of_a_recipe_trial_whose_worker_died_is_the_recipe",
     ),

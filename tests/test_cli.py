@@ -50,9 +50,11 @@ def searched(tmp_path_factory: pytest.TempPathFactory) -> Path:
     config = yaml.safe_load((out / "best" / "config.yaml").read_text())
     assert f"exported: trial {config['trial']}, val accuracy" in result.output
     source = config["metrics"]["baseline_test_accuracy"]
-    assert f"held-out test accuracy {config['metrics']['test_accuracy']:.4f} (source " in (
-        result.output
-    ) and f"(source {source:.4f}," in result.output
+    assert (
+        f"held-out test accuracy {config['metrics']['test_accuracy']:.4f} (source "
+        in (result.output)
+        and f"(source {source:.4f}," in result.output
+    )
     # Why, when the export is not the top trial (the one-standard-error rule picked another).
     study = optuna.load_study(study_name=None, storage=f"sqlite:///{out / 'study.db'}")
     top = best_trial(study)

@@ -52,3 +52,10 @@ def test_a_row_whose_line_is_gone_is_broken_and_the_rest_still_run(
     out = capsys.readouterr().out
     assert "stale: BROKEN: the line to break is not in answer.py" in out
     assert "good: caught" in out and out.rstrip().endswith("mutations: 1 passed, 1 failed")
+
+
+@pytest.mark.parametrize("name", sorted(mutations.MUTATIONS))
+def test_every_row_breaks_a_line_that_is_in_the_package_exactly_once(name: str) -> None:
+    """A refactor that moves a row's line makes the row BROKEN in CI: say so here, in seconds."""
+    path, before, _after, _tests = mutations.MUTATIONS[name]
+    assert (mutations.ROOT / path).read_text().count(before) == 1, f"update the row {name!r}"
