@@ -23,7 +23,7 @@ from autotune.errors import AutotuneError, first_line
 from autotune.load.anatomy import count_parameters
 from autotune.load.job import Job
 from autotune.load.tasks import TaskData
-from autotune.paths import export_dir, leaderboard_csv, write_atomically, write_text_atomically
+from autotune.paths import export_dir, leaderboard_csv, write_text_atomically
 from autotune.results.deploy import save_model
 from autotune.results.errors import error_metrics, exported_errors
 from autotune.results.leaderboard import Leaderboard
@@ -331,5 +331,4 @@ def _config(
 
 
 def write_leaderboard(study: optuna.Study, metric: str, path: Path) -> None:
-    frame = Leaderboard.from_study(study, metric).to_frame()
-    write_atomically(path, lambda f: frame.to_csv(f, index=False))
+    write_text_atomically(path, Leaderboard.from_study(study, metric).to_csv())

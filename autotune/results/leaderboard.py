@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import time
 from dataclasses import dataclass
 from functools import cached_property
@@ -249,13 +251,27 @@ class Leaderboard(JupyterMixin):
         original = getattr(base, what) if base is not None else None
         return share(getattr(row, what), original, template)
 
+    def records(self) -> list[dict[str, Any]]:
+        """All trials, ranked ones first, one dict each: the rows of ``leaderboard.csv``."""
+        ranked = self.ranked()
+        rest = [r for r in self.rows if r not in ranked]
+        return [
+            {"rank": i + 1 if i < len(ranked) else None, **row.as_dict()}
+            for i, row in enumerate(ranked + rest)
+        ]
+
+    def to_csv(self) -> str:
+        """``records`` as CSV: a column for every key any row has, empty where it has none."""
+        records = self.records()
+        out = io.StringIO()
+        columns = list(dict.fromkeys(k for r in records for k in r))
+        writer = csv.DictWriter(out, columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(records)
+        return out.getvalue()
+
     def to_frame(self) -> pd.DataFrame:
         """All trials, ranked ones first, as a pandas DataFrame."""
         import pandas as pd
 
-        ranked = self.ranked()
-        rest = [r for r in self.rows if r not in ranked]
-        records = []
-        for i, row in enumerate(ranked + rest):
-            records.append({"rank": i + 1 if i < len(ranked) else None, **row.as_dict()})
-        return pd.DataFrame.from_records(records)
+        return pd.DataFrame.from_records(self.records())

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import html
 import shutil
+import sys
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import FrozenTrial
@@ -38,6 +39,9 @@ from autotune.results.study_data import completed, front, shown_trial, size_poin
 from autotune.search.record import TrialRecord
 from autotune.search.selection import BEST_EXPORT, exported_trial
 from autotune.search.study import best_trial, load_study, metric_sign, study_record
+
+if TYPE_CHECKING:
+    from optuna.importance import BaseImportanceEvaluator
 
 
 @dataclass
@@ -87,6 +91,7 @@ def _sections(
 ) -> list[tuple[str, str]]:
     import plotly.graph_objects as go
 
+    _import_importance()  # before optuna.visualization imports it with scikit-learn
     figures: list[tuple[str, Any]] = []
     name = f"validation {metric}"
 
@@ -196,14 +201,47 @@ def _importances(
             figures.append((title, f"not available: {why}"))
             continue
         one_stage = _in_memory(study, trials)
+        # PED-ANOVA scores a parameter by how it sets the best trials apart, best meaning low.
+        low = _negated(target) if metric_sign(study) > 0 else target
         try:
-            fig = optuna.visualization.plot_param_importances(
-                one_stage, params=shared, target=target, target_name=name
-            )
+            with warnings.catch_warnings():  # that low is best, said above: not the user's news
+                warnings.filterwarnings("ignore", "PedAnovaImportanceEvaluator computes")
+                fig = optuna.visualization.plot_param_importances(
+                    one_stage, evaluator=_ped_anova(), params=shared, target=low, target_name=name
+                )
             figures.append((title, fig))
         except (ValueError, RuntimeError) as e:
             figures.append((title, f"not available: {e}"))
     return figures
+
+
+def _negated(target: Callable[[FrozenTrial], float]) -> Callable[[FrozenTrial], float]:
+    return lambda t: -target(t)
+
+
+def _ped_anova() -> BaseImportanceEvaluator:
+    """Optuna's PED-ANOVA evaluator: closed-form, deterministic, and free of scikit-learn."""
+    _import_importance()
+    from optuna.importance import PedAnovaImportanceEvaluator
+
+    return PedAnovaImportanceEvaluator()
+
+
+def _import_importance() -> None:
+    """Import ``optuna.importance`` (``optuna.visualization`` does too) without scikit-learn.
+
+    It imports its fANOVA evaluator, which imports scikit-learn (about a second, longer than a
+    small search's trials) that this report never uses. Optuna imports it inside
+    ``try_import``, so hiding it for that one import leaves fANOVA unusable in this process,
+    and scikit-learn importable by anything else.
+    """
+    if "optuna.importance" in sys.modules or "sklearn" in sys.modules:
+        return
+    sys.modules["sklearn"] = None  # type: ignore[assignment]  # makes `import sklearn` fail
+    try:
+        import optuna.importance  # noqa: F401
+    finally:
+        del sys.modules["sklearn"]
 
 
 def _in_memory(study: optuna.Study, trials: list[FrozenTrial]) -> optuna.Study:
@@ -219,14 +257,24 @@ def _in_memory(study: optuna.Study, trials: list[FrozenTrial]) -> optuna.Study:
 
 
 def _leaderboard_html(study: optuna.Study, metric: str) -> str:
-    frame = Leaderboard.from_study(study, metric).to_frame()
+    """The top 25 rows of ``leaderboard.csv``, its main columns, as an HTML table."""
+    records = Leaderboard.from_study(study, metric).records()[:25]
     shown = ["rank", "trial", "state", "value", "gain", "fixed", "broken", "total_params", "macs"]
     shown += ["latency_ms", "latency_ratio", "latency_ratio_spread", "epochs", "seconds"]
     shown += [f"param_{p}" for p in KEY_PARAMS[:8]]
-    frame = frame[[c for c in shown if c in frame.columns]].head(25)
-    frame.columns = [c.removeprefix("param_") for c in frame.columns]
-    table = frame.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.4g}", border=0)
+    columns = [c for c in shown if any(c in r for r in records)]
+    head = "".join(f"<th>{html.escape(c.removeprefix('param_'))}</th>" for c in columns)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{_cell(r.get(c))}</td>" for c in columns) + "</tr>" for r in records
+    )
+    table = f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
     return f"<div class=wide>{table}</div>"
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return ""
+    return html.escape(f"{value:.4g}" if isinstance(value, float) else str(value))
 
 
 def _page(study: optuna.Study, record: dict[str, Any], sections: list[tuple[str, str]]) -> str:
