@@ -196,11 +196,22 @@ MaxFlips = Annotated[
         "wrong, as a rate (0.01, 1%) or a count (5). Trials over it are never exported."
     ),
 ]
+MaxLatency = Annotated[
+    str | None,
+    typer.Option(
+        help="Latency budget: a ratio of the source model's (0.5x), timed alternately with it, "
+        "or milliseconds per batch (5ms). Trials over it are never exported; without it or "
+        "--pareto latency, trials are not timed."
+    ),
+]
+LatencyBatch = Annotated[
+    int, typer.Option(help="Samples in the batch latency is timed on (on the search's device).")
+]
 Pareto = Annotated[
     config.ParetoAxis | None,
     typer.Option(
-        help="Find the Pareto front of the metric vs model size (params, macs), or vs negative "
-        "flips."
+        help="Find the Pareto front of the metric vs model size (params, macs), negative flips, "
+        "or latency (a ratio of the source's)."
     ),
 ]
 
@@ -236,6 +247,8 @@ def search(
     max_params: MaxParams = None,
     max_macs: MaxMacs = None,
     max_flips: MaxFlips = None,
+    max_latency: MaxLatency = None,
+    latency_batch: LatencyBatch = 32,
     pareto: Pareto = None,
     refit: Annotated[
         bool,
@@ -322,6 +335,8 @@ def search(
             max_params=max_params,
             max_macs=max_macs,
             max_flips=max_flips,
+            max_latency=max_latency,
+            latency_batch=latency_batch,
             pareto=pareto,
             refit=refit,
             select=select,

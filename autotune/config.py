@@ -17,7 +17,7 @@ VERSION = "0.1.0"
 # the tuple of its values that the checks read.
 Metric = Literal["accuracy", "loss"]
 Pruner = Literal["median", "hyperband", "none"]
-ParetoAxis = Literal["params", "macs", "flips"]
+ParetoAxis = Literal["params", "macs", "flips", "latency"]
 AmpMode = Literal["auto", "bf16", "fp16", "off"]
 Switch = Literal["auto", "on", "off"]
 SelectRule = Literal["simplest", "top"]
@@ -28,7 +28,8 @@ METRICS: dict[str, Literal["maximize", "minimize"]] = {"accuracy": "maximize", "
 PRUNERS: tuple[str, ...] = get_args(Pruner)
 BUDGETS = ("params", "macs")
 PARETO_AXES: tuple[str, ...] = get_args(ParetoAxis)
-"""What ``--pareto`` can set against the metric: a size, or the negative flips (``trial.flips``)."""
+"""What ``--pareto`` can set against the metric: a size, the negative flips (``trial.flips``), or
+the latency as a ratio of the source's."""
 MAX_RATIO = 0.9
 """The largest fraction of a layer's channels (or of the features) a trial may remove."""
 AMP_MODES: tuple[str, ...] = get_args(AmpMode)
@@ -84,6 +85,18 @@ def budget_parts(text: str | float | int, what: str) -> tuple[float, str]:
             f"{number * 100:g}% (a share of the source model)"
         )
     return number, unit
+
+
+def latency_budget(text: str) -> tuple[float, str]:
+    """``--max-latency`` as (number, unit): ``0.5x`` is half the source model's latency (timed
+    alternately with it), ``5ms`` milliseconds per batch of ``--latency-batch`` samples."""
+    match = re.fullmatch(r"([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*(x|ms)", str(text).strip().lower())
+    if match is None or not float(match.group(1)) > 0:
+        raise AutotuneError(
+            f"--max-latency {text!r} is not a latency budget: give a ratio of the source "
+            "model's latency (0.5x) or milliseconds per batch (5ms)"
+        )
+    return float(match.group(1)), match.group(2)
 
 
 def budget_limit(text: str | float | int, whole: int, what: str) -> float:
@@ -210,9 +223,14 @@ class SearchSettings:
     """Multiply-accumulate budget per sample, in the same forms as ``max_params``."""
     max_flips: str | float | None = None
     """Negative-flip budget on the validation split: a rate (``0.01``, ``1%``) or a count."""
+    max_latency: str | None = None
+    """Latency budget (``config.latency_budget``): ``0.5x`` the source's, or ``5ms`` a batch.
+    Trials are timed only with a latency budget or front."""
+    latency_batch: int = 32
+    """Samples in the batch the latency is timed on."""
     pareto: ParetoAxis | None = None
-    """``params``, ``macs`` or ``flips``: a two-objective study (metric vs size, or vs negative
-    flips), early stopping only."""
+    """``params``, ``macs``, ``flips`` or ``latency``: a two-objective study (metric vs size,
+    negative flips or latency), early stopping only."""
     seed_trials: bool = True
     """Start a new study with configurations read off the rankings (prune the bottom, ...)."""
     refit: bool = False
@@ -258,18 +276,13 @@ class SearchSettings:
             raise AutotuneError(
                 f"--seed must be an integer from 0 to {MAX_SEED} (2**32-1), got {self.seed!r}"
             )
-        if self.metric not in METRICS:
-            raise AutotuneError(f"--metric must be one of {list(METRICS)}, got {self.metric!r}")
-        if self.pruner not in PRUNERS:
-            raise AutotuneError(f"--pruner must be one of {list(PRUNERS)}, got {self.pruner!r}")
-        if self.pareto not in (None, *PARETO_AXES):
-            raise AutotuneError(f"--pareto must be one of {list(PARETO_AXES)}, got {self.pareto!r}")
-        if self.amp not in AMP_MODES:
-            raise AutotuneError(f"--amp must be one of {list(AMP_MODES)}, got {self.amp!r}")
-        if self.channels_last not in SWITCHES:
-            raise AutotuneError(
-                f"--channels-last must be one of {list(SWITCHES)}, got {self.channels_last!r}"
-            )
+        choices = {"metric": list(METRICS), "pruner": PRUNERS, "pareto": PARETO_AXES}
+        choices |= {"amp": AMP_MODES, "channels_last": SWITCHES, "select": SELECT_RULES}
+        for name, allowed in choices.items():
+            value = getattr(self, name)
+            if value not in allowed and not (name == "pareto" and value is None):
+                flag = "--" + name.replace("_", "-")
+                raise AutotuneError(f"{flag} must be one of {list(allowed)}, got {value!r}")
         if self.timeout is not None and not self.timeout > 0:
             raise AutotuneError(
                 f"--timeout must be a positive number of seconds, got {self.timeout}"
@@ -278,16 +291,13 @@ class SearchSettings:
             budget = getattr(self, f"max_{what}")
             if budget is not None:
                 budget_parts(budget, what)
-        if self.workers < 1:
-            raise AutotuneError(f"--workers must be at least 1, got {self.workers}")
-        if self.select not in SELECT_RULES:
-            raise AutotuneError(
-                f"--select must be one of {list(SELECT_RULES)}, got {self.select!r}"
-            )
-        if self.finalists < 0:
-            raise AutotuneError(f"--finalists must be >= 0, got {self.finalists}")
-        if self.threads < 1:
-            raise AutotuneError(f"--threads must be at least 1, got {self.threads}")
+        if self.max_latency is not None:
+            latency_budget(self.max_latency)
+        counts = {"workers": 1, "finalists": 0, "threads": 1, "latency_batch": 1}
+        for name, least in counts.items():
+            if getattr(self, name) < least:
+                flag = "--" + name.replace("_", "-")
+                raise AutotuneError(f"{flag} must be at least {least}, got {getattr(self, name)}")
         if max_epochs < 1 or patience < 1:
             raise AutotuneError(f"epochs and patience must be >= 1, got {max_epochs}, {patience}")
         device, workers = self.device, self.workers
@@ -302,19 +312,15 @@ class SearchSettings:
 
     def stored(self) -> dict[str, Any]:
         """The settings that decide what a trial's result is: stored with the study."""
-        keep = (
-            "max_epochs",
-            "patience",
-            "metric",
-            "seed",
-            "threads",
-            "pareto",
-            "max_params",
-            "max_macs",
-            "max_flips",
-            "refit",
-        )
-        return {k: getattr(self, k) for k in keep}
+        keep = "max_epochs patience metric seed threads pareto max_params max_macs max_flips"
+        keep += " max_latency refit" + (" latency_batch" if self.times_latency else "")
+        # latency_batch only when timed: a study made before it continues unchanged.
+        return {k: getattr(self, k) for k in keep.split()}
+
+    @property
+    def times_latency(self) -> bool:
+        """Whether trials are timed: only a latency budget or front uses their latency."""
+        return self.max_latency is not None or self.pareto == "latency"
 
 
 def _device_ids(text: str) -> list[int]:

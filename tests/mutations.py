@@ -54,7 +54,7 @@ MUTATIONS: dict[str, tuple[str, str, str, str]] = {
     ),
     "over-budget trials trained anyway": (
         "autotune/search/objective.py",
-        "        if exceeded and not (self.staged and stage == 1):\n",
+        "        if any(v > 0 for v in over.values()) and not (self.staged and stage == 1):\n",
         "        if False:\n",
         "tests/test_slimming.py",
     ),
@@ -171,6 +171,13 @@ MUTATIONS: dict[str, tuple[str, str, str, str]] = {
         "    stop_with_parent()\n",
         "",
         "tests/test_crash.py::test_a_worker_whose_parent_was_killed_stops_and_leaves_no_trial_running",
+    ),
+    "a trial over the latency budget exported": (
+        "autotune/search/study.py",
+        '    sizes = {"params": rec.total_params, "macs": rec.macs, '
+        '"latency_ratio": rec.latency_ratio}\n',
+        '    sizes = {"params": rec.total_params, "macs": rec.macs}\n',
+        "tests/test_latency_budget.py::test_a_trial_over_the_latency_budget_is_never_exported",
     ),
 }
 

@@ -274,7 +274,7 @@ def test_analyze_refuses_an_unknown_method(tmp_path: Path) -> None:
 def test_help_lists_the_choices_of_each_setting() -> None:
     result = runner.invoke(app, ["search", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
-    for choices in ("<accuracy|loss>", "<median|hyperband|none>", "<params|macs|flips>",
+    for choices in ("<accuracy|loss>", "<median|hyperband|none>", "<params|macs|flips|latency>",
                     "<simplest|top>", "<auto|bf16|fp16|off>", "<auto|on|off>"):  # fmt: skip
         assert choices in result.output, choices
     analyze = runner.invoke(app, ["analyze", "--help"], env={"COLUMNS": "200"})

@@ -22,7 +22,13 @@ from autotune.results import export
 from autotune.results.finalists import MIN_TRIALS
 from autotune.search import runner
 from autotune.search.prepare import space_for
-from autotune.search.selection import SELECT, choice_note, chosen_trial, standard_error
+from autotune.search.selection import (
+    SELECT,
+    choice_note,
+    chosen_trial,
+    may_be_chosen,
+    standard_error,
+)
 from autotune.search.study import CHOSEN, LIMITS, best_trial
 from autotune.search.trials import RECIPE
 from autotune.trial import fit
@@ -245,3 +251,16 @@ def test_without_a_budget_the_export_is_the_smallest_model_within_one_standard_e
     by_loss = _scored("minimize", rows)
     by_loss.set_user_attr(SELECT, "simplest")
     assert chosen_trial(by_loss).number == 1  # type: ignore[union-attr]
+
+
+def test_a_trial_that_may_become_the_smallest_within_one_standard_error_keeps_its_weights() -> None:
+    """The search saves the weights of a trial that the one-standard-error rule could export,
+    not only of a new best, so the export need not train it again."""
+    rows = [(0.5, 1000), (0.95, 1000), (0.935, 300)]  # the choice now: trial 2, 300 parameters
+    study = _scored("maximize", rows)
+    study.set_user_attr(SELECT, "simplest")
+    assert may_be_chosen(study, 0.94, 200)  # within 0.95 - 0.0165, and smaller
+    assert not may_be_chosen(study, 0.94, 300)  # no smaller than the choice
+    assert not may_be_chosen(study, 0.93, 200)  # below the band
+    study.set_user_attr(LIMITS, {"params": 1000})  # a budget: the top trial is exported
+    assert not may_be_chosen(study, 0.94, 200)

@@ -225,6 +225,7 @@ def _structure(work: Workspace, rebuilt: Rebuilt, model: nn.Module) -> dict[str,
     original = work.original or measure(source, work.maker.data.x_val)
     # The figure the summary quotes: worth a second of timing, not a trial's few milliseconds.
     now = measure(model, rebuilt.data.x_val, source=(source, work.maker.data.x_val), budget_s=1.0)
+    assert now.latency_ms is not None and original.latency_ms is not None  # both timed
     changes = rebuilt.changes
     names = work.job.data.feature_names
     width = work.job.data.x_val.shape[1] if work.job.data.x_val.ndim == 2 else None

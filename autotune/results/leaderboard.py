@@ -46,7 +46,7 @@ COLUMNS: tuple[Column[Leaderboard, TrialRow], ...] = (
     Column("fixed/broken", 7, lambda b, r: "" if r.flips is None else "/".join(map(str, r.flips))),
     Column("size", 5, lambda b, r: b._relative(r, "total")),
     Column("MACs", 8, lambda b, r: b._relative(r, "macs")),
-    Column("latency", 9, lambda b, r: _latency(r)),
+    Column("latency", 9, lambda b, r: _latency(r) if b.timed else ""),
     Column("trained", 10, lambda b, r: "" if r.total is None else count(r.trainable or 0)),
     Column("epochs", 11, lambda b, r: "" if r.epochs is None else str(r.epochs)),
     Column("time", 12, lambda b, r: "" if r.seconds is None else duration(r.seconds)),
@@ -169,6 +169,12 @@ class Leaderboard(JupyterMixin):
     @cached_property
     def _ranks(self) -> dict[int, int]:
         return {r.number: i + 1 for i, r in enumerate(self.ranked())}
+
+    @cached_property
+    def timed(self) -> bool:
+        """Whether any trial was timed (a latency budget or front): else no latency column,
+        where the source's own timing would stand alone."""
+        return any(r.latency_ratio is not None for r in self.rows if r.state != "BASELINE")
 
     @cached_property
     def reference(self) -> TrialRow | None:

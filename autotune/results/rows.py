@@ -86,7 +86,7 @@ def row_of(
     baseline: float | None,
     metric: str,
     front: frozenset[int] = frozenset(),
-    limits: dict[str, int] | None = None,
+    limits: dict[str, float] | None = None,
     exported: int | None = None,
 ) -> TrialRow:
     """``trial``'s row; ``limits``: the study's latest size budgets (``search.study.LIMITS``),

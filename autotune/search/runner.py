@@ -24,9 +24,10 @@ from autotune.load.job import DataSpec, Job, ModelSpec
 from autotune.paths import workers_dir
 from autotune.rank.analysis import Analysis
 from autotune.rank.gates import sites
+from autotune.search.budgets import Budgets, cost_attrs
 from autotune.search.display import Display, NoDisplay, header, optuna_quiet
 from autotune.search.interrupts import held
-from autotune.search.objective import WORKER, Budgets, Objective, cost_attrs
+from autotune.search.objective import WORKER, Objective
 from autotune.search.pool import Pool
 from autotune.search.prepare import adapt_space, make_maker, run_analyses, study_checkpoints
 from autotune.search.record import TrialRecord
@@ -52,9 +53,9 @@ from autotune.search.trials import (
     started,
     within_total,
 )
-from autotune.trial.cost import Cost, measure, parse_budget
+from autotune.trial.cost import Cost, measure
 from autotune.trial.fit import configure_threads, evaluate
-from autotune.trial.flips import count_flips, flip_limit, flip_violation
+from autotune.trial.flips import count_flips, flip_violation
 
 MAX_FAILS_IN_A_ROW = 5
 POLL_SECONDS = 1.0  # how often a worker looks whether others' trials have ended
@@ -89,10 +90,7 @@ class Search:
             else ()
         )
         self.original: Cost | None = None
-        self.budgets = Budgets(pareto=self.settings.pareto)
-        if self.settings.max_flips is not None:  # checked here, before any long work
-            samples = len(self.maker.data.x_val)
-            self.budgets.max_flips = flip_limit(self.settings.max_flips, samples)
+        self.budgets = Budgets.of(self.settings, len(self.maker.data.x_val))
         self.baseline_value: float | None = None
         self.study: optuna.Study | None = None
         """The study, once opened: what an interrupted search still exports."""
@@ -139,19 +137,10 @@ class Search:
                 wait = 0.0 if machine_index() == 0 else BASELINE_WAIT
                 shared(study, self.job, self.space, run, wait)
         module = self.job.model.module.to(self.device)
-        self.original = measure(module, self.maker.data.x_val)
-        for what in ("params", "macs"):
-            budget = getattr(self.settings, f"max_{what}")
-            if budget is None and self.settings.pareto != what:
-                continue
-            if getattr(self.original, what) is None:
-                raise AutotuneError(
-                    f"{what} of a {self.job.model.format} model cannot be counted, so there is no "
-                    f"--max-{what} or --pareto {what} for it: use params"
-                )
-            if budget is not None:
-                limit = parse_budget(budget, getattr(self.original, what), what)
-                self.budgets.limits[what] = limit
+        measured = measure(module, self.maker.data.x_val, batch=self.budgets.latency_batch)
+        # The source against itself: the ratio trials are timed by, and the baseline's.
+        self.original = dataclasses.replace(measured, latency_ratio=1.0, ratio_spread=0.0)
+        self.budgets.resolve(self.settings, self.original, self.job.model.format)
 
     # -- the study -----------------------------------------------------------------------
 

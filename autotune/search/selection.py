@@ -91,8 +91,7 @@ def _choice(study: optuna.Study) -> tuple[FrozenTrial | None, str]:
     if not ranked:
         return None, "no trial within the budgets"
     top = ranked[0]
-    rule = study.user_attrs.get(SELECT) == "simplest" and not study.user_attrs.get(LIMITS)
-    if not (rule and len(study.directions) == 1 and metric_sign(study) > 0):
+    if not _by_simplest(study):
         return top, "the top trial on validation"
     pick = simplest(ranked)
     if pick.number == top.number:
@@ -103,3 +102,27 @@ def _choice(study: optuna.Study) -> tuple[FrozenTrial | None, str]:
         f"({standard_error(top.values[0], samples):.3f} on {samples} samples) of the top "
         f"trial {top.number}'s validation accuracy {top.values[0]:.4f} (--select top exports it)"
     )
+
+
+def may_be_chosen(study: optuna.Study, value: float, params: int) -> bool:
+    """Whether a trial finishing with this validation ``value`` and model size could become
+    the ``simplest`` rule's choice, the study as it is: within one standard error of the top
+    trial and smaller than the current choice. The search keeps its weights, so that the
+    export need not train it again (later trials may still move the choice elsewhere)."""
+    ranked = ranked_trials(study)
+    if not ranked or not _by_simplest(study):
+        return False
+    top, pick = ranked[0], simplest(ranked)
+    samples = int(TrialRecord.from_trial(top).samples or 0)
+    if not samples:
+        return False
+    near = value >= top.values[0] - standard_error(top.values[0], samples) - 1e-9
+    return near and params < (TrialRecord.from_trial(pick).total_params or 0)
+
+
+def _by_simplest(study: optuna.Study) -> bool:
+    """Whether the latest run's rule is ``simplest`` and applies: no size budget, and one
+    objective, accuracy (``_choice``)."""
+    rule = study.user_attrs.get(SELECT) == "simplest" and not study.user_attrs.get(LIMITS)
+    return rule and len(study.directions) == 1 and metric_sign(study) > 0
+

@@ -224,14 +224,14 @@ def trial_score(value: float, attrs: dict[str, Any], metric: str) -> tuple[float
     return score_key(metric, attrs.get("val_accuracy", -math.inf), value)
 
 
-def within_limits(sizes: dict[str, int | None], limits: dict[str, int]) -> bool:
-    """The size rule: every limited size is known and at most its limit."""
+def within_limits(sizes: dict[str, float | None], limits: dict[str, float]) -> bool:
+    """The size rule: every limited size (or latency ratio) is known and at most its limit."""
     return all(
         (size := sizes.get(what)) is not None and size <= cap for what, cap in limits.items()
     )
 
 
-def feasible(trial: FrozenTrial, limits: dict[str, int] | None) -> bool:
+def feasible(trial: FrozenTrial, limits: dict[str, float] | None) -> bool:
     """Whether a trial may be exported: within the flip budget it recorded and within the size
     budgets ``limits`` of the latest run (``LIMITS``; they may have changed since it ran), or,
     with none stored, within the constraints it recorded. The search, the leaderboard, the
@@ -241,7 +241,8 @@ def feasible(trial: FrozenTrial, limits: dict[str, int] | None) -> bool:
     if trial.constraints.get("flips", 0.0) > 0:  # the flip budget is no size limit
         return False
     rec = TrialRecord.from_trial(trial)
-    return within_limits({"params": rec.total_params, "macs": rec.macs}, limits)
+    sizes = {"params": rec.total_params, "macs": rec.macs, "latency_ratio": rec.latency_ratio}
+    return within_limits(sizes, limits)
 
 
 def metric_sign(study: optuna.Study) -> float:

@@ -22,8 +22,9 @@ class Cost:
     macs: int | None
     """Multiply-accumulates for one sample (torch-pruning's op counter); None where it cannot
     count (TorchScript and torch.export models take no hooks)."""
-    latency_ms: float
-    """Median wall time of one forward pass over ``LATENCY_BATCH`` samples, on the device."""
+    latency_ms: float | None
+    """Median wall time of one forward pass over a batch (``LATENCY_BATCH`` samples unless
+    told), on the device; None when not timed."""
     latency_ratio: float | None = None
     """Median of the paired ratios (this model's time / the source's), the two timed alternately
     in the same process; None when measured without the source."""
@@ -36,6 +37,8 @@ TIMING_BUDGET_S = 0.01
 """Wall time a trial's interleaved repeats may take: a few milliseconds on a small model; a
 large one gets ``MIN_REPEATS`` rounds whatever they take."""
 MIN_REPEATS = 5
+RETIME_S = 0.5
+"""Wall time of a second timing, for a trial whose first was within its noise of a budget."""
 
 
 def measure(
@@ -43,9 +46,13 @@ def measure(
     example: Inputs,
     source: tuple[nn.Module, Inputs] | None = None,
     budget_s: float = TIMING_BUDGET_S,
+    batch: int = LATENCY_BATCH,
+    timed: bool = True,
 ) -> Cost:
-    """Count and time ``model`` on ``example`` (its batch is cut or repeated to 32 samples), on
-    the model's device (streamed inputs are read for just that batch).
+    """Count and time ``model`` on ``example`` (its batch is cut or repeated to ``batch``
+    samples), on the model's device (streamed inputs are read for just that batch). Untimed
+    (``timed=False``), it only counts: the search times trials only where a budget or front
+    asks for it.
 
     With ``source`` (the source model and its own input), both are warmed up and then timed in
     alternation, so that a slow moment of the machine hits both alike; the ratio of each pair
@@ -53,19 +60,21 @@ def measure(
     after about ``budget_s`` seconds (at least ``MIN_REPEATS``, at most 100 times that).
     """
     params = sum(p.numel() for p in model.parameters())
-    runs = [(model, _batch(model, example))]
-    if source is not None:
-        runs.append((source[0], _batch(source[0], source[1])))
+    runs = [(model, _batch(model, example, batch))]
+    if source is not None and timed:
+        runs.append((source[0], _batch(source[0], source[1], batch)))
     was = [m.training for m, _ in runs]
     for m, _ in runs:
         set_training(m, False)
     try:
         with torch.no_grad():
             macs = _count_macs(model, runs[0][1][:1])
-        times = _interleaved(runs, budget_s)
+        times = _interleaved(runs, budget_s) if timed else []
     finally:
         for (m, _), training in zip(runs, was, strict=True):
             set_training(m, training)
+    if not timed:
+        return Cost(int(params), macs, None)
     latency = 1000 * statistics.median(times[0])
     if source is None:
         return Cost(int(params), macs, latency)
@@ -74,12 +83,12 @@ def measure(
     return Cost(int(params), macs, latency, statistics.median(ratios), (q3 - q1) / 2)
 
 
-def _batch(model: nn.Module, example: Inputs) -> torch.Tensor:
+def _batch(model: nn.Module, example: Inputs, size: int) -> torch.Tensor:
     device = device_of(model, example.device)
-    batch = example[:LATENCY_BATCH].to(device)
-    if len(batch) < LATENCY_BATCH:
-        batch = batch.repeat(-(-LATENCY_BATCH // len(batch)), *[1] * (batch.ndim - 1))
-    return batch[:LATENCY_BATCH]
+    batch = example[:size].to(device)
+    if len(batch) < size:
+        batch = batch.repeat(-(-size // len(batch)), *[1] * (batch.ndim - 1))
+    return batch[:size]
 
 
 def _interleaved(runs: list[tuple[nn.Module, torch.Tensor]], budget_s: float) -> list[list[float]]:

@@ -1,0 +1,95 @@
+"""A search's budgets: size limits, a latency limit, a flip limit and the Pareto axis, as the
+objective applies them to each trial's cost."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from autotune.config import SearchSettings, latency_budget
+from autotune.errors import AutotuneError
+from autotune.search.study import within_limits
+from autotune.trial.cost import LATENCY_BATCH, Cost, parse_budget
+from autotune.trial.flips import Flips, flip_limit
+
+
+@dataclass
+class Budgets:
+    """The limits of a search and its optional Pareto axis."""
+
+    limits: dict[str, float] = field(default_factory=dict)
+    """``params`` / ``macs`` -> the most a model may have; ``latency_ratio`` -> the slowest it
+    may be, as a ratio of the source's latency (a budget in milliseconds is converted by the
+    source's, timed in the same process)."""
+    pareto: str | None = None
+    max_flips: int | None = None
+    """The most negative flips (validation samples the source got right and a trial's model
+    gets wrong) a trial may have: measured after training, unlike the sizes."""
+    timed: bool = False
+    """Time every trial against the source: only a latency budget or front uses it."""
+    latency_batch: int = LATENCY_BATCH
+
+    @classmethod
+    def of(cls, settings: SearchSettings, val_samples: int) -> Budgets:
+        """The budgets ``settings`` ask for, less those relative to the source (``resolve``)."""
+        budgets = cls(pareto=settings.pareto, timed=settings.times_latency)
+        budgets.latency_batch = settings.latency_batch
+        if settings.max_flips is not None:  # checked here, before any long work
+            budgets.max_flips = flip_limit(settings.max_flips, val_samples)
+        return budgets
+
+    def resolve(self, settings: SearchSettings, source: Cost, model_format: str) -> None:
+        """Set the limits given relative to the source model, measured as ``source``."""
+        if settings.max_latency is not None:
+            number, unit = latency_budget(settings.max_latency)
+            assert source.latency_ms is not None  # the source is always timed
+            self.limits["latency_ratio"] = number if unit == "x" else number / source.latency_ms
+        for what in ("params", "macs"):
+            budget = getattr(settings, f"max_{what}")
+            if budget is None and settings.pareto != what:
+                continue
+            if getattr(source, what) is None:
+                raise AutotuneError(
+                    f"{what} of a {model_format} model cannot be counted, so there is no "
+                    f"--max-{what} or --pareto {what} for it: use params"
+                )
+            if budget is not None:
+                self.limits[what] = parse_budget(budget, getattr(source, what), what)
+
+    def violations(self, cost: Cost) -> dict[str, float]:
+        """Constraint values: positive is over budget (by that fraction of the budget)."""
+        return {k: getattr(cost, k) / limit - 1.0 for k, limit in self.limits.items()}
+
+    def feasible(self, cost: Cost) -> bool:
+        sizes = {"params": cost.params, "macs": cost.macs, "latency_ratio": cost.latency_ratio}
+        return within_limits(sizes, self.limits)
+
+    def over(self, cost: Cost) -> str:
+        """The budgets ``cost`` exceeds, as a trial's stop reason says them."""
+        return ", ".join(
+            f"latency {cost.latency_ratio:.2f}x > {self.limits[k]:.2f}x the source's"
+            if k == "latency_ratio"
+            else f"{k} {getattr(cost, k):,} > {self.limits[k]:,.0f}"
+            for k, v in self.violations(cost).items()
+            if v > 0
+        )
+
+    def size_objective(self, cost: Cost, flips: Flips | None = None) -> list[float]:
+        """The second objective of a Pareto study (a size, the negative flips or the latency
+        ratio); nothing otherwise."""
+        if self.pareto == "flips":
+            return [float(flips.broken if flips is not None else 0)]
+        if self.pareto == "latency":
+            return [float(cost.latency_ratio or 0.0)]
+        return [float(getattr(cost, self.pareto))] if self.pareto else []
+
+
+def cost_attrs(cost: Cost) -> dict[str, Any]:
+    """What a trial records of its model's cost (its latency only where it was timed)."""
+    attrs: dict[str, Any] = {"total_params": cost.params, "macs": cost.macs}
+    if cost.latency_ms is not None:
+        attrs["latency_ms"] = round(cost.latency_ms, 3)
+    if cost.latency_ratio is not None:
+        attrs["latency_ratio"] = round(cost.latency_ratio, 4)
+        attrs["latency_ratio_spread"] = round(cost.ratio_spread or 0.0, 4)
+    return attrs
