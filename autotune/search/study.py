@@ -140,16 +140,17 @@ def study_record(study: optuna.Study) -> dict[str, Any]:
 
 class WarmedMedianPruner(optuna.pruners.MedianPruner):
     """Optuna's median pruner, which reads every completed trial from the storage before it
-    looks at the step: this one answers "go on" during the warm-up without that read, as
-    Optuna's would after it."""
+    looks at the step: this one answers "go on" without that read where Optuna's would after
+    it: during the warm-up, and while too few trials can have completed (trial ``n`` has at
+    most ``n`` before it)."""
 
     def __init__(self, *, n_startup_trials: int, n_warmup_steps: int) -> None:
         super().__init__(n_startup_trials=n_startup_trials, n_warmup_steps=n_warmup_steps)
-        self.warmup = n_warmup_steps
+        self.warmup, self.startup = n_warmup_steps, n_startup_trials
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         step = trial.last_step
-        if step is None or step < self.warmup:
+        if step is None or step < self.warmup or trial.number < self.startup:
             return False
         return super().prune(study, trial)
 
