@@ -88,6 +88,7 @@ Model = Annotated[
         "--model",
         "-m",
         help="Model file (TorchScript, .pt2, state_dict, pickled module) or 'demo'.",
+        rich_help_panel="Model and data",
     ),
 ]
 Data = Annotated[
@@ -96,104 +97,163 @@ Data = Annotated[
         "--data",
         "-d",
         help="Tensors file (.pt/.npz), CSV, image folder, sklearn:NAME or demo.",
+        rich_help_panel="Model and data",
     ),
 ]
 Arch = Annotated[
     str | None,
     typer.Option(
-        help="Architecture of a state_dict: torchvision:NAME or package.module:ClassName."
+        help="Architecture of a state_dict: torchvision:NAME or package.module:ClassName.",
+        rich_help_panel="Model and data",
     ),
 ]
-NumClasses = Annotated[int | None, typer.Option(help="num_classes passed to --arch.")]
+NumClasses = Annotated[
+    int | None, typer.Option(help="num_classes passed to --arch.", rich_help_panel="Model and data")
+]
 Trust = Annotated[
     bool,
     typer.Option(
         "--trust-model",
         help="Allow loading a pickled module, or a .pt2 that unpickles: runs code from the file.",
+        rich_help_panel="Model and data",
     ),
 ]
-Code = Annotated[Path | None, typer.Option(help="Python file defining the model's classes.")]
+Code = Annotated[
+    Path | None,
+    typer.Option(
+        help="Python file defining the model's classes.", rich_help_panel="Model and data"
+    ),
+]
 Target = Annotated[
-    str | None, typer.Option(help="Label column of a CSV file (default: target, else label).")
+    str | None,
+    typer.Option(
+        help="Label column of a CSV file (default: target, else label).",
+        rich_help_panel="Model and data",
+    ),
 ]
 ValFraction = Annotated[
     float,
     typer.Option(
-        help="Share of training data held out for validation when the data has no validation split."
+        help="Share of training data held out for validation when the data has no validation "
+        "split.",
+        rich_help_panel="Model and data",
     ),
 ]
 ImageSize = Annotated[
     int | None,
     typer.Option(
-        help="Images of a folder: shorter side resized to this, then the centre square cropped."
+        help="Images of a folder: shorter side resized to this, then the centre square cropped.",
+        rich_help_panel="Model and data",
     ),
 ]
 Normalize = Annotated[
     str | None,
     typer.Option(
         help="Image folder normalisation: imagenet, none or MEAN,STD (default: what the model "
-        "says, else none)."
+        "says, else none).",
+        rich_help_panel="Model and data",
     ),
 ]
 LoaderWorkers = Annotated[
     int | None,
-    typer.Option(help="DataLoader worker processes for data too large to hold (default: 4)."),
+    typer.Option(
+        help="DataLoader worker processes for data too large to hold (default: 4).",
+        rich_help_panel="Model and data",
+    ),
 ]
 ExportPreprocessing = Annotated[
     bool,
     typer.Option(
         "--export-preprocessing",
         help="Put the input normalisation inside model.pt2: it then takes images in [0, 1].",
+        rich_help_panel="Model and data",
     ),
 ]
 Space = Annotated[
     str,
     typer.Option(
         help="Search space: auto (vision for conv nets, tabular for feature vectors), a shipped "
-        "name (default: fine-tuning only, vision, tabular) or a YAML path."
+        "name (default: fine-tuning only, vision, tabular) or a YAML path.",
+        rich_help_panel="Search",
     ),
 ]
 Trials = Annotated[
     int,
     typer.Option(
-        help="Trials in the study, the baseline not counted; a re-run runs only the missing ones."
+        help="Trials in the study, the baseline not counted; a re-run runs only the missing ones.",
+        rich_help_panel="Search",
     ),
 ]
-Epochs = Annotated[int | None, typer.Option(help="Max epochs per trial (default: from the space).")]
+Epochs = Annotated[
+    int | None,
+    typer.Option(help="Max epochs per trial (default: from the space).", rich_help_panel="Search"),
+]
 Patience = Annotated[
     int | None,
-    typer.Option(help="Epochs without improvement before a trial stops (default: from the space)."),
+    typer.Option(
+        help="Epochs without improvement before a trial stops (default: from the space).",
+        rich_help_panel="Search",
+    ),
 ]
 Metric = Annotated[
-    config.Metric, typer.Option(help="Validation metric: accuracy (maximised) or loss (minimised).")
+    config.Metric,
+    typer.Option(
+        help="Validation metric: accuracy (maximised) or loss (minimised).",
+        rich_help_panel="Search",
+    ),
 ]
-Seed = Annotated[int, typer.Option(help="Seed of the sampler and of every trial.")]
-Pruner = Annotated[config.Pruner, typer.Option(help="Trial pruner.")]
-Device = Annotated[str, typer.Option(help="auto (CUDA when available), cpu, cuda, cuda:N.")]
+Seed = Annotated[
+    int, typer.Option(help="Seed of the sampler and of every trial.", rich_help_panel="Search")
+]
+Pruner = Annotated[config.Pruner, typer.Option(help="Trial pruner.", rich_help_panel="Search")]
+Device = Annotated[
+    str,
+    typer.Option(help="auto (CUDA when available), cpu, cuda, cuda:N.", rich_help_panel="Hardware"),
+]
 Threads = Annotated[
-    int, typer.Option(help="torch threads on CPU; one is fastest for small models on few cores.")
+    int,
+    typer.Option(
+        help="torch threads on CPU; one is fastest for small models on few cores.",
+        rich_help_panel="Hardware",
+    ),
 ]
-Out = Annotated[Path | None, typer.Option(help="Output folder (default: runs/<study name>).")]
+Out = Annotated[
+    Path | None,
+    typer.Option(help="Output folder (default: runs/<study name>).", rich_help_panel="Output"),
+]
 Storage = Annotated[
     str | None,
-    typer.Option(help="Optuna storage: sqlite:///f.db, postgresql://..., or a journal file path."),
+    typer.Option(
+        help="Optuna storage: sqlite:///f.db, postgresql://..., or a journal file path.",
+        rich_help_panel="Workers",
+    ),
 ]
-StudyName = Annotated[str | None, typer.Option(help="Study name (default: the model file's stem).")]
-Verbose = Annotated[bool, typer.Option("--verbose", help="Keep Optuna's own log lines.")]
+StudyName = Annotated[
+    str | None,
+    typer.Option(help="Study name (default: the model file's stem).", rich_help_panel="Workers"),
+]
+Verbose = Annotated[
+    bool, typer.Option("--verbose", help="Keep Optuna's own log lines.", rich_help_panel="Output")
+]
 MaxParams = Annotated[
     str | None,
     typer.Option(
-        help="Parameter budget: a fraction of the source model (0.5, 50%) or a count (1.5M)."
+        help="Parameter budget: a fraction of the source model (0.5, 50%) or a count (1.5M).",
+        rich_help_panel="Budgets",
     ),
 ]
 MaxMacs = Annotated[
-    str | None, typer.Option(help="Multiply-accumulates per sample budget, like --max-params.")
+    str | None,
+    typer.Option(
+        help="Multiply-accumulates per sample budget, like --max-params.", rich_help_panel="Budgets"
+    ),
 ]
 MaxFlips = Annotated[
     str | None,
     typer.Option(
         help="Negative-flip budget: validation samples the source got right that a model may get "
-        "wrong, as a rate (0.01, 1%) or a count (5). Trials over it are never exported."
+        "wrong, as a rate (0.01, 1%) or a count (5). Trials over it are never exported.",
+        rich_help_panel="Budgets",
     ),
 ]
 MaxLatency = Annotated[
@@ -201,17 +261,23 @@ MaxLatency = Annotated[
     typer.Option(
         help="Latency budget: a ratio of the source model's (0.5x), timed alternately with it, "
         "or milliseconds per batch (5ms). Trials over it are never exported; without it or "
-        "--pareto latency, trials are not timed."
+        "--pareto latency, trials are not timed.",
+        rich_help_panel="Budgets",
     ),
 ]
 LatencyBatch = Annotated[
-    int, typer.Option(help="Samples in the batch latency is timed on (on the search's device).")
+    int,
+    typer.Option(
+        help="Samples in the batch latency is timed on (on the search's device).",
+        rich_help_panel="Budgets",
+    ),
 ]
 Pareto = Annotated[
     config.ParetoAxis | None,
     typer.Option(
         help="Find the Pareto front of the metric vs model size (params, macs), negative flips, "
-        "or latency (a ratio of the source's)."
+        "or latency (a ratio of the source's).",
+        rich_help_panel="Budgets",
     ),
 ]
 
@@ -256,6 +322,7 @@ def search(
             "--refit",
             help="Export the chosen configuration trained again on training + validation data "
             "for its best epoch count (its validation score is then not held out).",
+            rich_help_panel="Output",
         ),
     ] = False,
     select: Annotated[
@@ -264,6 +331,7 @@ def search(
             help="Without a size budget, export the smallest model whose validation accuracy "
             "is within one standard error of the best (simplest, default: a small validation "
             "split cannot tell them apart), or the best on validation (top).",
+            rich_help_panel="Output",
         ),
     ] = "simplest",
     finalists: Annotated[
@@ -271,30 +339,44 @@ def search(
         typer.Option(
             help="Train the top N trials (and the standard recipe) again with 2 fresh seeds and "
             "export the best on the mean validation score; 0 (default): --select decides.",
+            rich_help_panel="Output",
         ),
     ] = 0,
     timeout: Annotated[
         float | None,
-        typer.Option(help="Start no new trial after this many seconds; finished ones are kept."),
+        typer.Option(
+            help="Start no new trial after this many seconds; finished ones are kept.",
+            rich_help_panel="Search",
+        ),
     ] = None,
     amp: Annotated[
         config.AmpMode,
-        typer.Option(help="Mixed precision: auto is bf16/fp16 on CUDA, off on the CPU."),
+        typer.Option(
+            help="Mixed precision: auto is bf16/fp16 on CUDA, off on the CPU.",
+            rich_help_panel="Hardware",
+        ),
     ] = "auto",
     channels_last: Annotated[
         config.Switch,
-        typer.Option(help="Conv nets in channels-last memory format: auto is on with CUDA."),
+        typer.Option(
+            help="Conv nets in channels-last memory format: auto is on with CUDA.",
+            rich_help_panel="Hardware",
+        ),
     ] = "auto",
     workers: Annotated[
         int,
         typer.Option(
             help="Processes running trials on this machine, sharing the study and --threads; "
-            "the first exports."
+            "the first exports.",
+            rich_help_panel="Workers",
         ),
     ] = 1,
     devices: Annotated[
         str | None,
-        typer.Option(help="One worker per CUDA device listed, e.g. 0,1 (overrides --device)."),
+        typer.Option(
+            help="One worker per CUDA device listed, e.g. 0,1 (overrides --device).",
+            rich_help_panel="Workers",
+        ),
     ] = None,
     allow_changes: Annotated[
         bool,
@@ -302,6 +384,7 @@ def search(
             "--allow-changes",
             help="Continue a study made with other settings (epochs, seed, budgets...); the new "
             "ones then apply to its old trials too.",
+            rich_help_panel="Search",
         ),
     ] = False,
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import subprocess
 import time
 from pathlib import Path
 
@@ -28,8 +29,28 @@ def time_demo_fit(device: str = "cpu", epochs: int = 20) -> tuple[float, float]:
     return time.perf_counter() - start, result.best
 
 
+def commit_line() -> str:
+    """Which code a run measured: the commit checked out, and whether the package differed."""
+    root = Path(__file__).parent.parent
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
+        return done.stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown (not a git checkout)"
+    dirty = git("status", "--porcelain", "--", "autotune", "search_spaces")
+    return f"At commit `{head}`" + (" with uncommitted changes to autotune/." if dirty else ".")
+
+
 def emit(lines: list[str], write: Path | None) -> None:
-    """Print a Markdown section, and append it to ``write`` when given."""
+    """Print a Markdown section, and append it to ``write`` when given.
+
+    The commit goes under the heading unless the section already names it: every table in
+    BENCHMARKS.md says which code made it.
+    """
+    if lines and lines[0].startswith("#") and not any("At commit `" in line for line in lines):
+        rest = lines[2:] if len(lines) > 1 and not lines[1] else lines[1:]
+        lines = [lines[0], "", commit_line() + "  ", *rest]
     text = "\n".join(lines).rstrip("\n") + "\n"
     print(text)
     if write is not None:

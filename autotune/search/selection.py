@@ -125,4 +125,3 @@ def _by_simplest(study: optuna.Study) -> bool:
     objective, accuracy (``_choice``)."""
     rule = study.user_attrs.get(SELECT) == "simplest" and not study.user_attrs.get(LIMITS)
     return rule and len(study.directions) == 1 and metric_sign(study) > 0
-
