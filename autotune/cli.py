@@ -448,6 +448,7 @@ def search(
 @friendly
 def demo(
     trials: Trials = 20,
+    epochs: Epochs = None,
     out: Out = None,
     seed: Seed = 0,
     device: Device = "auto",
@@ -458,6 +459,7 @@ def demo(
         data="demo",
         space="vision",
         trials=trials,
+        epochs=epochs,
         out=out,
         seed=seed,
         device=device,

@@ -6,9 +6,9 @@ read as search spaces. A block right after ``<!-- file: NAME -->`` is written to
 (a space file, a model class), and one after ``<!-- not run: REASON -->`` is skipped for the
 reason given (a database server, a GPU, a command that serves until stopped). ``text`` blocks
 are output. The user's own files that a page names (its photos, tensors, CSV) are made here,
-tiny, by ``FIXTURES``. To stay quick, every search runs at most 6 trials: ``--trials`` and
-``trials=`` are capped (so a page's commands still continue each other's studies), nothing
-else is changed.
+tiny, by ``FIXTURES``. To stay quick, every search runs at most 6 trials of 3 epochs:
+``--trials``/``trials=`` and ``--epochs``/``max_epochs=`` are capped (all alike, so a page's
+commands still continue each other's studies), nothing else is changed.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ import autotune, autotune.api
 def _capped(search):
     def capped(*args, **kwargs):
         kwargs["trials"] = min(kwargs.get("trials", 20), 6)
+        kwargs["max_epochs"] = 3
         return search(*args, **kwargs)
     return capped
 autotune.search = autotune.api.search = _capped(autotune.api.search)
@@ -57,9 +58,11 @@ def blocks(page: Path) -> list[tuple[str, str, str | None, str | None]]:
 
 
 def capped(command: str) -> str:
-    """A shell block with every search capped at 6 trials."""
+    """A shell block with every search capped at 6 trials of 3 epochs (every one of them, so
+    that a page's commands still continue each other's studies)."""
     command = re.sub(r"--trials \d+", "--trials 6", command)
-    return re.sub(r"(autotune (?:search|demo))\b", r"\1 --trials 6", command)
+    command = re.sub(r"--epochs \d+", "--epochs 3", command)
+    return re.sub(r"(autotune (?:search|demo))\b", r"\1 --trials 6 --epochs 3", command)
 
 
 def image_folder(folder: Path) -> None:
