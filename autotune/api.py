@@ -35,6 +35,7 @@ from autotune.results.finalists import choose
 from autotune.results.leaderboard import Leaderboard
 from autotune.results.live import LiveLeaderboard
 from autotune.results.report import write_report
+from autotune.search.interrupts import deferred
 from autotune.search.outage import outage
 from autotune.search.prepare import space_for, study_checkpoints
 from autotune.search.record import TrialRecord
@@ -156,7 +157,8 @@ def search(
             raise
         if not run.exports:
             return SearchResult(run, study, None)  # the first machine's first worker exports
-        best, report = _finish(run, study)
+        with deferred():  # a SIGTERM now waits for the bundle, as a scheduler's grace allows
+            best, report = _finish(run, study)
         return SearchResult(run, study, best, report)
     finally:
         if the_settings.storage is None:

@@ -17,6 +17,7 @@ from rich.console import Console
 
 from autotune import config
 from autotune.errors import AutotuneError, redacted
+from autotune.search.interrupts import Terminated, exit_code, stop_on_termination
 from autotune.search.outage import Outage, outage
 
 app = typer.Typer(
@@ -391,6 +392,8 @@ def search(
     """Search how to fine-tune and slim MODEL on DATA; export the best model and its config."""
     from autotune.api import search as run_search
 
+    stop_on_termination()  # a scheduler's SIGTERM writes the results as a Ctrl-C does
+
     model_spec, data_spec = _specs(
         model, data, arch, num_classes, trust_model, code, target, val_fraction, image_size,
         normalize, loader_workers,
@@ -432,12 +435,13 @@ def search(
             devices=devices,
             allow_changes=allow_changes,
         )
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
+        what = f"stopped by {stop.args[0]}" if isinstance(stop, Terminated) else "interrupted"
         errors.print(
-            "interrupted: finished trials are stored, and the leaderboard, best model and report "
+            f"{what}: finished trials are stored, and the leaderboard, best model and report "
             "written from them; run the same command to continue"
         )
-        raise typer.Exit(130) from None
+        raise typer.Exit(exit_code(stop)) from None
     _summary(result)
     # A machine that does not export (machine 0 does) succeeded when its trials did.
     if result.search.stopped or (result.best is None and result.search.exports):

@@ -179,6 +179,13 @@ MUTATIONS: dict[str, tuple[str, str, str, str]] = {
         '    sizes = {"params": rec.total_params, "macs": rec.macs}\n',
         "tests/test_latency_budget.py::test_a_trial_over_the_latency_budget_is_never_exported",
     ),
+    "a SIGTERM at the end of a search loses the bundle": (
+        "autotune/api.py",
+        "        with deferred():  # a SIGTERM now waits for the bundle, as a scheduler's grace "
+        "allows\n",
+        "        if True:\n",
+        "tests/test_interrupts.py::test_a_sigterm_at_the_end_of_a_search_waits_for_the_bundle_then_stops_it",
+    ),
 }
 
 

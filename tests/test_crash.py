@@ -74,20 +74,36 @@ def test_kill_9_mid_trial_then_the_same_command_resumes(tmp_path: Path) -> None:
     assert config["trial"] == best.number
 
 
-def test_ctrl_c_mid_trial_leaves_nothing_running_and_the_trial_uncounted(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("signum", "code"),
+    [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)],
+    ids=["ctrl-c", "sigterm", "sighup"],
+)
+def test_a_signal_mid_trial_writes_the_results_and_the_same_command_completes_the_total(
+    signum: int, code: int, tmp_path: Path
+) -> None:
+    """Ctrl-C, a scheduler's SIGTERM (SLURM, Kubernetes, docker stop) or a closed terminal's
+    SIGHUP: the trial is recorded as interrupted, not counted, and everything is written."""
     args, env = make_job(tmp_path / "job")
     out, log = tmp_path / "out", tmp_path / "log"
-    process = start([*args, "--trials", "3", "--out", str(out)], env, log)
-    wait_for(lambda: _running(out), process, log)
-    process.send_signal(signal.SIGINT)
-    assert process.wait(timeout=120) == 130, log.read_text()[-3000:]
+    args += ["--trials", "4", "--out", str(out)]
+    process = start(args, env, log)
+    wait_for(lambda: _running(out, after=2), process, log)  # the baseline and a trial done
+    process.send_signal(signum)
+    assert process.wait(timeout=120) == code, log.read_text()[-3000:]
     study = study_in(out)
     trials = study.get_trials()
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     stopped = [t for t in trials if t.user_attrs.get("interrupted")]
     assert len(stopped) == 1 and stopped[0].state == TrialState.FAIL
     complete = [t for t in trials if t.state == TrialState.COMPLETE and t.number > 0]
-    assert finished(study) == len(complete)
+    assert finished(study) == len(complete) >= 1
+    assert (out / "leaderboard.csv").is_file() and (out / "best" / "config.yaml").is_file()
+    assert (out / "report.html").is_file()
+
+    again = subprocess.run(command(args), env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert finished(study_in(out)) == 4
 
 
 def test_a_killed_worker_is_replaced_while_the_other_goes_on(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,13 @@ from rich.console import Console
 
 from autotune import search
 from autotune.load.tasks import TaskData
+from autotune.search.interrupts import (
+    TERMINATIONS,
+    Terminated,
+    deferred,
+    exit_code,
+    stop_on_termination,
+)
 from autotune.search.trials import finished
 
 QUICK = {"lr": {"low": 1e-3, "high": 3e-2, "log": True}, "fit": {"max_epochs": 2, "patience": 2}}
@@ -82,3 +90,49 @@ def test_a_ctrl_c_while_optuna_starts_a_trial_stops_it_as_interrupted(
     started = study.get_trials()[1]
     assert started.state == TrialState.FAIL and started.user_attrs["interrupted"]
     assert finished(study) == 0
+
+
+@pytest.fixture
+def terminations() -> Iterator[None]:
+    """SIGTERM and SIGHUP handled as the command line handles them, for one test."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, *TERMINATIONS)}
+    stop_on_termination()
+    yield
+    for signum, handler in saved.items():
+        signal.signal(signum, handler)
+
+
+def test_a_sigterm_at_the_end_of_a_search_waits_for_the_bundle_then_stops_it(
+    terminations: None,
+    tiny_model: torch.nn.Module,
+    tiny_data: TaskData,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A scheduler stopping the job while the search writes its results: they are written, then
+    the search stops (the command exits 143)."""
+    from autotune import api
+
+    export = api.export_trial
+
+    def terminated_first(*args: Any, **kwargs: Any) -> Any:
+        signal.raise_signal(signal.SIGTERM)
+        return export(*args, **kwargs)
+
+    monkeypatch.setattr(api, "export_trial", terminated_first)
+    console = Console(file=io.StringIO())
+    with pytest.raises(Terminated) as stop:
+        search(tiny_model, tiny_data, out=tmp_path, console=console, space=QUICK, trials=2)
+    assert exit_code(stop.value) == 143
+    assert (tmp_path / "best" / "model.pt2").is_file() and (tmp_path / "report.html").is_file()
+    study = optuna.load_study(study_name=None, storage=f"sqlite:///{tmp_path / 'study.db'}")
+    assert finished(study) == 2 and not study.get_trials(states=(TrialState.RUNNING,))
+
+
+def test_a_second_signal_stops_the_end_of_a_search_at_once(terminations: None) -> None:
+    written: list[str] = []
+    with pytest.raises(Terminated) as stop, deferred():
+        signal.raise_signal(signal.SIGTERM)  # waits for the block
+        signal.raise_signal(signal.SIGHUP)  # does not
+        written.append("the rest of the bundle")
+    assert not written and exit_code(stop.value) == 129

@@ -11,6 +11,12 @@ further trial) on the first SIGINT, and ignores the ones after it (``stop_once``
 in a terminal reaches the whole process group, and the parent, interrupted too, sends another.
 It also stops when its parent dies (``stop_with_parent``): after a kill -9 of the parent, no one
 else would tell it, and it would run to the end with no one left to export.
+
+A SIGTERM or SIGHUP (a batch scheduler, ``docker stop``, a cloud preemption, a closed terminal)
+stops a search as a Ctrl-C does (``stop_on_termination``): raised as ``Terminated``, a
+``KeyboardInterrupt``, so that every path a Ctrl-C takes it takes too, and the command exits
+128 + the signal's number. The end of a finished search (``deferred``) completes before a first
+signal stops it, and a second stops it at once.
 """
 
 from __future__ import annotations
@@ -24,30 +30,79 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import Any, NoReturn
 
+TERMINATIONS = (signal.SIGTERM, signal.SIGHUP)
+
+
+class Terminated(KeyboardInterrupt):
+    """A SIGTERM or SIGHUP: a search stops as after a Ctrl-C."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def exit_code(stop: KeyboardInterrupt) -> int:
+    """The shell's code for a process a signal stopped: 130 a Ctrl-C, 143 SIGTERM, 129 SIGHUP."""
+    return 128 + (stop.signum if isinstance(stop, Terminated) else signal.SIGINT)
+
 
 class _State:
     held = 0
     """How many ``held`` blocks are open (an ``allowed`` block opens a window in them)."""
-    pending = False
-    """A SIGINT arrived while held."""
+    pending = 0
+    """The signal that arrived while held or deferred (0: none)."""
+    deferred = False
+    """Inside ``deferred``: a first signal waits for its end."""
     once = False
-    """Ignore every SIGINT after the first that stopped this process (worker processes)."""
+    """Ignore every signal after the first that stopped this process (worker processes)."""
     raised = False
-    """A SIGINT was raised as ``KeyboardInterrupt``."""
+    """A signal was raised as ``KeyboardInterrupt``."""
 
 
 def _on_sigint(signum: int, frame: FrameType | None) -> None:
+    """The handler of SIGINT, and of SIGTERM and SIGHUP once ``stop_on_termination`` ran."""
     if _State.once and _State.raised:
         return
-    if _State.held:
-        _State.pending = True
+    if _State.deferred and not _State.pending:
+        _State.pending = signum
         return
-    _interrupt()
+    if _State.held and not _State.deferred:
+        _State.pending = _State.pending or signum
+        return
+    _interrupt(signum)
 
 
-def _interrupt() -> NoReturn:
+def _interrupt(signum: int = signal.SIGINT) -> NoReturn:
     _State.raised = True
-    raise KeyboardInterrupt
+    raise KeyboardInterrupt if signum == signal.SIGINT else Terminated(signum)
+
+
+def stop_on_termination() -> None:
+    """Let SIGTERM and SIGHUP stop this process as a Ctrl-C does (from the main thread), except
+    where they are ignored (``nohup``)."""
+    for signum in TERMINATIONS:
+        if signal.getsignal(signum) is not signal.SIG_IGN:
+            signal.signal(signum, _on_sigint)
+
+
+@contextmanager
+def deferred() -> Iterator[None]:
+    """Let the block finish (the end of a search: leaderboard, export, report) before a first
+    signal stops the process, once the block ends; a second stops it at once."""
+    if threading.current_thread() is not threading.main_thread() or _State.deferred:
+        yield
+        return
+    previous: Any = signal.signal(signal.SIGINT, _on_sigint)
+    _State.deferred = True
+    try:
+        yield
+    finally:
+        _State.deferred = False
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    if _State.pending:
+        signum, _State.pending = _State.pending, 0
+        _interrupt(signum)
 
 
 @contextmanager
@@ -67,14 +122,16 @@ def held() -> Iterator[None]:
         _State.held -= 1
         if previous is not None:  # None: a handler not set from Python, which cannot be put back
             signal.signal(signal.SIGINT, previous)
-        if _State.pending and not _State.held:
-            _State.pending = False
-            if ended:  # else an exception, maybe this Ctrl-C's own, is already on its way
-                _deliver(previous)
+        if _State.pending and not _State.held and not _State.deferred:
+            signum, _State.pending = _State.pending, 0
+            if ended:  # else an exception, maybe this signal's own, is already on its way
+                _deliver(previous, signum)
 
 
-def _deliver(handler: Any) -> None:
-    """Hand a held SIGINT to ``handler``, the one in place before ``held``."""
+def _deliver(handler: Any, signum: int) -> None:
+    """Hand a held signal on: a SIGINT to ``handler``, the one in place before ``held``."""
+    if signum != signal.SIGINT:
+        _interrupt(signum)
     if handler is signal.SIG_IGN:
         return
     if callable(handler) and handler is not _on_sigint:
@@ -90,17 +147,19 @@ def allowed() -> Iterator[None]:
     outer, _State.held = _State.held, 0
     try:
         if _State.pending:
-            _State.pending = False
-            _interrupt()
+            signum, _State.pending = _State.pending, 0
+            _interrupt(signum)
         yield
     finally:
         _State.held = outer
 
 
 def stop_once() -> None:
-    """In a worker process: the first SIGINT stops it, later ones are ignored."""
+    """In a worker process: the first SIGINT, SIGTERM or SIGHUP stops it, later ones are
+    ignored (a scheduler signals every process of the job, and the parent passes it on)."""
     _State.once = True
     signal.signal(signal.SIGINT, _on_sigint)
+    stop_on_termination()
 
 
 def stop_with_parent() -> None:
