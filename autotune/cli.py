@@ -169,6 +169,15 @@ ExportPreprocessing = Annotated[
         rich_help_panel="Model and data",
     ),
 ]
+ExportFormats = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--export",
+        help="Also write the model in this format: onnx (model.onnx with a dynamic batch size, "
+        "checked with onnxruntime; needs pip install 'autotune[onnx]').",
+        rich_help_panel="Output",
+    ),
+]
 Space = Annotated[
     str,
     typer.Option(
@@ -297,6 +306,7 @@ def search(
     normalize: Normalize = None,
     loader_workers: LoaderWorkers = None,
     export_preprocessing: ExportPreprocessing = False,
+    export_formats: ExportFormats = None,
     space: Space = "auto",
     trials: Trials = 20,
     epochs: Epochs = None,
@@ -426,6 +436,7 @@ def search(
             finalists=finalists,
             timeout=timeout,
             export_preprocessing=export_preprocessing,
+            export=tuple(export_formats or ()),
             amp=amp,
             channels_last=channels_last,
             workers=workers,
@@ -573,6 +584,7 @@ def export(
         str, typer.Option(help="Device to rebuild on; cpu reproduces exactly.")
     ] = "cpu",
     export_preprocessing: ExportPreprocessing = False,
+    export_formats: ExportFormats = None,
     trust_model: Trust = False,
     code: Code = None,
 ) -> None:
@@ -584,10 +596,12 @@ def export(
     from autotune.config import SearchSettings
     from autotune.load.job import Job
     from autotune.results.export import Workspace, export_trial
+    from autotune.results.onnx_export import export_formats as checked_formats
     from autotune.search.study import load_study, space_of, study_record
 
     if to is not None and to.exists() and not to.is_dir():
         raise AutotuneError(f"--to {str(to)!r} is a file: choose a folder to export into")
+    formats = checked_formats(tuple(export_formats or ()))  # before the model loads
     study = load_study(storage, out, study_name)
     record = study_record(study)
     with console.status("loading the model and data"):
@@ -597,7 +611,7 @@ def export(
     stored = record["settings"]
     settings = SearchSettings(
         out=out, storage=storage, study_name=study.study_name, device=device, **stored,
-        export_preprocessing=export_preprocessing,
+        export_preprocessing=export_preprocessing, export=formats,
     )  # fmt: skip
     rebuild = Workspace.create(job, space_of(record), settings, study, saved=not retrain)
     with console.status(f"rebuilding trial {trial if trial is not None else 'best'}"):
