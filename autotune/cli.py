@@ -14,6 +14,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from autotune import config
 from autotune.errors import AutotuneError, redacted
@@ -55,7 +56,9 @@ def friendly(command: F) -> F:
             if lost is None:
                 raise
             code, message = OUTAGE, str(lost)
-        errors.print(f"[red]error:[/red] {redacted(message)}", highlight=False, soft_wrap=True)
+        # Escaped: a message may hold brackets (pip install 'autotune[onnx]') that are not markup.
+        text = escape(redacted(message))
+        errors.print(f"[red]error:[/red] {text}", highlight=False, soft_wrap=True)
         raise typer.Exit(code)
 
     return wrapper  # type: ignore[return-value]

@@ -100,10 +100,14 @@ def _data(config: dict[str, Any]) -> str:
     sizes = ", ".join(f"{n} {split}" for split, n in samples.items() if n is not None)
     lines = [
         "## Data\n",
-        f"- spec: `{data['spec']}` (fingerprint `{data['fingerprint']}`)",
-        f"- samples: {sizes or 'not recorded'}; validation split carved with fraction "
-        f"{data['val_fraction']} and seed {data['split_seed']} where the data has none",
+        f"- spec: `{data.get('spec')}` (fingerprint `{data.get('fingerprint')}`)",
+        f"- samples: {sizes or 'not recorded'}",
     ]
+    if data.get("val_fraction") is not None:
+        lines[-1] += (
+            f"; a validation split, where the data has none, carved with fraction "
+            f"{data['val_fraction']} and seed {data.get('split_seed')}"
+        )
     for key, value in (data.get("preprocessing") or {}).items():
         lines.append(f"- preprocessing, {key}: {value}")
     if data.get("classes"):
