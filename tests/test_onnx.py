@@ -23,6 +23,7 @@ from autotune.cli import app
 from autotune.errors import AutotuneError
 from autotune.load.tasks import TaskData
 from autotune.results.deploy import Normalized
+from autotune.results.export import ExportResult
 from autotune.results.onnx_export import export_formats, save_onnx
 from autotune.results.summary import summary_lines
 
@@ -98,27 +99,34 @@ class DataDependent(TinyNet):
         return out * 2 if x.sum() > 1e9 else out
 
 
+def _searched(
+    net: type[TinyNet], data: TaskData, out: Path, export: str | list[str]
+) -> ExportResult:
+    """The bundle of a one-trial search of a fresh ``net`` with ``--export`` as given."""
+    torch.manual_seed(0)
+    quiet = Console(file=io.StringIO())
+    result = search(
+        net().eval(), data, space=SPACE, trials=1, out=out, console=quiet, export=export
+    )
+    assert result.best is not None
+    return result.best
+
+
 @needs_onnx
 def test_search_with_export_onnx_writes_and_records_the_checked_model(
     tmp_path: Path, tiny_data: TaskData
 ) -> None:
-    torch.manual_seed(0)
-    quiet = Console(file=io.StringIO())
-    result = search(
-        TinyNet().eval(), tiny_data, space=SPACE, trials=1, out=tmp_path, console=quiet,
-        export="onnx",
-    )  # fmt: skip
-    assert result.best is not None
-    config = yaml.safe_load((result.best.folder / "config.yaml").read_text())
+    result = _searched(TinyNet, tiny_data, tmp_path, "onnx")
+    config = yaml.safe_load((result.folder / "config.yaml").read_text())
     assert config["onnx"]["max_abs_diff"] <= 1e-4 and config["onnx"]["matches"]
     assert config["onnx"]["latency_ms"]["pytorch"] > 0  # timed beside the .pt2 program
     x = tiny_data.x_val[:3]
     with torch.no_grad():
-        expected = result.best.model(x).numpy()
+        expected = result.model(x).numpy()
     np.testing.assert_allclose(
-        _run_onnx(result.best.folder / "model.onnx", x.numpy()), expected, atol=1e-4
+        _run_onnx(result.folder / "model.onnx", x.numpy()), expected, atol=1e-4
     )
-    lines = summary_lines(result.best, None)
+    lines = summary_lines(result, None)
     assert any(line.startswith("model.onnx matches PyTorch") for line in lines), lines
 
 
@@ -126,21 +134,15 @@ def test_search_with_export_onnx_writes_and_records_the_checked_model(
 def test_a_model_that_cannot_be_exported_still_gets_its_bundle_and_one_line_why(
     tmp_path: Path, tiny_data: TaskData
 ) -> None:
-    torch.manual_seed(0)
-    quiet = Console(file=io.StringIO())
-    result = search(
-        DataDependent().eval(), tiny_data, space=SPACE, trials=1, out=tmp_path, console=quiet,
-        export=["onnx"],
-    )  # fmt: skip
-    assert result.best is not None
-    best = result.best.folder
+    result = _searched(DataDependent, tiny_data, tmp_path, ["onnx"])
+    best = result.folder
     assert {"model.pt", "config.yaml", "README.md"} <= {p.name for p in best.iterdir()}
     assert not (best / "model.onnx").exists()
-    why = result.best.config["files"]["model.onnx"]
+    why = result.config["files"]["model.onnx"]
     assert why.startswith("not written: torch.onnx.export failed (") and "\n" not in why
     assert "\x1b" not in why  # the exporter's terminal colours are not carried over
-    assert result.best.config["onnx"] is None
-    lines = summary_lines(result.best, None)
+    assert result.config["onnx"] is None
+    lines = summary_lines(result, None)
     assert f"model.onnx {why}" in lines
     assert "model.onnx" in (best / "README.md").read_text()  # the card says why too
 
