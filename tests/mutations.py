@@ -179,6 +179,12 @@ MUTATIONS: dict[str, tuple[str, str, str, str]] = {
         '    sizes = {"params": rec.total_params, "macs": rec.macs}\n',
         "tests/test_latency_budget.py::test_a_trial_over_the_latency_budget_is_never_exported",
     ),
+    "model.onnx exported with a fixed batch size": (
+        "autotune/results/onnx_export.py",
+        "                dynamic_shapes=({0: torch.export.Dim.AUTO},),\n",
+        "                dynamic_shapes=None,\n",
+        "tests/test_onnx.py::test_the_onnx_model_matches_pytorch_at_any_batch_size",
+    ),
 }
 
 
