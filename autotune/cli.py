@@ -168,7 +168,8 @@ ExportPreprocessing = Annotated[
     bool,
     typer.Option(
         "--export-preprocessing",
-        help="Put the input normalisation inside model.pt2: it then takes images in [0, 1].",
+        help="Put the input normalisation inside model.pt2 (and model.onnx): they then take "
+        "images in [0, 1].",
         rich_help_panel="Model and data",
     ),
 ]
@@ -176,8 +177,9 @@ ExportFormats = Annotated[
     list[str] | None,
     typer.Option(
         "--export",
+        metavar="FORMAT",
         help="Also write the model in this format: onnx (model.onnx with a dynamic batch size, "
-        "checked with onnxruntime; needs pip install 'autotune[onnx]').",
+        "checked with onnxruntime; needs autotune's onnx extra).",
         rich_help_panel="Output",
     ),
 ]

@@ -78,7 +78,7 @@ def save_onnx(
         found = _check(module, inputs, path, folder / "model.pt2", threads)
     except Exception as e:
         path.unlink(missing_ok=True)
-        return f"not written: onnxruntime could not run it ({first_line(e)[:200]})", None
+        return f"not written: the onnxruntime check failed ({first_line(e)[:200]})", None
     return how, found
 
 
