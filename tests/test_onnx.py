@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -161,5 +162,9 @@ def test_an_unknown_format_or_a_missing_extra_is_refused_before_any_work(
         app, ["search", "--model", "demo", "--export", "onnx", "--out", str(out)]
     )
     assert result.exit_code == 2, result.output
-    assert "--export onnx needs onnxruntime: pip install 'autotune[onnx]'" in result.output
+    # onnxruntime is named, and how to install it (the others too where they are missing).
+    assert re.search(
+        r"--export onnx needs [\w, ]*onnxruntime[\w, ]*: pip install 'autotune\[onnx\]'",
+        result.output,
+    ), result.output
     assert not out.exists()
