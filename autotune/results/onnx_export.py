@@ -99,8 +99,11 @@ def _write(module: nn.Module, example: torch.Tensor, f: Any) -> None:
                 verbose=False,
             )
     except Exception as e:
-        # Its messages carry terminal colours and a multi-step story: keep the one line.
-        text = _ANSI.sub("", first_line(e))
+        # Its own message says which of its steps failed; the cause says why.
+        cause: BaseException = e
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        text = _ANSI.sub("", first_line(cause))  # it colours its messages for a terminal
         if isinstance(module, torch.jit.ScriptModule):
             text = "a TorchScript model: torch.export does not take it"
         raise RuntimeError(text) from None
