@@ -34,6 +34,7 @@ from autotune.results.export import ExportResult, Workspace, export_trial, write
 from autotune.results.finalists import choose
 from autotune.results.leaderboard import Leaderboard
 from autotune.results.live import LiveLeaderboard
+from autotune.results.onnx_export import export_formats
 from autotune.results.report import write_report
 from autotune.search.interrupts import deferred
 from autotune.search.outage import outage
@@ -121,7 +122,7 @@ def search(
         console: Where the leaderboard goes (default: the terminal).
         command: The command line to record in the exported config.
         **settings: Further ``SearchSettings`` fields (``max_epochs``, ``seed``, ``storage``,
-            ``workers``, ``allow_changes``...).
+            ``workers``, ``allow_changes``, ``export="onnx"``...).
     """
     study_name = settings.pop("study_name", None) or default_study_name(model)
     folder = Path(out) if out is not None else Path("runs") / study_name
@@ -129,6 +130,7 @@ def search(
     # Mistakes in the settings end the search before the model loads and before any folder
     # is made; the space's fit section, read later, only fills in what is not given.
     the_settings.resolved({})
+    export_formats(the_settings.export)  # a missing autotune[onnx] too
     storage = the_settings.storage
     check_storage(storage)  # a mistyped URL: refused before any folder is made
     server = local_file(storage, folder) is None

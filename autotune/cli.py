@@ -14,6 +14,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from autotune import config
 from autotune.errors import AutotuneError, redacted
@@ -56,7 +57,9 @@ def friendly(command: F) -> F:
             if lost is None:
                 raise
             code, message = OUTAGE, str(lost)
-        errors.print(f"[red]error:[/red] {redacted(message)}", highlight=False, soft_wrap=True)
+        # Escaped: a message may hold brackets (pip install 'autotune[onnx]') that are not markup.
+        text = escape(redacted(message))
+        errors.print(f"[red]error:[/red] {text}", highlight=False, soft_wrap=True)
         raise typer.Exit(code)
 
     return wrapper  # type: ignore[return-value]
@@ -166,8 +169,19 @@ ExportPreprocessing = Annotated[
     bool,
     typer.Option(
         "--export-preprocessing",
-        help="Put the input normalisation inside model.pt2: it then takes images in [0, 1].",
+        help="Put the input normalisation inside model.pt2 (and model.onnx): they then take "
+        "images in [0, 1].",
         rich_help_panel="Model and data",
+    ),
+]
+ExportFormats = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--export",
+        metavar="FORMAT",
+        help="Also write the model in this format: onnx (model.onnx with a dynamic batch size, "
+        "checked with onnxruntime; needs autotune's onnx extra).",
+        rich_help_panel="Output",
     ),
 ]
 Space = Annotated[
@@ -298,6 +312,7 @@ def search(
     normalize: Normalize = None,
     loader_workers: LoaderWorkers = None,
     export_preprocessing: ExportPreprocessing = False,
+    export_formats: ExportFormats = None,
     space: Space = "auto",
     trials: Trials = 20,
     epochs: Epochs = None,
@@ -429,6 +444,7 @@ def search(
             finalists=finalists,
             timeout=timeout,
             export_preprocessing=export_preprocessing,
+            export=tuple(export_formats or ()),
             amp=amp,
             channels_last=channels_last,
             workers=workers,
@@ -579,6 +595,7 @@ def export(
         str, typer.Option(help="Device to rebuild on; cpu reproduces exactly.")
     ] = "cpu",
     export_preprocessing: ExportPreprocessing = False,
+    export_formats: ExportFormats = None,
     trust_model: Trust = False,
     code: Code = None,
 ) -> None:
@@ -590,10 +607,12 @@ def export(
     from autotune.config import SearchSettings
     from autotune.load.job import Job
     from autotune.results.export import Workspace, export_trial
+    from autotune.results.onnx_export import export_formats as checked_formats
     from autotune.search.study import load_study, space_of, study_record
 
     if to is not None and to.exists() and not to.is_dir():
         raise AutotuneError(f"--to {str(to)!r} is a file: choose a folder to export into")
+    formats = checked_formats(tuple(export_formats or ()))  # before the model loads
     study = load_study(storage, out, study_name)
     record = study_record(study)
     with console.status("loading the model and data"):
@@ -603,7 +622,7 @@ def export(
     stored = record["settings"]
     settings = SearchSettings(
         out=out, storage=storage, study_name=study.study_name, device=device, **stored,
-        export_preprocessing=export_preprocessing,
+        export_preprocessing=export_preprocessing, export=formats,
     )  # fmt: skip
     rebuild = Workspace.create(job, space_of(record), settings, study, saved=not retrain)
     with console.status(f"rebuilding trial {trial if trial is not None else 'best'}"):

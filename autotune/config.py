@@ -247,6 +247,8 @@ class SearchSettings:
     """Stop starting new trials after this many seconds (this worker's; the study keeps all)."""
     export_preprocessing: bool = False
     """Put the data's input normalisation inside the exported ``model.pt2``."""
+    export: tuple[str, ...] | str = ()
+    """``--export onnx``: also write ``model.onnx`` (``results.onnx_export.export_formats``)."""
     amp: AmpMode = "auto"
     """Mixed precision: ``auto`` (bf16, or fp16 with a scaler, on CUDA; off on the CPU),
     ``bf16``, ``fp16`` or ``off``."""

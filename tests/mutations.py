@@ -186,6 +186,12 @@ MUTATIONS: dict[str, tuple[str, str, str, str]] = {
         "        if True:\n",
         "tests/test_interrupts.py::test_a_sigterm_at_the_end_of_a_search_waits_for_the_bundle_then_stops_it",
     ),
+    "model.onnx exported with a fixed batch size": (
+        "autotune/results/onnx_export.py",
+        "                dynamic_shapes=({0: torch.export.Dim.AUTO},),\n",
+        "                dynamic_shapes=None,\n",
+        "tests/test_onnx.py::test_the_onnx_model_matches_pytorch_at_any_batch_size",
+    ),
 }
 
 

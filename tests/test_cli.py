@@ -66,7 +66,13 @@ def searched(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_search_writes_the_bundle(searched: Path) -> None:
     best = searched / "best"
-    files = {"model.pt", "model.pt2", "config.yaml", "errors.png"}  # errors.png: image data
+    files = {
+        "model.pt",
+        "model.pt2",
+        "config.yaml",
+        "README.md",
+        "errors.png",
+    }  # errors.png: images
     assert {p.name for p in best.iterdir()} == files
     config = yaml.safe_load((best / "config.yaml").read_text())
     assert config["metrics"]["gain"] > 0.1

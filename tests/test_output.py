@@ -93,7 +93,7 @@ def test_a_model_that_cannot_be_pickled_still_gets_its_config_and_program(
     best = tmp_path / "best"
     files = result.best.config["files"]
     assert files["model.pt"].startswith("not written: pickling failed")
-    assert sorted(p.name for p in best.iterdir()) == ["config.yaml", "model.pt2"]
+    assert sorted(p.name for p in best.iterdir()) == ["README.md", "config.yaml", "model.pt2"]
     program = torch.export.load(best / "model.pt2").module()
     assert program(tiny_data.x_val[:5]).shape == (5, 3)
     assert (tmp_path / "leaderboard.csv").is_file() and (tmp_path / "report.html").is_file()

@@ -82,14 +82,14 @@ def save_model(
     ``model.pt`` stays the model itself, taking the kept columns."""
     files: dict[str, str] = {}
     if isinstance(model, torch.jit.ScriptModule):
-        files["model.pt"] = _save(
+        files["model.pt"] = save_file(
             folder / "model.pt",
             lambda f: _save_torchscript(model, f),
             "torch.jit.load('model.pt')",
             "torch.jit.save",
         )
     elif not isinstance(model, torch.fx.GraphModule):
-        files["model.pt"] = _save(
+        files["model.pt"] = save_file(
             folder / "model.pt",
             lambda f: torch.save(model, f),
             "torch.load('model.pt', weights_only=False)  # a pickled module: needs the classes "
@@ -98,6 +98,22 @@ def save_model(
             "pickling",
         )
 
+    program, inputs, how = deployable(model, example, preprocessing, columns)
+    files["model.pt2"] = save_file(
+        folder / "model.pt2", lambda f: _save_program(program, inputs, f), how, "torch.export"
+    )
+    return files
+
+
+def deployable(
+    model: nn.Module,
+    example: torch.Tensor,
+    preprocessing: dict[str, Any] | None = None,
+    columns: tuple[list[int], torch.Tensor] | None = None,
+) -> tuple[nn.Module, torch.Tensor, str]:
+    """What ``model.pt2`` (and ``model.onnx``) hold: the model with the column selection or the
+    normalisation inside (see ``save_model``), a batch of the inputs it takes (as many as
+    ``example`` has), and how to load the program."""
     program, inputs, how = (
         model,
         example,
@@ -105,7 +121,7 @@ def save_model(
     )
     if columns is not None:
         kept, rows = columns
-        program, inputs = SelectColumns(model, kept).eval(), rows
+        program, inputs = SelectColumns(model, kept).eval(), rows[: len(example)]
         how += f"; takes the data's {rows.shape[1]} columns and selects its {len(kept)} inside"
     if preprocessing is not None:
         deployed = with_preprocessing(model, example, preprocessing)
@@ -113,10 +129,7 @@ def save_model(
             how += f"; {deployed}"
         else:
             program, inputs, how = deployed
-    files["model.pt2"] = _save(
-        folder / "model.pt2", lambda f: _save_program(program, inputs, f), how, "torch.export"
-    )
-    return files
+    return program, inputs, how
 
 
 def _save_torchscript(model: torch.jit.ScriptModule, f: BinaryIO) -> None:
@@ -136,7 +149,7 @@ def _save_program(model: nn.Module, example: torch.Tensor, f: BinaryIO) -> None:
     torch.export.save(program, f)
 
 
-def _save(path: Path, write: Any, how: str, what: str) -> str:
+def save_file(path: Path, write: Any, how: str, what: str) -> str:
     """Write one model file (see ``save_model``); ``how`` to load it, else why it is missing."""
     try:
         write_atomically(path, write, keep_old=False)

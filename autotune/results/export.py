@@ -15,7 +15,7 @@ from typing import Any
 import optuna
 import torch
 import yaml
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 from torch import nn
 
 from autotune.config import VERSION, SearchSettings, sign
@@ -24,12 +24,15 @@ from autotune.load.anatomy import count_parameters
 from autotune.load.job import Job
 from autotune.load.tasks import TaskData
 from autotune.paths import export_dir, leaderboard_csv, write_text_atomically
+from autotune.results.card import write_card
 from autotune.results.deploy import save_model
 from autotune.results.errors import error_metrics, exported_errors
 from autotune.results.leaderboard import Leaderboard
+from autotune.results.onnx_export import export_formats, save_onnx
+from autotune.results.pick import pick_trial
 from autotune.search.prepare import adapt_space, make_maker, run_analyses, study_checkpoints
 from autotune.search.record import TrialRecord
-from autotune.search.selection import choice_note, chosen_trial
+from autotune.search.selection import choice_note
 from autotune.search.space import SearchSpace
 from autotune.search.stages import slimming_maker, slimming_space
 from autotune.search.study import config_of, study_record
@@ -81,32 +84,6 @@ class ExportResult:
     """The exported model, on the CPU, in eval mode."""
     config: dict[str, Any]
     """The content of ``config.yaml``."""
-
-
-def pick_trial(study: optuna.Study, number: int | None) -> FrozenTrial:
-    """Trial ``number``, or the study's choice: the finalists' pick, else the best trial (the
-    baseline when nothing beat it)."""
-    if number is None:
-        best = chosen_trial(study)
-        if best is None:
-            raise AutotuneError(
-                f"study {study.study_name!r} has no completed trial within its budgets to export"
-            )
-        return best
-    trials = study.get_trials(deepcopy=False)
-    if not 0 <= number < len(trials):
-        raise AutotuneError(
-            f"--trial {number}: study {study.study_name!r} has trials 0..{len(trials) - 1}"
-        )
-    trial = trials[number]
-    if trial.state != TrialState.COMPLETE:
-        rec = TrialRecord.from_trial(trial)
-        reason = rec.fail_reason or rec.stop_reason or ""
-        raise AutotuneError(
-            f"--trial {number} is {trial.state.name.lower()}{f' ({reason})' if reason else ''}: "
-            "only completed trials have a model to export"
-        )
-    return trial
 
 
 @dataclass
@@ -197,8 +174,16 @@ def export_trial(
     model = model.cpu().eval()
     preprocessing = work.job.data.preprocessing if work.settings.export_preprocessing else None
     kept = rebuilt.changes.features
-    columns = None if kept is None else (kept, work.job.data.x_val[:2].cpu())
+    batch = work.settings.latency_batch  # the ONNX check runs on a batch of that size
+    columns = None if kept is None else (kept, work.job.data.x_val[:batch].cpu())
     files = save_model(model, data.x_val[:2].cpu(), folder, preprocessing, columns)
+    onnx = None
+    if "onnx" in export_formats(work.settings.export):
+        example = data.x_val[:batch].cpu()
+        threads = work.settings.threads
+        files["model.onnx"], onnx = save_onnx(
+            model, example, folder, preprocessing, columns, threads
+        )
     record = study_record(study)
     config = _config(work, study, trial, record, val, test, rebuilt.origin, files, model)
     config["structure"] = structure
@@ -206,8 +191,15 @@ def export_trial(
     config["metrics"] |= error_metrics(errors)
     config["errors"] = errors
     config["chosen"] = f"trial {number} as asked" if number is not None else choice_note(study)
+    config["onnx"] = onnx
+    config["data"]["samples"] = {"train": len(data.x_train), "validation": len(data.x_val)}
+    config["data"]["samples"]["test"] = None if data.x_test is None else len(data.x_test)
+    # One sample's shape, as each file takes it (model.onnx takes what model.pt2 takes).
+    config["sample_shape"] = {"model.pt": list(data.x_val.shape[1:])}
+    config["sample_shape"]["model.pt2"] = list(work.job.data.x_val.shape[1:])
     text = yaml.safe_dump(config, sort_keys=False)
     write_text_atomically(folder / "config.yaml", text, keep_old=False)
+    write_card(folder, config)
     if number is None:
         # The held-out split is read for the chosen model only; the dashboard shows it here.
         study.set_user_attr(

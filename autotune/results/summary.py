@@ -3,15 +3,12 @@ the validation split could tell the gain from noise, the size, and the files wri
 
 from __future__ import annotations
 
-import math
-from typing import Any
-
 from autotune.results.export import ExportResult
+from autotune.results.notes import latency_text, noise_note
+from autotune.results.onnx_export import onnx_line
 from autotune.results.rows import TrialRow
-from autotune.search.selection import standard_error
 
-NOISE_ERRORS = 2.0
-"""A validation gain under this many of its standard errors is called noise."""
+__all__ = ["latency_text", "noise_note", "summary_lines"]
 
 
 def summary_lines(best: ExportResult, top: TrialRow | None) -> list[str]:
@@ -52,37 +49,8 @@ def summary_lines(best: ExportResult, top: TrialRow | None) -> list[str]:
     )
     files = best.config["files"]
     written = sorted(n for n, how in files.items() if not how.startswith("not written"))
-    lines.append(f"exported to {best.folder}: {', '.join(written)}, config.yaml")
+    lines.append(f"exported to {best.folder}: {', '.join(written)}, config.yaml, README.md")
     lines += [f"{n} {files[n]}" for n in sorted(set(files) - set(written))]
+    onnx = onnx_line(files, best.config.get("onnx"))
+    lines += [onnx] if onnx else []
     return lines
-
-
-def noise_note(config: dict[str, Any]) -> str | None:
-    """A warning when the exported model's validation gain over the source is within
-    ``NOISE_ERRORS`` standard errors: the split is too small to tell that gain from luck. The
-    gain's standard error is taken as that of a difference of two independent accuracies (the
-    two models are scored on the same samples, so this errs on the side of warning). None when
-    the split can tell, or when the metric is not accuracy."""
-    m = config["metrics"]
-    samples = config.get("errors", {}).get("validation", {}).get("samples")
-    if m["metric"] != "accuracy" or not samples or m["gain"] is None:
-        return None
-    errors = (standard_error(m[key], samples) for key in ("val_accuracy", "baseline_val_accuracy"))
-    error = math.hypot(*errors)
-    if abs(m["gain"]) >= NOISE_ERRORS * error:
-        return None
-    return (
-        f"note: on {samples} validation samples this gain is measured to ±{error:.3f} (one "
-        f"standard error), so {m['gain']:+.4f} is within noise: trust the held-out test score, "
-        "or give more validation data (--val-fraction)"
-    )
-
-
-def latency_text(latency: dict[str, Any]) -> str:
-    """The model's speed against the source's, as the median ratio of interleaved runs."""
-    if "ratio" not in latency:  # a bundle exported before ratios were measured
-        return f"{latency['model']:.1f} ms per batch of 32 (source {latency['source']:.1f} ms)"
-    return (
-        f"{latency['ratio']:.2f}x the source's ±{latency['ratio_spread']:.2f} "
-        f"({latency['model']:.2g} ms per batch of 32, timed alternately with the source)"
-    )

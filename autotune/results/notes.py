@@ -1,0 +1,43 @@
+"""Sentences the summary after a search and the model card (``best/README.md``) share: read off
+an export's ``config.yaml``, so both say the same."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from autotune.search.selection import standard_error
+
+NOISE_ERRORS = 2.0
+"""A validation gain under this many of its standard errors is called noise."""
+
+
+def noise_note(config: dict[str, Any]) -> str | None:
+    """A warning when the exported model's validation gain over the source is within
+    ``NOISE_ERRORS`` standard errors: the split is too small to tell that gain from luck. The
+    gain's standard error is taken as that of a difference of two independent accuracies (the
+    two models are scored on the same samples, so this errs on the side of warning). None when
+    the split can tell, or when the metric is not accuracy."""
+    m = config["metrics"]
+    samples = config.get("errors", {}).get("validation", {}).get("samples")
+    if m["metric"] != "accuracy" or not samples or m["gain"] is None:
+        return None
+    errors = (standard_error(m[key], samples) for key in ("val_accuracy", "baseline_val_accuracy"))
+    error = math.hypot(*errors)
+    if abs(m["gain"]) >= NOISE_ERRORS * error:
+        return None
+    return (
+        f"note: on {samples} validation samples this gain is measured to ±{error:.3f} (one "
+        f"standard error), so {m['gain']:+.4f} is within noise: trust the held-out test score, "
+        "or give more validation data (--val-fraction)"
+    )
+
+
+def latency_text(latency: dict[str, Any]) -> str:
+    """The model's speed against the source's, as the median ratio of interleaved runs."""
+    if "ratio" not in latency:  # a bundle exported before ratios were measured
+        return f"{latency['model']:.1f} ms per batch of 32 (source {latency['source']:.1f} ms)"
+    return (
+        f"{latency['ratio']:.2f}x the source's ±{latency['ratio_spread']:.2f} "
+        f"({latency['model']:.2g} ms per batch of 32, timed alternately with the source)"
+    )

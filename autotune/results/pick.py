@@ -1,0 +1,36 @@
+"""Which trial ``autotune export`` writes: the one asked for, else the study's choice."""
+
+from __future__ import annotations
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from autotune.errors import AutotuneError
+from autotune.search.record import TrialRecord
+from autotune.search.selection import chosen_trial
+
+
+def pick_trial(study: optuna.Study, number: int | None) -> FrozenTrial:
+    """Trial ``number``, or the study's choice: the finalists' pick, else the best trial (the
+    baseline when nothing beat it)."""
+    if number is None:
+        best = chosen_trial(study)
+        if best is None:
+            raise AutotuneError(
+                f"study {study.study_name!r} has no completed trial within its budgets to export"
+            )
+        return best
+    trials = study.get_trials(deepcopy=False)
+    if not 0 <= number < len(trials):
+        raise AutotuneError(
+            f"--trial {number}: study {study.study_name!r} has trials 0..{len(trials) - 1}"
+        )
+    trial = trials[number]
+    if trial.state != TrialState.COMPLETE:
+        rec = TrialRecord.from_trial(trial)
+        reason = rec.fail_reason or rec.stop_reason or ""
+        raise AutotuneError(
+            f"--trial {number} is {trial.state.name.lower()}{f' ({reason})' if reason else ''}: "
+            "only completed trials have a model to export"
+        )
+    return trial
