@@ -110,7 +110,9 @@ def run_page(page: Path, folder: Path) -> None:
     for name, make in FIXTURES.items():
         make(folder / name)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    env["PYTHONPATH"] = str(ROOT)  # examples/ and the page's own files import from here
+    # The page's own files and its copy of examples/ import from its folder; the package is
+    # the installed one (the source tree lacks the search spaces a wheel maps into it).
+    env["PYTHONPATH"] = str(folder)
     for lang, code, mark, arg in blocks(page):
         if mark == "file":
             (folder / arg).write_text(code)

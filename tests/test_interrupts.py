@@ -136,3 +136,17 @@ def test_a_second_signal_stops_the_end_of_a_search_at_once(terminations: None) -
         signal.raise_signal(signal.SIGHUP)  # does not
         written.append("the rest of the bundle")
     assert not written and exit_code(stop.value) == 129
+
+
+def test_a_signal_that_stopped_the_end_of_a_search_is_not_delivered_again(
+    terminations: None,
+) -> None:
+    """After a second signal stopped ``deferred``, the first is not left waiting for the next
+    Optuna call of a later search in the same process (a notebook)."""
+    from autotune.search.interrupts import held
+
+    with pytest.raises(Terminated), deferred():
+        signal.raise_signal(signal.SIGTERM)
+        signal.raise_signal(signal.SIGTERM)
+    with held():
+        pass  # no signal pending: nothing raised

@@ -96,6 +96,9 @@ def deferred() -> Iterator[None]:
     _State.deferred = True
     try:
         yield
+    except BaseException:
+        _State.pending = 0  # the block stops anyway, maybe on a second signal: none is left
+        raise
     finally:
         _State.deferred = False
         if previous is not None:
