@@ -1,14 +1,15 @@
-"""Does ``--max-latency`` deliver? The demo searched under a latency budget, re-timed apart.
+"""Does ``--max-latency`` deliver? A task searched under a latency budget, re-timed apart.
 
-For each seed: ``autotune search --model demo --data demo --max-latency X`` (the default
-search otherwise), then, at the size that search exported, ``--max-params`` of the same share:
-what a parameter budget gives at that size. Then one fresh process loads the source demo model
-and both exported ``model.pt`` files and times them against the source, interleaved
-(``trial.cost.measure``, 2 s each, batches of 32, one thread). Reports the re-measured ratios
-with their spread and the held-out test accuracies, mean and spread over the seeds.
+For each seed, on a task of ``bench/peers.py`` (the demo by default, or its ``resnet18``):
+``autotune search --max-latency X`` (the default search otherwise), then, at the size that
+search exported, ``--max-params`` of the same share: what a parameter budget gives at that
+size. Then one fresh process loads the source model and both exported ``model.pt`` files and
+times them against the source, interleaved (``trial.cost.measure``, 2 s each, batches of 32,
+one thread). Reports the re-measured ratios with their spread and the held-out test
+accuracies, mean and spread over the seeds.
 
-Run: python bench/latency_budget.py [--budget 0.5x] [--seeds 0 1 2] [--trials 30]
-         [--workdir DIR] [--write BENCHMARKS.md]
+Run: python bench/latency_budget.py [--task demo] [--budget 0.5x] [--seeds 0 1 2]
+         [--trials 30] [--workdir DIR] [--write BENCHMARKS.md]
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import peers
 import yaml
 from _shared import emit
 
@@ -30,8 +32,11 @@ import json, sys, torch
 import autotune
 from autotune.trial.cost import measure
 torch.set_num_threads(1)
-source = autotune.load_model("demo").module.eval()
-x = autotune.load_data("demo").x_val
+spec = json.loads(sys.argv[2])
+source = autotune.load_model(
+    spec["model"], arch=spec.get("arch"), num_classes=spec.get("num_classes")
+).module.eval()
+x = autotune.load_data(spec["data"]).x_val
 out = {}
 for name, path in json.loads(sys.argv[1]).items():
     model = torch.load(path, weights_only=False).eval()  # made by this benchmark
@@ -41,11 +46,11 @@ print(json.dumps(out))
 """
 
 
-def search(out: Path, seed: int, trials: int, budget: list[str]) -> dict[str, Any] | None:
+def search(
+    spec: dict[str, Any], out: Path, seed: int, trials: int, budget: list[str]
+) -> dict[str, Any] | None:
     """One search; its exported config, or None when nothing was within the budget."""
-    autotune = str(Path(sys.executable).parent / "autotune")  # this environment's command
-    command = [autotune, "search", "--model", "demo", "--data", "demo"]
-    command += ["--trials", str(trials), "--seed", str(seed), "--threads", "1", "--out", str(out)]
+    command = peers.search_command(spec, out, trials, seed)
     done = subprocess.run([*command, *budget], capture_output=True, text=True)
     config = out / "best" / "config.yaml"
     if done.returncode != 0 or not config.is_file():
@@ -56,6 +61,7 @@ def search(out: Path, seed: int, trials: int, budget: list[str]) -> dict[str, An
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", choices=("demo", "resnet18"), default="demo")
     parser.add_argument("--budget", default="0.5x")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--trials", type=int, default=30)
@@ -63,10 +69,12 @@ def main() -> None:
     parser.add_argument("--write", type=Path)
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp())
+    work.mkdir(parents=True, exist_ok=True)
+    spec = json.loads(peers.build_tasks([args.task], work)[args.task].read_text())
     rows, results = [], {"latency": [], "params": []}
     for seed in args.seeds:
         by_latency = search(
-            work / f"latency-s{seed}", seed, args.trials, ["--max-latency", args.budget]
+            spec, work / f"latency-s{seed}", seed, args.trials, ["--max-latency", args.budget]
         )
         if by_latency is None:
             rows.append(f"| {seed} | nothing within {args.budget} | | | | |")
@@ -75,13 +83,13 @@ def main() -> None:
             by_latency["structure"]["params"]["model"] / by_latency["structure"]["params"]["source"]
         )
         by_params = search(
-            work / f"params-s{seed}", seed, args.trials, ["--max-params", f"{share:.4f}"]
+            spec, work / f"params-s{seed}", seed, args.trials, ["--max-params", f"{share:.4f}"]
         )
         models = {"latency": str(work / f"latency-s{seed}" / "best" / "model.pt")}
         if by_params is not None:
             models["params"] = str(work / f"params-s{seed}" / "best" / "model.pt")
         done = subprocess.run(
-            [sys.executable, "-c", RETIME, json.dumps(models)],
+            [sys.executable, "-c", RETIME, json.dumps(models), json.dumps(spec)],
             capture_output=True,
             text=True,
             check=True,
@@ -105,13 +113,14 @@ def main() -> None:
         return f"{statistics.mean(values):.3f} ± {sd:.3f}"
 
     lines = [
-        f"### A latency budget on the demo: `--max-latency {args.budget}` against `--max-params`",
+        f"### A latency budget on {args.task}: `--max-latency {args.budget}` against "
+        "`--max-params`",
         "",
-        f"Command: `python bench/latency_budget.py --budget {args.budget} --seeds "
-        f"{' '.join(map(str, args.seeds))} --trials {args.trials}`  ",
-        "Each seed: the default demo search under the latency budget, then under a parameter "
-        "budget of the share it exported; both exports re-timed in one fresh process against "
-        "the source (interleaved, 2 s each, batch 32, one CPU thread).",
+        f"Command: `python bench/latency_budget.py --task {args.task} --budget {args.budget} "
+        f"--seeds {' '.join(map(str, args.seeds))} --trials {args.trials}`  ",
+        f"Each seed: the default {args.task} search under the latency budget, then under a "
+        "parameter budget of the share it exported; both exports re-timed in one fresh process "
+        "against the source (interleaved, 2 s each, batch 32, one CPU thread).",
         "",
         "| seed | params exported | `--max-latency` export: latency re-timed | its test acc | "
         "`--max-params` export: latency re-timed | its test acc |",
