@@ -361,7 +361,8 @@ def search(
     timeout: Annotated[
         float | None,
         typer.Option(
-            help="Start no new trial after this many seconds; finished ones are kept.",
+            help="Start no new trial after this many seconds; finished ones are kept. A "
+            "staged search starts slimming at half of it, if half the trials are not done.",
             rich_help_panel="Search",
         ),
     ] = None,

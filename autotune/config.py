@@ -244,7 +244,8 @@ class SearchSettings:
     """Which trial is exported without a size budget: ``simplest``, the smallest model within
     one standard error of the top validation accuracy, or ``top`` (``search.selection``)."""
     timeout: float | None = None
-    """Stop starting new trials after this many seconds (this worker's; the study keeps all)."""
+    """Stop starting new trials after this many seconds (this worker's; the study keeps all).
+    A staged search starts stage 2 at half of it if half the trials are not done by then."""
     export_preprocessing: bool = False
     """Put the data's input normalisation inside the exported ``model.pt2``."""
     export: tuple[str, ...] | str = ()

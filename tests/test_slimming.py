@@ -237,3 +237,38 @@ def test_a_slimmed_trial_learns_from_its_parent_and_is_judged_against_the_source
     assert torch.allclose(teacher_train.cpu(), expected, rtol=1e-3, atol=1e-4)
     assert not torch.allclose(teacher_train, maker.teacher()[0].to(teacher_train.device))
     assert slim.reference is not None and torch.equal(slim.reference, maker.reference)
+
+
+def test_a_search_short_of_time_starts_slimming_at_half_its_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """8 trials split 4 + 4 by count; a --timeout whose first half runs out during trial 3
+    moves trial 3 on into stage 2, so that a search stopped by its deadline still slims."""
+    import time
+    import types
+
+    from autotune.search import objective
+
+    timeout, calls = 3600.0, iter(range(100))
+    # The objective's clock alone: the runner's deadline stays real, so all 8 trials run.
+    # Each trial reads the clock once until the switch: trials 1 and 2 at a quarter of the
+    # time, trial 3 at 60% of it.
+    fake = types.SimpleNamespace(
+        perf_counter=time.perf_counter,
+        monotonic=lambda: time.monotonic() + (0.25 if next(calls) < 2 else 0.6) * timeout,
+    )
+    monkeypatch.setattr(objective, "time", fake)
+    space = {
+        "lr": {"low": 3e-3, "high": 3e-2, "log": True},
+        "prune": {"low": 0.2, "high": 0.6},
+        "fit": {"max_epochs": 2, "patience": 2},
+        "analysis": ANALYSIS,
+    }
+    result = search(
+        _mlp(), _wide_data(), space=space, trials=8, out=tmp_path, console=_quiet(),
+        pruner="none", timeout=timeout,
+    )  # fmt: skip
+    stages = [t.user_attrs["stage"] for t in result.study.trials[1:]]
+    assert stages == [1, 1, 2, 2, 2, 2, 2, 2]
+    assert result.study.user_attrs["stage_two_from"] == 3
+    assert len(result.study.trials) == 9  # the deadline itself never came

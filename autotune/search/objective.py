@@ -29,6 +29,7 @@ from autotune.search.record import TrialRecord, record
 from autotune.search.selection import may_be_chosen
 from autotune.search.space import SearchSpace
 from autotune.search.stages import (
+    STAGE_TWO_FROM,
     child_config,
     parent_of,
     slimming_maker,
@@ -69,6 +70,10 @@ class Objective:
     """Tune on the full model first, then slim the best of it (``search.stages``)."""
     _slimmers: dict[int, TrialMaker] = field(default_factory=dict)
     """Stage-2 makers by parent trial: the adapted model and its rankings, built once."""
+    began: float = field(default_factory=time.monotonic)
+    """When this worker started its trials: ``--timeout`` counts from about then."""
+    _switch: int | None = None
+    """The first trial that half of ``--timeout`` moved into stage 2, once known."""
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         try:
@@ -215,12 +220,26 @@ class Objective:
 
     def _stage(self, trial: optuna.Trial) -> tuple[int, FrozenTrial | None]:
         """The trial's stage, and in stage 2 its parent: the trial whose model it slims."""
-        stage = stage_of(trial.number, self.settings, self.staged)
+        stage = stage_of(trial.number, self.settings, self.staged, self._switched(trial))
         if TrialRecord.from_trial(trial).recipe:  # run again under a later number, still it
             stage = 1
         parent = parent_of(trial.study, self.settings.metric) if stage == 2 else None
         # No stage-1 trial has completed yet: tune rather than slim.
         return (1, None) if parent is None else (2, parent)
+
+    def _switched(self, trial: optuna.Trial) -> int | None:
+        """With ``--timeout``, the trial from which stage 2 began because half of this
+        worker's time had passed: a search that runs out of time before its trial count must
+        still slim (the stage split by count alone would leave it full size). Kept in the
+        study, so that every worker and every rerun continues in stage 2."""
+        if self.settings.timeout is None or not self.staged:
+            return None  # no storage read on the common path
+        if self._switch is None:
+            self._switch = trial.study.user_attrs.get(STAGE_TWO_FROM)
+        if self._switch is None and time.monotonic() - self.began >= self.settings.timeout / 2:
+            trial.study.set_user_attr(STAGE_TWO_FROM, trial.number)
+            self._switch = trial.number
+        return self._switch
 
     def _configure(
         self, trial: optuna.Trial, parent: FrozenTrial | None

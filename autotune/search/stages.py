@@ -1,11 +1,12 @@
 """A staged search: first tune the fine-tuning on the full model, then slim the best of it.
 
-Stage 1 ("tune", the first half of the trials) samples only the fine-tuning parameters (learning
-rate, optimizer, batch size, loss, dropout, which layers train) on the full-size model, starting
-with the standard recipe. Stage 2 ("slim") takes the best stage-1 model as trained (the adapted
-model, for which the user's data is now in-domain), ranks its units on that data, and samples
-only how far down those rankings to remove (pruning, feature dropping) before fine-tuning the
-slimmed copy with the parent's own hyperparameters. When the space offers a distillation loss,
+Stage 1 ("tune", the first half of the trials, or of the time when ``--timeout`` runs out
+first) samples only the fine-tuning parameters (learning rate, optimizer, batch size, loss,
+dropout, which layers train) on the full-size model, starting with the standard recipe.
+Stage 2 ("slim") takes the best stage-1 model as trained (the adapted model, for which the
+user's data is now in-domain), ranks its units on that data, and samples only how far down
+those rankings to remove (pruning, feature dropping) before fine-tuning the slimmed copy with
+the parent's own hyperparameters. When the space offers a distillation loss,
 stage 2 samples the loss again as well: a slimmed child may then learn from its parent, the
 full-size model it was cut from (the teacher of a stage-2 trial is its parent).
 
@@ -79,9 +80,19 @@ def tuning_trials(settings: SearchSettings) -> int:
     return math.ceil(settings.trials / 2)
 
 
-def stage_of(number: int, settings: SearchSettings, staged: bool) -> int:
-    """1 or 2: the stage of trial ``number`` (trial 0 is the baseline)."""
-    return 2 if staged and number > tuning_trials(settings) else 1
+STAGE_TWO_FROM = "stage_two_from"
+"""Study attribute: the first trial that ``--timeout`` moved into stage 2 (``Objective``)."""
+
+
+def stage_of(
+    number: int, settings: SearchSettings, staged: bool, switched: int | None = None
+) -> int:
+    """1 or 2: the stage of trial ``number`` (trial 0 is the baseline): 2 after the first half
+    of the trials, or from trial ``switched`` on when half the time ran out first."""
+    if not staged:
+        return 1
+    by_time = switched is not None and number >= switched
+    return 2 if number > tuning_trials(settings) or by_time else 1
 
 
 def parent_of(study: optuna.Study, metric: str) -> FrozenTrial | None:
