@@ -334,6 +334,9 @@ def worker(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
     spec = json.loads(Path(args.task_file).read_text())
     model, data = load_task(spec)
+    # On a GPU the P-methods train there too, as autotune does (its --device is auto).
+    model = model.to(args.device)
+    data = {k: v.to(args.device) for k, v in data.items()}
     fit = {"max_epochs": args.max_epochs, "patience": args.patience}
     result: dict[str, Any] = {}
     if args.worker == "p1":
@@ -349,7 +352,7 @@ def worker(args: argparse.Namespace) -> None:
     else:
         result["val_accuracy"] = accuracy(model, data["x_val"], data["y_val"])
     result["test_accuracy"] = accuracy(model, data["x_test"], data["y_test"])
-    torch.save(model, args.save)
+    torch.save(model.cpu(), args.save)
     Path(args.result).write_text(json.dumps(result))
 
 
@@ -482,11 +485,11 @@ def run_one(
         out = work / tag
         command = search_command(spec, out, args.trials, seed)
         slim = method.startswith("autotune-slim")
-        space = SLIM_SPACE[task] if slim else DEFAULT_SPACE
+        space = SLIM_SPACE.get(task) if slim else DEFAULT_SPACE
         if space:
             command += ["--space", space]
         if slim:
-            command += ["--max-params", MAX_PARAMS]
+            command += ["--max-params", getattr(args, "max_params", MAX_PARAMS)]
         if method.endswith("-finalists"):
             command += ["--finalists", str(FINALISTS)]
         if method == "autotune-refit":
@@ -528,6 +531,7 @@ def run_one(
         command += ["--trials", str(args.trials)]
         command += ["--max-epochs", str(args.max_epochs), "--patience", str(args.patience)]
         command += ["--result", str(result), "--save", str(saved)]
+        command += ["--device", getattr(args, "device", "cpu")]
         if method == "p3" and slim_params:
             command += ["--target-params", str(slim_params)]
         result.unlink(missing_ok=True)
@@ -596,12 +600,24 @@ def _mean(values: list[float]) -> float | None:
     return statistics.mean(values) if values else None
 
 
-def table(records: list[dict[str, Any]], meta: dict[str, Any]) -> list[str]:
-    """The Markdown section: a table per task, then the issue's targets against the numbers."""
+def label(method: str, meta: dict[str, Any]) -> str:
+    """A method's name in the table, with the parameter budget its run was given."""
+    return LABELS[method].replace(MAX_PARAMS, str(meta.get("max_params", MAX_PARAMS)))
+
+
+def table(
+    records: list[dict[str, Any]],
+    meta: dict[str, Any],
+    title: str = "autotune against its peers",
+    goals: Callable[[list[str], dict[tuple[str, str], list[dict[str, Any]]]], list[str]]
+    | None = None,
+) -> list[str]:
+    """The Markdown section: a table per task, then the issue's targets against the numbers
+    (``goals``: the lines that judge them; this bench's ``targets`` by default)."""
     done = next((r for r in records if "done" in r), None)
     runs = [r for r in records if "method" in r]
     lines = [
-        f"### autotune against its peers ({meta['date']})",
+        f"### {title} ({meta['date']})",
         "",
         f"Command: `{meta['command']}`  ",
         f"Machine: {meta['machine']}.  ",
@@ -646,7 +662,7 @@ def table(records: list[dict[str, Any]], meta: dict[str, Any]) -> list[str]:
             if method.startswith("autotune") and bench_lat:
                 lat_text += f" ({statistics.mean(bench_lat):.2f})"
             cells = [
-                LABELS[method],
+                label(method, meta),
                 _mean_std(acc),
                 f"{100 * min(acc):.1f}" if acc else "n/a",
                 f"{100 * statistics.mean(params):.0f}" if params else "n/a",
@@ -660,7 +676,7 @@ def table(records: list[dict[str, Any]], meta: dict[str, Any]) -> list[str]:
             ]
             lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Targets from the issue (reported, never tuned toward):", ""]
-    lines += targets(tasks, ok)
+    lines += (goals or targets)(tasks, ok)
     return lines
 
 
@@ -749,6 +765,7 @@ def main() -> None:
     for name in ("--worker", "--measure", "--task-file", "--result", "--save"):
         parser.add_argument(name, help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
     parser.add_argument("--max-epochs", type=int, default=MAX_EPOCHS, help=argparse.SUPPRESS)
     parser.add_argument("--patience", type=int, default=PATIENCE, help=argparse.SUPPRESS)
     parser.add_argument("--target-params", type=int, help=argparse.SUPPRESS)
