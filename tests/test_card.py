@@ -88,3 +88,13 @@ def test_every_load_snippet_of_the_card_runs_in_the_bundles_folder(
         )
         assert done.returncode == 0, (name, done.stderr[-2000:])
         assert done.stdout.strip() in ("torch.Size([4, 3])", "(4, 3)"), (name, done.stdout)
+
+
+def test_config_yaml_writes_every_value_out_with_no_anchors(bundle: tuple[Path, dict]) -> None:
+    folder, config = bundle
+    text = (folder / "config.yaml").read_text()
+    # No feature names: the kept columns are the indices, one list met twice, which PyYAML
+    # would write as an anchor (&id001) and a reference (*id001).
+    assert "&id" not in text and "*id" not in text
+    inputs = config["structure"]["inputs"]
+    assert inputs["columns"] == inputs["indices"] == list(range(len(inputs["indices"])))

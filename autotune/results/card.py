@@ -7,9 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from autotune.paths import write_text_atomically
+from autotune.results import yaml_text
 from autotune.results.notes import latency_text, noise_note
 
 
@@ -66,7 +65,7 @@ def _front_matter(config: dict[str, Any]) -> str:
             }
         ],
     }
-    return f"---\n{yaml.safe_dump(front, sort_keys=False)}---\n"
+    return f"---\n{yaml_text.dump(front)}---\n"
 
 
 def _model(config: dict[str, Any]) -> str:
@@ -215,7 +214,9 @@ def _snippet(name: str, how: str, dims: str) -> list[str]:
 
 def _configuration(config: dict[str, Any]) -> str:
     fit = {k: config["fit"][k] for k in ("max_epochs", "patience", "seed", "device")}
-    body = yaml.safe_dump({"params": config["params"] or "the source model, unchanged"})
+    body = yaml_text.dump(
+        {"params": config["params"] or "the source model, unchanged"}, sort_keys=True
+    )
     return (
         "## Configuration\n\nThe trial's parameters (all of them, with the metrics and the "
         "structure, are in `config.yaml`):\n\n"

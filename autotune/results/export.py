@@ -14,7 +14,6 @@ from typing import Any
 
 import optuna
 import torch
-import yaml
 from optuna.trial import FrozenTrial
 from torch import nn
 
@@ -24,6 +23,7 @@ from autotune.load.anatomy import count_parameters
 from autotune.load.job import Job
 from autotune.load.tasks import TaskData
 from autotune.paths import export_dir, leaderboard_csv, write_text_atomically
+from autotune.results import yaml_text
 from autotune.results.card import write_card
 from autotune.results.deploy import save_model
 from autotune.results.errors import error_metrics, exported_errors
@@ -197,7 +197,7 @@ def export_trial(
     # One sample's shape, as each file takes it (model.onnx takes what model.pt2 takes).
     config["sample_shape"] = {"model.pt": list(data.x_val.shape[1:])}
     config["sample_shape"]["model.pt2"] = list(work.job.data.x_val.shape[1:])
-    text = yaml.safe_dump(config, sort_keys=False)
+    text = yaml_text.dump(config)
     write_text_atomically(folder / "config.yaml", text, keep_old=False)
     write_card(folder, config)
     if number is None:
