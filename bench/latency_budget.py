@@ -1,6 +1,7 @@
 """Does ``--max-latency`` deliver? A task searched under a latency budget, re-timed apart.
 
-For each seed, on a task of ``bench/peers.py`` (the demo by default, or its ``resnet18``):
+For each seed, on a task of ``bench/peers.py`` (the demo by default, or its ``resnet18``) or a
+real-scale conv net of ``bench/real_tasks.py`` (``resnet18-32px``, ``mobilenet_v3_small-32px``):
 ``autotune search --max-latency X`` (the default search otherwise), then, at the size that
 search exported, ``--max-params`` of the same share: what a parameter budget gives at that
 size. Then one fresh process loads the source model and both exported ``model.pt`` files and
@@ -24,8 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import peers
+import real_tasks
 import yaml
 from _shared import emit
+
+REAL_SCALE = {f"{arch}-32px": arch for arch in ("resnet18", "mobilenet_v3_small")}
+"""The real-scale conv nets, by task name."""
 
 RETIME = """
 import json, sys, torch
@@ -61,7 +66,7 @@ def search(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--task", choices=("demo", "resnet18"), default="demo")
+    parser.add_argument("--task", choices=("demo", "resnet18", *REAL_SCALE), default="demo")
     parser.add_argument("--budget", default="0.5x")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--trials", type=int, default=30)
@@ -70,7 +75,10 @@ def main() -> None:
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp())
     work.mkdir(parents=True, exist_ok=True)
-    spec = json.loads(peers.build_tasks([args.task], work)[args.task].read_text())
+    if args.task in REAL_SCALE:
+        spec = real_tasks.build(REAL_SCALE[args.task], work, seed=peers.TASK_SEED)
+    else:
+        spec = json.loads(peers.build_tasks([args.task], work)[args.task].read_text())
     rows, results = [], {"latency": [], "params": []}
     for seed in args.seeds:
         by_latency = search(
