@@ -16,7 +16,8 @@ machine alike, so autotune's wall against P2's is still measured side by side.
 Run: python bench/real_scale.py [--archs resnet18 mobilenet_v3_small vit] [--seeds 0 1 2]
          [--trials 30] [--size 32] [--parallel 2] [--device cpu|cuda] [--max-params 0.3]
          [--workdir DIR] [--results FILE] [--write BENCHMARKS.md]
-     python bench/real_scale.py --table-only FILE [--write BENCHMARKS.md]
+     python bench/real_scale.py --table-only FILE [FILE ...] [--write BENCHMARKS.md]
+         (several results files: runs of the same tasks made apart, e.g. one per method group)
 """
 
 from __future__ import annotations
@@ -169,6 +170,18 @@ def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]
     return records, meta
 
 
+def merged(paths: list[Path]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The runs of several results files under the first one's meta, every command named."""
+    records, meta = peers.read_results(paths[0])
+    for path in paths[1:]:
+        more, other = peers.read_results(path)
+        meta["command"] += f"` and `{other['command']}"
+        records += [r for r in more if "method" in r]
+    if len(paths) > 1:  # runs made apart: their whole-run times add up to no one wall
+        records = [r for r in records if "done" not in r]
+    return records, meta
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -185,13 +198,15 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", choices=[m for pair in PAIRS for m in pair],
                         default=[m for pair in PAIRS for m in pair])  # fmt: skip
     parser.add_argument("--results", type=Path, help="write raw per-run results (JSON lines)")
-    parser.add_argument("--table-only", type=Path, help="rebuild the table from a results file")
+    parser.add_argument(
+        "--table-only", type=Path, nargs="+", help="rebuild the table from results files"
+    )
     parser.add_argument("--workdir", type=Path, help="keep tasks, cached sources, logs and runs")
     parser.add_argument("--write", type=Path, help="write the result into this Markdown file")
     args = parser.parse_args()
     args.quick, args.max_epochs, args.patience = False, peers.MAX_EPOCHS, peers.PATIENCE
     if args.table_only:
-        records, meta = peers.read_results(args.table_only)
+        records, meta = merged(args.table_only)
     else:
         records, meta = run(args)
     lines = peers.table(records, meta, title="autotune at real scale", goals=goals)
