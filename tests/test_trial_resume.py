@@ -5,15 +5,24 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import io
 from pathlib import Path
+from typing import Any
 
+import optuna
 import pytest
 import torch
 from conftest import blobs
+from optuna.trial import TrialState
+from rich.console import Console
 from torch import nn
+from typer.testing import CliRunner
 
+from autotune import search
+from autotune.cli import app
 from autotune.config import TrialConfig
 from autotune.load.tasks import TaskData, from_tensors
+from autotune.search.trials import continued, finished
 from autotune.trial.fit import FitResult, fine_tune
 from autotune.trial.resume import Resume
 
@@ -101,7 +110,7 @@ def test_a_fit_stopped_after_epoch_k_resumes_at_k_plus_1_with_the_same_weights_a
     data = _images() if make is ConvNet else from_tensors(*blobs())
     torch.manual_seed(0)
     source = make()
-    whole, reported_whole = copy.deepcopy(source), []
+    whole, reported_whole = copy.deepcopy(source), list[tuple[int, float]]()
     expected = _fit(whole, data, config, reported_whole)
 
     path, identity = tmp_path / "resume.pt", {"config": config.__dict__}
@@ -111,7 +120,7 @@ def test_a_fit_stopped_after_epoch_k_resumes_at_k_plus_1_with_the_same_weights_a
     assert path.is_file()
 
     # The rerun builds the trial's model again from the source, and continues from the file.
-    resumed, reported = copy.deepcopy(source), []
+    resumed, reported = copy.deepcopy(source), list[tuple[int, float]]()
     resume = Resume(path, 0.0, identity)
     result = _fit(resumed, data, config, reported, resume)
     assert resume.resumed_after == k
@@ -140,11 +149,15 @@ def test_a_checkpoint_is_written_once_the_interval_has_passed_and_never_in_a_sho
     tmp_path: Path,
 ) -> None:
     """A fake clock: 10 s pass per reading, and a checkpoint is due every 15 s."""
-    ticks = iter(range(0, 10_000, 10))
-    resume = Resume(tmp_path / "resume.pt", 15.0, {}, clock=lambda: float(next(ticks)))
     epochs: list[int] = []
-    save = resume.save
-    resume.save = lambda *a: (epochs.append(a[-1]["epoch"]), save(*a))[1]  # type: ignore[method-assign]
+
+    class Counted(Resume):
+        def save(self, *args: Any) -> None:
+            epochs.append(args[-1]["epoch"])  # the loop's record comes last
+            super().save(*args)
+
+    ticks = iter(range(0, 10_000, 10))
+    resume = Counted(tmp_path / "resume.pt", 15.0, {}, clock=lambda: float(next(ticks)))
     _fit(DropNet(), from_tensors(*blobs()), TrialConfig(), [], resume)
     # Read at the start (0), after epoch 1 (10), 2 (20: due; the save reads 30), 3 (40), 4 (50:
     # due), 5 (70); after the last epoch nothing is left to resume.
@@ -153,3 +166,85 @@ def test_a_checkpoint_is_written_once_the_interval_has_passed_and_never_in_a_sho
     never = Resume(tmp_path / "never.pt", 1e9, {})
     _fit(DropNet(), from_tensors(*blobs()), TrialConfig(), [], never)
     assert not never.path.exists()
+
+
+RESUMABLE = {
+    "lr": {"low": 1e-3, "high": 3e-2, "log": True},
+    "batch_size": [16, 32],
+    "fit": {"max_epochs": EPOCHS, "patience": EPOCHS},
+}
+
+
+def _search(model: nn.Module, data: TaskData, out: Path, **kwargs: Any) -> Any:
+    # 1e-9 minutes: a checkpoint after every epoch, whatever the machine's speed.
+    return search(
+        model, data, out=out, space=RESUMABLE, trials=2, checkpoint_every=1e-9,
+        console=Console(file=io.StringIO()), **kwargs,
+    )  # fmt: skip
+
+
+class Killed(BaseException):
+    """Ends the search where it is, leaving its trial RUNNING, as a kill -9 would."""
+
+
+@pytest.mark.parametrize("how", ["signal", "kill -9"])
+def test_a_search_stopped_in_a_trial_continues_it_from_its_checkpoint_to_the_same_result(
+    how: str,
+    tiny_model: nn.Module,
+    tiny_data: TaskData,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Trial 2 is stopped in its epoch 4, by a SIGINT (as a SIGTERM stops it) or outright: the
+    rerun runs it again, trains epochs 4-6 only, and ends with the value and history trial 2
+    has in the same search run without a stop."""
+    import signal
+    import socket
+
+    from autotune.results.live import LiveLeaderboard
+
+    def stop(self: LiveLeaderboard, number: int, doing: str) -> None:
+        if number == 2 and doing.startswith("epoch 4/"):
+            if how == "signal":
+                signal.raise_signal(signal.SIGINT)
+            raise Killed
+
+    whole = _search(copy.deepcopy(tiny_model), tiny_data, tmp_path / "whole").study.trials[2]
+    out = tmp_path / "stopped"
+    with monkeypatch.context() as patch:
+        patch.setattr(LiveLeaderboard, "progress", stop)
+        with pytest.raises(KeyboardInterrupt if how == "signal" else Killed):
+            _search(copy.deepcopy(tiny_model), tiny_data, out)
+    stopped = optuna.load_study(study_name=None, storage=f"sqlite:///{out / 'study.db'}")
+    if how == "signal":
+        assert stopped.trials[2].user_attrs["interrupted"]
+    else:  # its worker: a pid above Linux's pid_max, which no live process has
+        dead = f"{socket.gethostname()}:{2**22 + 1}"
+        stopped._storage.set_trial_user_attr(stopped.trials[2]._trial_id, "worker", dead)
+    assert [p.name for p in out.glob("checkpoints/*/resume_*.pt")] == ["resume_0002.pt"]
+
+    again = _search(copy.deepcopy(tiny_model), tiny_data, out).study
+    again_of_2 = [t for t in again.trials if t.number > 2 and continued(t) == 2]
+    assert len(again_of_2) == 1 and again_of_2[0].state == TrialState.COMPLETE
+    trial = again_of_2[0]
+    assert trial.user_attrs["resumed_after"] == 3  # it trained epochs 4 to 6
+    assert trial.params == stopped.trials[2].params == whole.params
+    assert trial.user_attrs["history"] == whole.user_attrs["history"]
+    assert trial.value == whole.value
+    assert trial.intermediate_values == whole.intermediate_values  # epochs 1-3 told again
+    assert finished(again) == 2 and len(again.trials) == 1 + 2 + 1  # the stopped one not counted
+    assert not list(out.glob("checkpoints/*/resume_*.pt"))  # a finished trial leaves none
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "nan"])
+def test_a_checkpoint_interval_that_is_not_a_positive_number_is_refused_before_any_work(
+    value: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    args = ["search", "--model", "demo", "--checkpoint-every", value, "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == (
+        f"error: --checkpoint-every must be a positive number of minutes, got {float(value)!r}"
+    )
+    assert not out.exists()

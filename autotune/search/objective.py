@@ -8,6 +8,7 @@ what it achieved on the trial, and keep its weights when it may be exported.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from autotune.errors import AutotuneError, TrialFailed, first_line
 from autotune.load.anatomy import count_parameters
 from autotune.load.job import Job
 from autotune.load.tasks import TaskData
-from autotune.paths import out_of_space
+from autotune.paths import out_of_space, resume_path
 from autotune.search.budgets import Budgets, cost_attrs
 from autotune.search.record import TrialRecord, record
 from autotune.search.selection import may_be_chosen
@@ -39,13 +40,14 @@ from autotune.search.stages import (
     tuning_space,
 )
 from autotune.search.study import best_trial, config_of, rank_key
-from autotune.search.trials import WORKER
+from autotune.search.trials import WORKER, continued
 from autotune.trial.accel import release
 from autotune.trial.checkpoints import Checkpoints
 from autotune.trial.cost import RETIME_S, Cost, measure
 from autotune.trial.fit import EpochCallback, FitResult
 from autotune.trial.flips import Flips, count_flips, flip_violation, predictions
 from autotune.trial.maker import TrialMaker
+from autotune.trial.resume import Resume
 
 Progress = Callable[[int, str], None]
 """Told (trial number, what it is doing) after every epoch: the live display listens."""
@@ -71,18 +73,27 @@ class Objective:
     """Stage-2 makers by parent trial: the adapted model and its rankings, built once."""
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
+        ended = False  # completed, pruned or failed: no in-trial checkpoint is continued
         try:
-            return self._run(trial)
+            value = self._run(trial)
+            ended = True
+            return value
         except optuna.TrialPruned:
+            ended = True
             raise
         except KeyboardInterrupt:
-            # Stopped, not failed: it does not count toward --trials (``search.trials``).
+            # Stopped, not failed: it does not count toward --trials (``search.trials``), and
+            # its in-trial checkpoint stays for the next run to continue from.
             record(trial, interrupted=True)
             raise
         except Exception as e:
+            ended = True
             record(trial, fail_reason=_one_line(e))
             raise
         finally:
+            folder = self.checkpoints.folder
+            if ended and folder is not None:
+                resume_path(folder, continued(trial)).unlink(missing_ok=True)
             left = release(self.maker.device)
             if left is not None:  # GPU memory must not grow from trial to trial
                 record(trial, cuda_memory_mb=round(left, 1))
@@ -115,6 +126,7 @@ class Objective:
             record(trial, stop_reason=f"over budget: {self.budgets.over(cost)}")
             raise optuna.TrialPruned()
         metric = self.settings.metric
+        resume = self._resume(trial, config, parent)
 
         def on_epoch(epoch: int, value: float) -> None:
             if self.progress is not None:
@@ -124,6 +136,8 @@ class Objective:
             if self.settings.pareto:
                 return  # multi-objective trials are not pruned: early stopping only
             trial.report(value, epoch)
+            if resume is not None and epoch <= resume.resumed_after:
+                return  # told again after an interruption: the pruner let it pass then
             # Stage 2 starts from the adapted model: the pruner's medians, made of stage-1
             # curves from the source model, say nothing about it. Early stopping only.
             if stage != 2 and trial.should_prune():
@@ -134,7 +148,7 @@ class Objective:
                 raise optuna.TrialPruned()
 
         try:
-            result = maker.fit(model, config, trial.number, data, on_epoch)
+            result = maker.fit(model, config, trial.number, data, on_epoch, resume)
         except torch.cuda.OutOfMemoryError:
             # Once, at half the batch: the trial keeps its place and its other parameters.
             config, model, result = self._retry_smaller(trial, config, maker, on_epoch)
@@ -149,6 +163,8 @@ class Objective:
             "val_loss": best_epoch["val_loss"],
             "history": result.history,
         }
+        if resume is not None and resume.resumed_after:
+            done["resumed_after"] = resume.resumed_after
         if result.wait_seconds:  # streamed data: the share of training spent waiting for it
             done["loader_wait"] = result.wait_seconds / result.train_seconds
         if self.baseline_value is not None:
@@ -213,8 +229,29 @@ class Objective:
                 "in the space or slim the model"
             ) from e
 
+    def _resume(
+        self, trial: optuna.Trial, config: TrialConfig, parent: FrozenTrial | None
+    ) -> Resume | None:
+        """The trial's in-trial checkpoint: written every ``--checkpoint-every`` minutes, and
+        continued from whenever one is there (a run without the option continues it too)."""
+        folder, every = self.checkpoints.folder, self.settings.checkpoint_every
+        if folder is None:
+            return None
+        # Not the seed: the random generators' states are in the file, whatever the number.
+        identity: dict[str, Any] = {"config": dataclasses.asdict(config)}
+        identity |= {"metric": self.settings.metric, "parent": parent and parent.number}
+        path = resume_path(folder, continued(trial))
+        return Resume(path, math.inf if every is None else every * 60, identity)
+
     def _stage(self, trial: optuna.Trial) -> tuple[int, FrozenTrial | None]:
         """The trial's stage, and in stage 2 its parent: the trial whose model it slims."""
+        resumes = TrialRecord.from_trial(trial).resumes
+        if resumes is not None:  # those of the trial it continues, whatever its own number
+            trials = trial.study.get_trials(deepcopy=False)
+            was = TrialRecord.from_trial(trials[resumes])
+            return (
+                (2, trials[was.parent]) if was.stage == 2 and was.parent is not None else (1, None)
+            )
         stage = stage_of(trial.number, self.settings, self.staged)
         if TrialRecord.from_trial(trial).recipe:  # run again under a later number, still it
             stage = 1

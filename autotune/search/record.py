@@ -73,6 +73,11 @@ class TrialRecord:
     per_class_accuracy: dict[str, list[float | None]] | None = None
     interrupted: bool = False
     """Stopped by Ctrl-C: not counted, retried by the next run."""
+    resumes: int | None = None
+    """The interrupted trial whose training it continues from an in-trial checkpoint
+    (``trial.resume``): the number its checkpoint, stage and parent are found by."""
+    resumed_after: int | None = None
+    """The epoch it continued after (its own training started at the next)."""
     surplus: bool = False
     """Started when the study already had its total: stopped at once, not counted."""
     oom: str | None = None

@@ -19,6 +19,7 @@ from autotune.trial.checkpoints import Checkpoints
 from autotune.trial.fit import EpochCallback, FitResult, fine_tune
 from autotune.trial.flips import outputs
 from autotune.trial.losses import DISTILLATION
+from autotune.trial.resume import Resume
 
 
 @dataclass
@@ -113,8 +114,10 @@ class TrialMaker:
         number: int,
         data: TaskData | None = None,
         on_epoch: EpochCallback | None = None,
+        resume: Resume | None = None,
     ) -> FitResult:
-        """Fine-tune ``model`` in place with trial ``number``'s seed."""
+        """Fine-tune ``model`` in place with trial ``number``'s seed (``resume``: continued from,
+        and saved to, an in-trial checkpoint)."""
         return fine_tune(
             model,
             self.data if data is None else data,
@@ -126,4 +129,5 @@ class TrialMaker:
             on_epoch=on_epoch,
             accel=self.accel(model),
             teacher=self._teacher_for(config),
+            resume=resume,
         )
