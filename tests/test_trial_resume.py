@@ -176,10 +176,11 @@ RESUMABLE = {
 
 
 def _search(model: nn.Module, data: TaskData, out: Path, **kwargs: Any) -> Any:
+    kwargs = {"space": RESUMABLE, "trials": 2} | kwargs
     # 1e-9 minutes: a checkpoint after every epoch, whatever the machine's speed.
     return search(
-        model, data, out=out, space=RESUMABLE, trials=2, checkpoint_every=1e-9,
-        console=Console(file=io.StringIO()), **kwargs,
+        model, data, out=out, checkpoint_every=1e-9, console=Console(file=io.StringIO()),
+        **kwargs,
     )  # fmt: skip
 
 
@@ -234,6 +235,44 @@ def test_a_search_stopped_in_a_trial_continues_it_from_its_checkpoint_to_the_sam
     assert trial.intermediate_values == whole.intermediate_values  # epochs 1-3 told again
     assert finished(again) == 2 and len(again.trials) == 1 + 2 + 1  # the stopped one not counted
     assert not list(out.glob("checkpoints/*/resume_*.pt"))  # a finished trial leaves none
+
+
+STAGED = {
+    "lr": {"low": 1e-3, "high": 3e-2, "log": True},
+    "unfreeze": {"low": 1, "high": "all"},
+    "unfreeze_order": ["output", "shap"],
+    "prune": {"low": 0.0, "high": 0.5},
+    "analysis": {"samples": 16, "background": 4, "nsamples": 2},
+    "fit": {"max_epochs": EPOCHS, "patience": EPOCHS},
+}
+
+
+def test_a_stage_1_trial_continued_under_a_stage_2_number_stays_in_stage_1(
+    tiny_model: nn.Module, tiny_data: TaskData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stage 1 is trials 1 and 2 of 4; trial 2, stopped in its epoch 4, runs again under a
+    later number, in stage 2's range: it is still the stage-1 trial, continued."""
+    import signal
+
+    from autotune.results.live import LiveLeaderboard
+
+    def stop(self: LiveLeaderboard, number: int, doing: str) -> None:
+        if number == 2 and doing.startswith("epoch 4/"):
+            signal.raise_signal(signal.SIGINT)
+
+    kwargs: dict[str, Any] = {"space": STAGED, "trials": 4, "pruner": "none"}
+    whole = _search(copy.deepcopy(tiny_model), tiny_data, tmp_path / "whole", **kwargs)
+    out = tmp_path / "stopped"
+    with monkeypatch.context() as patch:
+        patch.setattr(LiveLeaderboard, "progress", stop)
+        with pytest.raises(KeyboardInterrupt):
+            _search(copy.deepcopy(tiny_model), tiny_data, out, **kwargs)
+    again = _search(copy.deepcopy(tiny_model), tiny_data, out, **kwargs).study
+    trial = next(t for t in again.trials if t.user_attrs.get("resumes") == 2)
+    assert trial.number > 2 and trial.user_attrs["stage"] == 1
+    assert trial.user_attrs["resumed_after"] == 3
+    assert trial.user_attrs["history"] == whole.study.trials[2].user_attrs["history"]
+    assert finished(again) == 4
 
 
 @pytest.mark.parametrize("value", ["0", "-5", "nan"])
