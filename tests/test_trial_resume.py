@@ -237,6 +237,31 @@ def test_a_search_stopped_in_a_trial_continues_it_from_its_checkpoint_to_the_sam
     assert not list(out.glob("checkpoints/*/resume_*.pt"))  # a finished trial leaves none
 
 
+def test_a_checkpoint_left_by_a_deleted_study_is_not_continued_by_a_new_one(
+    tiny_model: nn.Module, tiny_data: TaskData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The new study's trial 2 has the old one's number and parameters (same seed), but it is
+    another trial: it trains from epoch 1, and removes the stale file when it ends."""
+    import signal
+
+    from autotune.results.live import LiveLeaderboard
+
+    def stop(self: LiveLeaderboard, number: int, doing: str) -> None:
+        if number == 2 and doing.startswith("epoch 4/"):
+            signal.raise_signal(signal.SIGINT)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(LiveLeaderboard, "progress", stop)
+        with pytest.raises(KeyboardInterrupt):
+            _search(copy.deepcopy(tiny_model), tiny_data, tmp_path)
+    assert list(tmp_path.glob("checkpoints/*/resume_0002.pt"))
+    for db in tmp_path.glob("study.db*"):  # its write-ahead log too
+        db.unlink()
+    trials = _search(copy.deepcopy(tiny_model), tiny_data, tmp_path).study.trials
+    assert [t.user_attrs.get("resumed_after") for t in trials] == [None] * 3
+    assert not list(tmp_path.glob("checkpoints/*/resume_*.pt"))
+
+
 STAGED = {
     "lr": {"low": 1e-3, "high": 3e-2, "log": True},
     "unfreeze": {"low": 1, "high": "all"},

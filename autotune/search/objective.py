@@ -237,10 +237,15 @@ class Objective:
         folder, every = self.checkpoints.folder, self.settings.checkpoint_every
         if folder is None:
             return None
-        # Not the seed: the random generators' states are in the file, whatever the number.
-        identity: dict[str, Any] = {"config": dataclasses.asdict(config)}
-        identity |= {"metric": self.settings.metric, "parent": parent and parent.number}
-        path = resume_path(folder, continued(trial))
+        first = continued(trial)
+        # When the first run of the trial started: a file left by a study since deleted, whose
+        # trial had the same number and configuration, is not this one's. Not the seed: the
+        # random generators' states are in the file, whatever the number.
+        started = trial if first == trial.number else trial.study.get_trials(deepcopy=False)[first]
+        identity: dict[str, Any] = {"config": dataclasses.asdict(config), "trial": first}
+        identity |= {"started": str(started.datetime_start), "metric": self.settings.metric}
+        identity["parent"] = None if parent is None else parent.number
+        path = resume_path(folder, first)
         return Resume(path, math.inf if every is None else every * 60, identity)
 
     def _stage(self, trial: optuna.Trial) -> tuple[int, FrozenTrial | None]:
