@@ -16,12 +16,13 @@ from conftest import blobs
 from optuna.trial import TrialState
 from rich.console import Console
 from torch import nn
+from torch.utils.data import TensorDataset
 from typer.testing import CliRunner
 
 from autotune import search
 from autotune.cli import app
 from autotune.config import TrialConfig
-from autotune.load.tasks import TaskData, from_tensors
+from autotune.load.tasks import TaskData, from_datasets, from_tensors
 from autotune.search.trials import continued, finished
 from autotune.trial.fit import FitResult, fine_tune
 from autotune.trial.resume import Resume
@@ -46,31 +47,47 @@ class DropNet(nn.Module):
 
 
 class ConvNet(nn.Module):
-    """A tiny conv net on 3x8x8 images, for the augmentation's own generator."""
+    """A tiny conv net with dropout on 3x8x8 images, for the augmentation's generator and the
+    streamed batches."""
 
     def __init__(self) -> None:
         super().__init__()
         self.conv = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
-        self.out = nn.Linear(4, 3)
+        self.out = nn.Sequential(nn.Dropout(0.3), nn.Linear(4, 3))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.out(self.conv(x).mean((2, 3)))
 
 
-def _images() -> TaskData:
+def _data(kind: str, monkeypatch: pytest.MonkeyPatch) -> TaskData:
+    """``vectors`` (8 features), ``images`` (3x8x8), or the same images ``streamed`` from disk
+    by a loader with a worker process (a resident limit of ~10 KB)."""
+    if kind == "vectors":
+        return from_tensors(*blobs())
     x, y = blobs(120)
     pattern = torch.Generator().manual_seed(2)
     images = x[:, :3, None, None] + 0.5 * torch.randn(120, 3, 8, 8, generator=pattern)
-    return from_tensors(images, y)
+    if kind == "images":
+        return from_tensors(images, y)
+    monkeypatch.setenv("AUTOTUNE_RESIDENT_MB", "0.01")
+    data = from_datasets(TensorDataset(images, y), workers=1)
+    assert data.streamed
+    return data
 
 
 CASES = {
-    "adamw-ema-dropout": (DropNet, TrialConfig(lr=1e-2, average="ema", batch_size=16)),
+    "adamw-ema-dropout": (DropNet, "vectors", TrialConfig(lr=1e-2, average="ema", batch_size=16)),
     "sgd-label-smoothing": (
         DropNet,
+        "vectors",
         TrialConfig(lr=5e-2, optimizer="sgd", loss="label_smoothing", weight_decay=1e-3),
     ),
-    "adamw-augmented-images": (ConvNet, TrialConfig(lr=1e-2, augment="light", average="ema")),
+    "adamw-augmented-images": (
+        ConvNet,
+        "images",
+        TrialConfig(lr=1e-2, augment="light", average="ema"),
+    ),
+    "adamw-streamed-images": (ConvNet, "streamed", TrialConfig(lr=1e-2, batch_size=16)),
 }
 
 
@@ -104,10 +121,10 @@ def _fit(
 @pytest.mark.parametrize("k", [2])
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_a_fit_stopped_after_epoch_k_resumes_at_k_plus_1_with_the_same_weights_and_value(
-    case: str, k: int, tmp_path: Path
+    case: str, k: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    make, config = CASES[case]
-    data = _images() if make is ConvNet else from_tensors(*blobs())
+    make, kind, config = CASES[case]
+    data = _data(kind, monkeypatch)
     torch.manual_seed(0)
     source = make()
     whole, reported_whole = copy.deepcopy(source), list[tuple[int, float]]()
