@@ -329,3 +329,49 @@ def test_a_checkpoint_interval_that_is_not_a_positive_number_is_refused_before_a
         f"error: --checkpoint-every must be a positive number of minutes, got {float(value)!r}"
     )
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_a_sigterm_mid_trial_then_the_same_command_continues_the_trial_to_the_same_result(
+    tmp_path: Path,
+) -> None:
+    """Real processes, as a scheduler runs them: ``autotune search --checkpoint-every`` is sent
+    SIGTERM once its trial has written a checkpoint; the same command continues that trial and
+    it ends as in an uninterrupted search."""
+    import signal
+    import subprocess
+
+    from processes import command, make_job, start, study_in, wait_for
+
+    args, env = make_job(tmp_path / "job")
+    # 60 epochs: the trial runs on for seconds after its first checkpoint, where the signal lands.
+    args += ["--trials", "2", "--epochs", "60", "--checkpoint-every", "1e-9"]
+    out, log = tmp_path / "out", tmp_path / "log"
+    process = start([*args, "--out", str(out)], env, log)
+    wait_for(lambda: bool(list(out.glob("checkpoints/*/resume_*.pt"))), process, log)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 143, log.read_text()[-3000:]
+    stopped = [t for t in study_in(out).trials if t.user_attrs.get("interrupted")]
+    assert len(stopped) == 1
+    number = stopped[0].number
+    assert [p.name for p in out.glob("checkpoints/*/resume_*.pt")] == [f"resume_{number:04d}.pt"]
+
+    def run(folder: Path) -> None:
+        done = subprocess.run(
+            command([*args, "--out", str(folder)]), env=env, capture_output=True, text=True,
+            timeout=600,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+
+    run(out)
+    study = study_in(out)
+    trial = next(t for t in study.trials if t.user_attrs.get("resumes") == number)
+    assert trial.state == TrialState.COMPLETE and trial.user_attrs["resumed_after"] >= 1
+    assert finished(study) == 2
+    assert not list(out.glob("checkpoints/*/resume_*.pt"))
+
+    run(tmp_path / "whole")
+    whole = study_in(tmp_path / "whole").trials[number]
+    assert trial.params == whole.params
+    assert trial.user_attrs["history"] == whole.user_attrs["history"]
+    assert trial.value == whole.value
