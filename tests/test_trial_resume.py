@@ -193,7 +193,7 @@ RESUMABLE = {
 
 
 def _search(model: nn.Module, data: TaskData, out: Path, **kwargs: Any) -> Any:
-    kwargs = {"space": RESUMABLE, "trials": 2} | kwargs
+    kwargs = dict[str, Any](space=RESUMABLE, trials=2) | kwargs
     # 1e-9 minutes: a checkpoint after every epoch, whatever the machine's speed.
     return search(
         model, data, out=out, checkpoint_every=1e-9, console=Console(file=io.StringIO()),
