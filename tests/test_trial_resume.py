@@ -241,7 +241,8 @@ def test_a_search_stopped_in_a_trial_continues_it_from_its_checkpoint_to_the_sam
         stopped._storage.set_trial_user_attr(stopped.trials[2]._trial_id, "worker", dead)
     assert [p.name for p in out.glob("checkpoints/*/resume_*.pt")] == ["resume_0002.pt"]
 
-    again = _search(copy.deepcopy(tiny_model), tiny_data, out).study
+    result = _search(copy.deepcopy(tiny_model), tiny_data, out)
+    again = result.study
     again_of_2 = [t for t in again.trials if t.number > 2 and continued(t) == 2]
     assert len(again_of_2) == 1 and again_of_2[0].state == TrialState.COMPLETE
     trial = again_of_2[0]
@@ -252,6 +253,14 @@ def test_a_search_stopped_in_a_trial_continues_it_from_its_checkpoint_to_the_sam
     assert trial.intermediate_values == whole.intermediate_values  # epochs 1-3 told again
     assert finished(again) == 2 and len(again.trials) == 1 + 2 + 1  # the stopped one not counted
     assert not list(out.glob("checkpoints/*/resume_*.pt"))  # a finished trial leaves none
+
+    # Exported without its saved weights, it is retrained with trial 2's seed: the same model.
+    for saved in out.glob(f"checkpoints/*/trial_{trial.number:04d}.pt"):
+        saved.unlink()
+    exported = result.export(tmp_path / "export", trial=trial.number).config
+    assert exported["fit"]["seed"] == 2  # the search's seed, 0, plus 2
+    assert exported["metrics"]["reproduces_study_value"]
+    assert exported["metrics"]["val_loss"] == trial.user_attrs["val_loss"]  # accuracy saturates
 
 
 def test_a_checkpoint_left_by_a_deleted_study_is_not_continued_by_a_new_one(

@@ -148,7 +148,9 @@ class Objective:
                 raise optuna.TrialPruned()
 
         try:
-            result = maker.fit(model, config, trial.number, data, on_epoch, resume)
+            # The seed of the trial it runs again, if it does: a retrain for the export (of
+            # this trial, or of a stage-2 child's parent) gives the weights it ends with.
+            result = maker.fit(model, config, continued(trial), data, on_epoch, resume)
         except torch.cuda.OutOfMemoryError:
             # Once, at half the batch: the trial keeps its place and its other parameters.
             config, model, result = self._retry_smaller(trial, config, maker, on_epoch)
@@ -222,7 +224,7 @@ class Objective:
         record(trial, oom=oom, config=dataclasses.asdict(smaller))
         model, _, data = maker.build(smaller)
         try:
-            return smaller, model, maker.fit(model, smaller, trial.number, data, on_epoch)
+            return smaller, model, maker.fit(model, smaller, continued(trial), data, on_epoch)
         except torch.cuda.OutOfMemoryError as e:
             raise TrialFailed(
                 f"out of GPU memory at batch size {smaller.batch_size} too: lower batch_size "
@@ -275,15 +277,17 @@ class Objective:
         tuned = config_of(parent, self.space)
         sampled = stage_two_params(self.space)
         child = child_config(tuned, slim, sampled, suggest_lr_scale(trial, self.space))
-        return child, self._slimmer(parent.number, tuned)
+        return child, self._slimmer(parent, tuned)
 
-    def _slimmer(self, parent: int, tuned: TrialConfig) -> TrialMaker:
+    def _slimmer(self, parent: FrozenTrial, tuned: TrialConfig) -> TrialMaker:
         """The maker of ``parent``'s children: its trained model and that model's rankings."""
-        if parent not in self._slimmers:
-            adapted, *_ = self.maker.trained(tuned, parent, self.checkpoints)
+        number = parent.number
+        if number not in self._slimmers:
+            checkpoints, seeded = self.checkpoints, continued(parent)
+            adapted, *_ = self.maker.trained(tuned, number, checkpoints, seeded)
             maker = slimming_maker(self.maker, adapted, self.job, slimming_space(self.space))
-            self._slimmers[parent] = maker
-        return self._slimmers[parent]
+            self._slimmers[number] = maker
+        return self._slimmers[number]
 
     def _keep_if_best(
         self,
