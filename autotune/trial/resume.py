@@ -40,8 +40,8 @@ class Resume:
     """Seconds of the fit between two checkpoints (0: after every epoch). A fit shorter than
     that never writes one."""
     identity: dict[str, Any]
-    """What the trial trains (its configuration, seed, parent...): a file written for other
-    values is not resumed from, the fit starts over."""
+    """What the trial trains and which trial it is (its configuration, parent, when it first
+    started...): a file written for other values is not continued from, the fit starts over."""
     clock: Callable[[], float] = time.monotonic
     resumed_after: int = 0
     """The epoch the fit continued after (0: it started from the beginning)."""
@@ -49,7 +49,8 @@ class Resume:
 
     @property
     def _stamp(self) -> str:
-        # JSON, not the dict itself: tuples and lists compare equal once written and read back.
+        # Compared as JSON text: whatever the values' types (a tuple, a Path), and a string
+        # is all the safe loader has to read.
         return json.dumps(self.identity, sort_keys=True, default=str)
 
     def restore(
