@@ -122,7 +122,7 @@ def search(
         console: Where the leaderboard goes (default: the terminal).
         command: The command line to record in the exported config.
         **settings: Further ``SearchSettings`` fields (``max_epochs``, ``seed``, ``storage``,
-            ``workers``, ``allow_changes``, ``export="onnx"``...).
+            ``workers``, ``allow_changes``, ``checkpoint_every``, ``export="onnx"``...).
     """
     study_name = settings.pop("study_name", None) or default_study_name(model)
     folder = Path(out) if out is not None else Path("runs") / study_name

@@ -366,6 +366,15 @@ def search(
             rich_help_panel="Search",
         ),
     ] = None,
+    checkpoint_every: Annotated[
+        float | None,
+        typer.Option(
+            help="Save a trial's training state every this many minutes (in-trial checkpoints), "
+            "so that a trial stopped by a signal (SLURM, Kubernetes, a spot machine) continues "
+            "where it stopped in the next run instead of from epoch 0. Off by default.",
+            rich_help_panel="Search",
+        ),
+    ] = None,
     amp: Annotated[
         config.AmpMode,
         typer.Option(
@@ -444,6 +453,7 @@ def search(
             select=select,
             finalists=finalists,
             timeout=timeout,
+            checkpoint_every=checkpoint_every,
             export_preprocessing=export_preprocessing,
             export=tuple(export_formats or ()),
             amp=amp,

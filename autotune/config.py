@@ -246,6 +246,9 @@ class SearchSettings:
     timeout: float | None = None
     """Stop starting new trials after this many seconds (this worker's; the study keeps all).
     A staged search starts stage 2 at half of it if half the trials are not done by then."""
+    checkpoint_every: float | None = None
+    """Minutes of a trial's training between its in-trial checkpoints (``trial.resume``), which
+    an interrupted trial continues from in the next run; None: none."""
     export_preprocessing: bool = False
     """Put the data's input normalisation inside the exported ``model.pt2``."""
     export: tuple[str, ...] | str = ()
@@ -286,10 +289,11 @@ class SearchSettings:
             if value not in allowed and not (name == "pareto" and value is None):
                 flag = "--" + name.replace("_", "-")
                 raise AutotuneError(f"{flag} must be one of {list(allowed)}, got {value!r}")
-        if self.timeout is not None and not self.timeout > 0:
-            raise AutotuneError(
-                f"--timeout must be a positive number of seconds, got {self.timeout}"
-            )
+        for name, unit in (("timeout", "seconds"), ("checkpoint_every", "minutes")):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, int | float) and value > 0):
+                flag = "--" + name.replace("_", "-")
+                raise AutotuneError(f"{flag} must be a positive number of {unit}, got {value!r}")
         for what in (*BUDGETS, "flips"):
             budget = getattr(self, f"max_{what}")
             if budget is not None:

@@ -3,7 +3,8 @@
 ```
 OUT/study.db            the Optuna study (SQLite, unless --storage says otherwise)
 OUT/analysis/           the rankings (JSON) and their charts (PNG)
-OUT/checkpoints/STUDY/  weights of trials that may be exported, a folder per study
+OUT/checkpoints/STUDY/  weights of trials that may be exported, a folder per study, and the
+                        in-trial checkpoints of trials still running or interrupted
 OUT/best/, OUT/trial_N/ exported bundles: model.pt, model.pt2, config.yaml
 OUT/leaderboard.csv     every trial
 OUT/report.html, OUT/report/   the report and its PNGs
@@ -73,6 +74,11 @@ def study_folder(study_name: str) -> str:
 def checkpoint_path(folder: Path, number: int) -> Path:
     """The weights file of trial ``number`` in a checkpoints folder."""
     return folder / f"trial_{number:04d}.pt"
+
+
+def resume_path(folder: Path, number: int) -> Path:
+    """The in-trial checkpoint of trial ``number`` (and of the trials that continue it)."""
+    return folder / f"resume_{number:04d}.pt"
 
 
 def export_dir(out: Path, number: int | None) -> Path:

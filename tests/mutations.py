@@ -156,9 +156,21 @@ MUTATIONS: dict[str, tuple[str, str, str, str]] = {
     ),
     "the retry of a dead recipe trial not the recipe": (
         "autotune/search/trials.py",
-        "            user_attrs={RECIPE: True} if TrialRecord.from_trial(trial).recipe else {},\n",
+        "            user_attrs=kept | ({RECIPE: True} if rec.recipe else {}),\n",
         "",
         "tests/test_resume.py::test_the_retry_of_a_recipe_trial_whose_worker_died_is_the_recipe",
+    ),
+    "a trial continued from its checkpoint with the dropout generator of a fresh start": (
+        "autotune/trial/resume.py",
+        '        torch.set_rng_state(saved["rng"])\n',
+        "        pass\n",
+        "tests/test_trial_resume.py",
+    ),
+    "an interrupted trial with a checkpoint not queued again": (
+        "autotune/search/runner.py",
+        "        for n in enqueue_resumes(study, lambda n: resume_path(folder, n).is_file()):\n",
+        "        for n in []:\n",
+        "tests/test_trial_resume.py",
     ),
     "a Ctrl-C not held while Optuna records a trial": (
         "autotune/search/runner.py",

@@ -247,17 +247,17 @@ def test_a_search_short_of_time_starts_slimming_at_half_its_timeout(
     import time
     import types
 
-    from autotune.search import objective
+    from autotune.search import stages
 
     timeout, calls = 3600.0, iter(range(100))
-    # The objective's clock alone: the runner's deadline stays real, so all 8 trials run.
+    # The stages' clock alone: the runner's deadline stays real, so all 8 trials run.
     # Each trial reads the clock once until the switch: trials 1 and 2 at a quarter of the
     # time, trial 3 at 60% of it.
     fake = types.SimpleNamespace(
         perf_counter=time.perf_counter,
         monotonic=lambda: time.monotonic() + (0.25 if next(calls) < 2 else 0.6) * timeout,
     )
-    monkeypatch.setattr(objective, "time", fake)
+    monkeypatch.setattr(stages, "time", fake)
     space = {
         "lr": {"low": 3e-3, "high": 3e-2, "log": True},
         "prune": {"low": 0.2, "high": 0.6},

@@ -109,6 +109,10 @@ class Streamed:
             pin_memory=device.type == "cuda",
             prefetch_factor=4 if workers else None,
             persistent_workers=workers > 0,
+            # Its own: a loader draws its workers' seed from the global generator otherwise,
+            # shifting the dropout masks after it, on the first pass only with persistent
+            # workers; a trial continued from an in-trial checkpoint starts its loader later.
+            generator=torch.Generator().manual_seed(0),
         )
 
     def __repr__(self) -> str:

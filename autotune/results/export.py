@@ -36,6 +36,7 @@ from autotune.search.selection import choice_note
 from autotune.search.space import SearchSpace
 from autotune.search.stages import slimming_maker, slimming_space
 from autotune.search.study import config_of, study_record
+from autotune.search.trials import continued
 from autotune.trial.build import Changes
 from autotune.trial.checkpoints import Checkpoints
 from autotune.trial.cost import Cost, measure
@@ -115,11 +116,12 @@ def rebuild(
     if refit:
         epochs = int(rec.best_epoch or work.settings.max_epochs or 1)
         model, changes, data = maker.build(config)
-        maker.refit(model, config, trial.number, data, epochs)
+        maker.refit(model, config, continued(trial), data, epochs)
         pooled = len(data.x_train) + len(data.x_val)
         how = f"refit on the training and validation samples ({pooled}) for {epochs} epochs"
         return Rebuilt(model, data, changes, f"{how}, with trial {trial.number}'s parameters")
-    model, changes, data, origin = maker.trained(config, trial.number, work.checkpoints)
+    seeded = continued(trial)  # the seed of the trial it ran again, if it did
+    model, changes, data, origin = maker.trained(config, trial.number, work.checkpoints, seeded)
     return Rebuilt(model, data, changes, origin)
 
 
@@ -308,7 +310,7 @@ def _config(
         "fit": {
             "max_epochs": s.max_epochs,
             "patience": s.patience,
-            "seed": s.seed + trial.number,
+            "seed": s.seed + continued(trial),
             "study_seed": s.seed,
             "device": str(work.maker.device),
             "threads": s.threads,

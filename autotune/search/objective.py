@@ -8,6 +8,7 @@ what it achieved on the trial, and keep its weights when it may be exported.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,13 +24,13 @@ from autotune.errors import AutotuneError, TrialFailed, first_line
 from autotune.load.anatomy import count_parameters
 from autotune.load.job import Job
 from autotune.load.tasks import TaskData
-from autotune.paths import out_of_space
+from autotune.paths import out_of_space, resume_path
 from autotune.search.budgets import Budgets, cost_attrs
 from autotune.search.record import TrialRecord, record
 from autotune.search.selection import may_be_chosen
 from autotune.search.space import SearchSpace
 from autotune.search.stages import (
-    STAGE_TWO_FROM,
+    HalfTime,
     child_config,
     parent_of,
     slimming_maker,
@@ -40,13 +41,14 @@ from autotune.search.stages import (
     tuning_space,
 )
 from autotune.search.study import best_trial, config_of, rank_key
-from autotune.search.trials import WORKER
+from autotune.search.trials import WORKER, continued
 from autotune.trial.accel import release
 from autotune.trial.checkpoints import Checkpoints
 from autotune.trial.cost import RETIME_S, Cost, measure
 from autotune.trial.fit import EpochCallback, FitResult
 from autotune.trial.flips import Flips, count_flips, flip_violation, predictions
 from autotune.trial.maker import TrialMaker
+from autotune.trial.resume import Resume
 
 Progress = Callable[[int, str], None]
 """Told (trial number, what it is doing) after every epoch: the live display listens."""
@@ -70,24 +72,31 @@ class Objective:
     """Tune on the full model first, then slim the best of it (``search.stages``)."""
     _slimmers: dict[int, TrialMaker] = field(default_factory=dict)
     """Stage-2 makers by parent trial: the adapted model and its rankings, built once."""
-    began: float = field(default_factory=time.monotonic)
-    """When this worker started its trials: ``--timeout`` counts from about then."""
-    _switch: int | None = None
-    """The first trial that half of ``--timeout`` moved into stage 2, once known."""
+    _switch: HalfTime | None = None
+    """When half of ``--timeout`` moves the trials into stage 2; made at the first trial."""
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
+        ended = False  # completed, pruned or failed: no in-trial checkpoint is continued
         try:
-            return self._run(trial)
+            value = self._run(trial)
+            ended = True
+            return value
         except optuna.TrialPruned:
+            ended = True
             raise
         except KeyboardInterrupt:
-            # Stopped, not failed: it does not count toward --trials (``search.trials``).
+            # Stopped, not failed: it does not count toward --trials (``search.trials``), and
+            # its in-trial checkpoint stays for the next run to continue from.
             record(trial, interrupted=True)
             raise
         except Exception as e:
+            ended = True
             record(trial, fail_reason=_one_line(e))
             raise
         finally:
+            folder = self.checkpoints.folder
+            if ended and folder is not None:
+                resume_path(folder, continued(trial)).unlink(missing_ok=True)
             left = release(self.maker.device)
             if left is not None:  # GPU memory must not grow from trial to trial
                 record(trial, cuda_memory_mb=round(left, 1))
@@ -120,6 +129,7 @@ class Objective:
             record(trial, stop_reason=f"over budget: {self.budgets.over(cost)}")
             raise optuna.TrialPruned()
         metric = self.settings.metric
+        resume = self._resume(trial, config, parent)
 
         def on_epoch(epoch: int, value: float) -> None:
             if self.progress is not None:
@@ -129,6 +139,8 @@ class Objective:
             if self.settings.pareto:
                 return  # multi-objective trials are not pruned: early stopping only
             trial.report(value, epoch)
+            if resume is not None and epoch <= resume.resumed_after:
+                return  # told again after an interruption: the pruner let it pass then
             # Stage 2 starts from the adapted model: the pruner's medians, made of stage-1
             # curves from the source model, say nothing about it. Early stopping only.
             if stage != 2 and trial.should_prune():
@@ -139,7 +151,9 @@ class Objective:
                 raise optuna.TrialPruned()
 
         try:
-            result = maker.fit(model, config, trial.number, data, on_epoch)
+            # The seed of the trial it runs again, if it does: a retrain for the export (of
+            # this trial, or of a stage-2 child's parent) gives the weights it ends with.
+            result = maker.fit(model, config, continued(trial), data, on_epoch, resume)
         except torch.cuda.OutOfMemoryError:
             # Once, at half the batch: the trial keeps its place and its other parameters.
             config, model, result = self._retry_smaller(trial, config, maker, on_epoch)
@@ -154,6 +168,8 @@ class Objective:
             "val_loss": best_epoch["val_loss"],
             "history": result.history,
         }
+        if resume is not None and resume.resumed_after:
+            done["resumed_after"] = resume.resumed_after
         if result.wait_seconds:  # streamed data: the share of training spent waiting for it
             done["loader_wait"] = result.wait_seconds / result.train_seconds
         if self.baseline_value is not None:
@@ -211,35 +227,49 @@ class Objective:
         record(trial, oom=oom, config=dataclasses.asdict(smaller))
         model, _, data = maker.build(smaller)
         try:
-            return smaller, model, maker.fit(model, smaller, trial.number, data, on_epoch)
+            return smaller, model, maker.fit(model, smaller, continued(trial), data, on_epoch)
         except torch.cuda.OutOfMemoryError as e:
             raise TrialFailed(
                 f"out of GPU memory at batch size {smaller.batch_size} too: lower batch_size "
                 "in the space or slim the model"
             ) from e
 
+    def _resume(
+        self, trial: optuna.Trial, config: TrialConfig, parent: FrozenTrial | None
+    ) -> Resume | None:
+        """The trial's in-trial checkpoint: written every ``--checkpoint-every`` minutes, and
+        continued from whenever one is there (a run without the option continues it too)."""
+        folder, every = self.checkpoints.folder, self.settings.checkpoint_every
+        if folder is None:
+            return None
+        first = continued(trial)
+        # When the first run of the trial started: a file left by a study since deleted, whose
+        # trial had the same number and configuration, is not this one's. Not the seed: the
+        # random generators' states are in the file, whatever the number.
+        started = trial if first == trial.number else trial.study.get_trials(deepcopy=False)[first]
+        identity: dict[str, Any] = {"config": dataclasses.asdict(config), "trial": first}
+        identity |= {"started": str(started.datetime_start), "metric": self.settings.metric}
+        identity["parent"] = None if parent is None else parent.number
+        path = resume_path(folder, first)
+        return Resume(path, math.inf if every is None else every * 60, identity)
+
     def _stage(self, trial: optuna.Trial) -> tuple[int, FrozenTrial | None]:
         """The trial's stage, and in stage 2 its parent: the trial whose model it slims."""
-        stage = stage_of(trial.number, self.settings, self.staged, self._switched(trial))
+        resumes = TrialRecord.from_trial(trial).resumes
+        if resumes is not None:  # those of the trial it continues, whatever its own number
+            trials = trial.study.get_trials(deepcopy=False)
+            was = TrialRecord.from_trial(trials[resumes])
+            return (
+                (2, trials[was.parent]) if was.stage == 2 and was.parent is not None else (1, None)
+            )
+        if self._switch is None:
+            self._switch = HalfTime(self.settings.timeout if self.staged else None)
+        stage = stage_of(trial.number, self.settings, self.staged, self._switch.first(trial))
         if TrialRecord.from_trial(trial).recipe:  # run again under a later number, still it
             stage = 1
         parent = parent_of(trial.study, self.settings.metric) if stage == 2 else None
         # No stage-1 trial has completed yet: tune rather than slim.
         return (1, None) if parent is None else (2, parent)
-
-    def _switched(self, trial: optuna.Trial) -> int | None:
-        """With ``--timeout``, the trial from which stage 2 began because half of this
-        worker's time had passed: a search that runs out of time before its trial count must
-        still slim (the stage split by count alone would leave it full size). Kept in the
-        study, so that every worker and every rerun continues in stage 2."""
-        if self.settings.timeout is None or not self.staged:
-            return None  # no storage read on the common path
-        if self._switch is None:
-            self._switch = trial.study.user_attrs.get(STAGE_TWO_FROM)
-        if self._switch is None and time.monotonic() - self.began >= self.settings.timeout / 2:
-            trial.study.set_user_attr(STAGE_TWO_FROM, trial.number)
-            self._switch = trial.number
-        return self._switch
 
     def _configure(
         self, trial: optuna.Trial, parent: FrozenTrial | None
@@ -252,15 +282,17 @@ class Objective:
         tuned = config_of(parent, self.space)
         sampled = stage_two_params(self.space)
         child = child_config(tuned, slim, sampled, suggest_lr_scale(trial, self.space))
-        return child, self._slimmer(parent.number, tuned)
+        return child, self._slimmer(parent, tuned)
 
-    def _slimmer(self, parent: int, tuned: TrialConfig) -> TrialMaker:
+    def _slimmer(self, parent: FrozenTrial, tuned: TrialConfig) -> TrialMaker:
         """The maker of ``parent``'s children: its trained model and that model's rankings."""
-        if parent not in self._slimmers:
-            adapted, *_ = self.maker.trained(tuned, parent, self.checkpoints)
+        number = parent.number
+        if number not in self._slimmers:
+            checkpoints, seeded = self.checkpoints, continued(parent)
+            adapted, *_ = self.maker.trained(tuned, number, checkpoints, seeded)
             maker = slimming_maker(self.maker, adapted, self.job, slimming_space(self.space))
-            self._slimmers[parent] = maker
-        return self._slimmers[parent]
+            self._slimmers[number] = maker
+        return self._slimmers[number]
 
     def _keep_if_best(
         self,

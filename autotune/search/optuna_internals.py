@@ -25,6 +25,12 @@ def trial_id(trial: FrozenTrial) -> int:
     return trial._trial_id
 
 
+def frozen(trial: optuna.Trial) -> FrozenTrial:
+    """A running trial as Optuna started it, with its system attributes (``Trial`` has none
+    in Optuna 5), and the user attributes written since."""
+    return trial._cached_frozen_trial
+
+
 def study_system_attrs(study: optuna.Study) -> dict[str, Any]:
     """The study's system attributes as the storage holds them now (``Study.system_attrs`` is
     deprecated)."""

@@ -72,7 +72,13 @@ class TrialRecord:
     source_right: int | None = None
     per_class_accuracy: dict[str, list[float | None]] | None = None
     interrupted: bool = False
-    """Stopped by Ctrl-C: not counted, retried by the next run."""
+    """Stopped by Ctrl-C or a signal: not counted; the next run samples another trial in its
+    place, or runs it again from its in-trial checkpoint (``resumes``)."""
+    resumes: int | None = None
+    """The interrupted trial whose training it continues from an in-trial checkpoint
+    (``trial.resume``): the number its checkpoint, stage and parent are found by."""
+    resumed_after: int | None = None
+    """The epoch it continued after (its own training started at the next)."""
     surplus: bool = False
     """Started when the study already had its total: stopped at once, not counted."""
     oom: str | None = None

@@ -21,7 +21,7 @@ from autotune.config import VERSION, SearchSettings
 from autotune.errors import AutotuneError, first_line, redacted
 from autotune.load.anatomy import layers
 from autotune.load.job import DataSpec, Job, ModelSpec
-from autotune.paths import workers_dir
+from autotune.paths import checkpoints_dir, resume_path, workers_dir
 from autotune.rank.analysis import Analysis
 from autotune.rank.gates import sites
 from autotune.search.budgets import Budgets, cost_attrs
@@ -46,6 +46,7 @@ from autotune.search.study import (
 )
 from autotune.search.trials import (
     enqueue_recipe,
+    enqueue_resumes,
     fail_orphans,
     has_baseline,
     machine_index,
@@ -212,6 +213,10 @@ class Search:
         dropout = next((m.p for m in module.modules() if isinstance(m, nn.Dropout)), 0.0)
         # A staged search slims in stage 2 only: its first trials seed the tuning.
         first = tuning_space(self.space) if is_staged(self.space) else self.space
+        # Before the recipe: an interrupted recipe trial continued is the recipe.
+        folder = checkpoints_dir(self.settings.out, self.settings.study_name)
+        for n in enqueue_resumes(study, lambda n: resume_path(folder, n).is_file()):
+            self.console.print(f"note: trial {n} was interrupted; it continues from its checkpoint")
         enqueue_recipe(study, recipe(first, self.n_layers, self.prunable, dropout))
         if finished_trials(study) or not self.settings.seed_trials or not self.analyses:
             return

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
+from dataclasses import dataclass, field
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -82,6 +84,29 @@ def tuning_trials(settings: SearchSettings) -> int:
 
 STAGE_TWO_FROM = "stage_two_from"
 """Study attribute: the first trial that ``--timeout`` moved into stage 2 (``Objective``)."""
+
+
+@dataclass
+class HalfTime:
+    """With ``--timeout``, the trial from which stage 2 began because half of this worker's
+    time had passed: a search that runs out of time before its trial count must still slim
+    (the split by count alone would leave it full size). Kept in the study, so that every
+    worker and every rerun continues in stage 2."""
+
+    timeout: float | None
+    began: float = field(default_factory=time.monotonic)
+    known: int | None = None
+
+    def first(self, trial: optuna.Trial) -> int | None:
+        """The first trial of stage 2 by time, if there is one yet."""
+        if self.timeout is None:
+            return None  # no storage read on the common path
+        if self.known is None:
+            self.known = trial.study.user_attrs.get(STAGE_TWO_FROM)
+        if self.known is None and time.monotonic() - self.began >= self.timeout / 2:
+            trial.study.set_user_attr(STAGE_TWO_FROM, trial.number)
+            self.known = trial.number
+        return self.known
 
 
 def stage_of(

@@ -19,6 +19,11 @@ stopped at once and marked so; it does not count either, nor does a trial stoppe
 A trial run again keeps its role: the standard recipe's retry is the recipe, and a recipe
 trial stopped by Ctrl-C is queued again by the next run (``enqueue_recipe``), so that the
 export stays never below it.
+
+A trial stopped by Ctrl-C or a signal after writing an in-trial checkpoint (``--checkpoint-every``,
+``trial.resume``) is queued again by the next run with its parameters, to continue from that
+checkpoint (``enqueue_resumes``); the retry of a dead worker's trial continues from its
+checkpoint too (``continued``).
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autotune.search.identity import WORKER, is_local, is_ours, lives
 from autotune.search.interrupts import allowed
-from autotune.search.optuna_internals import heartbeat_enabled, storage_of, trial_id
+from autotune.search.optuna_internals import frozen, heartbeat_enabled, storage_of, trial_id
 from autotune.search.record import TrialRecord
 
 RECIPE = "recipe"
@@ -156,15 +161,57 @@ def retry(study: optuna.Study, trial: FrozenTrial) -> None:
         k: v for k, v in trial.system_attrs.items() if not k.startswith("constraints")
     }
     system_attrs.update(failed_trial=history[0], retry_history=history)
+    rec = TrialRecord.from_trial(trial)
+    # Its in-trial checkpoint, if it continued an interrupted trial, is under that one's number.
+    kept: dict[str, Any] = {} if rec.resumes is None else {"resumes": rec.resumes}
     study.add_trial(
         optuna.trial.create_trial(
             state=TrialState.WAITING,
             params=trial.params,
             distributions=trial.distributions,
             system_attrs=system_attrs,
-            user_attrs={RECIPE: True} if TrialRecord.from_trial(trial).recipe else {},
+            user_attrs=kept | ({RECIPE: True} if rec.recipe else {}),
         )
     )
+
+
+def continued(trial: FrozenTrial | optuna.Trial) -> int:
+    """The number of the trial whose training ``trial`` continues: the interrupted trial it
+    resumes, or the dead worker's trial it retries (``retry``), else its own. Its in-trial
+    checkpoint is kept under that number."""
+    resumes = TrialRecord.from_trial(trial).resumes
+    if resumes is not None:
+        return resumes
+    first = (trial if isinstance(trial, FrozenTrial) else frozen(trial)).system_attrs.get(
+        "failed_trial"
+    )
+    return first if isinstance(first, int) else trial.number
+
+
+def enqueue_resumes(study: optuna.Study, has_checkpoint: Callable[[int], bool]) -> list[int]:
+    """Queue again, to continue from their in-trial checkpoint, the trials stopped by Ctrl-C or
+    a signal that wrote one (``has_checkpoint``, by ``continued`` number) and that no later run
+    has taken up; returns the numbers queued. The queued trial keeps the role and parameters of
+    the one it continues, and counts in its place."""
+    latest: dict[int, FrozenTrial] = {}  # the last trial of each continued number
+    for t in study.get_trials(deepcopy=False):
+        latest[continued(t)] = t
+    queued = []
+    for number, t in sorted(latest.items()):
+        rec = TrialRecord.from_trial(t)
+        if t.state != TrialState.FAIL or not rec.interrupted or not has_checkpoint(number):
+            continue
+        attrs: dict[str, Any] = {"resumes": number} | ({RECIPE: True} if rec.recipe else {})
+        study.add_trial(
+            optuna.trial.create_trial(
+                state=TrialState.WAITING,
+                params=t.params,
+                distributions=t.distributions,
+                user_attrs=attrs,
+            )
+        )
+        queued.append(number)
+    return queued
 
 
 def enqueue_recipe(study: optuna.Study, params: dict[str, Any]) -> None:

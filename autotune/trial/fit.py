@@ -26,6 +26,7 @@ from autotune.trial import augment
 from autotune.trial.accel import Accel
 from autotune.trial.freeze import frozen_norms
 from autotune.trial.losses import make_loss
+from autotune.trial.resume import Resume
 
 EVAL_BATCH = 1024
 
@@ -124,6 +125,9 @@ def evaluate(model: nn.Module, x: Inputs, y: torch.Tensor, accel: Accel = Accel(
     return Evaluation(correct.item() / n, loss_sum.item() / n)
 
 
+FIT_STATE = ("best", "best_epoch", "best_state", "last_gain")
+"""What of the loop an in-trial checkpoint keeps besides the epoch, key, history and times."""
+
 AVERAGES = ("none", "ema")
 """``TrialConfig.average``: the trained weights, or their exponential moving average."""
 
@@ -168,6 +172,7 @@ def fine_tune(
     restore_best: bool = True,
     accel: Accel = Accel(),
     teacher: torch.Tensor | None = None,
+    resume: Resume | None = None,
 ) -> FitResult:
     """Train ``model`` in place on ``data`` (already on the model's device).
 
@@ -177,7 +182,9 @@ def fine_tune(
     every epoch's metric to ``on_epoch`` (the study reports it to Optuna there, and may stop
     the trial by raising). ``accel``: mixed precision and memory format (``trial.accel``);
     its default is the plain float32 loop. ``teacher``: a teacher's logits on the training
-    samples, row for row, for the distillation losses.
+    samples, row for row, for the distillation losses. ``resume``: the trial's in-trial
+    checkpoint (``trial.resume``): continue from it when there is one, and write it as often as
+    it asks; every epoch before it is handed to ``on_epoch`` again first.
     """
     start = time.perf_counter()
     torch.manual_seed(seed)  # dropout masks
@@ -201,7 +208,21 @@ def fine_tune(
     last_gain = 0  # the last epoch that improved the metric itself: patience counts from it
     history: list[dict[str, float]] = []
     stop_reason = "max_epochs"
-    for epoch in range(1, max_epochs + 1):
+    generators = (shuffle, crops)
+    loop = (
+        None
+        if resume is None
+        else resume.restore(model, optimizer, scaler, kept, generators, y.device)
+    )
+    if loop is not None:
+        best, best_epoch, best_state, last_gain = (loop[k] for k in FIT_STATE)
+        best_key, history = tuple(loop["best_key"]), loop["history"]
+        elapsed, feed.seconds, feed.waited = loop["seconds"]
+        start -= elapsed  # the whole trial's time, not this run's alone
+        for done, past in enumerate(history, start=1):  # reported again: a new Optuna trial
+            if on_epoch is not None:
+                on_epoch(done, Evaluation(past["val_accuracy"], past["val_loss"]).metric(metric))
+    for epoch in range(1 if loop is None else loop["epoch"] + 1, max_epochs + 1):
         set_training(model, True)
         for m in frozen:
             m.eval()
@@ -247,6 +268,11 @@ def fine_tune(
         if epoch - last_gain >= patience:
             stop_reason = "patience"
             break
+        if resume is not None and epoch < max_epochs and resume.due():
+            seconds = [time.perf_counter() - start, feed.seconds, feed.waited]
+            state = dict(zip(FIT_STATE, (best, best_epoch, best_state, last_gain), strict=True))
+            state |= {"epoch": epoch, "best_key": list(best_key), "history": history}
+            resume.save(model, optimizer, scaler, kept, generators, state | {"seconds": seconds})
     assert best_state is not None  # max_epochs >= 1 is checked by the caller
     if restore_best:
         model.load_state_dict(best_state)

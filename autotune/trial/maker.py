@@ -19,6 +19,7 @@ from autotune.trial.checkpoints import Checkpoints
 from autotune.trial.fit import EpochCallback, FitResult, fine_tune
 from autotune.trial.flips import outputs
 from autotune.trial.losses import DISTILLATION
+from autotune.trial.resume import Resume
 
 
 @dataclass
@@ -77,16 +78,17 @@ class TrialMaker:
         return model.to(self.device), changes, data
 
     def trained(
-        self, config: TrialConfig, number: int, checkpoints: Checkpoints
+        self, config: TrialConfig, number: int, checkpoints: Checkpoints, seeded: int | None = None
     ) -> tuple[nn.Module, Changes, TaskData, str]:
         """Trial ``number``'s trained model, the data it takes, and where its weights came from:
-        its checkpoint when one was saved, else retrained with its seed."""
+        its checkpoint when one was saved, else retrained with its seed (that of trial
+        ``seeded``, when it ran again an interrupted or dead trial: ``search.trials.continued``)."""
         model, changes, data = self.build(config)
         state = checkpoints.load(number, self.device)
         if state is not None:
             model.load_state_dict(state)
             return model, changes, data, f"weights saved by trial {number}"
-        self.fit(model, config, number, data)
+        self.fit(model, config, number if seeded is None else seeded, data)
         return model, changes, data, f"retrained from trial {number}'s parameters and seed"
 
     def refit(
@@ -113,8 +115,10 @@ class TrialMaker:
         number: int,
         data: TaskData | None = None,
         on_epoch: EpochCallback | None = None,
+        resume: Resume | None = None,
     ) -> FitResult:
-        """Fine-tune ``model`` in place with trial ``number``'s seed."""
+        """Fine-tune ``model`` in place with trial ``number``'s seed (``resume``: continued from,
+        and saved to, an in-trial checkpoint)."""
         return fine_tune(
             model,
             self.data if data is None else data,
@@ -126,4 +130,5 @@ class TrialMaker:
             on_epoch=on_epoch,
             accel=self.accel(model),
             teacher=self._teacher_for(config),
+            resume=resume,
         )
