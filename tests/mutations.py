@@ -225,8 +225,10 @@ def run(name: str) -> str:
         return f"BROKEN: the mutant does not compile ({e})"
     path.write_text(mutant)
     try:
+        # One process (-n 0): the named tests are few, and workers would cost more than they save.
+        command = [sys.executable, "-m", "pytest", "-q", "-x", "-n", "0", "-p", "no:cacheprovider"]
         done = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests.split()],
+            [*command, *tests.split()],
             cwd=ROOT,
             capture_output=True,
             text=True,

@@ -19,7 +19,6 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -140,32 +139,12 @@ def runnable(page: Path) -> bool:
     return any(lang in RUN for lang, *_ in blocks(page))
 
 
-@pytest.fixture(scope="session")
-def page_runs(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> dict[Path, Future[None]]:
-    """The examples of every page the session selected, two pages at a time: each runs one
-    single-threaded process after another, and the machines have two cores."""
-    pages = [
-        item.callspec.params["page"]
-        for item in request.session.items
-        if getattr(item, "originalname", None) == "test_the_examples_of_each_page_run"
-    ]
-    pool = ThreadPoolExecutor(max_workers=2)
-    request.addfinalizer(pool.shutdown)
-    return {
-        page: pool.submit(run_page, page, tmp_path_factory.mktemp(page.stem))
-        for page in pages
-        if runnable(page)
-    }
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
-def test_the_examples_of_each_page_run(page: Path, page_runs: dict[Path, Future[None]]) -> None:
+def test_the_examples_of_each_page_run(page: Path, tmp_path: Path) -> None:
     if not runnable(page):
         pytest.skip("no runnable example")
-    page_runs[page].result()  # the page's failure, raised here
+    run_page(page, tmp_path)
 
 
 def test_help_groups_the_options_under_headings() -> None:
