@@ -2,12 +2,13 @@
 
 Tasks (``bench/real_tasks.py``): resnet18, mobilenet_v3_small and a small ViT, each trained by
 the bench on scikit-learn's digits (cached in the work folder) and searched on 5,000 MNIST
-images drawn in other colours and rotated (3,000 / 1,000 / 1,000 train / validation / test).
+images rotated, tinted, blurred and noisy (3,000 / 1,000 / 1,000 train / validation / test).
 
 Methods are ``bench/peers.py``'s, run the same way (each its own process, its whole wall time
 measured, one torch thread): P0 the source, P1 the standard fine-tune, P2 the plain Optuna
 script with the same number of trials, autotune's default search, autotune with
-``--max-params`` (0.3 here), and P3, L1 pruning to that run's parameter count + P1's fine-tune.
+``--max-params`` (0.3 here), and P3, L1 pruning to that run's parameter count + P1's fine-tune
+(to the budget's count when ``--methods`` leaves that run out).
 
 ``--parallel 2`` runs two methods at once on a two-core machine: autotune beside P2, then the
 ``--max-params`` search beside P1, then P3 beside P0. The two processes of a pair share the
@@ -114,6 +115,13 @@ def task_note(spec: dict[str, Any]) -> str:
     )
 
 
+def budget(spec_path: Path, args: argparse.Namespace) -> int:
+    """The parameter count of ``--max-params``: what P3 prunes to when the ``--max-params`` search
+    is not part of this run (a run of it made apart may have exported less)."""
+    model, _ = peers.load_task(json.loads(spec_path.read_text()))
+    return int(float(args.max_params) * peers.count_params(model))
+
+
 def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="autotune-real-scale-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -155,7 +163,7 @@ def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]
     with ThreadPoolExecutor(args.parallel) as pool:
         for task in specs:
             for seed in args.seeds:
-                slim_params = None
+                slim_params = None if "autotune-slim" in args.methods else budget(specs[task], args)
                 for pair in PAIRS:
                     wanted = [m for m in pair if m in args.methods]
                     runs = [(m, task, seed, slim_params) for m in wanted]
