@@ -20,7 +20,8 @@ written at the end of the first epoch after the interval has passed, so a kill c
 one interval plus one epoch.
 
 Run: python bench/preemption.py [--task resnet18|demo] [--trials 6] [--epochs 10]
-         [--checkpoint-every 0.5] [--kill-every 60] [--seed 0] [--no-contrast]
+         [--patience N] [--checkpoint-every 0.5] [--kill-every 60] [--max-kills 20]
+         [--seed 0] [--no-contrast]
          [--workdir DIR] [--write BENCHMARKS.md]
 """
 
@@ -50,9 +51,6 @@ from autotune.search.trials import continued, finished
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 SIGTERM_EXIT = 143
-MAX_KILLS = 40
-"""Kills after which the search is left to finish: a ``--kill-every`` shorter than a run's
-start-up would otherwise never let it progress."""
 TARGET = "a search killed with SIGTERM and resumed loses at most one checkpoint interval per kill"
 
 
@@ -153,9 +151,11 @@ def trained_epochs(trial: FrozenTrial, restored: dict[int, int]) -> int:
     return reached(trial)
 
 
-def search(command: list[str], run: Run, kill_every: float | None) -> None:
+def search(command: list[str], run: Run, kill_every: float | None, max_kills: int) -> None:
     """Run ``command``; with ``kill_every``, SIGTERM it that many seconds after each start and
-    start it again, until a run exits 0 (or fails otherwise)."""
+    start it again, until a run exits 0 (or fails otherwise). After ``max_kills`` the search is
+    left to finish: without checkpoints, a trial longer than the time between kills never
+    would."""
     out = Path(command[command.index("--out") + 1])
     log = out.parent / f"{out.name}.log"
     restored_at: dict[int, int] = {}  # trial number -> epoch restored when it started
@@ -167,7 +167,7 @@ def search(command: list[str], run: Run, kill_every: float | None) -> None:
         with log.open("a") as f:
             process = subprocess.Popen(command, stdout=f, stderr=subprocess.STDOUT, env=env())
             killed_at = None
-            limit = kill_every if kill_every and len(run.kills) < MAX_KILLS else None
+            limit = kill_every if kill_every and len(run.kills) < max_kills else None
             while process.poll() is None:
                 if limit is not None and time.perf_counter() - start >= limit:
                     killed_at = time.time()
@@ -297,6 +297,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--checkpoint-every", type=float, default=0.5, help="minutes")
     parser.add_argument("--kill-every", type=float, default=60.0, help="seconds")
+    parser.add_argument("--patience", type=int, help="passed on (default: autotune's)")
+    parser.add_argument("--max-kills", type=int, default=20, help="then let it finish")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-contrast", action="store_true", help="skip B' (no checkpoints)")
     parser.add_argument("--workdir", type=Path, help="keep the task, logs and runs here")
@@ -318,11 +320,13 @@ def main() -> None:
     for name, extra, kill_every in variants:
         out = work / name.split()[0].replace("'", "2")
         command = peers.search_command(spec, out, args.trials, args.seed)
-        command[command.index("--out") : command.index("--out")] = [
-            "--epochs", str(args.epochs), *extra,
-        ]  # fmt: skip
+        options = ["--epochs", str(args.epochs), *extra]
+        if args.patience:
+            options += ["--patience", str(args.patience)]
+        at = command.index("--out")
+        command[at:at] = options
         run = Run(name)
-        search(command, run, kill_every)
+        search(command, run, kill_every, args.max_kills)
         print(f"{name}: {len(run.kills)} kills, wall {run.wall:.1f}s, rc {run.rc}", flush=True)
         runs.append(run)
     lines = report(runs, args)
