@@ -19,7 +19,7 @@ continued trial's restored epochs not counted again), B minus A, per kill. A che
 written at the end of the first epoch after the interval has passed, so a kill can lose up to
 one interval plus one epoch.
 
-Run: python bench/preemption.py [--task resnet18|demo] [--trials 6] [--epochs 10]
+Run: python bench/preemption.py [--task resnet18|demo] [--trials 6] [--epochs 40]
          [--patience N] [--checkpoint-every 0.5] [--kill-every 60] [--max-kills 20]
          [--seed 0] [--no-contrast]
          [--workdir DIR] [--write BENCHMARKS.md]
@@ -78,6 +78,9 @@ class Run:
     counted: int = 0
     best: float | None = None
     rc: int = 0
+    problems: list[str] = field(default_factory=list)
+    """What the feature got wrong: a trial left RUNNING by a kill, a continued trial that did
+    not restore the epoch its checkpoint held."""
 
 
 def env() -> dict[str, str]:
@@ -129,6 +132,9 @@ def account_kill(run: Run, out: Path, before: set[int], killed_at: float, rc: in
         for t in study.get_trials(deepcopy=False)
         if t.number not in before and TrialRecord.from_trial(t).interrupted
     ]
+    left = [t.number for t in study.get_trials(deepcopy=False) if t.state == TrialState.RUNNING]
+    if left:
+        run.problems.append(f"kill {len(run.kills) + 1} left trials {left} RUNNING")
     for t in stopped:
         number = continued(t)
         epoch, mtime = saved.get(number, (0, 0.0))
@@ -163,18 +169,9 @@ def search(command: list[str], run: Run, kill_every: float | None, max_kills: in
         study = load(out)
         before = {t.number for t in study.get_trials(deepcopy=False)} if study else set()
         restorable = dict(run.restored)
+        limit = kill_every if kill_every and len(run.kills) < max_kills else None
         start = time.perf_counter()
-        with log.open("a") as f:
-            process = subprocess.Popen(command, stdout=f, stderr=subprocess.STDOUT, env=env())
-            killed_at = None
-            limit = kill_every if kill_every and len(run.kills) < max_kills else None
-            while process.poll() is None:
-                if limit is not None and time.perf_counter() - start >= limit:
-                    killed_at = time.time()
-                    process.send_signal(signal.SIGTERM)
-                    process.wait()
-                    break
-                time.sleep(0.2)
+        process, killed_at = supervise(command, log, limit)
         run.wall += time.perf_counter() - start
         _note_restored(out, before, restorable, restored_at)
         if killed_at is None or process.returncode == 0:
@@ -185,6 +182,30 @@ def search(command: list[str], run: Run, kill_every: float | None, max_kills: in
             run.rc = process.returncode
             break
     summarize(run, out, restored_at)
+
+
+def supervise(
+    command: list[str], log: Path, limit: float | None
+) -> tuple[subprocess.Popen[bytes], float | None]:
+    """Run ``command`` once, SIGTERM it after ``limit`` seconds; the process and when it was
+    signalled (epoch seconds, None if it ended first). A Ctrl-C of the benchmark stops the
+    search too, rather than leaving it running."""
+    with log.open("a") as f:
+        process = subprocess.Popen(command, stdout=f, stderr=subprocess.STDOUT, env=env())
+        start = time.perf_counter()
+        try:
+            while process.poll() is None:
+                if limit is not None and time.perf_counter() - start >= limit:
+                    killed_at = time.time()
+                    process.send_signal(signal.SIGTERM)
+                    process.wait()
+                    return process, killed_at
+                time.sleep(0.2)
+        except BaseException:
+            process.send_signal(signal.SIGTERM)
+            process.wait()
+            raise
+    return process, None
 
 
 def _note_restored(
@@ -205,6 +226,13 @@ def summarize(run: Run, out: Path, restored_at: dict[int, int]) -> None:
     if study is None:
         return
     for t in study.get_trials(deepcopy=False):
+        rec = TrialRecord.from_trial(t)
+        if t.state == TrialState.COMPLETE and rec.resumes is not None:
+            expected, got = restored_at.get(t.number, 0), rec.resumed_after or 0
+            if got != expected:
+                run.problems.append(
+                    f"trial {t.number} continued after epoch {got}, its checkpoint held {expected}"
+                )
         if t.datetime_start and t.datetime_complete:
             run.trial_seconds += (t.datetime_complete - t.datetime_start).total_seconds()
         run.epochs += trained_epochs(t, restored_at)
@@ -230,7 +258,7 @@ def row(run: Run, a: Run) -> str:
     codes = sorted({k.rc for k in kills})
     cells = [
         run.name,
-        str(len(kills)),
+        f"{len(kills)} ({len(lost)})",
         ",".join(map(str, codes)) or "",
         f"{run.wall:.1f}",
         f"{run.trial_seconds:.1f}",
@@ -257,14 +285,15 @@ def report(runs: list[Run], args: argparse.Namespace) -> list[str]:
         f"{peers.machine()}. Task {args.task}, {args.trials} trials, --epochs {args.epochs}, "
         f"seed {args.seed}.",
         "",
-        "| run | kills | exit codes | wall s | trial s | epochs trained | extra wall s / kill "
-        "| extra trial s / kill | lost s / kill (mean / max) | lost epochs / kill (mean / max) "
-        "| trials counted | best |",
+        "| run | kills (in a trial) | exit codes | wall s | trial s | epochs trained "
+        "| extra wall s / kill | extra trial s / kill | lost s / kill (mean / max) "
+        "| lost epochs / kill (mean / max) | trials counted | best |",
         "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         *(row(r, a) for r in runs),
         "",
         "Lost s: from the last checkpoint the next run restores (or the killed trial's start) "
         "to the kill. Trial s: start to end of every trial, killed ones included.",
+        *(f"{r.name}: {p}  " for r in runs[2:] for p in r.problems),
         "",
         verdict(a, b, args, interval),
     ]
@@ -281,6 +310,7 @@ def verdict(a: Run, b: Run, args: argparse.Namespace, interval: float) -> str:
         checks.append(f"B counted {b.counted} trials, not {args.trials}")
     if b.best != a.best:
         checks.append(f"B's best {b.best} differs from A's {a.best}")
+    checks += b.problems
     worst = max(lost, default=0.0)
     met = bool(b.kills) and worst <= interval and not checks
     note = "; ".join(checks) if checks else "B has the same trials counted and best value as A"
@@ -294,10 +324,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", choices=["resnet18", "demo"], default="resnet18")
     parser.add_argument("--trials", type=int, default=6)
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--checkpoint-every", type=float, default=0.5, help="minutes")
     parser.add_argument("--kill-every", type=float, default=60.0, help="seconds")
-    parser.add_argument("--patience", type=int, help="passed on (default: autotune's)")
+    parser.add_argument("--patience", type=int, help="passed on (default: --epochs)")
     parser.add_argument("--max-kills", type=int, default=20, help="then let it finish")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-contrast", action="store_true", help="skip B' (no checkpoints)")
@@ -316,17 +346,20 @@ def main() -> None:
     ]
     if not args.no_contrast:
         variants.append(("B' killed, no checkpoints", [], args.kill_every))
-    runs = []
+    runs: list[Run] = []
     for name, extra, kill_every in variants:
         out = work / name.split()[0].replace("'", "2")
         command = peers.search_command(spec, out, args.trials, args.seed)
-        options = ["--epochs", str(args.epochs), *extra]
-        if args.patience:
-            options += ["--patience", str(args.patience)]
+        # No early stopping by default: every trial trains --epochs, its length known.
+        patience = args.patience or args.epochs
+        options = ["--epochs", str(args.epochs), "--patience", str(patience), *extra]
         at = command.index("--out")
         command[at:at] = options
         run = Run(name)
-        search(command, run, kill_every, args.max_kills)
+        # B' gets the kills B got, at the same times, then finishes: without checkpoints a
+        # trial longer than --kill-every would never end.
+        most = len(runs[1].kills) if len(runs) == 2 else args.max_kills
+        search(command, run, kill_every, most)
         print(f"{name}: {len(run.kills)} kills, wall {run.wall:.1f}s, rc {run.rc}", flush=True)
         runs.append(run)
     lines = report(runs, args)
