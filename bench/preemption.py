@@ -62,6 +62,8 @@ class Kill:
     trial: int | None = None
     lost_seconds: float = 0.0
     lost_epochs: int = 0
+    from_start: bool = False
+    """The killed trial had no checkpoint: the next run samples a new trial in its place."""
 
 
 @dataclass
@@ -142,6 +144,7 @@ def account_kill(run: Run, out: Path, before: set[int], killed_at: float, rc: in
         kill.trial = t.number
         kill.lost_seconds += killed_at - max(start, mtime)
         kill.lost_epochs += reached(t) - epoch
+        kill.from_start |= number not in saved
     run.restored = {n: e for n, (e, _) in saved.items()}
     return kill
 
@@ -301,22 +304,32 @@ def report(runs: list[Run], args: argparse.Namespace) -> list[str]:
 
 
 def verdict(a: Run, b: Run, args: argparse.Namespace, interval: float) -> str:
-    """One line against the target, with the checks that B is the same search as A."""
+    """One line against the target, with the checks that B is the same search as A. A best
+    that differs because a kill came before a trial's first checkpoint is explained, not
+    failed: that trial is replaced by design (the preemption guide)."""
     lost = [k.lost_seconds for k in b.kills if k.trial is not None]
-    checks = []
+    checks, notes = [], []
     if any(k.rc != SIGTERM_EXIT for k in b.kills) or b.rc != 0:
         checks.append(f"exit codes {sorted({k.rc for k in b.kills})}, last {b.rc}")
     if b.counted != args.trials:
         checks.append(f"B counted {b.counted} trials, not {args.trials}")
-    if b.best != a.best:
-        checks.append(f"B's best {b.best} differs from A's {a.best}")
     checks += b.problems
+    early = sum(k.from_start for k in b.kills)
+    if b.best != a.best and early:
+        notes.append(
+            f"B's best {b.best} differs from A's {a.best}: {early} kill(s) came before the "
+            "trial's first checkpoint, a new trial took its place with its own number as seed, "
+            "so the trials after it differ from A's"
+        )
+    elif b.best != a.best:
+        checks.append(f"B's best {b.best} differs from A's {a.best}")
+    else:
+        notes.append("B's best equals A's")
     worst = max(lost, default=0.0)
     met = bool(b.kills) and worst <= interval and not checks
-    note = "; ".join(checks) if checks else "B has the same trials counted and best value as A"
     return (
         f"Target ({TARGET}): worst loss {worst:.1f} s vs interval {interval:g} s over "
-        f"{len(b.kills)} kills; {note}: **{'met' if met else 'not met'}**"
+        f"{len(b.kills)} kills; {'; '.join(checks + notes)}: **{'met' if met else 'not met'}**"
     )
 
 
