@@ -7,8 +7,14 @@ real ``autotune search`` process with one thread, on the same task and seed:
 - A: uninterrupted, the reference.
 - B: with ``--checkpoint-every``, sent SIGTERM ``--kill-every`` seconds after each start, then
   started again with the same command, until a run exits 0.
-- B': the same kills without checkpoints (skipped with ``--no-contrast``): a killed trial starts
-  again from epoch 0, the loss checkpoints exist to avoid.
+- B': as many kills, at the same times after each start, without checkpoints (skipped with
+  ``--no-contrast``): a killed trial is replaced by a new one from epoch 0, the loss checkpoints
+  exist to avoid.
+
+Trials train ``--epochs`` each (``--patience`` defaults to it), so their length is known and
+comparable with ``--checkpoint-every``. On one thread the search is deterministic per seed: B
+ends with A's best unless a kill came before a trial's first checkpoint (that trial is then
+replaced by a new one trained with another seed, by design); the verdict says which.
 
 Work lost per kill is measured two ways. Directly, at each kill: the seconds between the kill
 and the last thing the next run continues from (the killed trial's checkpoint file if it wrote
