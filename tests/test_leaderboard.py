@@ -299,3 +299,15 @@ def test_the_legend_explains_slims_and_prune(slimmed_study: Path) -> None:
     assert "slims N: a copy of trial N's trained model, slimmed" in text
     assert "prune: share of channels removed" in text
     assert "stopped early" in board.progress_line()
+
+
+def test_an_interrupted_trial_is_neither_failed_nor_counted_in_the_progress() -> None:
+    study = _study()  # the baseline, two complete, one failed
+    study.add_trial(create_trial(state=TrialState.FAIL, user_attrs={"interrupted": True}))
+    board = Leaderboard.from_study(study, "accuracy", planned=4)
+    assert board.rows[-1].state == "INTERRUPTED"
+    # A rerun runs it again: it is not a third finished trial of the 4, nor a failure.
+    assert board.progress_line().startswith(
+        "trials 3/4 done: 2 complete, 0 stopped early, 1 failed, 0 running, "
+        "1 interrupted and run again"
+    )

@@ -132,7 +132,7 @@ class Leaderboard(JupyterMixin):
         return sorted(done, key=lambda r: (not r.feasible, *(-x for x in r.score or ()), r.number))
 
     def counts(self) -> dict[str, int]:
-        states = ("COMPLETE", "PRUNED", "FAIL", "RUNNING")
+        states = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "INTERRUPTED")
         return {state: sum(r.state == state for r in self.rows) for state in states}
 
     def progress_line(self) -> str:
@@ -143,6 +143,8 @@ class Leaderboard(JupyterMixin):
             f"trials {finished}{planned} done: {c['COMPLETE']} complete, "
             f"{c['PRUNED']} stopped early, {c['FAIL']} failed, {c['RUNNING']} running"
         )
+        if c["INTERRUPTED"]:  # not counted toward --trials: each is run again
+            line += f", {c['INTERRUPTED']} interrupted and run again"
         if self.started is not None:
             line += f" | elapsed {duration(time.time() - self.started)}"
         best = self.best()

@@ -94,6 +94,8 @@ def row_of(
     the trial in ``OUT/best``."""
     rec = TrialRecord.from_trial(trial)
     state = "BASELINE" if rec.baseline else trial.state.name
+    if rec.interrupted and state == "FAIL":  # stopped by Ctrl-C or a signal: run again, not failed
+        state = "INTERRUPTED"
     # The metric is the first objective; a Pareto study's second is the model's size.
     value = trial.values[0] if trial.values else None
     if value is None and trial.intermediate_values:
