@@ -221,7 +221,7 @@ def optuna_search(
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    kept: dict[str, Any] = {"value": -1.0, "model": None}
+    kept: dict[str, Any] = {"value": -1.0, "model": None, "epochs": 0}
 
     def objective(trial: optuna.Trial) -> float:
         lr = trial.suggest_float("lr", 1e-5, 1e-1, log=True)
@@ -232,6 +232,7 @@ def optuna_search(
         net = with_dropout(copy.deepcopy(model), dropout)
 
         def report(value: float, epoch: int) -> None:
+            kept["epochs"] += 1  # the training work, to set beside autotune's
             trial.report(value, epoch)
             if trial.should_prune():
                 raise optuna.TrialPruned()
@@ -251,7 +252,8 @@ def optuna_search(
         pruner=optuna.pruners.MedianPruner(),
     )
     study.optimize(objective, n_trials=trials)
-    return kept["model"], {"best_trial": study.best_trial.number, "best_params": study.best_params}
+    found = {"best_trial": study.best_trial.number, "best_params": study.best_params}
+    return kept["model"], {**found, "epochs_trained": kept["epochs"]}
 
 
 def count_params(model: nn.Module) -> int:
