@@ -791,6 +791,21 @@ def main() -> None:
         emit(lines, args.write)
 
 
+def keep(record: dict[str, Any], records: list[dict[str, Any]], results: Path, name: str) -> None:
+    """One run's record: into ``records``, appended to the ``results`` file, and a line."""
+    records.append(record)
+    with results.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+    acc = record.get("test_accuracy")
+    print(
+        f"{record['task']} seed {record['seed']} {name}: rc {record['rc']}, "
+        f"test {acc if acc is None else round(acc, 4)}, "
+        f"params {record.get('params')}, wall {record['wall_s']:.1f}s"
+        + (f"\n  {record['error']}" if "error" in record else ""),
+        flush=True,
+    )
+
+
 def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     if args.quick:
         args.trials, args.seeds = QUICK["trials"], QUICK["seeds"]
@@ -825,17 +840,7 @@ def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]
                 record = run_one(method, task, specs[task], seed, args, work, slim_params)
                 if method == "autotune-slim" and record.get("rc") == 0:
                     slim_params = record.get("params")
-                records.append(record)
-                with results.open("a") as f:
-                    f.write(json.dumps(record) + "\n")
-                acc = record.get("test_accuracy")
-                print(
-                    f"{task} seed {seed} {LABELS[method]}: rc {record['rc']}, "
-                    f"test {acc if acc is None else round(acc, 4)}, "
-                    f"params {record.get('params')}, wall {record['wall_s']:.1f}s"
-                    + (f"\n  {record['error']}" if "error" in record else ""),
-                    flush=True,
-                )
+                keep(record, records, results, label(method, meta))
     done = {"done": time.perf_counter() - start}
     records.append(done)
     with results.open("a") as f:

@@ -48,6 +48,7 @@ from pathlib import Path
 import optuna
 import peers
 import torch
+from _shared import emit
 from optuna.trial import FrozenTrial, TrialState
 
 from autotune.paths import resume_path
@@ -381,13 +382,7 @@ def main() -> None:
         search(command, run, kill_every, most)
         print(f"{name}: {len(run.kills)} kills, wall {run.wall:.1f}s, rc {run.rc}", flush=True)
         runs.append(run)
-    lines = report(runs, args)
-    if args.write is None:
-        print("\n".join(lines))
-    else:
-        from _shared import emit
-
-        emit(lines, args.write)
+    emit(report(runs, args), args.write)
 
 
 if __name__ == "__main__":

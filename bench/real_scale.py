@@ -36,6 +36,7 @@ from typing import Any
 import peers
 import real_tasks
 import torch
+from _shared import emit
 
 PAIRS = (("autotune", "p2"), ("autotune-slim", "p1"), ("p3", "p0"))
 """What runs side by side with ``--parallel 2``; in this order one at a time otherwise (P3
@@ -147,17 +148,7 @@ def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]
 
     def one(method: str, task: str, seed: int, slim_params: int | None) -> dict[str, Any]:
         record = peers.run_one(method, task, specs[task], seed, args, work, slim_params)
-        records.append(record)
-        with results.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-        acc = record.get("test_accuracy")
-        print(
-            f"{task} seed {seed} {peers.label(method, meta)}: rc {record['rc']}, "
-            f"test {acc if acc is None else round(acc, 4)}, params {record.get('params')}, "
-            f"wall {record['wall_s']:.1f}s"
-            + (f"\n  {record['error']}" if "error" in record else ""),
-            flush=True,
-        )
+        peers.keep(record, records, results, peers.label(method, meta))
         return record
 
     with ThreadPoolExecutor(args.parallel) as pool:
@@ -217,13 +208,7 @@ def main() -> None:
         records, meta = merged(args.table_only)
     else:
         records, meta = run(args)
-    lines = peers.table(records, meta, title="autotune at real scale", goals=goals)
-    if args.write is None:
-        print("\n".join(lines))
-    else:
-        from _shared import emit
-
-        emit(lines, args.write)
+    emit(peers.table(records, meta, title="autotune at real scale", goals=goals), args.write)
 
 
 if __name__ == "__main__":
