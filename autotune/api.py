@@ -40,6 +40,7 @@ from autotune.search.interrupts import deferred
 from autotune.search.outage import outage
 from autotune.search.prepare import space_for, study_checkpoints
 from autotune.search.record import TrialRecord
+from autotune.search.resume_store import check_store
 from autotune.search.runner import Search
 from autotune.search.space import SearchSpace, load_space
 from autotune.search.storage import local_file, probe_storage
@@ -122,7 +123,8 @@ def search(
         console: Where the leaderboard goes (default: the terminal).
         command: The command line to record in the exported config.
         **settings: Further ``SearchSettings`` fields (``max_epochs``, ``seed``, ``storage``,
-            ``workers``, ``allow_changes``, ``checkpoint_every``, ``export="onnx"``...).
+            ``workers``, ``allow_changes``, ``checkpoint_every``, ``checkpoint_store``,
+            ``export="onnx"``...).
     """
     study_name = settings.pop("study_name", None) or default_study_name(model)
     folder = Path(out) if out is not None else Path("runs") / study_name
@@ -133,6 +135,7 @@ def search(
     export_formats(the_settings.export)  # a missing autotune[onnx] too
     storage = the_settings.storage
     check_storage(storage)  # a mistyped URL: refused before any folder is made
+    check_store(the_settings.checkpoint_store)
     server = local_file(storage, folder) is None
     if server:  # a server that cannot be reached leaves no output folder behind
         probe_storage(storage, folder)

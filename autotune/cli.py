@@ -375,6 +375,15 @@ def search(
             rich_help_panel="Search",
         ),
     ] = None,
+    checkpoint_store: Annotated[
+        Path | None,
+        typer.Option(
+            help="A folder every machine of the search mounts (NFS, Lustre, a mounted bucket): "
+            "in-trial checkpoints are copied there, so that a trial stopped on one machine "
+            "continues from its checkpoint in a run on any other.",
+            rich_help_panel="Workers",
+        ),
+    ] = None,
     amp: Annotated[
         config.AmpMode,
         typer.Option(
@@ -454,6 +463,7 @@ def search(
             finalists=finalists,
             timeout=timeout,
             checkpoint_every=checkpoint_every,
+            checkpoint_store=checkpoint_store,
             export_preprocessing=export_preprocessing,
             export=tuple(export_formats or ()),
             amp=amp,

@@ -181,9 +181,7 @@ class AnalysisOptions:
 
     def __post_init__(self) -> None:
         if self.explainer not in EXPLAINERS:
-            raise AutotuneError(
-                f"unknown explainer {self.explainer!r}: use one of {list(EXPLAINERS)}"
-            )
+            raise AutotuneError(f"unknown explainer {self.explainer!r}: use one of {EXPLAINERS}")
         for name in ("samples", "background", "nsamples"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -249,6 +247,9 @@ class SearchSettings:
     checkpoint_every: float | None = None
     """Minutes of a trial's training between its in-trial checkpoints (``trial.resume``), which
     an interrupted trial continues from in the next run; None: none."""
+    checkpoint_store: str | Path | None = None
+    """A folder all machines share: in-trial checkpoints are copied there (``search.resume_store``)
+    for another machine to continue."""
     export_preprocessing: bool = False
     """Put the data's input normalisation inside the exported ``model.pt2``."""
     export: tuple[str, ...] | str = ()
@@ -334,7 +335,5 @@ def _device_ids(text: str) -> list[int]:
     """``--devices 0,1,3`` as CUDA device numbers."""
     parts = [p.strip() for p in str(text).split(",") if p.strip()]
     if not parts or not all(p.isdigit() for p in parts) or len(set(parts)) != len(parts):
-        raise AutotuneError(
-            f"--devices {text!r} is not a list of CUDA device numbers: write e.g. 0,1"
-        )
+        raise AutotuneError(f"--devices {text!r} is not a list of CUDA device numbers: write 0,1")
     return [int(p) for p in parts]

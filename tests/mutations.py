@@ -168,9 +168,21 @@ MUTATIONS: dict[str, tuple[str, str, str, str]] = {
     ),
     "an interrupted trial with a checkpoint not queued again": (
         "autotune/search/runner.py",
-        "        for n in enqueue_resumes(study, lambda n: resume_path(folder, n).is_file()):\n",
+        "        for n in enqueue_resumes(study, kept):\n",
         "        for n in []:\n",
         "tests/test_trial_resume.py",
+    ),
+    "another machine's copy of a checkpoint not read": (
+        "autotune/trial/resume.py",
+        "            if self.shared.fetch(copy):\n",
+        "            if False:\n",
+        "tests/test_trial_resume.py::test_a_trial_stopped_on_one_machine_continues_on_another_from_the_checkpoint_store",
+    ),
+    "a checkpoint's copy written over the last whole one": (
+        "autotune/search/resume_store.py",
+        "        slot = 1 if last == self.store.artifact_id(self.number, 0) else 0\n",
+        "        slot = 0\n",
+        "tests/test_trial_resume.py::test_a_trial_stopped_on_one_machine_continues_on_another_from_the_checkpoint_store",
     ),
     "a Ctrl-C not held while Optuna records a trial": (
         "autotune/search/runner.py",

@@ -384,3 +384,153 @@ def test_a_sigterm_mid_trial_then_the_same_command_continues_the_trial_to_the_sa
     assert trial.params == whole.params
     assert trial.user_attrs["history"] == whole.user_attrs["history"]
     assert trial.value == whole.value
+
+
+@pytest.mark.parametrize("stop", ["after a copy", "in the middle of a copy", "kill -9"])
+def test_a_trial_stopped_on_one_machine_continues_on_another_from_the_checkpoint_store(
+    stop: str,
+    tiny_model: nn.Module,
+    tiny_data: TaskData,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two machines share the study and ``--checkpoint-store``, each with an output folder of
+    its own. Machine A's trial 2 is stopped in its epoch 4 (by a signal, or outright: its
+    worker is then found dead and the trial retried), or while it copies epoch 3's checkpoint;
+    machine B, which has no file of A's and is not the study's first machine, continues it from
+    the last whole copy (epoch 3, or 2) and ends with the value and history of the
+    uninterrupted trial."""
+    import signal
+    import socket
+
+    from optuna.artifacts import FileSystemArtifactStore
+
+    from autotune.results.live import LiveLeaderboard
+
+    store, storage = tmp_path / "store", f"sqlite:///{tmp_path / 'shared.db'}"
+    store.mkdir()
+    shared = {"checkpoint_store": store, "storage": storage}
+    whole = _search(copy.deepcopy(tiny_model), tiny_data, tmp_path / "whole").study.trials[2]
+
+    def stop_in_epoch_4(self: LiveLeaderboard, number: int, doing: str) -> None:
+        if number == 2 and doing.startswith("epoch 4/"):
+            if stop == "kill -9":
+                raise Killed
+            signal.raise_signal(signal.SIGINT)
+
+    copies: list[str] = []
+    write = FileSystemArtifactStore.write
+
+    def stop_in_copy_3(self: FileSystemArtifactStore, artifact_id: str, body: Any) -> None:
+        copies.extend([artifact_id] if "-0002-" in artifact_id else [])
+        if len(copies) == 3 and artifact_id == copies[-1]:  # epoch 3's: half of it is written
+            (store / artifact_id).write_bytes(body.read()[:1000])
+            signal.raise_signal(signal.SIGINT)
+        write(self, artifact_id, body)
+
+    with monkeypatch.context() as patch:
+        if stop == "in the middle of a copy":
+            patch.setattr(FileSystemArtifactStore, "write", stop_in_copy_3)
+        else:
+            patch.setattr(LiveLeaderboard, "progress", stop_in_epoch_4)
+        with pytest.raises(Killed if stop == "kill -9" else KeyboardInterrupt):
+            _search(copy.deepcopy(tiny_model), tiny_data, tmp_path / "a", **shared)
+    if stop == "kill -9":  # its worker: a pid above Linux's pid_max, which no live process has
+        study = optuna.load_study(study_name=None, storage=storage)
+        dead = f"{socket.gethostname()}:{2**22 + 1}"
+        study._storage.set_trial_user_attr(study.trials[2]._trial_id, "worker", dead)
+    # Trial 1 (the recipe) ended and left no copy; trial 2's alternate between two files.
+    assert sorted(p.name for p in store.iterdir()) == [
+        "resume-autotune-0002-0.pt",
+        "resume-autotune-0002-1.pt",
+    ]
+
+    # Machine B is not the first machine: it neither exports nor queues the study's seeds.
+    monkeypatch.setenv("AUTOTUNE_WORKER_INDEX", "1")
+    again = _search(copy.deepcopy(tiny_model), tiny_data, tmp_path / "b", **shared).study
+    assert not (tmp_path / "b" / "best").exists()
+    trial = next(t for t in again.trials if t.number > 2 and continued(t) == 2)
+    assert trial.state == TrialState.COMPLETE
+    assert trial.user_attrs["resumed_after"] == (2 if stop == "in the middle of a copy" else 3)
+    assert trial.user_attrs["history"] == whole.user_attrs["history"]
+    assert trial.value == whole.value
+    assert finished(again) == 2
+    assert not list(store.iterdir())  # the trial ended: its copies are deleted
+
+
+def test_without_the_checkpoint_store_another_machine_starts_the_stopped_trial_over(
+    tiny_model: nn.Module, tiny_data: TaskData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same stop without ``--checkpoint-store``: machine B has no checkpoint to continue
+    from, so the stopped trial is not queued again; another trial takes its place."""
+    import signal
+
+    from autotune.results.live import LiveLeaderboard
+
+    def stop(self: LiveLeaderboard, number: int, doing: str) -> None:
+        if number == 2 and doing.startswith("epoch 4/"):
+            signal.raise_signal(signal.SIGINT)
+
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    with monkeypatch.context() as patch:
+        patch.setattr(LiveLeaderboard, "progress", stop)
+        with pytest.raises(KeyboardInterrupt):
+            _search(copy.deepcopy(tiny_model), tiny_data, tmp_path / "a", storage=storage)
+    again = _search(copy.deepcopy(tiny_model), tiny_data, tmp_path / "b", storage=storage).study
+    assert [t.user_attrs.get("resumes") for t in again.trials] == [None] * 4
+    assert finished(again) == 2
+
+
+@pytest.mark.parametrize("problem", ["missing", "a file"])
+def test_a_checkpoint_store_that_is_not_a_folder_is_refused_before_any_work(
+    problem: str, tmp_path: Path
+) -> None:
+    where = tmp_path / "store"
+    if problem == "a file":
+        where.write_text("")
+    out = tmp_path / "out"
+    args = ["search", "--model", "demo", "--checkpoint-store", str(where), "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == (
+        f"error: --checkpoint-store {str(where)!r} is not a folder: create it, or mount there "
+        "the folder every machine of the search shares"
+    )
+    assert not out.exists()
+
+
+def test_a_stopped_trial_queued_by_two_machines_at_once_runs_once(tmp_path: Path) -> None:
+    """Two machines queued trial 0 again in the same instant: the copy that starts second is
+    stopped at once as a surplus, not counted, and a later interruption is queued once more."""
+    from optuna.distributions import FloatDistribution
+
+    from autotune.search.trials import Surplus, enqueue_resumes, within_total
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}")
+    lr = {"lr": FloatDistribution(1e-3, 1e-1)}
+    stopped = optuna.trial.create_trial(
+        state=TrialState.FAIL, params={"lr": 0.01}, distributions=lr,
+        user_attrs={"interrupted": True},
+    )  # fmt: skip
+    study.add_trial(stopped)
+    assert enqueue_resumes(study, lambda n: True) == [0]
+    assert enqueue_resumes(study, lambda n: True) == []  # it waits to run: not queued twice
+    study.add_trial(  # the other machine's, queued in the same instant
+        optuna.trial.create_trial(
+            state=TrialState.WAITING, params={"lr": 0.01}, distributions=lr,
+            user_attrs={"resumes": 0},
+        )
+    )  # fmt: skip
+
+    def interrupted(trial: optuna.Trial) -> float:
+        raise KeyboardInterrupt
+
+    first, second = study.ask(), study.ask()
+    with pytest.raises(Surplus, match="another worker continues trial 0 already"):
+        within_total(lambda trial: 1.0, study, total=5)(second)
+    study.tell(second, state=TrialState.FAIL)
+    with pytest.raises(KeyboardInterrupt):
+        within_total(interrupted, study, total=5)(first)
+    study.tell(first, state=TrialState.FAIL)
+    assert [t.user_attrs.get("surplus") for t in study.trials] == [None, None, True]
+    assert enqueue_resumes(study, lambda n: True) == [0]  # stopped again: queued again

@@ -27,6 +27,7 @@ from autotune.load.tasks import TaskData
 from autotune.paths import out_of_space, resume_path
 from autotune.search.budgets import Budgets, cost_attrs
 from autotune.search.record import TrialRecord, record
+from autotune.search.resume_store import ResumeStore, discard
 from autotune.search.selection import may_be_chosen
 from autotune.search.space import SearchSpace
 from autotune.search.stages import (
@@ -94,9 +95,8 @@ class Objective:
             record(trial, fail_reason=_one_line(e))
             raise
         finally:
-            folder = self.checkpoints.folder
-            if ended and folder is not None:
-                resume_path(folder, continued(trial)).unlink(missing_ok=True)
+            if ended:
+                discard(self.checkpoints.folder, ResumeStore.of(self.settings), continued(trial))
             left = release(self.maker.device)
             if left is not None:  # GPU memory must not grow from trial to trial
                 record(trial, cuda_memory_mb=round(left, 1))
@@ -251,7 +251,9 @@ class Objective:
         identity |= {"started": str(started.datetime_start), "metric": self.settings.metric}
         identity["parent"] = None if parent is None else parent.number
         path = resume_path(folder, first)
-        return Resume(path, math.inf if every is None else every * 60, identity)
+        copies = ResumeStore.of(self.settings)
+        shared = None if copies is None else copies.of_trial(trial)
+        return Resume(path, math.inf if every is None else every * 60, identity, shared=shared)
 
     def _stage(self, trial: optuna.Trial) -> tuple[int, FrozenTrial | None]:
         """The trial's stage, and in stage 2 its parent: the trial whose model it slims."""

@@ -79,6 +79,10 @@ class TrialRecord:
     (``trial.resume``): the number its checkpoint, stage and parent are found by."""
     resumed_after: int | None = None
     """The epoch it continued after (its own training started at the next)."""
+    resume_copy: str | None = None
+    """The artifact id, in ``--checkpoint-store``, of its in-trial checkpoint's last whole copy
+    (``search.resume_store``); ``resume_copy_error``: why the last copy failed."""
+    resume_copy_error: str | None = None
     surplus: bool = False
     """Started when the study already had its total: stopped at once, not counted."""
     oom: str | None = None

@@ -21,7 +21,7 @@ from autotune.config import VERSION, SearchSettings
 from autotune.errors import AutotuneError, first_line, redacted
 from autotune.load.anatomy import layers
 from autotune.load.job import DataSpec, Job, ModelSpec
-from autotune.paths import checkpoints_dir, resume_path, workers_dir
+from autotune.paths import checkpoints_dir, workers_dir
 from autotune.rank.analysis import Analysis
 from autotune.rank.gates import sites
 from autotune.search.budgets import Budgets, cost_attrs
@@ -31,6 +31,7 @@ from autotune.search.objective import WORKER, Objective
 from autotune.search.pool import Pool
 from autotune.search.prepare import adapt_space, make_maker, run_analyses, study_checkpoints
 from autotune.search.record import TrialRecord
+from autotune.search.resume_store import ResumeStore, checkpoint_kept
 from autotune.search.seeds import recipe, seed_configs
 from autotune.search.selection import SELECT
 from autotune.search.shared import shared
@@ -213,15 +214,21 @@ class Search:
         dropout = next((m.p for m in module.modules() if isinstance(m, nn.Dropout)), 0.0)
         # A staged search slims in stage 2 only: its first trials seed the tuning.
         first = tuning_space(self.space) if is_staged(self.space) else self.space
-        # Before the recipe: an interrupted recipe trial continued is the recipe.
-        folder = checkpoints_dir(self.settings.out, self.settings.study_name)
-        for n in enqueue_resumes(study, lambda n: resume_path(folder, n).is_file()):
-            self.console.print(f"note: trial {n} was interrupted; it continues from its checkpoint")
+        self.queue_resumes(study)  # before the recipe: a continued recipe trial is the recipe
         enqueue_recipe(study, recipe(first, self.n_layers, self.prunable, dropout))
         if finished_trials(study) or not self.settings.seed_trials or not self.analyses:
             return
         for params in seed_configs(first, self.n_layers, self.prunable):
             study.enqueue_trial(params, skip_if_exists=True)
+
+    def queue_resumes(self, study: optuna.Study) -> None:
+        """Queue again the interrupted trials with an in-trial checkpoint: the first worker
+        when it starts, and with ``--checkpoint-store`` every worker before each trial, so that
+        another machine takes over a trial that one stopped (``search.resume_store``)."""
+        folder = checkpoints_dir(self.settings.out, self.settings.study_name)
+        kept = checkpoint_kept(study, folder, ResumeStore.of(self.settings))
+        for n in enqueue_resumes(study, kept):
+            self.console.print(f"note: trial {n} was interrupted; it continues from its checkpoint")
 
     def objective(self) -> Objective:
         return Objective(
@@ -288,6 +295,8 @@ class Search:
             with warnings.catch_warnings():  # heartbeat storages; nothing elsewhere
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 optuna.storages.fail_stale_trials(study)
+            if self.settings.checkpoint_store is not None:
+                self.queue_resumes(study)
             if deadline is not None and time.monotonic() >= deadline:
                 return
             if started(study) < total:

@@ -120,8 +120,26 @@ def is_surplus(study: optuna.Study, number: int, total: int) -> bool:
     return len(before) >= total
 
 
+def continued_already(study: optuna.Study, number: int) -> int | None:
+    """The interrupted trial that trial ``number`` (running) continues, when another trial that
+    continues it started first and was not stopped: two machines queued it at the same time
+    (``enqueue_resumes``). None otherwise."""
+    trials = study.get_trials(deepcopy=False)
+    mine = next(t for t in trials if t.number == number)
+    resumes = TrialRecord.from_trial(mine).resumes
+    if resumes is None:
+        return None
+    for t in trials:
+        rec = TrialRecord.from_trial(t)
+        first = (t.datetime_start or _EPOCH, t.number) < (mine.datetime_start or _EPOCH, number)
+        stopped = t.state == TrialState.WAITING or rec.interrupted or rec.surplus
+        if t.number != number and rec.resumes == resumes and first and not stopped:
+            return resumes
+    return None
+
+
 class Surplus(Exception):
-    """A trial started when the study already had its total."""
+    """A trial started when the study already had its total, or that another worker runs."""
 
 
 def within_total(
@@ -130,8 +148,12 @@ def within_total(
     """``objective``, except for a trial that is a surplus: marked and stopped at once."""
 
     def run(trial: optuna.Trial) -> T:
+        reason = None
         if is_surplus(study, trial.number, total):
             reason = f"not run: another worker started the study's last of {total} trials first"
+        elif (again := continued_already(study, trial.number)) is not None:
+            reason = f"not run: another worker continues trial {again} already"
+        if reason is not None:
             trial.set_user_attr("worker", WORKER)
             trial.set_user_attr(SURPLUS, True)
             trial.set_user_attr("fail_reason", reason)
@@ -195,7 +217,8 @@ def enqueue_resumes(study: optuna.Study, has_checkpoint: Callable[[int], bool]) 
     the one it continues, and counts in its place."""
     latest: dict[int, FrozenTrial] = {}  # the last trial of each continued number
     for t in study.get_trials(deepcopy=False):
-        latest[continued(t)] = t
+        if not TrialRecord.from_trial(t).surplus:  # one queued twice: its twin is the one
+            latest[continued(t)] = t
     queued = []
     for number, t in sorted(latest.items()):
         rec = TrialRecord.from_trial(t)

@@ -8,6 +8,7 @@ that draws dropout masks, the shuffling one, the augmentation one), and the loop
 weights and value as if it had never stopped (bit for bit on the CPU with one thread).
 
 The file holds tensors and plain values only, read with ``weights_only=True``: no pickled code.
+A ``Shared`` copy (``search.resume_store``: ``--checkpoint-store``) lets another machine continue.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -29,6 +30,18 @@ FORMAT = "autotune-resume-1"
 
 Generators = tuple[torch.Generator | None, ...]
 """The fit's own generators (shuffling, augmentation): None where it has no such draw."""
+
+
+class Shared(Protocol):
+    """A copy of the file where other machines read it."""
+
+    def fetch(self, dest: Path) -> bool:
+        """Write the latest copy to ``dest``; False when there is none."""
+        ...
+
+    def publish(self, path: Path) -> None:
+        """Copy the file just written at ``path``."""
+        ...
 
 
 @dataclass
@@ -43,6 +56,8 @@ class Resume:
     """What the trial trains and which trial it is (its configuration, parent, when it first
     started...): a file written for other values is not continued from, the fit starts over."""
     clock: Callable[[], float] = time.monotonic
+    shared: Shared | None = None
+    """Also written there, and continued from when its copy is further on than this file."""
     resumed_after: int = 0
     """The epoch the fit continued after (0: it started from the beginning)."""
     _since: float | None = field(default=None, repr=False)
@@ -65,10 +80,16 @@ class Resume:
         """Put the saved state into the fit's objects and return the loop's record (``epoch``
         and what ``save`` was given), or None when there is no file for this trial."""
         self._since = self.clock()
-        if not self.path.is_file():
-            return None
-        saved = torch.load(self.path, map_location="cpu", weights_only=True)
-        if saved.get("format") != FORMAT or saved.get("identity") != self._stamp:
+        saved = self._read(self.path)
+        if self.shared is not None:
+            # Another machine may have continued the trial further than this one's file.
+            copy = self.path.with_name(f"{self.path.stem}.shared.pt")
+            if self.shared.fetch(copy):
+                theirs = self._read(copy)
+                copy.unlink()
+                if theirs is not None and (saved is None or _epoch(theirs) > _epoch(saved)):
+                    saved = theirs
+        if saved is None:
             return None
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
@@ -86,6 +107,15 @@ class Resume:
         loop["best_state"] = {k: v.to(device) for k, v in loop["best_state"].items()}
         self.resumed_after = loop["epoch"]
         return loop
+
+    def _read(self, path: Path) -> dict[str, Any] | None:
+        """The state in ``path`` when it is a file written for this trial, else None."""
+        if not path.is_file():
+            return None
+        saved: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+        if saved.get("format") != FORMAT or saved.get("identity") != self._stamp:
+            return None
+        return saved
 
     def due(self) -> bool:
         """Whether ``every`` seconds have passed since the fit started or last saved."""
@@ -117,11 +147,14 @@ class Resume:
         }
         self.path.parent.mkdir(parents=True, exist_ok=True)
         write_atomically(self.path, lambda f: torch.save(saved, f))
+        if self.shared is not None:
+            self.shared.publish(self.path)
         self._since = self.clock()
 
-    def discard(self) -> None:
-        """Delete the file: the trial ended (completed, pruned or failed) and is not resumed."""
-        self.path.unlink(missing_ok=True)
+
+def _epoch(saved: dict[str, Any]) -> int:
+    epoch: int = saved["loop"]["epoch"]
+    return epoch
 
 
 def _cpu(value: Any) -> Any:
