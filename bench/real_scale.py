@@ -1,8 +1,8 @@
 """autotune at the scale users work at: torchvision architectures, thousands of images, its peers.
 
 Tasks (``bench/real_tasks.py``): resnet18, mobilenet_v3_small and a small ViT, each trained by
-the bench on scikit-learn's digits (cached in the work folder) and searched on 5,000 MNIST
-images rotated, tinted, blurred and noisy (3,000 / 1,000 / 1,000 train / validation / test).
+the bench on 2,000 clean MNIST images (cached in the work folder) and searched on all 5,000
+rotated, tinted, blurred and noisy (3,000 / 1,000 / 1,000 train / validation / test).
 
 Methods are ``bench/peers.py``'s, run the same way (each its own process, its whole wall time
 measured, one torch thread): P0 the source, P1 the standard fine-tune, P2 the plain Optuna
