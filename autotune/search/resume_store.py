@@ -69,7 +69,8 @@ def checkpoint_kept(
     def kept(number: int) -> bool:
         if resume_path(folder, number).is_file():
             return True
-        return copies is not None and copies.latest(study.get_trials(), number) is not None
+        trials = study.get_trials(deepcopy=False)
+        return copies is not None and copies.latest(trials, number) is not None
 
     return kept
 
