@@ -181,7 +181,7 @@ class AnalysisOptions:
 
     def __post_init__(self) -> None:
         if self.explainer not in EXPLAINERS:
-            raise AutotuneError(f"unknown explainer {self.explainer!r}: use one of {EXPLAINERS}")
+            raise AutotuneError(f"unknown explainer {self.explainer!r}: use one of {[*EXPLAINERS]}")
         for name in ("samples", "background", "nsamples"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:

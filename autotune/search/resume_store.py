@@ -157,7 +157,7 @@ class TrialCopy:
                 self.store.store.write(artifact, f)
         except OSError as e:
             # The trial goes on: its checkpoint in the output folder still holds on this
-            # machine, and the leaderboard's record says why other machines cannot read it.
+            # machine, and its record (``resume_copy_error``) says why others cannot read it.
             record(self.trial, resume_copy_error=first_line(e))
             return
         record(self.trial, resume_copy=artifact)

@@ -107,17 +107,18 @@ def is_surplus(study: optuna.Study, number: int, total: int) -> bool:
     trials = study.get_trials(deepcopy=False)
     again = retried(trials)
     mine = next(t for t in trials if t.number == number)
-
-    def when(t: FrozenTrial) -> tuple[datetime.datetime, int]:
-        return (t.datetime_start or _EPOCH, t.number)
-
     states = (*FINISHED, TrialState.RUNNING)
     before = [
         t
         for t in trials
-        if t.number != number and t.state in states and counts(t, again) and when(t) < when(mine)
+        if t.number != number and t.state in states and counts(t, again) and _when(t) < _when(mine)
     ]
     return len(before) >= total
+
+
+def _when(t: FrozenTrial) -> tuple[datetime.datetime, int]:
+    """Which of two trials started first (by number where the start times tie)."""
+    return (t.datetime_start or _EPOCH, t.number)
 
 
 def continued_already(study: optuna.Study, number: int) -> int | None:
@@ -131,9 +132,8 @@ def continued_already(study: optuna.Study, number: int) -> int | None:
         return None
     for t in trials:
         rec = TrialRecord.from_trial(t)
-        first = (t.datetime_start or _EPOCH, t.number) < (mine.datetime_start or _EPOCH, number)
         stopped = t.state == TrialState.WAITING or rec.interrupted or rec.surplus
-        if t.number != number and rec.resumes == resumes and first and not stopped:
+        if t.number != number and rec.resumes == resumes and _when(t) < _when(mine) and not stopped:
             return resumes
     return None
 
