@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 
 from autotune.config import AnalysisOptions, Explainer, SearchSettings
 from autotune.errors import first_line
+from autotune.interrupts import deferred
 from autotune.load.job import DataSpec, Job, ModelSpec
 from autotune.load.models import LoadedModel
 from autotune.load.tasks import TaskData, from_datasets
@@ -36,7 +37,6 @@ from autotune.results.leaderboard import Leaderboard
 from autotune.results.live import LiveLeaderboard
 from autotune.results.onnx_export import export_formats
 from autotune.results.report import write_report
-from autotune.search.interrupts import deferred
 from autotune.search.outage import outage
 from autotune.search.prepare import space_for, study_checkpoints
 from autotune.search.record import TrialRecord

@@ -18,7 +18,7 @@ from rich.markup import escape
 
 from autotune import config
 from autotune.errors import AutotuneError, redacted
-from autotune.search.interrupts import Terminated, exit_code, stop_on_termination
+from autotune.interrupts import Terminated, exit_code, stop_on_termination
 from autotune.search.outage import Outage, outage
 
 app = typer.Typer(

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from autotune.errors import AutotuneError, StorageError, causes, redacted
+from autotune.interrupts import held
 
 
 def cache_dir() -> Path:
@@ -162,18 +163,21 @@ def write_atomically(
     ``OSError`` it is (saving to a path, it raises a ``RuntimeError`` that names no cause)."""
     # A name of its own: two processes (workers building the demo) may write one path at once.
     part = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
-    try:
-        with open(part, "xb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(part, path)
-    except BaseException:
-        part.unlink(missing_ok=True)
-        if not keep_old:
-            path.unlink(missing_ok=True)
-        raise
-    _sync_folder(path.parent)
+    # A signal waits for the file: torch.save writes through ``f.write`` from C++, which turns
+    # an exception raised there into "unexpected pos", a failed trial instead of a stopped one.
+    with held():
+        try:
+            with open(part, "xb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(part, path)
+        except BaseException:
+            part.unlink(missing_ok=True)
+            if not keep_old:
+                path.unlink(missing_ok=True)
+            raise
+        _sync_folder(path.parent)
 
 
 def write_text_atomically(path: Path, text: str, keep_old: bool = True) -> None:

@@ -190,6 +190,19 @@ MUTATIONS: dict[str, tuple[str, str, str, str]] = {
         "if True:",
         "tests/test_interrupts.py",
     ),
+    "a signal stops a storage call half-way": (
+        "autotune/search/study.py",
+        "    hold_in_calls(storage_of(study))  # the trials' calls too, the sampler's and the "
+        "pruner's\n",
+        "",
+        "tests/test_interrupts.py::test_a_sigterm_inside_a_storage_call_waits_for_its_end_and_the_results_are_written",
+    ),
+    "a signal stops a file half-written": (
+        "autotune/paths.py",
+        "    with held():\n",
+        "    if True:\n",
+        "tests/test_interrupts.py::test_a_sigterm_while_a_checkpoint_is_written_stops_the_trial_once_the_file_is_whole",
+    ),
     "a worker runs on after its parent died": (
         "autotune/search/pool.py",
         "    stop_with_parent()\n",

@@ -1,4 +1,5 @@
-"""Ctrl-C at the moments a search is most fragile: while Optuna records a trial's start or end."""
+"""Signals at the moments a search is most fragile: while Optuna records a trial's start or end,
+inside a storage call, while a file is written, at the end of a search."""
 
 from __future__ import annotations
 
@@ -16,14 +17,14 @@ from optuna.trial import TrialState
 from rich.console import Console
 
 from autotune import search
-from autotune.load.tasks import TaskData
-from autotune.search.interrupts import (
+from autotune.interrupts import (
     TERMINATIONS,
     Terminated,
     deferred,
     exit_code,
     stop_on_termination,
 )
+from autotune.load.tasks import TaskData
 from autotune.search.trials import finished
 
 QUICK = {"lr": {"low": 1e-3, "high": 3e-2, "log": True}, "fit": {"max_epochs": 2, "patience": 2}}
@@ -143,10 +144,105 @@ def test_a_signal_that_stopped_the_end_of_a_search_is_not_delivered_again(
 ) -> None:
     """After a second signal stopped ``deferred``, the first is not left waiting for the next
     Optuna call of a later search in the same process (a notebook)."""
-    from autotune.search.interrupts import held
+    from autotune.interrupts import held
 
     with pytest.raises(Terminated), deferred():
         signal.raise_signal(signal.SIGTERM)
         signal.raise_signal(signal.SIGTERM)
     with held():
         pass  # no signal pending: nothing raised
+
+
+def test_a_sigterm_inside_a_storage_call_waits_for_its_end_and_the_results_are_written(
+    terminations: None,
+    tiny_model: torch.nn.Module,
+    tiny_data: TaskData,
+    tmp_path: Path,
+) -> None:
+    """A scheduler's SIGTERM while a trial reads the study (here: while a row is loaded, as
+    another worker writes): the call ends first, then the trial stops as interrupted. Stopped
+    inside the call, SQLite kept the half-read statement open, and the writes of the search's
+    end failed with "database is locked"."""
+    import sqlite3
+
+    from optuna.storages._rdb import models
+    from sqlalchemy import event
+
+    state = {"epoch": 0, "sent": False}
+    report = _CachedStorage.set_trial_intermediate_value
+
+    def counted(self: _CachedStorage, *args: Any, **kwargs: Any) -> Any:
+        state["epoch"] += 1
+        return report(self, *args, **kwargs)
+
+    def loaded(target: Any, context: Any) -> None:
+        if state["epoch"] == 2 and not state["sent"]:
+            state["sent"] = True
+            with sqlite3.connect(tmp_path / "study.db") as other:  # another worker's write
+                other.execute("UPDATE studies SET study_name = study_name")
+            signal.raise_signal(signal.SIGTERM)
+
+    event.listen(models.TrialModel, "load", loaded)
+    try:
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(_CachedStorage, "set_trial_intermediate_value", counted)
+            with pytest.raises(Terminated):
+                search(
+                    tiny_model, tiny_data, out=tmp_path, console=Console(file=io.StringIO()),
+                    space={**QUICK, "fit": {"max_epochs": 4, "patience": 4}}, trials=2,
+                )  # fmt: skip
+    finally:
+        event.remove(models.TrialModel, "load", loaded)
+    assert state["sent"]
+    study = optuna.load_study(study_name=None, storage=f"sqlite:///{tmp_path / 'study.db'}")
+    stopped = [t for t in study.get_trials() if t.user_attrs.get("interrupted")]
+    assert len(stopped) == 1 and stopped[0].state == TrialState.FAIL
+    # The epoch whose report the signal fell in was recorded whole.
+    # Epoch 2's report, which the signal fell in, was recorded whole; no epoch 3 began.
+    assert sorted(stopped[0].intermediate_values) == [1, 2]
+    assert (tmp_path / "report.html").is_file()
+
+
+def test_a_sigterm_while_a_checkpoint_is_written_stops_the_trial_once_the_file_is_whole(
+    terminations: None,
+    tiny_model: torch.nn.Module,
+    tiny_data: TaskData,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """torch.save writes through the file's ``write`` from C++, which turns an exception raised
+    there into "unexpected pos": a signal then failed the trial, and the search went on. It now
+    stops the trial as interrupted once the checkpoint is written, and the next run continues it."""
+    from autotune import paths
+
+    class Signalled(io.BufferedWriter):
+        sent = False
+
+        def write(self, data: Any) -> int:
+            if not Signalled.sent:
+                Signalled.sent = True
+                signal.raise_signal(signal.SIGTERM)
+            return super().write(data)
+
+    def opened(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        if mode == "xb" and "resume_" in str(file):
+            return Signalled(io.FileIO(file, mode))
+        return open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(paths, "open", opened, raising=False)
+    settings = {"space": {**QUICK, "fit": {"max_epochs": 4, "patience": 4}}, "trials": 2}
+    with pytest.raises(Terminated):
+        search(tiny_model, tiny_data, out=tmp_path, console=Console(file=io.StringIO()),
+               checkpoint_every=1e-9, **settings)  # fmt: skip
+    assert Signalled.sent
+    study = optuna.load_study(study_name=None, storage=f"sqlite:///{tmp_path / 'study.db'}")
+    assert not [t for t in study.get_trials() if t.user_attrs.get("fail_reason")]
+    [stopped] = [t for t in study.get_trials() if t.user_attrs.get("interrupted")]
+    [kept] = list(tmp_path.glob("checkpoints/*/resume_*.pt"))
+    assert torch.load(kept, weights_only=True)["loop"]["epoch"] == 1
+    monkeypatch.undo()
+    search(tiny_model, tiny_data, out=tmp_path, console=Console(file=io.StringIO()),
+           checkpoint_every=1e-9, **settings)  # fmt: skip
+    again = optuna.load_study(study_name=None, storage=f"sqlite:///{tmp_path / 'study.db'}")
+    resumed = [t for t in again.get_trials() if t.user_attrs.get("resumes") == stopped.number]
+    assert [t.user_attrs.get("resumed_after") for t in resumed] == [1]

@@ -9,7 +9,8 @@ import autotune
 
 PACKAGE = Path(autotune.__file__).parent
 # Pipeline order: a module may import only from its own layer or an earlier one.
-LAYERS = ["errors", "config", "paths", "load", "rank", "trial", "search", "results", "api", "cli"]
+LAYERS = ["errors", "interrupts", "config", "paths", "load", "rank", "trial", "search"]
+LAYERS += ["results", "api", "cli"]
 
 
 def _modules() -> dict[str, Path]:

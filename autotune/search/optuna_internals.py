@@ -14,6 +14,8 @@ import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial
 
+from autotune.interrupts import held
+
 
 def storage_of(study: optuna.Study) -> BaseStorage:
     """The storage a study reads and writes."""
@@ -63,7 +65,8 @@ def set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
     from optuna.storages._rdb import models
     from optuna.storages._rdb.storage import _create_scoped_session
 
-    with _create_scoped_session(backend.scoped_session, True) as session:
+    # Held as the storage's own calls are (``interrupts.hold_in_calls``).
+    with held(), _create_scoped_session(backend.scoped_session, True) as session:
         for key, value in attrs.items():
             backend._set_trial_attr_without_commit(
                 session, models.TrialUserAttributeModel, trial._trial_id, key, value

@@ -4,7 +4,7 @@ The first process prepares the study (analysis, baseline, seed trials) and start
 each a fresh interpreter (``spawn``: no forked torch state) that reads the job back from the
 study's record and runs trials until the study has its total. The first process runs trials
 too, waits for the others, and is the only one that exports. A worker stops as after a Ctrl-C
-on its first SIGINT, and when its parent dies (``search.interrupts``).
+on its first SIGINT, and when its parent dies (``interrupts``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from multiprocessing.process import BaseProcess
 from types import TracebackType
 from typing import Any
 
-from autotune.search.interrupts import stop_once, stop_with_parent
+from autotune.interrupts import stop_once, stop_with_parent
 
 STOP_SECONDS = 30.0
 """How long an interrupted worker has to end its trial before it is killed."""

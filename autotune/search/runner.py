@@ -19,6 +19,7 @@ from torch import nn
 
 from autotune.config import VERSION, SearchSettings
 from autotune.errors import AutotuneError, first_line, redacted
+from autotune.interrupts import held
 from autotune.load.anatomy import layers
 from autotune.load.job import DataSpec, Job, ModelSpec
 from autotune.paths import checkpoints_dir, workers_dir
@@ -26,7 +27,6 @@ from autotune.rank.analysis import Analysis
 from autotune.rank.gates import sites
 from autotune.search.budgets import Budgets, cost_attrs
 from autotune.search.display import Display, NoDisplay, header, optuna_quiet
-from autotune.search.interrupts import held
 from autotune.search.objective import WORKER, Objective
 from autotune.search.pool import Pool
 from autotune.search.prepare import adapt_space, make_maker, run_analyses, study_checkpoints

@@ -18,7 +18,9 @@ from autotune.config import (
     sign,
 )
 from autotune.errors import StorageError, first_line, redacted
+from autotune.interrupts import held, hold_in_calls
 from autotune.paths import study_db
+from autotune.search.optuna_internals import storage_of
 from autotune.search.record import TrialRecord
 from autotune.search.space import SearchSpace, config_from, parse_space
 from autotune.search.storage import open_storage
@@ -48,18 +50,20 @@ def open_study(settings: SearchSettings, record: dict[str, Any]) -> optuna.Study
     sampler, pruner = make_sampler_and_pruner(settings)
     directions = [METRICS[settings.metric]] + (["minimize"] if settings.pareto else [])
     try:
-        study = optuna.create_study(
-            storage=storage,
-            study_name=settings.study_name,
-            directions=directions,
-            sampler=sampler,
-            pruner=pruner,
-            load_if_exists=True,
-        )
+        with held():  # stopped half-way, a storage call leaves the storage so (``hold_in_calls``)
+            study = optuna.create_study(
+                storage=storage,
+                study_name=settings.study_name,
+                directions=directions,
+                sampler=sampler,
+                pruner=pruner,
+                load_if_exists=True,
+            )
     except Exception as e:
         raise StorageError(
             f"cannot create study {settings.study_name!r} in the storage: {redacted(first_line(e))}"
         ) from e
+    hold_in_calls(storage_of(study))  # the trials' calls too, the sampler's and the pruner's
     previous = study.user_attrs.get(ATTR)
     if previous is None:
         study.set_user_attr(ATTR, record)

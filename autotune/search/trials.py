@@ -36,8 +36,8 @@ from typing import Any, TypeVar
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from autotune.interrupts import allowed
 from autotune.search.identity import WORKER, is_local, is_ours, lives
-from autotune.search.interrupts import allowed
 from autotune.search.optuna_internals import frozen, heartbeat_enabled, storage_of, trial_id
 from autotune.search.record import TrialRecord
 

@@ -12,6 +12,11 @@ in a terminal reaches the whole process group, and the parent, interrupted too, 
 It also stops when its parent dies (``stop_with_parent``): after a kill -9 of the parent, no one
 else would tell it, and it would run to the end with no one left to export.
 
+Storage calls and file writes hold a signal until they end too (``hold_in_calls``, and
+``paths.write_atomically``): stopped half-way, SQLite keeps a half-read statement that locks
+out the next write, and torch.save, whose C++ writes through Python, reports "unexpected pos"
+instead of the stop, failing the trial.
+
 A SIGTERM or SIGHUP (a batch scheduler, ``docker stop``, a cloud preemption, a closed terminal)
 stops a search as a Ctrl-C does (``stop_on_termination``): raised as ``Terminated``, a
 ``KeyboardInterrupt``, so that every path a Ctrl-C takes it takes too, and the command exits
@@ -21,16 +26,20 @@ signal stops it, and a second stops it at once.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import multiprocessing
 import os
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
-from typing import Any, NoReturn
+from typing import Any, NoReturn, ParamSpec, TypeVar
 
 TERMINATIONS = (signal.SIGTERM, signal.SIGHUP)
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class Terminated(KeyboardInterrupt):
@@ -110,25 +119,54 @@ def deferred() -> Iterator[None]:
 
 @contextmanager
 def held() -> Iterator[None]:
-    """Hold a SIGINT until the block ends (Optuna starting and ending a trial); then the
-    handler there before it hears of it."""
+    """Hold a SIGINT until the block ends (Optuna starting and ending a trial, a storage call,
+    a file being written); then the handler there before it hears of it."""
     if threading.current_thread() is not threading.main_thread():
         yield  # a SIGINT never runs code in this thread
         return
     previous: Any = signal.signal(signal.SIGINT, _on_sigint)
     _State.held += 1
-    ended = False
+    failed = False
     try:
         yield
-        ended = True
+    except KeyboardInterrupt:
+        _State.pending = 0  # a stop is on its way already
+        raise
+    except BaseException:
+        failed = True
+        raise
     finally:
         _State.held -= 1
         if previous is not None:  # None: a handler not set from Python, which cannot be put back
             signal.signal(signal.SIGINT, previous)
-        if _State.pending and not _State.held and not _State.deferred:
+        # After another error the signal stays pending, for the next point that may stop
+        # (the end of a later held block, an allowed one): raised here, it would hide the error.
+        if _State.pending and not _State.held and not _State.deferred and not failed:
             signum, _State.pending = _State.pending, 0
-            if ended:  # else an exception, maybe this signal's own, is already on its way
-                _deliver(previous, signum)
+            _deliver(previous, signum)
+
+
+def holding(call: Callable[P, R]) -> Callable[P, R]:
+    """``call``, with a signal held until it returns."""
+
+    @functools.wraps(call)
+    def held_call(*args: P.args, **kwargs: P.kwargs) -> R:
+        with held():
+            return call(*args, **kwargs)
+
+    return held_call
+
+
+def hold_in_calls(obj: object) -> None:
+    """Hold a signal until each call of a public method of ``obj`` (a study's storage) returns.
+
+    Stopped inside one, a storage is left half-way: SQLite keeps the half-read statement of an
+    interrupted query open, and the next write on its connection, once another has written,
+    fails with "database is locked" (the end of a search then exported nothing); a journal file
+    gets half a line."""
+    for name, _ in inspect.getmembers(type(obj), callable):  # a property is read on use only
+        if not name.startswith("_"):
+            setattr(obj, name, holding(getattr(obj, name)))
 
 
 def _deliver(handler: Any, signum: int) -> None:
