@@ -14,8 +14,8 @@ else would tell it, and it would run to the end with no one left to export.
 
 Storage calls and file writes hold a signal until they end too (``hold_in_calls``, and
 ``paths.write_atomically``): stopped half-way, SQLite keeps a half-read statement that locks
-out the next write, and torch.save, whose C++ writes through Python, reports "unexpected pos"
-instead of the stop, failing the trial.
+out the next write, and a file is lost (torch.save, whose C++ writes through Python, may even
+report "unexpected pos" instead of the stop, failing the trial).
 
 A SIGTERM or SIGHUP (a batch scheduler, ``docker stop``, a cloud preemption, a closed terminal)
 stops a search as a Ctrl-C does (``stop_on_termination``): raised as ``Terminated``, a

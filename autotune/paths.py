@@ -163,8 +163,9 @@ def write_atomically(
     ``OSError`` it is (saving to a path, it raises a ``RuntimeError`` that names no cause)."""
     # A name of its own: two processes (workers building the demo) may write one path at once.
     part = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
-    # A signal waits for the file: torch.save writes through ``f.write`` from C++, which turns
-    # an exception raised there into "unexpected pos", a failed trial instead of a stopped one.
+    # A signal waits for the file: stopped half-way, a checkpoint is lost, and torch.save,
+    # whose C++ writes through ``f.write``, may turn the stop into "unexpected pos" (a failed
+    # trial, and the search goes on).
     with held():
         try:
             with open(part, "xb") as f:

@@ -197,7 +197,6 @@ def test_a_sigterm_inside_a_storage_call_waits_for_its_end_and_the_results_are_w
     study = optuna.load_study(study_name=None, storage=f"sqlite:///{tmp_path / 'study.db'}")
     stopped = [t for t in study.get_trials() if t.user_attrs.get("interrupted")]
     assert len(stopped) == 1 and stopped[0].state == TrialState.FAIL
-    # The epoch whose report the signal fell in was recorded whole.
     # Epoch 2's report, which the signal fell in, was recorded whole; no epoch 3 began.
     assert sorted(stopped[0].intermediate_values) == [1, 2]
     assert (tmp_path / "report.html").is_file()
@@ -210,9 +209,10 @@ def test_a_sigterm_while_a_checkpoint_is_written_stops_the_trial_once_the_file_i
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """torch.save writes through the file's ``write`` from C++, which turns an exception raised
-    there into "unexpected pos": a signal then failed the trial, and the search went on. It now
-    stops the trial as interrupted once the checkpoint is written, and the next run continues it."""
+    """torch.save writes through the file's ``write`` from C++. A signal raised there stopped the
+    trial with its checkpoint unwritten (here: the next run started it over), or, at the file's
+    end, became "unexpected pos": the trial failed and the search went on. The trial now stops
+    as interrupted once the checkpoint is whole, and the next run continues it."""
     from autotune import paths
 
     class Signalled(io.BufferedWriter):
