@@ -126,22 +126,18 @@ def held() -> Iterator[None]:
         return
     previous: Any = signal.signal(signal.SIGINT, _on_sigint)
     _State.held += 1
-    failed = False
     try:
         yield
     except KeyboardInterrupt:
         _State.pending = 0  # a stop is on its way already
         raise
-    except BaseException:
-        failed = True
-        raise
     finally:
         _State.held -= 1
         if previous is not None:  # None: a handler not set from Python, which cannot be put back
             signal.signal(signal.SIGINT, previous)
-        # After another error the signal stays pending, for the next point that may stop
-        # (the end of a later held block, an allowed one): raised here, it would hide the error.
-        if _State.pending and not _State.held and not _State.deferred and not failed:
+        # Also after another error, which the stop then carries as its context: kept pending,
+        # the signal could outlive the search and stop a later one in the process (a notebook).
+        if _State.pending and not _State.held and not _State.deferred:
             signum, _State.pending = _State.pending, 0
             _deliver(previous, signum)
 

@@ -246,3 +246,18 @@ def test_a_sigterm_while_a_checkpoint_is_written_stops_the_trial_once_the_file_i
     again = optuna.load_study(study_name=None, storage=f"sqlite:///{tmp_path / 'study.db'}")
     resumed = [t for t in again.get_trials() if t.user_attrs.get("resumes") == stopped.number]
     assert [t.user_attrs.get("resumed_after") for t in resumed] == [1]
+
+
+def test_a_signal_held_by_a_block_that_fails_still_stops_and_is_not_left_pending(
+    terminations: None,
+) -> None:
+    """A storage call that fails while a SIGTERM waits for it: the stop follows, with the error
+    as its context, and no signal is left for a later search in the same process."""
+    from autotune.interrupts import held
+
+    with pytest.raises(Terminated) as stop, held():
+        signal.raise_signal(signal.SIGTERM)
+        raise OSError("the storage went away")
+    assert isinstance(stop.value.__context__, OSError)
+    with held():
+        pass  # no signal pending: nothing raised
