@@ -28,6 +28,13 @@ from autotune.load.tasks import TaskData
 from autotune.search.trials import finished
 
 QUICK = {"lr": {"low": 1e-3, "high": 3e-2, "log": True}, "fit": {"max_epochs": 2, "patience": 2}}
+# Four epochs: a signal sent in epoch 2 leaves epochs after it to stop.
+LONGER = {**QUICK, "fit": {"max_epochs": 4, "patience": 4}}
+
+
+def _study(out: Path) -> optuna.Study:
+    """The study a search left in its default study file in ``out``."""
+    return optuna.load_study(study_name=None, storage=f"sqlite:///{out / 'study.db'}")
 
 
 def _ctrl_c_on(monkeypatch: pytest.MonkeyPatch, method: str, when: Any) -> None:
@@ -60,7 +67,7 @@ def _search_stopped_when_optuna_sets(
     console = Console(file=io.StringIO())
     with pytest.raises(KeyboardInterrupt):
         search(tiny_model, tiny_data, out=tmp_path, console=console, space=QUICK, trials=3)
-    return optuna.load_study(study_name=None, storage=f"sqlite:///{tmp_path / 'study.db'}")
+    return _study(tmp_path)
 
 
 def test_a_ctrl_c_while_optuna_records_a_trials_end_stops_once_it_is_recorded(
@@ -126,7 +133,7 @@ def test_a_sigterm_at_the_end_of_a_search_waits_for_the_bundle_then_stops_it(
         search(tiny_model, tiny_data, out=tmp_path, console=console, space=QUICK, trials=2)
     assert exit_code(stop.value) == 143
     assert (tmp_path / "best" / "model.pt2").is_file() and (tmp_path / "report.html").is_file()
-    study = optuna.load_study(study_name=None, storage=f"sqlite:///{tmp_path / 'study.db'}")
+    study = _study(tmp_path)
     assert finished(study) == 2 and not study.get_trials(states=(TrialState.RUNNING,))
 
 
@@ -187,14 +194,12 @@ def test_a_sigterm_inside_a_storage_call_waits_for_its_end_and_the_results_are_w
         with pytest.MonkeyPatch.context() as m:
             m.setattr(_CachedStorage, "set_trial_intermediate_value", counted)
             with pytest.raises(Terminated):
-                search(
-                    tiny_model, tiny_data, out=tmp_path, console=Console(file=io.StringIO()),
-                    space={**QUICK, "fit": {"max_epochs": 4, "patience": 4}}, trials=2,
-                )  # fmt: skip
+                console = Console(file=io.StringIO())
+                search(tiny_model, tiny_data, out=tmp_path, console=console, space=LONGER, trials=2)
     finally:
         event.remove(models.TrialModel, "load", loaded)
     assert state["sent"]
-    study = optuna.load_study(study_name=None, storage=f"sqlite:///{tmp_path / 'study.db'}")
+    study = _study(tmp_path)
     stopped = [t for t in study.get_trials() if t.user_attrs.get("interrupted")]
     assert len(stopped) == 1 and stopped[0].state == TrialState.FAIL
     # Epoch 2's report, which the signal fell in, was recorded whole; no epoch 3 began.
@@ -230,12 +235,12 @@ def test_a_sigterm_while_a_checkpoint_is_written_stops_the_trial_once_the_file_i
         return open(file, mode, *args, **kwargs)
 
     monkeypatch.setattr(paths, "open", opened, raising=False)
-    settings = {"space": {**QUICK, "fit": {"max_epochs": 4, "patience": 4}}, "trials": 2}
+    settings = {"space": LONGER, "trials": 2}
     with pytest.raises(Terminated):
         search(tiny_model, tiny_data, out=tmp_path, console=Console(file=io.StringIO()),
                checkpoint_every=1e-9, **settings)  # fmt: skip
     assert Signalled.sent
-    study = optuna.load_study(study_name=None, storage=f"sqlite:///{tmp_path / 'study.db'}")
+    study = _study(tmp_path)
     assert not [t for t in study.get_trials() if t.user_attrs.get("fail_reason")]
     [stopped] = [t for t in study.get_trials() if t.user_attrs.get("interrupted")]
     [kept] = list(tmp_path.glob("checkpoints/*/resume_*.pt"))
@@ -243,7 +248,7 @@ def test_a_sigterm_while_a_checkpoint_is_written_stops_the_trial_once_the_file_i
     monkeypatch.undo()
     search(tiny_model, tiny_data, out=tmp_path, console=Console(file=io.StringIO()),
            checkpoint_every=1e-9, **settings)  # fmt: skip
-    again = optuna.load_study(study_name=None, storage=f"sqlite:///{tmp_path / 'study.db'}")
+    again = _study(tmp_path)
     resumed = [t for t in again.get_trials() if t.user_attrs.get("resumes") == stopped.number]
     assert [t.user_attrs.get("resumed_after") for t in resumed] == [1]
 
