@@ -201,13 +201,20 @@ def stop_once() -> None:
 
 def stop_with_parent() -> None:
     """In a process ``multiprocessing`` started: a SIGINT to itself when its parent is gone
-    (the end of a pipe only the parent holds: no polling, and a kill -9 closes it too)."""
+    (the end of a pipe only the parent holds, which a kill -9 closes too, or a new parent
+    pid)."""
     parent = multiprocessing.parent_process()
     if parent is None:
         return
+    ppid = os.getppid()
 
     def watch() -> None:
-        parent.join()
+        # The pipe stays open while a process the parent forked still holds its end; the
+        # parent's pid, which a dead parent's orphan loses, is checked once a second too.
+        while os.getppid() == ppid:
+            parent.join(1.0)
+            if not parent.is_alive():
+                break
         os.kill(os.getpid(), signal.SIGINT)
 
     threading.Thread(target=watch, name="autotune-parent", daemon=True).start()
