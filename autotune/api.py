@@ -25,7 +25,7 @@ from autotune.paths import (
     check_storage,
     check_writable,
     leaderboard_csv,
-    study_db,
+    study_file,
 )
 from autotune.rank.analysis import Analysis
 from autotune.rank.analyze import analyze_job
@@ -166,8 +166,8 @@ def search(
             best, report = _finish(run, study)
         return SearchResult(run, study, best, report)
     finally:
-        if the_settings.storage is None:
-            settle(study_db(folder))
+        if the_settings.storage is None and study_file(folder).suffix == ".db":
+            settle(study_file(folder))  # an older SQLite study: one file again
 
 
 def _raise_outage(e: BaseException) -> None:

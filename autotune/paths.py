@@ -1,7 +1,8 @@
 """Where files go: the cache folder, and the layout of a search's output folder (``OUT/``).
 
 ```
-OUT/study.db            the Optuna study (SQLite, unless --storage says otherwise)
+OUT/study.journal       the Optuna study (a journal file, unless --storage says otherwise; a
+                        study.db made by an earlier autotune stays its study)
 OUT/analysis/           the rankings (JSON) and their charts (PNG)
 OUT/checkpoints/STUDY/  weights of trials that may be exported, a folder per study, and the
                         in-trial checkpoints of trials still running or interrupted
@@ -37,8 +38,12 @@ def cache_dir() -> Path:
     return Path(base) / "autotune"
 
 
-def study_db(out: Path) -> Path:
-    return out / "study.db"
+def study_file(out: Path) -> Path:
+    """The study file of ``out`` when no ``--storage`` is given: Optuna's journal file, or the
+    SQLite ``study.db`` of a study made before the journal was the default, which the same
+    command continues."""
+    legacy = out / "study.db"
+    return legacy if legacy.is_file() else out / "study.journal"
 
 
 def analysis_dir(out: Path) -> Path:

@@ -100,11 +100,12 @@ def env() -> dict[str, str]:
 
 def load(out: Path) -> optuna.Study | None:
     """The search's study, or None before the first run created it."""
-    if not (out / "study.db").is_file():
-        return None
+    from autotune.errors import StorageError
+    from autotune.search.study import load_study
+
     try:
-        return optuna.load_study(study_name=None, storage=f"sqlite:///{out / 'study.db'}")
-    except (KeyError, ValueError):
+        return load_study(None, out)
+    except StorageError:
         return None
 
 

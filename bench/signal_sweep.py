@@ -34,6 +34,8 @@ import peers
 from _shared import emit
 from optuna.trial import TrialState
 
+from autotune.search.study import load_study
+
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 SIGTERM_EXIT = 143
@@ -52,7 +54,7 @@ def one_run(command: list[str], out: Path, delay: float) -> str:
     time.sleep(delay)
     process.send_signal(signal.SIGTERM)
     rc = process.wait(timeout=300)
-    study = optuna.load_study(study_name=None, storage=f"sqlite:///{out / 'study.db'}")
+    study = load_study(None, out)
     trials = study.get_trials(deepcopy=False)
     stopped = [t for t in trials if t.user_attrs.get("interrupted")]
     failed = [t for t in trials if t.state == TrialState.FAIL and t not in stopped]

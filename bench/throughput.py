@@ -115,10 +115,10 @@ def timeline(out: Path, start: float, end: float) -> dict[str, Any]:
     its pruner reports), the gaps between trials, and after the last."""
     import optuna
 
-    from autotune.paths import study_db
+    from autotune.search.study import load_study
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(study_name=None, storage=f"sqlite:///{study_db(out)}")
+    study = load_study(None, out)
     trials = [
         t
         for t in study.get_trials(deepcopy=False)

@@ -21,6 +21,8 @@ import optuna
 from _shared import emit
 from optuna.trial import TrialState
 
+from autotune.search.study import load_study
+
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 
@@ -76,7 +78,7 @@ def run(command: list[str], kill_after: int | None = None) -> tuple[float, float
 
 def _running_after(out: Path, finished: int) -> bool:
     try:
-        study = optuna.load_study(study_name="demo", storage=f"sqlite:///{out / 'study.db'}")
+        study = load_study(None, out, "demo")
     except Exception:
         return False
     trials = study.get_trials(deepcopy=False)

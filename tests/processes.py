@@ -13,6 +13,8 @@ import optuna
 import torch
 from conftest import blobs
 
+from autotune.search.study import load_study
+
 TINY_NET = """
 from torch import nn
 
@@ -69,7 +71,7 @@ def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[b
 
 
 def study_in(out: Path, name: str = "model") -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=f"sqlite:///{out / 'study.db'}")
+    return load_study(None, out, name)
 
 
 def wait_for(

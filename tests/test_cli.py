@@ -3,19 +3,18 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-import sqlite3
 import subprocess
 import sys
-from contextlib import closing
 from pathlib import Path
 
 import optuna
 import pytest
 import yaml
+from optuna.storages.journal import JournalFileBackend, JournalStorage
 from typer.testing import CliRunner, Result
 
 from autotune.cli import app
-from autotune.search.study import best_trial
+from autotune.search.study import best_trial, load_study
 
 runner = CliRunner()
 SPACE = """
@@ -56,7 +55,7 @@ def searched(tmp_path_factory: pytest.TempPathFactory) -> Path:
         and f"(source {source:.4f}," in result.output
     )
     # Why, when the export is not the top trial (the one-standard-error rule picked another).
-    study = optuna.load_study(study_name=None, storage=f"sqlite:///{out / 'study.db'}")
+    study = load_study(None, out)
     top = best_trial(study)
     assert top is not None
     said = f"chosen as {config['chosen']}" in result.output
@@ -89,26 +88,28 @@ def test_search_writes_the_bundle(searched: Path) -> None:
     assert exported == [config["trial"]]
 
 
-def test_a_finished_search_is_one_plain_file_that_opens_read_only(
+def test_a_finished_search_is_one_journal_file_that_opens_alone_and_read_only(
     searched: Path, tmp_path: Path
 ) -> None:
-    study = searched / "study.db"
-    # Bytes 18-19 of an SQLite file: 1, 1 in the default journal mode, 2, 2 in WAL mode,
-    # whose readers need to write a -shm file beside it.
-    assert study.read_bytes()[18:20] == b"\x01\x01"
-    assert not (searched / "study.db-wal").exists()
+    from optuna_dashboard._storage_url import guess_storage_from_url
+
+    study = searched / "study.journal"
+    assert not list(searched.glob("study.journal.*"))  # no lock left behind
     shelf = tmp_path / "read-only"
     shelf.mkdir()
-    shutil.copy(study, shelf / "study.db")  # the file alone, as a user shares it
+    shutil.copy(study, shelf / "study.journal")  # the file alone, as a user shares it
+    (shelf / "study.journal").chmod(0o444)
     shelf.chmod(0o555)
     try:
-        uri = f"file:{shelf / 'study.db'}?mode=ro"
-        with closing(sqlite3.connect(uri, uri=True)) as reader:
-            copied = reader.execute("SELECT COUNT(*) FROM trials").fetchone()[0]
+        copied = load_study(None, shelf).trials
+        # What `optuna-dashboard OUT/study.journal` opens.
+        served = guess_storage_from_url(str(shelf / "study.journal"))
+        names = [s.study_name for s in served.get_all_studies()]
     finally:
         shelf.chmod(0o755)
-    with closing(sqlite3.connect(study)) as reader:
-        assert copied == reader.execute("SELECT COUNT(*) FROM trials").fetchone()[0] == 4
+    assert names == [load_study(None, searched).study_name]
+    assert len(copied) == len(load_study(None, searched).trials) == 4
+    assert sorted(p.name for p in shelf.iterdir()) == ["study.journal"]
 
 
 def test_exported_program_runs_without_autotune(searched: Path) -> None:
@@ -213,8 +214,8 @@ def test_a_space_with_nan_or_inf_is_refused_naming_file_key_and_value(tmp_path: 
 
 @pytest.fixture
 def two_studies(tmp_path: Path) -> Path:
-    """An output folder whose study.db holds two studies."""
-    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    """An output folder whose study file holds two studies."""
+    storage = JournalStorage(JournalFileBackend(str(tmp_path / "study.journal")))
     for name in ("first", "second"):
         optuna.create_study(storage=storage, study_name=name)
     return tmp_path
@@ -236,6 +237,7 @@ def test_dashboard_serves_the_study_named_among_several(
 
 @pytest.mark.parametrize("port", ["-1", "99999"])
 def test_dashboard_refuses_a_port_out_of_range_in_one_line(tmp_path: Path, port: str) -> None:
+    # A study file made before the journal was the default is still found.
     optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}", study_name="only")
     result = runner.invoke(app, ["dashboard", str(tmp_path), "--port", port])
     assert result.exit_code == 2, result.output

@@ -173,7 +173,7 @@ def test_bad_input_is_one_line_and_exit_code_2(
         return  # an unknown flag or a value of the wrong type: the argument parser's own message
     errors = [line for line in output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, output
-    assert not (tmp_path / "out" / "study.db").exists()
+    assert not (tmp_path / "out" / "study.journal").exists()
 
 
 @pytest.mark.slow  # a fresh interpreter imports torch: seconds

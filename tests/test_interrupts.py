@@ -12,6 +12,7 @@ from typing import Any
 import optuna
 import pytest
 import torch
+from optuna.storages import JournalStorage
 from optuna.storages._cached_storage import _CachedStorage
 from optuna.trial import TrialState
 from rich.console import Console
@@ -25,6 +26,7 @@ from autotune.interrupts import (
     stop_on_termination,
 )
 from autotune.load.tasks import TaskData
+from autotune.search.study import load_study
 from autotune.search.trials import finished
 
 QUICK = {"lr": {"low": 1e-3, "high": 3e-2, "log": True}, "fit": {"max_epochs": 2, "patience": 2}}
@@ -34,23 +36,24 @@ LONGER = {**QUICK, "fit": {"max_epochs": 4, "patience": 4}}
 
 def _study(out: Path) -> optuna.Study:
     """The study a search left in its default study file in ``out``."""
-    return optuna.load_study(study_name=None, storage=f"sqlite:///{out / 'study.db'}")
+    return load_study(None, out)
 
 
 def _ctrl_c_on(monkeypatch: pytest.MonkeyPatch, method: str, when: Any) -> None:
-    """A Ctrl-C just after the first call of Optuna's storage ``method`` with arguments ``when``
-    accepts: inside Optuna's own code, before the objective starts or after it returned."""
-    original = getattr(_CachedStorage, method)
+    """A Ctrl-C just after the first call of the default study file's storage ``method`` with
+    arguments ``when`` accepts: inside Optuna's own code, before the objective starts or after
+    it returned."""
+    original = getattr(JournalStorage, method)
     sent: list[bool] = []
 
-    def interrupted(self: _CachedStorage, *args: Any, **kwargs: Any) -> Any:
+    def interrupted(self: JournalStorage, *args: Any, **kwargs: Any) -> Any:
         done = original(self, *args, **kwargs)
         if not sent and when(*args, **kwargs):
             sent.append(True)
             signal.raise_signal(signal.SIGINT)
         return done
 
-    monkeypatch.setattr(_CachedStorage, method, interrupted)
+    monkeypatch.setattr(JournalStorage, method, interrupted)
 
 
 def _search_stopped_when_optuna_sets(
@@ -195,7 +198,10 @@ def test_a_sigterm_inside_a_storage_call_waits_for_its_end_and_the_results_are_w
             m.setattr(_CachedStorage, "set_trial_intermediate_value", counted)
             with pytest.raises(Terminated):
                 console = Console(file=io.StringIO())
-                search(tiny_model, tiny_data, out=tmp_path, console=console, space=LONGER, trials=2)
+                search(
+                    tiny_model, tiny_data, out=tmp_path, console=console, space=LONGER, trials=2,
+                    storage=f"sqlite:///{tmp_path / 'study.db'}",  # what the row loading is of
+                )  # fmt: skip
     finally:
         event.remove(models.TrialModel, "load", loaded)
     assert state["sent"]

@@ -53,7 +53,7 @@ def test_a_latency_budget_without_its_unit_is_refused_before_the_search(
 ) -> None:
     with pytest.raises(AutotuneError, match=r"--max-latency .* \(0\.5x\) or milliseconds"):
         search(_mlp(), _wide_data(), space=SPACE, trials=2, out=tmp_path, max_latency=text)
-    assert not (tmp_path / "study.db").exists()  # refused before any work
+    assert not (tmp_path / "study.journal").exists()  # refused before any work
 
 
 def test_a_trial_over_the_latency_budget_is_never_exported(clock: None, tmp_path: Path) -> None:

@@ -182,4 +182,4 @@ def test_the_command_line_names_the_pickled_object_of_a_state_dict(tmp_path: Pat
     (line,) = result.output.strip().splitlines()
     assert line.startswith("error: ") and "pickled Python object (" in line and "exec" in line
     assert "--trust-model" in line and "weights_only" not in line
-    assert not marker.exists() and not (tmp_path / "out" / "study.db").exists()
+    assert not marker.exists() and not (tmp_path / "out" / "study.journal").exists()

@@ -15,7 +15,7 @@ from rich.console import Console
 from autotune import search
 from autotune.errors import StorageError
 from autotune.load.tasks import TaskData
-from autotune.search.study import best_trial
+from autotune.search.study import best_trial, load_study
 from autotune.search.trials import finished, is_surplus, within_total
 
 QUICK = {
@@ -264,7 +264,7 @@ def test_a_recipe_trial_stopped_by_ctrl_c_is_trained_as_the_recipe_by_the_next_r
         patch.setattr(LiveLeaderboard, "progress", ctrl_c)
         with pytest.raises(KeyboardInterrupt):
             _search(tiny_model, tiny_data, tmp_path, space=STAGED, trials=2, pruner="none")
-    stopped = optuna.load_study(study_name=None, storage=f"sqlite:///{tmp_path / 'study.db'}")
+    stopped = load_study(None, tmp_path)
     first = stopped.trials[1]
     assert first.user_attrs[RECIPE] and first.user_attrs["interrupted"]
 
@@ -300,7 +300,7 @@ def test_the_retry_of_a_recipe_trial_whose_worker_died_is_the_recipe(
         patch.setattr(LiveLeaderboard, "progress", die)
         with pytest.raises(Killed):
             _search(tiny_model, tiny_data, tmp_path, trials=2, pruner="none")
-    study = optuna.load_study(study_name=None, storage=f"sqlite:///{tmp_path / 'study.db'}")
+    study = load_study(None, tmp_path)
     dead = study.trials[1]
     assert dead.state == TrialState.RUNNING and dead.user_attrs[RECIPE]
     study._storage.set_trial_user_attr(

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from autotune.cli import app
@@ -20,19 +22,44 @@ def _search(out: Path, *flags: str) -> str:
     return errors[0]
 
 
-def test_a_damaged_study_file_is_named_with_what_to_do(slimmed_study: Path, tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    out.mkdir()
+def _damaged_journal(slimmed_study: Path, out: Path) -> Path:
+    """The search's journal with a line in its middle overwritten, as a bad disk leaves it."""
+    damaged = out / "study.journal"
+    shutil.copy(slimmed_study / "study.journal", damaged)
+    with damaged.open("r+b") as f:
+        f.seek(damaged.stat().st_size // 3)
+        f.write(b"\x00" * 64)
+    return damaged
+
+
+def _damaged_sqlite(slimmed_study: Path, out: Path) -> Path:
+    """A study.db (the default before the journal) cut short."""
+    import optuna
+
     damaged = out / "study.db"
-    shutil.copy(slimmed_study / "study.db", damaged)
+    study = optuna.create_study(storage=f"sqlite:///{damaged}")
+    for _ in range(40):
+        trial = study.ask()
+        trial.set_user_attr("history", list(range(100)))
+        study.tell(trial, 0.5)
     with damaged.open("r+b") as f:
         f.truncate(damaged.stat().st_size // 3)
+    return damaged
+
+
+@pytest.mark.parametrize("damage", [_damaged_journal, _damaged_sqlite])
+def test_a_damaged_study_file_is_named_with_what_to_do(
+    damage: Callable[[Path, Path], Path], slimmed_study: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    damaged = damage(slimmed_study, out)
     line = _search(out)
     assert f"the study file {str(damaged)!r} is damaged" in line
     assert "restore it from a copy, or move it aside" in line
     assert "URL" not in line and "driver" not in line  # not a server's problem
     # Refused before the model loaded: no analysis was written beside it.
-    assert sorted(p.name for p in out.iterdir()) == ["study.db"]
+    assert sorted(p.name for p in out.iterdir()) == [damaged.name]
 
 
 def test_an_unreachable_server_leaves_no_output_folder(tmp_path: Path) -> None:

@@ -161,7 +161,7 @@ def test_two_worker_processes_share_one_journal_study(tmp_path: Path) -> None:
     assert len({t.user_attrs["worker"]["run"] for t in counted}) == 2
 
 
-def test_the_default_study_file_logs_ahead_and_another_reader_sees_every_commit(
+def test_an_older_default_sqlite_file_logs_ahead_and_another_reader_sees_every_commit(
     tmp_path: Path,
 ) -> None:
     import sqlite3
@@ -170,7 +170,9 @@ def test_the_default_study_file_logs_ahead_and_another_reader_sees_every_commit(
 
     from autotune.search.study_file import write_ahead
 
+    optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'study.db'}")  # made before the journal
     storage = open_storage(None, tmp_path)
+    assert isinstance(storage, optuna.storages.RDBStorage)
     write_ahead(storage)
     study = optuna.create_study(storage=storage, study_name="s")
     trial = study.ask()
@@ -217,12 +219,25 @@ def test_the_median_pruner_skipping_its_warm_up_decides_as_optunas() -> None:
     assert True in decisions["plain"] and False in decisions["plain"]  # both answers were given
 
 
-def test_a_finished_search_leaves_one_plain_study_file(
+def test_a_search_continues_an_older_default_sqlite_file_and_leaves_it_one_plain_file(
     tiny_model: torch.nn.Module, tiny_data: TaskData, tmp_path: Path
 ) -> None:
     import sqlite3
 
+    import optuna
+
+    first = _search(tiny_model, tiny_data, tmp_path, trials=1, max_epochs=1)
+    # The same study as an older autotune left it: in OUT/study.db, its default then.
+    older = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'study.db'}")
+    optuna.copy_study(
+        from_study_name=first.study.study_name,
+        from_storage=open_storage(str(tmp_path / "study.journal"), tmp_path),
+        to_storage=older,
+    )
+    older.engine.dispose()
+    (tmp_path / "study.journal").unlink()
     _search(tiny_model, tiny_data, tmp_path, trials=2, max_epochs=1)
+    assert not (tmp_path / "study.journal").exists()  # the older file is the study
     # Folded back: the file alone holds the study (copied alone, read from a read-only folder).
     assert not (tmp_path / "study.db-wal").exists()
     with sqlite3.connect(tmp_path / "study.db") as reader:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import optuna
 import pytest
 import torch
 import yaml
@@ -15,6 +14,7 @@ from typer.testing import CliRunner
 
 from autotune.cli import app
 from autotune.paths import checkpoints_dir, study_folder
+from autotune.search.study import load_study
 
 SPACE = "lr: 0.01\nfit: {max_epochs: 3, patience: 3}\n"
 
@@ -46,11 +46,7 @@ def test_two_studies_in_one_out_each_export_their_own_weights(
     args = _job(tmp_path, tensors_file, monkeypatch)
     _search(args, "A", seed=0)
     _search(args, "B", seed=1)
-    storage = f"sqlite:///{tmp_path / 'out' / 'study.db'}"
-    values = {
-        name: optuna.load_study(study_name=name, storage=storage).trials[1].values[0]
-        for name in "AB"
-    }
+    values = {name: load_study(None, tmp_path / "out", name).trials[1].values[0] for name in "AB"}
     assert values["A"] != values["B"]
     for name in "AB":
         config, output = _export(name)

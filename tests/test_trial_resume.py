@@ -23,6 +23,8 @@ from autotune import search
 from autotune.cli import app
 from autotune.config import TrialConfig
 from autotune.load.tasks import TaskData, from_datasets, from_tensors
+from autotune.paths import study_file
+from autotune.search.study import load_study
 from autotune.search.trials import continued, finished
 from autotune.trial.fit import FitResult, fine_tune
 from autotune.trial.resume import Resume
@@ -233,7 +235,7 @@ def test_a_search_stopped_in_a_trial_continues_it_from_its_checkpoint_to_the_sam
         patch.setattr(LiveLeaderboard, "progress", stop)
         with pytest.raises(KeyboardInterrupt if how == "signal" else Killed):
             _search(copy.deepcopy(tiny_model), tiny_data, out)
-    stopped = optuna.load_study(study_name=None, storage=f"sqlite:///{out / 'study.db'}")
+    stopped = load_study(None, out)
     if how == "signal":
         assert stopped.trials[2].user_attrs["interrupted"]
     else:  # its worker: a pid above Linux's pid_max, which no live process has
@@ -281,8 +283,7 @@ def test_a_checkpoint_left_by_a_deleted_study_is_not_continued_by_a_new_one(
         with pytest.raises(KeyboardInterrupt):
             _search(copy.deepcopy(tiny_model), tiny_data, tmp_path)
     assert list(tmp_path.glob("checkpoints/*/resume_0002.pt"))
-    for db in tmp_path.glob("study.db*"):  # its write-ahead log too
-        db.unlink()
+    study_file(tmp_path).unlink()
     trials = _search(copy.deepcopy(tiny_model), tiny_data, tmp_path).study.trials
     assert [t.user_attrs.get("resumed_after") for t in trials] == [None] * 3
     assert not list(tmp_path.glob("checkpoints/*/resume_*.pt"))

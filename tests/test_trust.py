@@ -13,7 +13,6 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-import optuna
 import pytest
 import torch
 from torch import nn
@@ -24,6 +23,7 @@ from autotune.cli import app
 from autotune.errors import ModelLoadError
 from autotune.load.models import load_model
 from autotune.load.trust import _entry_hazards, program_hazards
+from autotune.search.study import load_study
 
 Entries = dict[str, bytes]
 
@@ -184,7 +184,7 @@ def test_a_program_traced_with_a_fixed_batch_size_is_refused_before_the_search(
     result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "out")])
     assert result.exit_code == 2, result.output
     assert "fixed batch size" in result.output and "Traceback" not in result.output
-    assert not (tmp_path / "out" / "study.db").exists()
+    assert not (tmp_path / "out" / "study.journal").exists()
 
 
 def _zip(path: Path, entries: list[tuple[str, bytes]]) -> Path:
@@ -313,7 +313,7 @@ def _handed_over_study(tmp_path: Path, tensors_file: Path, **model: object) -> P
     args += ["--data", str(tensors_file), "--trials", "1", "--space", str(space)]
     result = CliRunner().invoke(app, [*args, "--out", str(out), "--code", str(tmp_path / "net.py")])
     assert result.exit_code == 0, result.output
-    study = optuna.load_study(study_name=None, storage=f"sqlite:///{out / 'study.db'}")
+    study = load_study(None, out)
     record = study.user_attrs["autotune"]
     record["model"].update(model)
     study.set_user_attr("autotune", record)

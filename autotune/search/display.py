@@ -17,7 +17,7 @@ from autotune.config import SearchSettings
 from autotune.errors import redacted
 from autotune.load.job import Job
 from autotune.load.streams import Streamed
-from autotune.paths import study_db
+from autotune.paths import study_file
 
 
 class Display(Protocol):
@@ -54,7 +54,7 @@ def header(job: Job, s: SearchSettings, n_layers: int, device: torch.device) -> 
         sizes.append(len(job.data.x_test))
     budgets = [f"--max-{k} {getattr(s, f'max_{k}')}" for k in ("params", "macs", "flips")]
     budgets = [b for b in budgets if not b.endswith(" None")]
-    storage = redacted(s.storage or str(study_db(s.out)))
+    storage = redacted(s.storage or str(study_file(s.out)))
     x = job.data.x_train
     held = (
         f"streamed from disk by {x.workers} loader workers"

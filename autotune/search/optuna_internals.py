@@ -51,25 +51,35 @@ def heartbeat_enabled(storage: BaseStorage) -> bool:
 
 
 def set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
-    """Set several user attributes of a running trial in one transaction of an RDB storage
-    (SQLite, PostgreSQL, MySQL): Optuna writes each in a transaction of its own, which is most
-    of a small trial's storage time. Other storages get them one by one."""
-    from optuna.storages import RDBStorage
+    """Set several user attributes of a running trial in one write: one transaction of an RDB
+    storage (SQLite, PostgreSQL, MySQL), one append to a journal file. Optuna writes each on
+    its own (a transaction, or a locked and synced append), which is most of a small trial's
+    storage time. Other storages get them one by one."""
+    from optuna.storages import JournalStorage, RDBStorage
 
     storage = storage_of(trial.study)
     backend = getattr(storage, "_backend", storage)  # under Optuna's cache of an RDB storage
-    if not isinstance(backend, RDBStorage):
+    # Held as the storage's own calls are (``interrupts.hold_in_calls``).
+    if isinstance(storage, JournalStorage):
+        from optuna.storages.journal._storage import JournalOperation
+
+        with held(), storage._thread_lock:
+            base: dict[str, Any] = {"op_code": JournalOperation.SET_TRIAL_USER_ATTR}
+            base |= {"worker_id": storage._replay_result.worker_id, "trial_id": trial._trial_id}
+            storage._backend.append_logs([{**base, "user_attr": {k: v}} for k, v in attrs.items()])
+            storage._sync_with_backend()  # a finished trial raises, as Optuna's own call does
+    elif isinstance(backend, RDBStorage):
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        with held(), _create_scoped_session(backend.scoped_session, True) as session:
+            for key, value in attrs.items():
+                backend._set_trial_attr_without_commit(
+                    session, models.TrialUserAttributeModel, trial._trial_id, key, value
+                )
+    else:
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
         return
-    from optuna.storages._rdb import models
-    from optuna.storages._rdb.storage import _create_scoped_session
-
-    # Held as the storage's own calls are (``interrupts.hold_in_calls``).
-    with held(), _create_scoped_session(backend.scoped_session, True) as session:
-        for key, value in attrs.items():
-            backend._set_trial_attr_without_commit(
-                session, models.TrialUserAttributeModel, trial._trial_id, key, value
-            )
     # What ``Trial.set_user_attr`` also does: ``trial.user_attrs`` reads this copy.
     trial._cached_frozen_trial.user_attrs.update(attrs)

@@ -1,6 +1,13 @@
-"""The storage a study lives in: the default SQLite file in the output folder, any RDB URL, or a
-journal file; opened with one-line errors that say what to do (a damaged file, an unreachable
-server)."""
+"""The storage a study lives in: the default journal file in the output folder, any RDB URL, or
+a journal file given; opened with one-line errors that say what to do (a damaged file, an
+unreachable server).
+
+Why a journal file by default: a trial's storage calls cost a small search more than its
+training did with SQLite (each call a round trip through SQLAlchemy, and every read of a running
+trial a query per table); Optuna's journal appends a line per call and reads only the lines
+written since. ``bench/storage_cost.py`` measures both. The default file is used from one
+machine, where a dead worker's trials are found by its pid (``search.trials``), so SQLite's
+heartbeat adds nothing there; a study shared between machines names its database server."""
 
 from __future__ import annotations
 
@@ -13,18 +20,20 @@ import optuna
 from optuna.storages import BaseStorage
 
 from autotune.errors import StorageError, first_line, redacted
-from autotune.paths import check_storage, study_db
+from autotune.paths import check_storage, study_file
 from autotune.search.study_file import track
 from autotune.search.trials import retry
 
 
 def open_storage(url: str | None, out: Path) -> BaseStorage | str:
-    """An Optuna storage: SQLite in ``out`` by default, any RDB URL, or a journal file."""
+    """An Optuna storage: the journal file in ``out`` by default (``paths.study_file``), any
+    RDB URL, or a journal file."""
     check_storage(url)
     local = url is None
     if url is None:
         out.mkdir(parents=True, exist_ok=True)
-        url = f"sqlite:///{study_db(out)}"
+        default = study_file(out)
+        url = f"sqlite:///{default}" if default.suffix == ".db" else str(default)
     try:
         if "://" not in url:
             from optuna.storages.journal import JournalFileBackend, JournalStorage
@@ -61,7 +70,7 @@ def open_storage(url: str | None, out: Path) -> BaseStorage | str:
     except Exception as e:
         reason = redacted(first_line(e))
         file = local_file(url, out)
-        if file is not None and file.is_file() and _damaged(reason):
+        if file is not None and file.is_file() and _damaged(e, reason, "://" not in url):
             raise damaged_file(file, reason) from e
         raise StorageError(
             f"cannot open storage {redacted(url)!r}: {reason}. Check the URL (sqlite:///path, "
@@ -70,9 +79,12 @@ def open_storage(url: str | None, out: Path) -> BaseStorage | str:
         ) from e
 
 
-def _damaged(reason: str) -> bool:
-    """Whether SQLite's error says the file is not a sound database (not a missing driver or
-    a permission)."""
+def _damaged(e: Exception, reason: str, journal: bool) -> bool:
+    """Whether the error says the file is not a sound study (not a missing driver or a
+    permission): SQLite's words for a broken database; of a journal, a line that is not JSON
+    (``ValueError``) or not one of Optuna's operations (``KeyError``, ``TypeError``)."""
+    if journal:
+        return isinstance(e, (ValueError, KeyError, TypeError))
     return any(s in reason for s in ("malformed", "not a database", "file is encrypted"))
 
 
@@ -80,7 +92,7 @@ def local_file(url: str | None, out: Path) -> Path | None:
     """The file a storage lives in (the default study file, a SQLite URL's, a journal file);
     None for a database server."""
     if url is None:
-        return study_db(out)
+        return study_file(out)
     if url.startswith("sqlite:///"):
         return Path(url.removeprefix("sqlite:///"))
     return None if "://" in url else Path(url)

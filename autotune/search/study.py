@@ -19,7 +19,7 @@ from autotune.config import (
 )
 from autotune.errors import StorageError, first_line, redacted
 from autotune.interrupts import held, hold_in_calls
-from autotune.paths import study_db
+from autotune.paths import study_file
 from autotune.search.optuna_internals import storage_of
 from autotune.search.record import TrialRecord
 from autotune.search.space import SearchSpace, config_from, parse_space
@@ -116,10 +116,10 @@ def finished_trials(study: optuna.Study) -> int:
 
 
 def load_study(storage: str | None, out: Path, study_name: str | None = None) -> optuna.Study:
-    """An existing study from ``storage`` (default: the SQLite file in ``out``)."""
-    if storage is None and not study_db(out).is_file():
+    """An existing study from ``storage`` (default: the study file in ``out``)."""
+    if storage is None and not study_file(out).is_file():
         raise StorageError(
-            f"no study in {str(out)!r}: there is no {str(study_db(out))!r}; pass the output "
+            f"no study in {str(out)!r}: there is no {str(study_file(out))!r}; pass the output "
             "folder of a search, or --storage"
         )
     opened = open_storage(storage, out)

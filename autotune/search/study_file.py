@@ -1,5 +1,6 @@
-"""The default study file, ``OUT/study.db``: SQLite's write-ahead log while a search writes to
-it, one plain SQLite file once the search is over.
+"""The default study file of an earlier autotune, ``OUT/study.db``, which a search in that folder
+still continues (``paths.study_file``): SQLite's write-ahead log while a search writes to it,
+one plain SQLite file once the search is over.
 
 Every parameter, epoch and attribute a trial records is one transaction. In SQLite's default
 journal mode each waits for the disk twice, which took most of a small search's storage time
