@@ -47,7 +47,18 @@ def _damaged_sqlite(slimmed_study: Path, out: Path) -> Path:
     return damaged
 
 
-@pytest.mark.parametrize("damage", [_damaged_journal, _damaged_sqlite])
+def _unknown_operation(slimmed_study: Path, out: Path) -> Path:
+    """The search's journal with a line in its middle that no Optuna writes."""
+    damaged = out / "study.journal"
+    lines = (slimmed_study / "study.journal").read_bytes().splitlines(keepends=True)
+    middle = len(lines) // 2
+    damaged.write_bytes(
+        b"".join([*lines[:middle], b'{"op_code":99,"worker_id":"w"}\n', *lines[middle:]])
+    )
+    return damaged
+
+
+@pytest.mark.parametrize("damage", [_damaged_journal, _unknown_operation, _damaged_sqlite])
 def test_a_damaged_study_file_is_named_with_what_to_do(
     damage: Callable[[Path, Path], Path], slimmed_study: Path, tmp_path: Path
 ) -> None:
@@ -60,6 +71,16 @@ def test_a_damaged_study_file_is_named_with_what_to_do(
     assert "URL" not in line and "driver" not in line  # not a server's problem
     # Refused before the model loaded: no analysis was written beside it.
     assert sorted(p.name for p in out.iterdir()) == [damaged.name]
+
+
+def test_a_study_file_that_cannot_be_read_is_named_with_what_to_do(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    (out / "study.journal").mkdir(parents=True)
+    line = _search(out)
+    assert f"cannot open the study file {str(out / 'study.journal')!r} (" in line
+    assert "Is a directory" in line and "make it a file this user can read and write" in line
+    assert "URL" not in line and "driver" not in line  # not a server's problem
+    assert sorted(p.name for p in out.iterdir()) == ["study.journal"]  # before the model loaded
 
 
 def test_an_unreachable_server_leaves_no_output_folder(tmp_path: Path) -> None:

@@ -72,6 +72,11 @@ def open_storage(url: str | None, out: Path) -> BaseStorage | str:
         file = local_file(url, out)
         if file is not None and file.is_file() and _damaged(e, reason, "://" not in url):
             raise damaged_file(file, reason) from e
+        if file is not None and isinstance(e, OSError):
+            raise StorageError(
+                f"cannot open the study file {str(file)!r} ({reason}): make it a file this user "
+                "can read and write, or move it aside (a new study starts in its place)"
+            ) from e
         raise StorageError(
             f"cannot open storage {redacted(url)!r}: {reason}. Check the URL (sqlite:///path, "
             "postgresql://user@host/db, or a journal file path), that the server is running, and "
@@ -81,10 +86,10 @@ def open_storage(url: str | None, out: Path) -> BaseStorage | str:
 
 def _damaged(e: Exception, reason: str, journal: bool) -> bool:
     """Whether the error says the file is not a sound study (not a missing driver or a
-    permission): SQLite's words for a broken database; of a journal, a line that is not JSON
-    (``ValueError``) or not one of Optuna's operations (``KeyError``, ``TypeError``)."""
+    permission): SQLite's words for a broken database; of a journal, anything but the system's
+    refusal to read it (a line that is not JSON, or not one of Optuna's operations)."""
     if journal:
-        return isinstance(e, (ValueError, KeyError, TypeError))
+        return not isinstance(e, OSError)
     return any(s in reason for s in ("malformed", "not a database", "file is encrypted"))
 
 
@@ -111,7 +116,7 @@ def probe_storage(url: str | None, out: Path) -> None:
     """Open the storage once and close it: an unreachable server or a damaged study file is
     reported before the model loads. A study file not made yet is left to the search."""
     file = local_file(url, out)
-    if file is not None and not file.is_file():
+    if file is not None and not file.exists():
         return
     storage = open_storage(url, out)
     if isinstance(storage, optuna.storages.RDBStorage):
