@@ -239,7 +239,8 @@ Out = Annotated[
 Storage = Annotated[
     str | None,
     typer.Option(
-        help="Optuna storage: sqlite:///f.db, postgresql://..., or a journal file path.",
+        help="Optuna storage: sqlite:///f.db, postgresql://..., or a journal file path "
+        "(default: the journal file OUT/study.journal).",
         rich_help_panel="Workers",
     ),
 ]

@@ -211,7 +211,7 @@ class SearchSettings:
     """torch intra-op threads on CPU (see ``trial.fit.configure_threads``)."""
     study_name: str = "autotune"
     storage: str | None = None
-    """Optuna storage URL or journal file; default: SQLite in the output folder."""
+    """Optuna storage URL or journal file; default: the journal file ``OUT/study.journal``."""
     out: Path = field(default_factory=lambda: Path("runs/autotune"))
     verbose: bool = False
     """Keep Optuna's own log lines (they interleave with the live leaderboard)."""

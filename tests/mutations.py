@@ -203,6 +203,12 @@ MUTATIONS: dict[str, tuple[str, str, str, str]] = {
         "    if True:\n",
         "tests/test_interrupts.py::test_a_sigterm_while_a_checkpoint_is_written_stops_the_trial_once_the_file_is_whole",
     ),
+    "a journal's cut last line left for the next append": (
+        "autotune/search/journal.py",
+        "    if not _torn(path):\n",
+        "    if True:\n",
+        "tests/test_storage.py::test_a_journal_whose_last_write_was_cut_short_is_mended_and_written_on",
+    ),
     "a worker runs on after its parent died": (
         "autotune/search/pool.py",
         "    stop_with_parent()\n",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from autotune.cli import app
+from autotune.search.study import load_study
 
 
 def _search(out: Path, *flags: str) -> str:
@@ -88,3 +90,59 @@ def test_an_unreachable_server_leaves_no_output_folder(tmp_path: Path) -> None:
     line = _search(out, "--storage", "postgresql://nobody@127.0.0.1:1/none")
     assert "cannot open storage 'postgresql://nobody@127.0.0.1:1/none'" in line
     assert not out.exists()
+
+
+def _journal_of(slimmed_study: Path, out: Path) -> Path:
+    out.mkdir(parents=True)
+    journal = out / "study.journal"
+    shutil.copy(slimmed_study / "study.journal", journal)
+    return journal
+
+
+def test_a_journal_whose_last_write_was_cut_short_is_mended_and_written_on(
+    slimmed_study: Path, tmp_path: Path
+) -> None:
+    journal = _journal_of(slimmed_study, tmp_path / "out")
+    whole = journal.read_bytes()
+    last = whole.rstrip(b"\n").rfind(b"\n") + 1
+    journal.write_bytes(whole[: last + 20])  # kill -9 in the middle of the last append
+    seen = load_study(None, tmp_path / "out").get_trials()  # readers skip the cut line
+    study = load_study(None, tmp_path / "out")
+    study.set_user_attr("written_after", 1)  # appended after the cut line, not glued onto it
+    again = load_study(None, tmp_path / "out")
+    assert again.user_attrs["written_after"] == 1
+    assert [t.state for t in again.get_trials()] == [t.state for t in seen]
+    assert journal.read_bytes().startswith(whole[:last]) and journal.read_bytes().endswith(b"\n")
+    assert not Path(f"{journal}.lock").exists()
+
+
+def test_a_lock_left_by_a_killed_process_is_taken_over(
+    slimmed_study: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from autotune.search import journal as module
+
+    monkeypatch.setattr(module, "LOCK_GRACE_S", 3)
+    journal = _journal_of(slimmed_study, tmp_path / "out")
+    Path(f"{journal}.lock").touch()  # as a process killed during an append leaves it
+    done: list[int] = []
+
+    def write() -> None:
+        study = load_study(None, tmp_path / "out")
+        study.set_user_attr("written_after", 1)
+        done.append(load_study(None, tmp_path / "out").user_attrs["written_after"])
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    writer.join(timeout=60)  # never returning was the failure: a wait without end
+    assert done == [1]
+    assert not Path(f"{journal}.lock").exists()
+
+
+def test_a_lock_that_links_to_nothing_is_named_with_what_to_do(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "study.journal").touch()
+    (out / "study.journal.lock").symlink_to(tmp_path / "gone")
+    line = _search(out)
+    assert f"the study file's lock {str(out / 'study.journal.lock')!r} is a link to nothing" in line
+    assert "delete it and run the same command again" in line

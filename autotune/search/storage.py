@@ -21,6 +21,7 @@ from optuna.storages import BaseStorage
 
 from autotune.errors import StorageError, first_line, redacted
 from autotune.paths import check_storage, study_file
+from autotune.search.journal import open_journal
 from autotune.search.study_file import track
 from autotune.search.trials import retry
 
@@ -36,10 +37,7 @@ def open_storage(url: str | None, out: Path) -> BaseStorage | str:
         url = f"sqlite:///{default}" if default.suffix == ".db" else str(default)
     try:
         if "://" not in url:
-            from optuna.storages.journal import JournalFileBackend, JournalStorage
-
-            Path(url).parent.mkdir(parents=True, exist_ok=True)
-            return JournalStorage(JournalFileBackend(url))
+            return open_journal(Path(url))
         from sqlalchemy.exc import IntegrityError, ProgrammingError
 
         engine_kwargs: dict[str, Any] = {}
@@ -67,6 +65,8 @@ def open_storage(url: str | None, out: Path) -> BaseStorage | str:
                         raise
                     time.sleep(1.0 + attempt)
             raise AssertionError("unreachable")
+    except StorageError:
+        raise
     except Exception as e:
         reason = redacted(first_line(e))
         file = local_file(url, out)
