@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import shutil
 import subprocess
@@ -143,6 +144,24 @@ def test_export_retrains_a_trial_and_reproduces_its_metric(searched: Path) -> No
     assert config["weights"] == f"retrained from trial {trial}'s parameters and seed"
     assert config["metrics"]["reproduces_study_value"] is True
     assert "reproduced: True" in result.output
+
+
+def test_export_from_a_read_only_search_folder_writes_the_bundle(
+    searched: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from autotune.results import export
+
+    def refused(study: object, metric: str, path: Path) -> None:
+        # What a folder this user cannot write answers (root's tests cannot chmod it away).
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(export, "write_leaderboard", refused)
+    before = (searched / "leaderboard.csv").read_text()
+    to = tmp_path / "mine"
+    result = runner.invoke(app, ["export", "--out", str(searched), "--trial", "1", "--to", str(to)])
+    assert result.exit_code == 0, result.output
+    assert (to / "config.yaml").is_file() and (to / "model.pt2").is_file()
+    assert (searched / "leaderboard.csv").read_text() == before
 
 
 def test_export_to_an_existing_file_is_refused_in_one_line(searched: Path) -> None:

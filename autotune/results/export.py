@@ -7,6 +7,7 @@ hash, the data spec, the seed, the autotune version and the commands that reprod
 from __future__ import annotations
 
 import dataclasses
+import errno
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -207,7 +208,13 @@ def export_trial(
         study.set_user_attr(
             "best_export", {"trial": trial.number, **config["metrics"], "errors": errors}
         )
-    write_leaderboard(study, work.settings.metric, leaderboard_csv(out))
+    try:
+        write_leaderboard(study, work.settings.metric, leaderboard_csv(out))
+    except OSError as e:
+        if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        # A search's folder shared read-only: the bundle is written, and its leaderboard stays
+        # as the search left it (it marks the search's own export).
     return ExportResult(folder, trial.number, model, config)
 
 
