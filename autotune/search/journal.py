@@ -2,10 +2,11 @@
 ``JournalStorage`` on a file, opened so that a process killed while it wrote leaves nothing
 that stops the next one.
 
-- The lock is Optuna's ``JournalFileOpenLock`` (an ``O_EXCL`` file, as ``optuna-dashboard``
-  takes), not its default symlink lock: on a relative path that one links to a name that does
-  not resolve, and Optuna then retries its ``stat`` without sleeping, forever, with every
-  signal held until the storage call returns.
+- The lock is Optuna's ``JournalFileOpenLock`` (an ``O_EXCL`` file), not its default symlink
+  lock: on a relative path that one links to a name that does not resolve, and Optuna then
+  retries its ``stat`` without sleeping, forever, with every signal held until the storage call
+  returns. Both locks are ``FILE.lock``, so each excludes the other (``optuna-dashboard`` on
+  the same file takes the symlink one).
 - A lock left by a killed process is taken over after ``LOCK_GRACE_S`` of no change (Optuna's
   default is 30 s; an append holds it for milliseconds).
 - A write cut short (kill -9 or a power cut during an append) leaves a last line without its
