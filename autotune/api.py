@@ -166,8 +166,8 @@ def search(
             best, report = _finish(run, study)
         return SearchResult(run, study, best, report)
     finally:
-        if the_settings.storage is None and study_file(folder).suffix == ".db":
-            settle(study_file(folder))  # an older SQLite study: one file again
+        if the_settings.storage is None and (file := study_file(folder)).suffix == ".db":
+            settle(file)  # an older SQLite study: one file again
 
 
 def _raise_outage(e: BaseException) -> None:

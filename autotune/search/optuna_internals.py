@@ -64,9 +64,17 @@ def set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
         from optuna.storages.journal._storage import JournalOperation
 
         with held(), storage._thread_lock:
-            base: dict[str, Any] = {"op_code": JournalOperation.SET_TRIAL_USER_ATTR}
-            base |= {"worker_id": storage._replay_result.worker_id, "trial_id": trial._trial_id}
-            storage._backend.append_logs([{**base, "user_attr": {k: v}} for k, v in attrs.items()])
+            op, worker = JournalOperation.SET_TRIAL_USER_ATTR, storage._replay_result.worker_id
+            logs = [
+                {
+                    "op_code": op,
+                    "worker_id": worker,
+                    "trial_id": trial._trial_id,
+                    "user_attr": {k: v},
+                }
+                for k, v in attrs.items()
+            ]
+            storage._backend.append_logs(logs)  # one lock and one fsync for all of them
             storage._sync_with_backend()  # a finished trial raises, as Optuna's own call does
     elif isinstance(backend, RDBStorage):
         from optuna.storages._rdb import models
