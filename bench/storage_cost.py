@@ -1,8 +1,9 @@
 """What Optuna's storages cost a small search, apart from any training.
 
 The same work as a 30-trial search's storage calls (8 parameters sampled, 10 epochs each
-reported with a pruning check, 21 user attributes), against the SQLite file autotune uses by
-default, a journal file, and memory. Prints seconds to create the study and to run the trials.
+reported with a pruning check, 21 user attributes), against a SQLite file (the default study
+file of earlier versions), a journal file (the default now), and memory. Prints seconds to
+create the study and to run the trials.
 
 Run: python bench/storage_cost.py [--trials 30] [--workdir DIR]
 """
