@@ -219,6 +219,30 @@ def test_the_median_pruner_skipping_its_warm_up_decides_as_optunas() -> None:
     assert True in decisions["plain"] and False in decisions["plain"]  # both answers were given
 
 
+def test_a_staged_search_prunes_stage_one_from_a_third_of_its_trials() -> None:
+    import optuna
+
+    from autotune.config import SearchSettings
+    from autotune.search.study import make_sampler_and_pruner
+
+    # 30 trials, 15 in stage 1 (the only ones pruned): judging from trial 5, not trial 10.
+    settings = SearchSettings(trials=30, max_epochs=20).resolved({})
+    decisions = {}
+    for judged in (15, None):
+        _, pruner = make_sampler_and_pruner(settings, judged)
+        study = optuna.create_study(direction="maximize", pruner=pruner)
+        for _ in range(5):
+            good = study.ask()
+            for step in range(1, 21):
+                good.report(0.5 + step / 50, step)
+            study.tell(good, 0.9)
+        bad = study.ask()  # trial 5, far below the median after the warm-up
+        for step in range(1, 7):
+            bad.report(0.1, step)
+        decisions[judged] = bad.should_prune()
+    assert decisions == {15: True, None: False}
+
+
 def test_a_search_continues_an_older_default_sqlite_file_and_leaves_it_one_plain_file(
     tiny_model: torch.nn.Module, tiny_data: TaskData, tmp_path: Path
 ) -> None:

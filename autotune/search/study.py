@@ -38,16 +38,19 @@ UNCHECKED = ("threads",)
 FLAGS = {"max_epochs": "--epochs", "seed": "--seed", "patience": "--patience"}
 
 
-def open_study(settings: SearchSettings, record: dict[str, Any]) -> optuna.Study:
+def open_study(
+    settings: SearchSettings, record: dict[str, Any], judged: int | None = None
+) -> optuna.Study:
     """Create the study with ``record`` stored on it, or load it and check it holds the same
-    search (model, data, metric, Pareto mode and space): ``settings`` must be resolved.
+    search (model, data, metric, Pareto mode and space): ``settings`` must be resolved;
+    ``judged``: how many trials the pruner may stop (all when None; ``make_sampler_and_pruner``).
 
     Other settings (epochs, seed, budgets...) may change only with ``settings.allow_changes``:
     the record then holds the new ones, and the list of changes."""
     storage = open_storage(settings.storage, settings.out)
     if settings.storage is None and isinstance(storage, optuna.storages.RDBStorage):
         write_ahead(storage)  # only a search writes enough for the log to pay
-    sampler, pruner = make_sampler_and_pruner(settings)
+    sampler, pruner = make_sampler_and_pruner(settings, judged)
     directions = [METRICS[settings.metric]] + (["minimize"] if settings.pareto else [])
     try:
         with held():  # stopped half-way, a storage call leaves the storage so (``hold_in_calls``)
@@ -160,10 +163,15 @@ class WarmedMedianPruner(optuna.pruners.MedianPruner):
 
 
 def make_sampler_and_pruner(
-    settings: SearchSettings,
+    settings: SearchSettings, judged: int | None = None
 ) -> tuple[optuna.samplers.BaseSampler, optuna.pruners.BasePruner]:
+    """TPE and the pruner ``settings`` name; ``judged``: how many of the trials the pruner may
+    stop (a staged search's stage 1: ``stages.tuning_trials``), all when None."""
     # TPE needs some random trials to model from; a short study should not spend them all.
     startup = max(3, min(10, settings.trials // 3))
+    # The pruner's start-up is a share of the trials it judges: counted from the whole study,
+    # it would leave most of a staged search's stage 1 (its only prunable trials) unjudged.
+    judging_from = max(3, min(10, (settings.trials if judged is None else judged) // 3))
     # Each worker its own seed, or all would sample the same first trials; the constant liar
     # keeps a worker from sampling what another is running.
     seed = (settings.seed + settings.worker + 1000 * machine_index()) % 2**32  # numpy stops there
@@ -176,7 +184,7 @@ def make_sampler_and_pruner(
     if settings.pruner == "median":
         # Fine-tuning curves start slowly: judge a trial only after a quarter of its epochs.
         warmup = max(2, (settings.max_epochs or 20) // 4)
-        pruner = WarmedMedianPruner(n_startup_trials=startup, n_warmup_steps=warmup)
+        pruner = WarmedMedianPruner(n_startup_trials=judging_from, n_warmup_steps=warmup)
     elif settings.pruner == "hyperband":
         assert settings.max_epochs is not None
         pruner = optuna.pruners.HyperbandPruner(min_resource=2, max_resource=settings.max_epochs)
