@@ -25,6 +25,7 @@ from autotune.paths import (
     check_storage,
     check_writable,
     leaderboard_csv,
+    remove_made,
     study_file,
 )
 from autotune.rank.analysis import Analysis
@@ -139,15 +140,20 @@ def search(
     server = local_file(storage, folder) is None
     if server:  # a server that cannot be reached leaves no output folder behind
         probe_storage(storage, folder)
-    check_writable(folder)
-    if not server:  # a damaged study file, in the folder that now exists
-        probe_storage(storage, folder)
-    job = make_job(model, data)
-    console = console or Console()
-    if isinstance(space, str) and space == "auto":
-        space, why = space_for(job)
-        console.print(f"space: {space} ({why}; --space default fine-tunes only)", highlight=False)
-    the_space = space if isinstance(space, SearchSpace) else load_space(space)
+    made = check_writable(folder)
+    try:
+        if not server:  # a damaged study file, in the folder that now exists
+            probe_storage(storage, folder)
+        job = make_job(model, data)
+        console = console or Console()
+        if isinstance(space, str) and space == "auto":
+            space, why = space_for(job)
+            said = f"space: {space} ({why}; --space default fine-tunes only)"
+            console.print(said, highlight=False)
+        the_space = space if isinstance(space, SearchSpace) else load_space(space)
+    except BaseException:
+        remove_made(folder, made)  # refused before it began: no empty output folder left
+        raise
     display = LiveLeaderboard(console, the_settings.metric, the_settings.trials)
     run = Search(job, the_space, the_settings, console=console, command=command, display=display)
     try:

@@ -108,10 +108,12 @@ def artifacts_dir(out: Path) -> Path:
     return out / "artifacts"
 
 
-def check_writable(out: Path) -> None:
-    """Fail now, before any work, when ``out`` cannot be the output folder."""
+def check_writable(out: Path) -> Path | None:
+    """Fail now, before any work, when ``out`` cannot be the output folder; the outermost
+    folder this made for it (``remove_made``), None when ``out`` existed."""
     if out.exists() and not out.is_dir():
         raise AutotuneError(f"--out {str(out)!r} is an existing file: give a folder to write to")
+    made = next((p for p in reversed([out, *out.parents]) if not p.exists()), None)
     try:
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=out, prefix=".write-check-"):
@@ -121,6 +123,21 @@ def check_writable(out: Path) -> None:
             f"--out {str(out)!r} cannot be written ({e.strerror or e}): give a folder you can "
             "write to"
         ) from e
+    return made
+
+
+def remove_made(out: Path, made: Path | None) -> None:
+    """Remove the folders ``check_writable`` made for ``out`` while they are still empty: a
+    search refused before it started leaves nothing behind."""
+    if made is None:
+        return
+    for folder in [out, *out.parents]:
+        try:
+            folder.rmdir()
+        except OSError:
+            return  # not empty (or gone): what is in it stays
+        if folder == made:
+            return
 
 
 # A scheme of two letters or more (one is a Windows drive), whatever follows it.

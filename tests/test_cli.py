@@ -203,11 +203,15 @@ def test_rerun_continues_instead_of_starting_over(searched: Path) -> None:
         (["export", "--out", "no/such/run"], "no study in 'no/such/run'"),
     ],
 )
-def test_bad_input_ends_with_one_line_and_exit_code_2(args: list[str], message: str) -> None:
+def test_bad_input_ends_with_one_line_and_exit_code_2(
+    args: list[str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # where a search without --out makes runs/NAME
     result = runner.invoke(app, args)
     assert result.exit_code == 2
     assert message in result.output
     assert "Traceback" not in result.output
+    assert list(tmp_path.iterdir()) == []  # refused: no output folder left behind
 
 
 @pytest.mark.parametrize("seed", ["-1", "4294967296"])
