@@ -216,6 +216,27 @@ def test_a_live_worker_of_this_machine_is_waited_for_and_a_reused_pid_is_not(
     assert fail_orphans(study) == [live] and running_elsewhere(study) == []
 
 
+def test_a_retry_whose_worker_died_too_is_left_failed_and_says_so(tmp_path: Path) -> None:
+    import socket
+
+    from autotune.search.trials import fail_orphans
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}")
+    dead = f"{socket.gethostname()}:{2**22 + 1}"  # above Linux's pid_max: no live process
+    first = _orphan(study, dead)
+    assert fail_orphans(study) == [first]
+    retry = study.ask()  # the queued retry, taken by a worker that dies as well
+    assert study.trials[retry.number].system_attrs["failed_trial"] == first
+    retry.set_user_attr("worker", dead)
+    assert fail_orphans(study) == [retry.number]
+    trials = study.get_trials()
+    assert trials[first].user_attrs["fail_reason"] == "its worker died; retried"
+    reason = trials[retry.number].user_attrs["fail_reason"]
+    assert reason == "its worker died; not retried: it may be what kills it"
+    assert len(trials) == 2  # nothing queued a third time
+    assert trials[retry.number].state == TrialState.FAIL
+
+
 def test_the_leaderboard_says_a_worker_died_without_naming_its_host(
     tiny_model: torch.nn.Module, tiny_data: TaskData, tmp_path: Path
 ) -> None:

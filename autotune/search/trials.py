@@ -169,6 +169,11 @@ def within_total(
     return run
 
 
+def retries_left(trial: FrozenTrial) -> bool:
+    """Whether ``retry`` queues ``trial`` again: it is not itself the last retry allowed."""
+    return len(trial.system_attrs.get("retry_history", [])) < MAX_RETRIES
+
+
 def retry(study: optuna.Study, trial: FrozenTrial) -> None:
     """Queue a failed trial's parameters again (Optuna's retry convention: ``failed_trial`` and
     ``retry_history`` system attributes), unless it was retried ``MAX_RETRIES`` times already.
@@ -176,9 +181,9 @@ def retry(study: optuna.Study, trial: FrozenTrial) -> None:
     Unlike Optuna's ``RetryHeartbeatStaleTrialCallback``, the dead trial's user attributes (its
     worker, its results so far) are not copied: they belong to the dead run. Its role is: the
     retry of the recipe trial is the recipe."""
-    history = [*trial.system_attrs.get("retry_history", []), trial.number]
-    if len(history) > MAX_RETRIES:
+    if not retries_left(trial):
         return
+    history = [*trial.system_attrs.get("retry_history", []), trial.number]
     system_attrs: dict[str, Any] = {
         k: v for k, v in trial.system_attrs.items() if not k.startswith("constraints")
     }
@@ -265,7 +270,8 @@ def fail_orphans(study: optuna.Study) -> list[int]:
             continue
         # The reason shows in the leaderboard, which names no host: nor does it.
         try:
-            storage.set_trial_user_attr(trial_id(trial), "fail_reason", "its worker died; retried")
+            then = "retried" if retries_left(trial) else "not retried: it may be what kills it"
+            storage.set_trial_user_attr(trial_id(trial), "fail_reason", f"its worker died; {then}")
             if not storage.set_trial_state_values(trial_id(trial), state=TrialState.FAIL):
                 continue
         except optuna.exceptions.UpdateFinishedTrialError:
