@@ -241,6 +241,12 @@ def test_a_staged_search_prunes_stage_one_from_a_third_of_its_trials() -> None:
             bad.report(0.1, step)
         decisions[judged] = bad.should_prune()
     assert decisions == {15: True, None: False}
+    # The search passes stage 1's count for a space that slims, none for one that only tunes.
+    from autotune.search.space import load_space
+    from autotune.search.stages import judged_trials
+
+    assert judged_trials(load_space("vision"), settings) == 15
+    assert judged_trials(load_space("default"), settings) is None
 
 
 def test_a_search_continues_an_older_default_sqlite_file_and_leaves_it_one_plain_file(

@@ -36,7 +36,7 @@ from autotune.search.seeds import recipe, seed_configs
 from autotune.search.selection import SELECT
 from autotune.search.shared import shared
 from autotune.search.space import SearchSpace
-from autotune.search.stages import is_staged, tuning_space, tuning_trials
+from autotune.search.stages import is_staged, judged_trials, tuning_space
 from autotune.search.study import (
     LIMITS,
     finished_trials,
@@ -156,9 +156,7 @@ class Search:
             "autotune_version": VERSION,
             "command": None if self.command is None else redacted(self.command),
         }
-        # Stage 2's trials are never pruned (``Objective``): the pruner judges stage 1's.
-        judged = tuning_trials(self.settings) if is_staged(self.space) else None
-        return open_study(self.settings, record, judged)
+        return open_study(self.settings, record, judged_trials(self.space, self.settings))
 
     def add_baseline(self, study: optuna.Study) -> None:
         """Trial 0: the model as it is, evaluated without training.

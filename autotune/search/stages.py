@@ -82,6 +82,12 @@ def tuning_trials(settings: SearchSettings) -> int:
     return math.ceil(settings.trials / 2)
 
 
+def judged_trials(space: SearchSpace, settings: SearchSettings) -> int | None:
+    """How many trials the pruner may stop: stage 2's never are (``Objective``), so in a
+    staged search stage 1's; all (None) otherwise."""
+    return tuning_trials(settings) if is_staged(space) else None
+
+
 STAGE_TWO_FROM = "stage_two_from"
 """Study attribute: the first trial that ``--timeout`` moved into stage 2 (``Objective``)."""
 
