@@ -42,9 +42,15 @@ MUTATIONS: dict[str, tuple[str, str, str, str]] = {
     ),
     "pruner's verdict ignored": (
         "autotune/search/objective.py",
-        "            if stage != 2 and trial.should_prune():\n",
-        "            if False:\n",
+        "            if out or (reach is None and trial.should_prune()):\n",
+        "            if out:\n",
         "tests/test_objective.py",
+    ),
+    "a slimmed child out of reach trained on": (
+        "autotune/search/objective.py",
+        "            if out or (reach is None and trial.should_prune()):\n",
+        "            if reach is None and trial.should_prune():\n",
+        "tests/test_slimming.py",
     ),
     "budget constraints not recorded": (
         "autotune/search/objective.py",

@@ -264,3 +264,29 @@ def test_a_trial_that_may_become_the_smallest_within_one_standard_error_keeps_it
     assert not may_be_chosen(study, 0.93, 200)  # below the band
     study.set_user_attr(LIMITS, {"params": 1000})  # a budget: the top trial is exported
     assert not may_be_chosen(study, 0.94, 200)
+
+
+def test_a_slimmed_child_stops_once_it_is_out_of_reach_of_the_export() -> None:
+    """Stage 2 stops a child, after its warm-up, whose best is more than three standard
+    errors under the top trial: the one-standard-error rule would never export it."""
+    from autotune.config import SearchSettings
+    from autotune.search.selection import reach_floor
+    from autotune.search.stages import OutOfReach
+
+    study = _scored("maximize", [(0.5, 1000), (0.95, 1000), (0.93, 400)], samples=1000)
+    floor = reach_floor(study)
+    assert floor == pytest.approx(0.95 - 3 * standard_error(0.95, 1000))  # 0.929
+    reach = OutOfReach.of(study, SearchSettings(max_epochs=20))
+    assert reach is not None and reach.warmup == 5  # the median pruner's warm-up
+    # A pruned-too-far child: low from the start, still low after its warm-up.
+    assert [reach.stops(e, v) for e, v in enumerate([0.30, 0.70, 0.85, 0.90, 0.91], 1)] == [
+        False, False, False, False, True,
+    ]  # fmt: skip
+    assert "out of reach" in reach.why(5) and "0.9100" in reach.why(5)
+    # Its best counts, not its last epoch: a child that was within reach goes on.
+    near = OutOfReach.of(study, SearchSettings(max_epochs=20))
+    assert near is not None
+    assert not any(near.stops(e, v) for e, v in enumerate([0.93, 0.92, 0.92, 0.92, 0.92, 0.9], 1))
+    # No pruning asked for, or no accuracy standard error: never stopped.
+    assert OutOfReach.of(study, SearchSettings(max_epochs=20, pruner="none")) is None
+    assert reach_floor(_scored("minimize", [(0.5, 1000), (0.95, 1000)])) is None

@@ -272,3 +272,30 @@ def test_a_search_short_of_time_starts_slimming_at_half_its_timeout(
     assert stages == [1, 1, 2, 2, 2, 2, 2, 2]
     assert result.study.user_attrs["stage_two_from"] == 3
     assert len(result.study.trials) == 9  # the deadline itself never came
+
+
+def test_a_slimmed_child_out_of_reach_is_pruned_after_its_warm_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The search asks ``OutOfReach`` after every stage-2 epoch and records why it stopped;
+    stage 1 keeps the study's pruner. A floor above any accuracy stops every child."""
+    from autotune.search import selection
+
+    monkeypatch.setattr(selection, "OUT_OF_REACH", -1.0)  # the floor above the top trial
+    space = {
+        "lr": {"low": 3e-3, "high": 3e-2, "log": True},
+        "prune": {"low": 0.2, "high": 0.6},
+        "fit": {"max_epochs": 8, "patience": 8},
+        "analysis": ANALYSIS,
+    }
+    result = search(_mlp(), _wide_data(), space=space, trials=4, out=tmp_path, console=_quiet())
+    trials = result.study.trials
+    slimmed = [t for t in trials if t.user_attrs.get("stage") == 2]
+    tuned = [t for t in trials if t.user_attrs.get("stage") == 1]
+    assert slimmed and tuned
+    for t in slimmed:  # warm-up: a quarter of 8 epochs
+        assert t.state == TrialState.PRUNED and t.user_attrs["epochs"] == 2
+        assert "out of reach of the export" in t.user_attrs["stop_reason"]
+    assert all(t.state == TrialState.COMPLETE for t in tuned)  # too few for the median pruner
+    exported = selection.exported_trial(result.study)  # a pruned child is never exported
+    assert exported is not None and trials[exported].user_attrs["stage"] == 1

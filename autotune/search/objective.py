@@ -32,6 +32,7 @@ from autotune.search.selection import may_be_chosen
 from autotune.search.space import SearchSpace
 from autotune.search.stages import (
     HalfTime,
+    OutOfReach,
     child_config,
     parent_of,
     slimming_maker,
@@ -130,6 +131,7 @@ class Objective:
             raise optuna.TrialPruned()
         metric = self.settings.metric
         resume = self._resume(trial, config, parent)
+        reach = OutOfReach.of(trial.study, self.settings) if stage == 2 else None
 
         def on_epoch(epoch: int, value: float) -> None:
             if self.progress is not None:
@@ -139,15 +141,13 @@ class Objective:
             if self.settings.pareto:
                 return  # multi-objective trials are not pruned: early stopping only
             trial.report(value, epoch)
+            # Stage 1 is judged by the study's pruner, stage 2 against the export's band.
+            out = reach is not None and reach.stops(epoch, value)
             if resume is not None and epoch <= resume.resumed_after:
                 return  # told again after an interruption: the pruner let it pass then
-            # Stage 2 starts from the adapted model: the pruner's medians, made of stage-1
-            # curves from the source model, say nothing about it. Early stopping only.
-            if stage != 2 and trial.should_prune():
-                seconds = time.perf_counter() - started
-                record(
-                    trial, epochs=epoch, seconds=seconds, stop_reason=f"pruned after epoch {epoch}"
-                )
+            if out or (reach is None and trial.should_prune()):
+                why = reach.why(epoch) if out and reach else f"pruned after epoch {epoch}"
+                record(trial, epochs=epoch, seconds=time.perf_counter() - started, stop_reason=why)
                 raise optuna.TrialPruned()
 
         try:

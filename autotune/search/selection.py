@@ -62,6 +62,27 @@ def within_noise(ranked: list[FrozenTrial]) -> list[FrozenTrial]:
     ] or [top]
 
 
+OUT_OF_REACH = 3.0
+"""A slimmed child whose best validation accuracy after its warm-up is more than this many
+standard errors below the top trial's is stopped (``reach_floor``): to be exported it would
+have to climb two more to enter the one-standard-error band in the epochs it has left. Such
+children are the ones pruned too far to recover (BENCHMARKS.md, "Stage 2 stops the children
+out of reach")."""
+
+
+def reach_floor(study: optuna.Study) -> float | None:
+    """The validation accuracy a stage-2 child must have reached by the end of its warm-up
+    (``OUT_OF_REACH`` standard errors under the top trial's); None where the study cannot say:
+    no trial ranked yet, no sample count, or a metric other than accuracy."""
+    ranked = ranked_trials(study)
+    if not ranked or len(study.directions) != 1 or metric_sign(study) < 0:
+        return None
+    top, samples = ranked[0].values[0], TrialRecord.from_trial(ranked[0]).samples
+    if not samples:
+        return None
+    return top - OUT_OF_REACH * standard_error(top, int(samples))
+
+
 def simplest(ranked: list[FrozenTrial]) -> FrozenTrial:
     """The one-standard-error rule: the smallest model (parameters) ``within_noise`` of the top
     trial; among equally small ones, the better ranked."""

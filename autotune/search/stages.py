@@ -31,8 +31,9 @@ from autotune.load.job import Job
 from autotune.rank.analysis import Analysis
 from autotune.search.prepare import run_analyses
 from autotune.search.record import TrialRecord
+from autotune.search.selection import OUT_OF_REACH, reach_floor
 from autotune.search.space import SearchSpace
-from autotune.search.study import rank_key
+from autotune.search.study import rank_key, warmup_epochs
 from autotune.trial.losses import DISTILLATION
 from autotune.trial.maker import TrialMaker
 
@@ -124,6 +125,37 @@ def stage_of(
         return 1
     by_time = switched is not None and number >= switched
     return 2 if number > tuning_trials(settings) or by_time else 1
+
+
+@dataclass
+class OutOfReach:
+    """Stage 2's pruning. The median pruner judges stage-1 curves, which start from the source
+    model; a child starts from its adapted parent, so it is judged against what the export
+    picks from instead: once past ``warmup`` epochs, a child whose best so far is below
+    ``floor`` (``selection.reach_floor``) stops."""
+
+    floor: float | None
+    warmup: int
+    best: float = -math.inf
+
+    @classmethod
+    def of(cls, study: optuna.Study, settings: SearchSettings) -> OutOfReach | None:
+        """A stage-2 trial's, the study as it is; None when the search prunes nothing."""
+        if settings.pruner == "none":
+            return None
+        return cls(reach_floor(study), warmup_epochs(settings))
+
+    def stops(self, epoch: int, value: float) -> bool:
+        """Whether the child stops after this epoch (every epoch must be told, for its best)."""
+        self.best = max(self.best, value)
+        return self.floor is not None and epoch >= self.warmup and self.best < self.floor
+
+    def why(self, epoch: int) -> str:
+        """The stop reason the trial records."""
+        return (
+            f"pruned after epoch {epoch}: its best {self.best:.4f} is out of reach of the "
+            f"export (below {self.floor:.4f}, {OUT_OF_REACH:g} standard errors under the top)"
+        )
 
 
 def parent_of(study: optuna.Study, metric: str) -> FrozenTrial | None:

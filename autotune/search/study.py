@@ -167,6 +167,12 @@ def _start_up(trials: int) -> int:
     return max(3, min(10, trials // 3))
 
 
+def warmup_epochs(settings: SearchSettings) -> int:
+    """The epochs a trial trains before any pruning judges it (the median pruner's, and
+    stage 2's ``stages.OutOfReach``): fine-tuning curves start slowly, a quarter of them."""
+    return max(2, (settings.max_epochs or 20) // 4)
+
+
 def make_sampler_and_pruner(
     settings: SearchSettings, judged: int | None = None
 ) -> tuple[optuna.samplers.BaseSampler, optuna.pruners.BasePruner]:
@@ -187,8 +193,7 @@ def make_sampler_and_pruner(
     )
     pruner: optuna.pruners.BasePruner
     if settings.pruner == "median":
-        # Fine-tuning curves start slowly: judge a trial only after a quarter of its epochs.
-        warmup = max(2, (settings.max_epochs or 20) // 4)
+        warmup = warmup_epochs(settings)
         pruner = WarmedMedianPruner(n_startup_trials=judging_from, n_warmup_steps=warmup)
     elif settings.pruner == "hyperband":
         assert settings.max_epochs is not None
