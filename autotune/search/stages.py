@@ -84,8 +84,8 @@ def tuning_trials(settings: SearchSettings) -> int:
 
 
 def judged_trials(space: SearchSpace, settings: SearchSettings) -> int | None:
-    """How many trials the pruner may stop: stage 2's never are (``Objective``), so in a
-    staged search stage 1's; all (None) otherwise."""
+    """How many trials the study's pruner judges: in a staged search stage 1's (stage 2's
+    children are judged by ``OutOfReach`` instead); all (None) otherwise."""
     return tuning_trials(settings) if is_staged(space) else None
 
 
