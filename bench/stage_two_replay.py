@@ -1,0 +1,80 @@
+"""What stage 2's out-of-reach rule stops, replayed on finished searches' recorded curves.
+
+For each search folder, every stage-2 trial's validation accuracy per epoch (Optuna's
+``intermediate_values``) is judged as ``stages.OutOfReach`` judges it during a search: after the
+warm-up, against the top trial among those finished before it (one worker: trials run in
+number order), at ``--margin`` standard errors. Prints, per child, whether it would stop and
+where it ended against the band the export picks from at the end (the top trial's validation
+accuracy minus one standard error), and the stage-2 epochs the rule would leave untrained.
+It replays searches made without the rule; on searches made with it, it shows what it did.
+
+Run: python bench/stage_two_replay.py OUT [OUT ...] [--margin 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from optuna.trial import FrozenTrial, TrialState
+
+from autotune.config import SearchSettings
+from autotune.search.record import TrialRecord
+from autotune.search.selection import exported_trial, standard_error
+from autotune.search.study import load_study, study_record, warmup_epochs
+
+
+def _top(trials: list[FrozenTrial]) -> FrozenTrial:
+    return max(trials, key=lambda t: t.values[0])
+
+
+def replay(out: Path, margin: float) -> None:
+    study = load_study(None, out)
+    settings = study_record(study).get("settings", {})
+    warmup = warmup_epochs(SearchSettings(max_epochs=settings.get("max_epochs") or 20))
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE and t.values]
+    final = _top(done)
+    samples = int(TrialRecord.from_trial(final).samples or 0)
+    band = final.values[0] - standard_error(final.values[0], samples)
+    print(
+        f"{out}: warm-up {warmup} epochs, {samples} validation samples, "
+        f"band {band:.4f} (top trial {final.number}), exported trial {exported_trial(study)}"
+    )
+    total = untrained = stopped = 0
+    for t in study.trials:
+        curve = t.intermediate_values
+        if TrialRecord.from_trial(t).stage != 2 or not curve:
+            continue
+        before = [u for u in done if u.number < t.number]
+        top = _top(before).values[0]
+        floor = top - margin * standard_error(top, samples)
+        best_at_warmup = max(v for e, v in curve.items() if e <= warmup)
+        stops = max(curve) >= warmup and best_at_warmup < floor
+        total += len(curve)
+        if stops:
+            stopped += 1
+            untrained += len(curve) - warmup
+        ended = max(curve.values())
+        print(
+            f"  trial {t.number:3d}: {len(curve):2d} epochs, best by epoch {warmup} "
+            f"{best_at_warmup:.3f} against floor {floor:.3f}: "
+            f"{'stops' if stops else 'goes on'}; ended {ended:.3f}, "
+            f"{100 * (ended - band):+.1f} points from the band"
+        )
+    print(
+        f"  {stopped} stopped; stage 2 trained {total} epochs, {untrained} of them after the "
+        f"warm-up of the children stopped"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("outs", type=Path, nargs="+", help="output folders of finished searches")
+    parser.add_argument("--margin", type=float, default=3.0, help="standard errors under the top")
+    args = parser.parse_args()
+    for out in args.outs:
+        replay(out, args.margin)
+
+
+if __name__ == "__main__":
+    main()
