@@ -20,7 +20,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autotune.config import SearchSettings
 from autotune.search.record import TrialRecord
-from autotune.search.selection import exported_trial, standard_error
+from autotune.search.selection import exported_trial, under_top
+from autotune.search.stages import OutOfReach
 from autotune.search.study import load_study, study_record, warmup_epochs
 
 
@@ -34,8 +35,9 @@ def replay(out: Path, margin: float) -> None:
     warmup = warmup_epochs(SearchSettings(max_epochs=settings.get("max_epochs") or 20))
     done = [t for t in study.trials if t.state == TrialState.COMPLETE and t.values]
     final = _top(done)
-    samples = int(TrialRecord.from_trial(final).samples or 0)
-    band = final.values[0] - standard_error(final.values[0], samples)
+    samples = TrialRecord.from_trial(final).samples
+    band = under_top(final)
+    assert band is not None, f"{out}: its trials did not record their validation sample count"
     print(
         f"{out}: warm-up {warmup} epochs, {samples} validation samples, "
         f"band {band:.4f} (top trial {final.number}), exported trial {exported_trial(study)}"
@@ -45,11 +47,11 @@ def replay(out: Path, margin: float) -> None:
         curve = t.intermediate_values
         if TrialRecord.from_trial(t).stage != 2 or not curve:
             continue
-        before = [u for u in done if u.number < t.number]
-        top = _top(before).values[0]
-        floor = top - margin * standard_error(top, samples)
+        floor = under_top(_top([u for u in done if u.number < t.number]), margin)
+        assert floor is not None  # every trial records its sample count, as ``final`` did
         best_at_warmup = max(v for e, v in curve.items() if e <= warmup)
-        stops = max(curve) >= warmup and best_at_warmup < floor
+        reach = OutOfReach(floor, warmup)  # the search's own rule, told the epochs in order
+        stops = any(reach.stops(e, v) for e, v in sorted(curve.items()))
         total += len(curve)
         if stops:
             stopped += 1

@@ -287,6 +287,7 @@ def test_a_slimmed_child_stops_once_it_is_out_of_reach_of_the_export() -> None:
     near = OutOfReach.of(study, SearchSettings(max_epochs=20))
     assert near is not None
     assert not any(near.stops(e, v) for e, v in enumerate([0.93, 0.92, 0.92, 0.92, 0.92, 0.9], 1))
-    # No pruning asked for, or no accuracy standard error: never stopped.
+    # No pruning asked for, a Pareto search, or no accuracy standard error: never stopped.
     assert OutOfReach.of(study, SearchSettings(max_epochs=20, pruner="none")) is None
+    assert OutOfReach.of(study, SearchSettings(max_epochs=20, pareto="params")) is None
     assert reach_floor(_scored("minimize", [(0.5, 1000), (0.95, 1000)])) is None

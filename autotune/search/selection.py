@@ -40,6 +40,16 @@ def standard_error(accuracy: float, samples: int) -> float:
     return math.sqrt(p * (1 - p) / samples)
 
 
+def under_top(top: FrozenTrial, errors: float = 1.0) -> float | None:
+    """``top``'s validation accuracy less ``errors`` of its standard errors: the floor of the
+    band the export picks from (one), or of a stage-2 child's reach (``OUT_OF_REACH``); None
+    when the trial did not record how many validation samples it was scored on."""
+    samples = TrialRecord.from_trial(top).samples
+    if not samples:
+        return None
+    return top.values[0] - errors * standard_error(top.values[0], int(samples))
+
+
 def within_noise(ranked: list[FrozenTrial]) -> list[FrozenTrial]:
     """The trained trials of ``ranked`` (best first, by accuracy) whose validation accuracy is
     within one standard error of the top one's, and no lower than the standard recipe trial's
@@ -47,10 +57,9 @@ def within_noise(ranked: list[FrozenTrial]) -> list[FrozenTrial]:
     number of validation samples was not recorded."""
     top = ranked[0]
     records = {t.number: TrialRecord.from_trial(t) for t in ranked}
-    samples = records[top.number].samples
-    if not samples or records[top.number].baseline:
+    floor = under_top(top)
+    if floor is None or records[top.number].baseline:
         return [top]
-    floor = top.values[0] - standard_error(top.values[0], int(samples))
     recipe = [t.values[0] for t in ranked if records[t.number].recipe]
     floor = max([floor, *recipe])
     return [
@@ -74,13 +83,10 @@ def reach_floor(study: optuna.Study) -> float | None:
     """The validation accuracy a stage-2 child must have reached by the end of its warm-up
     (``OUT_OF_REACH`` standard errors under the top trial's); None where the study cannot say:
     no trial ranked yet, no sample count, or a metric other than accuracy."""
+    if len(study.directions) != 1 or metric_sign(study) < 0:
+        return None
     ranked = ranked_trials(study)
-    if not ranked or len(study.directions) != 1 or metric_sign(study) < 0:
-        return None
-    top, samples = ranked[0].values[0], TrialRecord.from_trial(ranked[0]).samples
-    if not samples:
-        return None
-    return top - OUT_OF_REACH * standard_error(top, int(samples))
+    return under_top(ranked[0], OUT_OF_REACH) if ranked else None
 
 
 def simplest(ranked: list[FrozenTrial]) -> FrozenTrial:
@@ -133,12 +139,11 @@ def may_be_chosen(study: optuna.Study, value: float, params: int) -> bool:
     ranked = ranked_trials(study)
     if not ranked or not _by_simplest(study):
         return False
-    top, pick = ranked[0], simplest(ranked)
-    samples = int(TrialRecord.from_trial(top).samples or 0)
-    if not samples:
+    floor = under_top(ranked[0])
+    if floor is None:
         return False
-    near = value >= top.values[0] - standard_error(top.values[0], samples) - 1e-9
-    return near and params < (TrialRecord.from_trial(pick).total_params or 0)
+    near = value >= floor - 1e-9
+    return near and params < (TrialRecord.from_trial(simplest(ranked)).total_params or 0)
 
 
 def _by_simplest(study: optuna.Study) -> bool:

@@ -140,9 +140,9 @@ class OutOfReach:
 
     @classmethod
     def of(cls, study: optuna.Study, settings: SearchSettings) -> OutOfReach | None:
-        """A stage-2 trial's, the study as it is; None when the search prunes nothing."""
-        if settings.pruner == "none":
-            return None
+        """A stage-2 trial's, the study as it is; None when the search prunes no child."""
+        if settings.pruner == "none" or settings.pareto:
+            return None  # nothing pruned; multi-objective trials cannot be
         return cls(reach_floor(study), warmup_epochs(settings))
 
     def stops(self, epoch: int, value: float) -> bool:
