@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -571,12 +572,12 @@ def machine() -> str:
     names = [line.split(":", 1)[1].strip() for line in text.splitlines() if "model name" in line]
     cpu = names[0] if names else platform.processor() or "unknown CPU"
     import optuna
-    import torch_pruning
 
+    # The installed distribution's version: torch_pruning.__version__ said 1.6.0 in 1.6.1.
     return (
         f"{platform.machine()} {cpu}, {os.cpu_count()} cores, torch {torch.__version__}, "
         f"1 torch thread per process, CPU; optuna {optuna.__version__}, "
-        f"torch-pruning {torch_pruning.__version__}"
+        f"torch-pruning {importlib.metadata.version('torch-pruning')}"
     )
 
 
