@@ -162,7 +162,7 @@ class WarmedMedianPruner(optuna.pruners.MedianPruner):
         return super().prune(study, trial)
 
 
-def _start_up(trials: int) -> int:
+def start_up(trials: int) -> int:
     """How many of ``trials`` a sampler or pruner waits for before it decides: a third, 3 to 10."""
     return max(3, min(10, trials // 3))
 
@@ -179,10 +179,10 @@ def make_sampler_and_pruner(
     """TPE and the pruner ``settings`` name; ``judged``: how many of the trials the pruner may
     stop (a staged search's stage 1: ``stages.tuning_trials``), all when None."""
     # TPE needs some random trials to model from; a short study should not spend them all.
-    startup = _start_up(settings.trials)
+    startup = start_up(settings.trials)
     # The pruner's start-up is a share of the trials it judges: counted from the whole study,
     # it would leave most of a staged search's stage 1 (its only prunable trials) unjudged.
-    judging_from = _start_up(settings.trials if judged is None else judged)
+    judging_from = start_up(settings.trials if judged is None else judged)
     # Each worker its own seed, or all would sample the same first trials; the constant liar
     # keeps a worker from sampling what another is running.
     seed = (settings.seed + settings.worker + 1000 * machine_index()) % 2**32  # numpy stops there

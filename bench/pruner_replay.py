@@ -1,0 +1,154 @@
+"""What the median pruner's warm-up costs and saves, replayed on finished searches' curves.
+
+For each search folder, the trials the study's median pruner judges (stage 1 of a staged
+search, every trial otherwise) are judged again, in number order as one worker ran them, as
+Optuna's ``MedianPruner`` judges: from the epoch ``--warmups`` names on, once the start-up's
+count of trials has completed, a trial whose best so far is under the median of the completed
+trials at that epoch stops. A trial the replay stops no longer counts as completed for those
+after it. Prints, per warm-up, the epochs those trials would have trained, how many stop, and
+whether the trial stage 2 slimmed (or, unstaged, the top trial) would have been stopped, and
+at which epoch.
+
+What it cannot tell: a trial stopped earlier gives the sampler another value, so the trials
+after the first changed verdict would have been sampled differently. The epochs and verdicts
+are those of the recorded trials; a search run with the warm-up is the measurement.
+
+Run: python bench/pruner_replay.py OUT [OUT ...] [--warmups 0 1 2 3 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+from optuna.trial import FrozenTrial, TrialState
+
+from autotune.config import SearchSettings
+from autotune.search.record import TrialRecord
+from autotune.search.selection import exported_trial
+from autotune.search.study import load_study, start_up, study_record, warmup_epochs
+
+
+@dataclass
+class Replayed:
+    """One warm-up's verdicts on the judged trials."""
+
+    epochs: int
+    stopped: dict[int, int]
+    """Trial number: the epoch after which the replay (or the search itself) stopped it."""
+    by_rule: set[int]
+    """The trials of ``stopped`` that the replayed rule stopped (not the search alone)."""
+
+
+def judged(trials: list[FrozenTrial], staged: bool) -> list[FrozenTrial]:
+    """The trials the study's median pruner judged, in number order."""
+    kept = [t for t in trials if t.intermediate_values and t.state != TrialState.RUNNING]
+    if staged:
+        kept = [t for t in kept if TrialRecord.from_trial(t).stage == 1]
+    return sorted(kept, key=lambda t: t.number)
+
+
+def replay(
+    trials: list[FrozenTrial], mine: list[FrozenTrial], startup: int, warmup: int
+) -> Replayed:
+    """The median pruner at ``warmup`` on the recorded curves of the judged trials ``mine``;
+    the other completed trials before them (the baseline, which trains no epoch) count toward
+    the start-up as they do in Optuna."""
+    judged_numbers = {t.number for t in mine}
+    last = max(judged_numbers)
+    completed: list[dict[int, float]] = []
+    stopped: dict[int, int] = {}
+    by_rule: set[int] = set()
+    epochs = 0
+    for t in sorted(trials, key=lambda t: t.number):
+        if t.number > last:
+            break
+        if t.number not in judged_numbers:
+            if t.state == TrialState.COMPLETE:
+                completed.append(dict(t.intermediate_values))
+            continue
+        curve = sorted(t.intermediate_values.items())
+        best, ends = float("-inf"), None
+        for step, value in curve:
+            best = max(best, value)
+            if step < warmup or len(completed) < startup:
+                continue
+            at_step = [c[step] for c in completed if step in c]
+            if at_step and best < statistics.median(at_step):
+                ends = step
+                by_rule.add(t.number)
+                break
+        if ends is None and t.state != TrialState.COMPLETE:
+            ends = curve[-1][0]  # stopped by the search itself; its curve ends there
+        epochs += len([s for s, _ in curve if ends is None or s <= ends])
+        if ends is None:
+            completed.append(dict(curve))
+        else:
+            stopped[t.number] = ends
+    return Replayed(epochs, stopped, by_rule)
+
+
+def _ended(t: FrozenTrial) -> str:
+    return f"{max(t.intermediate_values.values()):.3f}"
+
+
+def report(out: Path, warmups: list[int]) -> None:
+    study = load_study(None, out)
+    settings = study_record(study).get("settings", {})
+    as_run = warmup_epochs(SearchSettings(max_epochs=settings.get("max_epochs") or 20))
+    second = [t.number for t in study.trials if TrialRecord.from_trial(t).stage == 2]
+    staged = bool(second)
+    # The pruner's start-up is a share of the trials it judges: stage 1's (the trials before
+    # the first of stage 2, the baseline not counted), or the whole study's.
+    startup = start_up(min(second) - 1 if staged else len(study.trials) - 1)
+    mine = judged(study.trials, staged)
+    done = [t for t in mine if t.state == TrialState.COMPLETE and t.values]
+    parents = {TrialRecord.from_trial(t).parent for t in study.trials} - {None}
+    if staged and len(parents) == 1:
+        watched, role = parents.pop(), "the parent of stage 2"
+    else:
+        watched, role = max(done, key=lambda t: t.values[0]).number, "the top"
+    print(
+        f"{out}: {len(mine)} judged trials, start-up {startup} completed, warm-up as run "
+        f"{as_run}; their top {max(t.values[0] for t in done):.3f}; export trial "
+        f"{exported_trial(study)}; watched trial {watched} ({role})"
+    )
+    # The replay checked against the search: at its own warm-up, the rule must stop exactly the
+    # trials the search's pruner stopped, after the same epochs.
+    pruned = {t.number: max(t.intermediate_values) for t in mine if t.state == TrialState.PRUNED}
+    check = replay(study.trials, mine, startup, as_run)
+    ruled = {n: check.stopped[n] for n in check.by_rule}
+    print(
+        "  at the warm-up as run the replay stops the trials the search stopped"
+        if ruled == pruned
+        else f"  the replay DIFFERS from the search: it stops {ruled}, the search {pruned}"
+    )
+    for warmup in warmups:
+        r = replay(study.trials, mine, startup, warmup)
+        fate = r.stopped.get(watched)
+        # Trials the search let finish that this warm-up stops, with the best they went on to.
+        cut = "".join(
+            f"; {t.number} at {r.stopped[t.number]} (ended {_ended(t)})"
+            for t in done
+            if t.number in r.stopped
+        )
+        verdict = "trains on" if fate is None else f"STOPPED after epoch {fate}"
+        print(
+            f"  warm-up {warmup:2d}: {r.epochs:4d} epochs, {len(r.stopped):2d} stopped; "
+            f"trial {watched} {verdict}{cut}"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("outs", type=Path, nargs="+", help="output folders of finished searches")
+    parser.add_argument("--warmups", type=int, nargs="+", default=[0, 1, 2, 3, 5])
+    args = parser.parse_args()
+    for out in args.outs:
+        report(out, args.warmups)
+
+
+if __name__ == "__main__":
+    main()
