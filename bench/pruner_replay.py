@@ -7,13 +7,13 @@ count of trials has completed, a trial whose best so far is under the median of 
 trials at that epoch stops. A trial the replay stops no longer counts as completed for those
 after it. Prints, per warm-up, the epochs those trials would have trained, how many stop, and
 whether the trial stage 2 slimmed (or, unstaged, the top trial) would have been stopped, and
-at which epoch.
+at which epoch; with several folders, a table of the sums.
 
 What it cannot tell: a trial stopped earlier gives the sampler another value, so the trials
 after the first changed verdict would have been sampled differently. The epochs and verdicts
 are those of the recorded trials; a search run with the warm-up is the measurement.
 
-Run: python bench/pruner_replay.py OUT [OUT ...] [--warmups 0 1 2 3 5]
+Run: python bench/pruner_replay.py OUT [OUT ...] [--warmups 0 1 2 3] (and the warm-up as run)
 """
 
 from __future__ import annotations
@@ -94,7 +94,17 @@ def _ended(t: FrozenTrial) -> str:
     return f"{max(t.intermediate_values.values()):.3f}"
 
 
-def report(out: Path, warmups: list[int]) -> None:
+@dataclass
+class Totals:
+    """One warm-up's verdicts summed over the searches replayed."""
+
+    epochs: int = 0
+    watched_stopped: int = 0
+    finished_cut: int = 0
+
+
+def report(out: Path, warmups: list[int], totals: dict[int, Totals]) -> int:
+    """Prints the replay of one search, adds it to ``totals``; the epochs it trained in all."""
     study = load_study(None, out)
     settings = study_record(study).get("settings", {})
     as_run = warmup_epochs(SearchSettings(max_epochs=settings.get("max_epochs") or 20))
@@ -125,7 +135,7 @@ def report(out: Path, warmups: list[int]) -> None:
         if ruled == pruned
         else f"  the replay DIFFERS from the search: it stops {ruled}, the search {pruned}"
     )
-    for warmup in warmups:
+    for warmup in sorted({*warmups, as_run}):
         r = replay(study.trials, mine, startup, warmup)
         fate = r.stopped.get(watched)
         # Trials the search let finish that this warm-up stops, with the best they went on to.
@@ -135,19 +145,32 @@ def report(out: Path, warmups: list[int]) -> None:
             if t.number in r.stopped
         )
         verdict = "trains on" if fate is None else f"STOPPED after epoch {fate}"
+        total = totals.setdefault(warmup, Totals())
+        total.epochs += r.epochs
+        total.watched_stopped += fate is not None
+        total.finished_cut += sum(t.number in r.stopped for t in done)
         print(
             f"  warm-up {warmup:2d}: {r.epochs:4d} epochs, {len(r.stopped):2d} stopped; "
             f"trial {watched} {verdict}{cut}"
         )
+    return sum(len(t.intermediate_values) for t in study.trials)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("outs", type=Path, nargs="+", help="output folders of finished searches")
-    parser.add_argument("--warmups", type=int, nargs="+", default=[0, 1, 2, 3, 5])
+    parser.add_argument(
+        "--warmups", type=int, nargs="+", default=[0, 1, 2, 3], help="besides the one as run"
+    )
     args = parser.parse_args()
-    for out in args.outs:
-        report(out, args.warmups)
+    totals: dict[int, Totals] = {}
+    every = sum(report(out, args.warmups, totals) for out in args.outs)
+    if len(args.outs) > 1:
+        print(f"\nover the {len(args.outs)} searches ({every} epochs in all, both stages):")
+        print("| warm-up | judged trials' epochs | searches whose watched trial stops |", end="")
+        print(" finished trials stopped |\n| ---: | ---: | ---: | ---: |")
+        for warmup, total in totals.items():
+            print(f"| {warmup} | {total.epochs} | {total.watched_stopped} | {total.finished_cut} |")
 
 
 if __name__ == "__main__":
