@@ -49,6 +49,12 @@ def first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
+def described(e: BaseException) -> str:
+    """``first_line``, after the exception's type unless it is one of autotune's own."""
+    message = first_line(e)
+    return message if isinstance(e, AutotuneError) else f"{type(e).__name__}: {message}"
+
+
 # user:password@ in a URL (postgresql://user:secret@host/db), also mistyped (one slash, or
 # no scheme: user:secret@host/db; scheme://user@host has no password), up to the token's last
 # @ since a password may hold one. And password=... in a URL's query or a libpq key=value

@@ -52,6 +52,12 @@ MUTATIONS: dict[str, tuple[str, str, str, str]] = {
         "            if reach is None and trial.should_prune():\n",
         "tests/test_slimming.py",
     ),
+    "a near copy of its parent trained": (
+        "autotune/search/stages.py",
+        "    if settings.pareto or not of_parent or params < NEAR_COPY * of_parent:\n",
+        "    if True:\n",
+        "tests/test_slimming.py",
+    ),
     "budget constraints not recorded": (
         "autotune/search/objective.py",
         "            trial.set_constraint(key, value)\n",

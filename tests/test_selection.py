@@ -291,3 +291,19 @@ def test_a_slimmed_child_stops_once_it_is_out_of_reach_of_the_export() -> None:
     assert OutOfReach.of(study, SearchSettings(max_epochs=20, pruner="none")) is None
     assert OutOfReach.of(study, SearchSettings(max_epochs=20, pareto="params")) is None
     assert reach_floor(_scored("minimize", [(0.5, 1000), (0.95, 1000)])) is None
+
+
+def test_a_slimmed_child_that_removes_under_a_twentieth_of_its_parent_is_not_trained() -> None:
+    """Stage 2 trains a child that keeps under 95% of its parent's parameters; at 95% or more
+    it is its parent trained on, and is refused with the parent and the share it keeps. A
+    Pareto search, where any size may join the front, trains it."""
+    from autotune.config import SearchSettings
+    from autotune.search.stages import near_copy
+
+    parent = _scored("maximize", [(0.5, 1000), (0.95, 1000)]).trials[1]
+    settings = SearchSettings()
+    assert near_copy(949, parent, settings) is None
+    why = near_copy(950, parent, settings)
+    assert why == "not trained: a near copy of trial 1, it keeps 95% of its parameters"
+    assert near_copy(1000, parent, settings) is not None
+    assert near_copy(1000, parent, SearchSettings(pareto="params")) is None

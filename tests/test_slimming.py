@@ -15,6 +15,7 @@ from torch import nn
 from autotune import search
 from autotune.load.tasks import TaskData, from_tensors
 from autotune.paths import checkpoints_dir
+from autotune.search.selection import exported_trial
 
 ANALYSIS = {"samples": 32, "background": 8, "nsamples": 4}
 
@@ -298,4 +299,35 @@ def test_a_slimmed_child_out_of_reach_is_pruned_after_its_warm_up(
         assert "out of reach of the export" in t.user_attrs["stop_reason"]
     assert all(t.state == TrialState.COMPLETE for t in tuned)  # too few for the median pruner
     exported = selection.exported_trial(result.study)  # a pruned child is never exported
+    assert exported is not None and trials[exported].user_attrs["stage"] == 1
+
+
+def test_a_slimmed_child_that_keeps_nearly_all_of_its_parent_is_not_trained(
+    tmp_path: Path,
+) -> None:
+    """A stage-2 child that removes under 5% of its parent's parameters is its parent trained
+    on: it is stopped before its first epoch, with the reason, and never exported."""
+    space = {
+        "lr": {"low": 3e-3, "high": 3e-2, "log": True},
+        "prune": {"low": 0.0, "high": 0.01},  # a neuron or none of each 128
+        "fit": {"max_epochs": 4, "patience": 4},
+        "analysis": ANALYSIS,
+    }
+    torch.manual_seed(0)
+    wide = nn.Sequential(
+        nn.Linear(8, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 3)
+    )
+    result = search(
+        wide.eval(), _wide_data(), space=space, trials=4, out=tmp_path, console=_quiet()
+    )
+    trials = result.study.trials
+    slimmed = [t for t in trials if t.user_attrs.get("stage") == 2]
+    assert slimmed and any(t.user_attrs.get("stage") == 1 for t in trials)
+    for t in slimmed:
+        parent = trials[t.user_attrs["parent"]]
+        assert t.user_attrs["total_params"] >= 0.95 * parent.user_attrs["total_params"]
+        assert t.state == TrialState.PRUNED and not t.intermediate_values  # no epoch trained
+        reason = f"not trained: a near copy of trial {parent.number}, it keeps "
+        assert t.user_attrs["stop_reason"].startswith(reason)
+    exported = exported_trial(result.study)
     assert exported is not None and trials[exported].user_attrs["stage"] == 1

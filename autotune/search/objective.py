@@ -20,7 +20,7 @@ from optuna.trial import FrozenTrial
 from torch import nn
 
 from autotune.config import SearchSettings, TrialConfig, score_key, sign
-from autotune.errors import AutotuneError, TrialFailed, first_line
+from autotune.errors import TrialFailed, described
 from autotune.load.anatomy import count_parameters
 from autotune.load.job import Job
 from autotune.load.tasks import TaskData
@@ -34,6 +34,7 @@ from autotune.search.stages import (
     HalfTime,
     OutOfReach,
     child_config,
+    near_copy,
     parent_of,
     slimming_maker,
     slimming_space,
@@ -93,7 +94,7 @@ class Objective:
             raise
         except Exception as e:
             ended = True
-            record(trial, fail_reason=_one_line(e))
+            record(trial, fail_reason=described(e))
             raise
         finally:
             if ended:
@@ -127,7 +128,11 @@ class Objective:
         # Stage 1 trains full-size models whatever the budget: stage 2 slims the best of them.
         if any(v > 0 for v in over.values()) and not (self.staged and stage == 1):
             # Over budget: no point training it. The sampler learns from the constraint.
-            record(trial, stop_reason=f"over budget: {self.budgets.over(cost)}")
+            untrained: str | None = f"over budget: {self.budgets.over(cost)}"
+        else:
+            untrained = None if parent is None else near_copy(cost.params, parent, self.settings)
+        if untrained is not None:
+            record(trial, stop_reason=untrained)
             raise optuna.TrialPruned()
         metric = self.settings.metric
         resume = self._resume(trial, config, parent)
@@ -332,8 +337,3 @@ class Objective:
             # trials on a full disk; a storage on that disk ends the search at its next write.
             if not out_of_space(e):
                 raise
-
-
-def _one_line(e: BaseException) -> str:
-    message = first_line(e)
-    return message if isinstance(e, AutotuneError) else f"{type(e).__name__}: {message}"

@@ -47,6 +47,11 @@ space tunes the learning rate: a slimmed copy of an adapted model wants its own 
 the parent's was chosen for training from the source model."""
 PARENT = "parent"
 """User attribute of a stage-2 trial: the number of the stage-1 trial it slimmed."""
+NEAR_COPY = 0.95
+"""A stage-2 child that keeps this share of its parent's parameters or more is not trained: it
+is its parent trained on, which the export does not pick for its size, while a lucky score of
+it raises the band the export picks from (``bench/stage_two_children.py``: never exported in 25
+searches, up to a third of a search's stage-2 epochs)."""
 
 
 def is_staged(space: SearchSpace) -> bool:
@@ -156,6 +161,18 @@ class OutOfReach:
             f"pruned after epoch {epoch}: its best {self.best:.4f} is out of reach of the "
             f"export (below {self.floor:.4f}, {OUT_OF_REACH:g} standard errors under the top)"
         )
+
+
+def near_copy(params: int, parent: FrozenTrial, settings: SearchSettings) -> str | None:
+    """Why a stage-2 child of ``params`` parameters is not trained (``NEAR_COPY``), or None.
+    A Pareto search trains it: every size may join the front."""
+    of_parent = parent.user_attrs.get("total_params")
+    if settings.pareto or not of_parent or params < NEAR_COPY * of_parent:
+        return None
+    return (
+        f"not trained: a near copy of trial {parent.number}, it keeps {params / of_parent:.0%} "
+        f"of its parameters"
+    )
 
 
 def parent_of(study: optuna.Study, metric: str) -> FrozenTrial | None:
