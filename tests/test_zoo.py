@@ -202,6 +202,8 @@ def _vision_space() -> dict:
     space = yaml.safe_load((Path(__file__).parents[1] / "search_spaces/vision.yaml").read_text())
     space.update(
         batch_size=8,
+        # Enough pruning that the child is trained: one keeping 95% of its parent is refused.
+        prune={"low": 0.2, "high": 0.7},
         analysis={"samples": 8, "background": 4, "nsamples": 2},
         fit={"max_epochs": 1, "patience": 1},
     )
