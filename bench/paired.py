@@ -3,11 +3,12 @@
 A search on one thread is deterministic per seed, so two results files of ``bench/peers.py``
 (or ``bench/real_scale.py``) made before and after a change pair exactly: per task, the mean
 test accuracy of each, the mean of the per-seed differences with its standard error, on how
-many seeds it rose and fell, how many seeds exported the same trial at the same size, and the
-mean share of the source's parameters kept. Walls are not compared: two runs made apart share
-the machine with different work.
+many seeds it rose and fell, the worst seed's difference, how many seeds exported the same
+trial at the same size, and the mean share of the source's parameters kept. Walls are not
+compared: two runs made apart share the machine with different work.
 
-Run: python bench/paired.py BEFORE.jsonl AFTER.jsonl [--method autotune]
+Run: python bench/paired.py BEFORE.jsonl AFTER.jsonl [--method autotune] [--before-method p2]
+     (``--before-method``: set another method of BEFORE, seed by seed, against AFTER's)
 """
 
 from __future__ import annotations
@@ -35,9 +36,9 @@ def kept(r: dict[str, Any]) -> float:
 
 def compare(before: dict[tuple[str, int], Any], after: dict[tuple[str, int], Any]) -> list[str]:
     lines = [
-        "| task | seeds | test % before | after | paired difference | up / down | same export "
-        "| params % before → after |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| task | seeds | test % before | after | paired difference | up / down | worst seed "
+        "| same export | params % before → after |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for task in sorted({t for t, _ in after}):
         seeds = sorted(s for t, s in after if t == task and (t, s) in before)
@@ -54,7 +55,8 @@ def compare(before: dict[tuple[str, int], Any], after: dict[tuple[str, int], Any
             f"| {task} | {len(seeds)} | {100 * statistics.mean(x['test_accuracy'] for x in a):.2f} "
             f"| {100 * statistics.mean(y['test_accuracy'] for y in b):.2f} "
             f"| {statistics.mean(diffs):+.2f} ± {error:.2f} "
-            f"| {sum(d > 0 for d in diffs)} / {sum(d < 0 for d in diffs)} | {same} "
+            f"| {sum(d > 0 for d in diffs)} / {sum(d < 0 for d in diffs)} | {min(diffs):+.2f} "
+            f"| {same} "
             f"| {statistics.mean(map(kept, a)):.0f} → {statistics.mean(map(kept, b)):.0f} |"
         )
     return lines
@@ -65,8 +67,10 @@ def main() -> None:
     parser.add_argument("before", type=Path)
     parser.add_argument("after", type=Path)
     parser.add_argument("--method", default="autotune", help="the method compared (peers.py's)")
+    parser.add_argument("--before-method", help="BEFORE's method, when not --method")
     args = parser.parse_args()
-    before, after = runs(args.before, args.method), runs(args.after, args.method)
+    before = runs(args.before, args.before_method or args.method)
+    after = runs(args.after, args.method)
     print("\n".join(compare(before, after)))
 
 
