@@ -49,8 +49,8 @@ PARENT = "parent"
 """User attribute of a stage-2 trial: the number of the stage-1 trial it slimmed."""
 NEAR_COPY = 0.95
 """A stage-2 child that keeps this share of its parent's parameters or more is not trained: it
-is its parent trained on, which the export does not pick for its size, while a lucky score of
-it raises the band the export picks from (``bench/stage_two_children.py``: exported in 1 of 26
+is its parent trained on at nearly its size, and as the top trial its score raises the band
+the export picks the smallest model from (``bench/stage_two_children.py``: exported in 1 of 26
 recorded searches, at 99% of the source; up to a third of a search's stage-2 epochs)."""
 
 
