@@ -528,6 +528,7 @@ def run_one(
             best_trial=config.get("trial"),
             best_params=config.get("params"),
             inputs_kept=len(measure_columns) or None,
+            epochs_trained=search_epochs(out),
         )
         saved = out / "best" / "model.pt"
     else:
@@ -606,11 +607,41 @@ def _mean(values: list[float]) -> float | None:
     return statistics.mean(values) if values else None
 
 
-def wall_ratio(runs: list[dict[str, Any]], p2_runs: list[dict[str, Any]]) -> float | None:
-    """A method's wall against P2's: the mean over the seeds both ran of that seed's ratio (a
-    method run on other seeds than P2, or apart from it, is not compared)."""
-    p2 = {r["seed"]: r["wall_s"] for r in p2_runs if r.get("wall_s")}
-    return _mean([r["wall_s"] / p2[r["seed"]] for r in runs if r["seed"] in p2])
+def search_epochs(out: Path) -> int | None:
+    """The epochs every trial of the search in ``out`` trained, summed; None without its study."""
+    if not out.is_dir():
+        return None
+    import optuna
+
+    from autotune.search.study import load_study
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    trials = load_study(None, out).get_trials(deepcopy=False)
+    return sum(int(t.user_attrs.get("epochs") or 0) for t in trials)
+
+
+def with_epochs(record: dict[str, Any]) -> dict[str, Any]:
+    """An autotune record with its search's epochs: results written before the bench recorded
+    them count them in the run folder its command names, while that folder exists."""
+    if not record.get("method", "").startswith("autotune") or "epochs_trained" in record:
+        return record
+    words = shlex.split(record.get("command", ""))
+    out = words[words.index("--out") + 1] if "--out" in words[:-1] else None
+    return {**record, "epochs_trained": search_epochs(Path(out))} if out else record
+
+
+def per_seed_ratio(
+    runs: list[dict[str, Any]], p2_runs: list[dict[str, Any]], key: str = "wall_s"
+) -> float | None:
+    """A method's ``key`` against P2's: the mean over the seeds both ran of that seed's ratio.
+    Walls are compared only where both ran in one bench run (``run``, which merging results
+    files sets): seconds measured apart on a shared machine do not compare; epochs do."""
+
+    def pair(r: dict[str, Any]) -> tuple[int, Any]:
+        return (r["seed"], r.get("run") if key == "wall_s" else None)
+
+    p2 = {pair(r): r[key] for r in p2_runs if r.get(key)}
+    return _mean([r[key] / p2[pair(r)] for r in runs if r.get(key) and pair(r) in p2])
 
 
 def label(method: str, meta: dict[str, Any]) -> str:
@@ -639,8 +670,9 @@ def table(
         + ". Test accuracy in % on the held-out test split, mean ± std and min over seeds; "
         "params, MACs and latency (batch of 32, one thread) against the source model; wall: "
         "the method's whole process, mean over seeds (wall / P2: the mean of each seed's ratio, "
-        "over the seeds both ran). autotune's latency is the one it reports in config.yaml (the "
-        "bench's own measurement of its model.pt in brackets).",
+        "over the seeds both ran in one bench run; epochs / P2 the same for the epochs its "
+        "trials trained, wherever both ran). autotune's latency is the one it reports in "
+        "config.yaml (the bench's own measurement of its model.pt in brackets).",
     ]
     seeds = {m: sorted({r["seed"] for r in runs if r["method"] == m}) for m in METHODS}
     uneven = len({tuple(v) for v in seeds.values() if v}) > 1
@@ -657,8 +689,8 @@ def table(
             f"**{task}**" + (f" ({meta['tasks'][task]})" if task in meta.get("tasks", {}) else ""),
             "",
             "| method | test acc % | min % | params % | MACs % | latency x | wall s | wall / P2 "
-            "| failed |" + (" seeds |" if uneven else ""),
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+            "| epochs / P2 | failed |" + (" seeds |" if uneven else ""),
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
             + (" ---: |" if uneven else ""),
         ]  # fmt: skip
         for method in METHODS:
@@ -689,10 +721,13 @@ def table(
                 f"{100 * statistics.mean(macs):.0f}" if macs else "n/a",
                 lat_text,
                 f"{wall:.1f}" if wall is not None else "n/a",
-                f"{ratio:.2f}"
-                if method.startswith("autotune")
-                and (ratio := wall_ratio(good, ok[(task, "p2")])) is not None
-                else "",
+                *(
+                    f"{ratio:.2f}"
+                    if method.startswith("autotune")
+                    and (ratio := per_seed_ratio(good, ok[(task, "p2")], key)) is not None
+                    else ""
+                    for key in ("wall_s", "epochs_trained")
+                ),
                 f"{len(rows) - len(good)}/{len(rows)}" if len(rows) > len(good) else "",
             ] + ([", ".join(map(str, seeds[method]))] if uneven else [])
             lines.append("| " + " | ".join(cells) + " |")
@@ -746,8 +781,8 @@ def targets(tasks: list[str], ok: dict[tuple[str, str], list[dict[str, Any]]]) -
     parts, met = [], True
     for task in tasks:
         p2_runs = ok[(task, "p2")]
-        at_ratio = wall_ratio(ok[(task, "autotune")], p2_runs)
-        slim_ratio = wall_ratio(ok[(task, "autotune-slim")], p2_runs)
+        at_ratio = per_seed_ratio(ok[(task, "autotune")], p2_runs)
+        slim_ratio = per_seed_ratio(ok[(task, "autotune-slim")], p2_runs)
         if at_ratio is None:
             parts.append(f"{task} n/a")
             met = False
@@ -799,6 +834,7 @@ def main() -> None:
 
     if args.table_only:
         records, meta = read_results(args.table_only)
+        records = [with_epochs(r) for r in records]
     else:
         records, meta = run(args)
     lines = table(records, meta)

@@ -65,9 +65,10 @@ def goals(tasks: list[str], ok: dict[tuple[str, str], list[dict[str, Any]]]) -> 
         seeds = seeds_of(task, "autotune")
         at, p1, p2 = (mean_acc(task, m, seeds) for m in ("autotune", "p1", "p2"))
         sizes = peers._ratio(ok[(task, "autotune")], "params")
-        wall = peers.wall_ratio(ok[(task, "autotune")], ok[(task, "p2")])
+        wall = peers.per_seed_ratio(ok[(task, "autotune")], ok[(task, "p2")])
+        epochs = peers.per_seed_ratio(ok[(task, "autotune")], ok[(task, "p2")], "epochs_trained")
         if at is None or p1 is None or p2 is None or not sizes or wall is None:
-            parts.append(f"{task} n/a")
+            parts.append(f"{task} n/a" + ("" if wall else " (no wall timed beside P2's)"))
             met = False
             continue
         best = max(p1, p2)
@@ -77,6 +78,7 @@ def goals(tasks: list[str], ok: dict[tuple[str, str], list[dict[str, Any]]]) -> 
             f"{task} (seeds {sorted(seeds)}): {100 * (at - best):+.1f} pts against max(P1, P2), "
             "params <= "
             f"{100 * max(sizes):.1f}%, wall {wall:.2f}x P2"
+            + (f" (epochs {epochs:.2f}x)" if epochs else "")
         )
     lines.append(f"- {TARGETS[0]}: {'; '.join(parts)}: **{'met' if met else 'not met'}**")
 
@@ -177,10 +179,12 @@ def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]
 def merged(paths: list[Path]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The runs of several results files under the first one's meta, every command named."""
     records, meta = peers.read_results(paths[0])
-    for path in paths[1:]:
+    records = [{**r, "run": 0} if "method" in r else r for r in records]
+    for run, path in enumerate(paths[1:], start=1):
         more, other = peers.read_results(path)
         meta["command"] += f"` and `{other['command']}"
-        records += [r for r in more if "method" in r]
+        records += [{**r, "run": run} for r in more if "method" in r]
+    records = [peers.with_epochs(r) for r in records]
     if len(paths) > 1:  # runs made apart: their whole-run times add up to no one wall
         records = [r for r in records if "done" not in r]
     return records, meta
