@@ -630,18 +630,28 @@ def with_epochs(record: dict[str, Any]) -> dict[str, Any]:
     return {**record, "epochs_trained": search_epochs(Path(out))} if out else record
 
 
+def _pair(r: dict[str, Any], key: str) -> tuple[int, Any]:
+    """What a run is matched with P2's on: its seed and, for walls, its bench run (``run``,
+    which merging results files sets): seconds measured apart on a shared machine do not
+    compare; epochs do."""
+    return (r["seed"], r.get("run") if key == "wall_s" else None)
+
+
 def per_seed_ratio(
     runs: list[dict[str, Any]], p2_runs: list[dict[str, Any]], key: str = "wall_s"
 ) -> float | None:
-    """A method's ``key`` against P2's: the mean over the seeds both ran of that seed's ratio.
-    Walls are compared only where both ran in one bench run (``run``, which merging results
-    files sets): seconds measured apart on a shared machine do not compare; epochs do."""
+    """A method's ``key`` against P2's: the mean over the seeds both ran of that seed's ratio
+    (walls only where both ran in one bench run)."""
+    p2 = {_pair(r, key): r[key] for r in p2_runs if r.get(key)}
+    return _mean([r[key] / p2[_pair(r, key)] for r in runs if r.get(key) and _pair(r, key) in p2])
 
-    def pair(r: dict[str, Any]) -> tuple[int, Any]:
-        return (r["seed"], r.get("run") if key == "wall_s" else None)
 
-    p2 = {pair(r): r[key] for r in p2_runs if r.get(key)}
-    return _mean([r[key] / p2[pair(r)] for r in runs if r.get(key) and pair(r) in p2])
+def paired_seeds(
+    runs: list[dict[str, Any]], p2_runs: list[dict[str, Any]], key: str = "wall_s"
+) -> list[int]:
+    """The seeds ``per_seed_ratio`` compares ``key`` on."""
+    p2 = {_pair(r, key) for r in p2_runs if r.get(key)}
+    return sorted({r["seed"] for r in runs if r.get(key) and _pair(r, key) in p2})
 
 
 def label(method: str, meta: dict[str, Any]) -> str:

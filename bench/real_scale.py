@@ -68,9 +68,7 @@ def goals(tasks: list[str], ok: dict[tuple[str, str], list[dict[str, Any]]]) -> 
         sizes = peers._ratio(runs, "params")
         wall = peers.per_seed_ratio(runs, p2_runs)
         epochs = peers.per_seed_ratio(runs, p2_runs, "epochs_trained")
-        # Walls compare only within one bench run: the seeds where both ran in the same one.
-        beside = sorted({r["seed"] for r in runs for q in p2_runs if q["seed"] == r["seed"]
-                         and q.get("run") == r.get("run")})  # fmt: skip
+        beside = peers.paired_seeds(runs, p2_runs)  # walls compare within one bench run only
         if at is None or p1 is None or p2 is None or not sizes or wall is None:
             parts.append(f"{task} n/a" + ("" if wall else " (no wall timed beside P2's)"))
             verdict = "not met"
