@@ -684,8 +684,6 @@ def table(
         "trials trained, wherever both ran). autotune's latency is the one it reports in "
         "config.yaml (the bench's own measurement of its model.pt in brackets).",
     ]
-    seeds = {m: sorted({r["seed"] for r in runs if r["method"] == m}) for m in METHODS}
-    uneven = len({tuple(v) for v in seeds.values() if v}) > 1
     tasks = list(dict.fromkeys(r["task"] for r in runs))
     by = {
         (t, m): [r for r in runs if (r["task"], r["method"]) == (t, m)]
@@ -693,10 +691,17 @@ def table(
         for m in METHODS
     }
     ok = {key: [r for r in rows if r.get("rc") == 0] for key, rows in by.items()}
+    every_seed = sorted({r["seed"] for r in runs})
     for task in tasks:
+        # A task run on fewer seeds than the others says so: its ± and min are over those.
+        seeds = {m: sorted({r["seed"] for r in by[(task, m)]}) for m in METHODS}
+        uneven = len({tuple(v) for v in seeds.values() if v}) > 1
+        ran = sorted({s for v in seeds.values() for s in v})
+        notes = [meta["tasks"][task]] if task in meta.get("tasks", {}) else []
+        notes += [f"seeds {ran} only"] if ran != every_seed else []
         lines += [
             "",
-            f"**{task}**" + (f" ({meta['tasks'][task]})" if task in meta.get("tasks", {}) else ""),
+            f"**{task}**" + (f" ({'; '.join(notes)})" if notes else ""),
             "",
             "| method | test acc % | min % | params % | MACs % | latency x | wall s | wall / P2 "
             "| epochs / P2 | failed |" + (" seeds |" if uneven else ""),
