@@ -197,14 +197,18 @@ def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]
 
 
 def merged(paths: list[Path]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """The runs of several results files under the first one's meta, every command named."""
+    """The runs of several results files under the first one's meta, every command named and
+    every machine line that differs (a dependency upgraded between runs) kept."""
     records, meta = peers.read_results(paths[0])
     records = [{**r, "run": 0} if "method" in r else r for r in records]
+    machines = [meta["machine"]]
     for run, path in enumerate(paths[1:], start=1):
         more, other = peers.read_results(path)
         meta["command"] += f"` and `{other['command']}"
         meta["tasks"] = {**other.get("tasks", {}), **meta.get("tasks", {})}
+        machines += [other["machine"]] if other["machine"] not in machines else []
         records += [{**r, "run": run} for r in more if "method" in r]
+    meta["machine"] = "; or ".join(machines)
     records = [peers.with_epochs(r) for r in records]
     if len(paths) > 1:  # runs made apart: their whole-run times add up to no one wall
         records = [r for r in records if "done" not in r]
