@@ -91,7 +91,7 @@ def goals(tasks: list[str], ok: dict[tuple[str, str], list[dict[str, Any]]]) -> 
             verdict = "met" if beside == sorted(seeds) else "met on the seeds timed beside P2"
         timed = (
             f"wall {wall:.2f}x P2 (timed beside it on seeds {beside})"
-            if wall
+            if wall is not None
             else "no wall timed beside P2's"
         )
         parts.append(
