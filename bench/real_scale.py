@@ -55,6 +55,9 @@ def goals(tasks: list[str], ok: dict[tuple[str, str], list[dict[str, Any]]]) -> 
     Each task gets its own verdict; a task without the runs a target needs is named as not
     judged, not counted as missing it."""
 
+    def seeds_of(task: str, method: str) -> set[int]:
+        return {r["seed"] for r in ok[(task, method)]}
+
     def mean_acc(task: str, method: str, seeds: set[int]) -> float | None:
         return peers._mean(peers._acc([r for r in ok[(task, method)] if r["seed"] in seeds]))
 
@@ -68,7 +71,7 @@ def goals(tasks: list[str], ok: dict[tuple[str, str], list[dict[str, Any]]]) -> 
 
     parts = []
     for task in tasks:
-        seeds = {r["seed"] for r in ok[(task, "autotune")]}
+        seeds = seeds_of(task, "autotune")
         means = {m: mean_acc(task, m, seeds) for m in ("autotune", "p1", "p2")}
         at, p1, p2 = means.values()
         runs, p2_runs = ok[(task, "autotune")], ok[(task, "p2")]
@@ -89,6 +92,7 @@ def goals(tasks: list[str], ok: dict[tuple[str, str], list[dict[str, Any]]]) -> 
             verdict = "not judged on time (no wall timed beside P2's)"
         else:
             verdict = "met" if beside == sorted(seeds) else "met on the seeds timed beside P2"
+        size = f"params <= {100 * max(sizes):.1f}%" if sizes else "params n/a"
         timed = (
             f"wall {wall:.2f}x P2 (timed beside it on seeds {beside})"
             if wall is not None
@@ -96,7 +100,7 @@ def goals(tasks: list[str], ok: dict[tuple[str, str], list[dict[str, Any]]]) -> 
         )
         parts.append(
             f"{task} (seeds {sorted(seeds)}): {100 * (at - best):+.1f} pts against "
-            f"max(P1, P2), params <= {100 * max(sizes, default=1):.1f}%, {timed}"
+            f"max(P1, P2), {size}, {timed}"
             + (f", epochs {epochs:.2f}x P2's" if epochs else "")
             + f": **{verdict}**"
         )
@@ -104,7 +108,7 @@ def goals(tasks: list[str], ok: dict[tuple[str, str], list[dict[str, Any]]]) -> 
 
     parts = []
     for task in tasks:
-        seeds = {r["seed"] for r in ok[(task, "autotune-slim")]}
+        seeds = seeds_of(task, "autotune-slim")
         means = {m: mean_acc(task, m, seeds) for m in ("autotune-slim", "p2", "p3")}
         slim, p2, p3 = means.values()
         if slim is None or p2 is None or p3 is None:
