@@ -148,6 +148,32 @@ def test_pickled_module_from_user_script_loads_with_code(tmp_path: Path) -> None
     assert loaded.module(X).shape == (4, 3)
 
 
+def test_arch_file_imports_the_module_beside_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A model file split in two, as a user's project often is: net.py imports blocks.py.
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    (tmp_path / "sibling_blocks.py").write_text(
+        "from torch import nn\n\ndef block():\n    return nn.Linear(8, 3)\n"
+    )
+    (tmp_path / "sibling_net.py").write_text(
+        "from torch import nn\nfrom sibling_blocks import block\n\n"
+        "class Net(nn.Module):\n"
+        "    def __init__(self):\n        super().__init__()\n        self.fc = block()\n\n"
+        "    def forward(self, x):\n        return self.fc(x)\n"
+    )
+    weights = {"fc.weight": torch.ones(3, 8), "fc.bias": torch.zeros(3)}
+    torch.save(weights, tmp_path / "net.pt")
+    try:
+        loaded = load_model(tmp_path / "net.pt", arch=f"{tmp_path / 'sibling_net.py'}:Net")
+    finally:
+        for name in ("sibling_net", "sibling_blocks"):  # no later test sees them imported
+            sys.modules.pop(name, None)
+    assert torch.allclose(loaded.module(X), X.sum(1, keepdim=True).expand(4, 3))  # its weights
+    # The folder comes after the installed packages: a file there named like one never wins.
+    assert sys.path.index(str(tmp_path.resolve())) == len(sys.path) - 1
+
+
 @pytest.mark.parametrize("content", [b"", b"not a model at all", b"PK\x03\x04broken zip"])
 def test_corrupt_file_gets_one_clear_error(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "bad.pt"

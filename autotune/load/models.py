@@ -269,10 +269,16 @@ def _compare_keys(
 
 
 def import_code(path: str | Path) -> types.ModuleType:
-    """Import a user's Python file under its own name, so pickles and ``--arch`` can find it."""
+    """Import a user's Python file under its own name, so pickles and ``--arch`` can find it.
+
+    Its folder joins ``sys.path``, so that its imports of the files beside it resolve as when
+    the user runs it; at the end, so that a file there never shadows an installed package."""
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(f"--code file {str(path)!r} does not exist: pass a Python file")
+    folder = str(path.resolve().parent)
+    if folder not in sys.path:
+        sys.path.append(folder)
     spec = importlib.util.spec_from_file_location(path.stem, path)
     if spec is None or spec.loader is None:
         raise ModelLoadError(f"--code file {str(path)!r} is not an importable Python file")
@@ -282,7 +288,10 @@ def import_code(path: str | Path) -> types.ModuleType:
         spec.loader.exec_module(module)
     except Exception as e:
         del sys.modules[path.stem]
-        raise ModelLoadError(f"importing --code file {str(path)!r} failed: {e!r}") from e
+        raise ModelLoadError(
+            f"importing --code file {str(path)!r} failed: {e!r}; fix the file, or put the "
+            "modules it imports on PYTHONPATH"
+        ) from e
     return module
 
 
