@@ -68,8 +68,9 @@ def adapt_space(space: SearchSpace, job: Job) -> tuple[SearchSpace, list[str]]:
 
 
 def space_for(job: Job) -> tuple[str, str]:
-    """The shipped space that fits the model, and why: ``vision`` for conv nets, ``tabular``
-    for feature-vector models, ``default`` (fine-tuning only) where the model cannot be analysed.
+    """The shipped space that fits the model, and why: ``vision`` for image models (a
+    convolution anywhere: conv nets, and ViTs by their patch embedding), ``tabular`` for
+    feature-vector models, ``default`` (fine-tuning only) where the model cannot be analysed.
     """
     if job.model.is_program:
         fmt = job.model.format
@@ -77,8 +78,8 @@ def space_for(job: Job) -> tuple[str, str]:
     if job.data.x_val.ndim == 2:
         return "tabular", "feature-vector input: SHAP-ranked features, neurons and layers"
     if any(isinstance(m, nn.modules.conv._ConvNd) for m in job.model.module.modules()):
-        return "vision", "a conv net: SHAP-ranked channels and layers"
-    return "default", "neither a conv net nor a feature-vector model: fine-tuning only"
+        return "vision", "an image model: SHAP-ranked channels, neurons, heads and layers"
+    return "default", "no convolution and no feature-vector input: fine-tuning only"
 
 
 def _why_no_feature_dropping(job: Job) -> str | None:
