@@ -174,6 +174,13 @@ def test_arch_file_imports_the_module_beside_it(
     assert sys.path.index(str(tmp_path.resolve())) == len(sys.path) - 1
 
 
+def test_a_missing_arch_file_is_named_as_the_arch_option(tmp_path: Path) -> None:
+    torch.save({"fc.weight": torch.ones(3, 8)}, tmp_path / "net.pt")
+    missing = tmp_path / "nets.py"
+    with pytest.raises(ModelLoadError, match=r"^--arch file .*nets\.py' does not exist"):
+        load_model(tmp_path / "net.pt", arch=f"{missing}:Net")
+
+
 @pytest.mark.parametrize("content", [b"", b"not a model at all", b"PK\x03\x04broken zip"])
 def test_corrupt_file_gets_one_clear_error(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "bad.pt"

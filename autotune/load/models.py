@@ -268,20 +268,21 @@ def _compare_keys(
     return sorted(set(expected) - set(given)), sorted(set(given) - set(expected))
 
 
-def import_code(path: str | Path) -> types.ModuleType:
+def import_code(path: str | Path, option: str = "--code") -> types.ModuleType:
     """Import a user's Python file under its own name, so pickles and ``--arch`` can find it.
 
     Its folder joins ``sys.path``, so that its imports of the files beside it resolve as when
-    the user runs it; at the end, so that a file there never shadows an installed package."""
+    the user runs it; at the end, so that a file there never shadows an installed package.
+    ``option`` is the flag that named the file, for the errors."""
     path = Path(path)
     if not path.is_file():
-        raise ModelLoadError(f"--code file {str(path)!r} does not exist: pass a Python file")
+        raise ModelLoadError(f"{option} file {str(path)!r} does not exist: pass a Python file")
     folder = str(path.resolve().parent)
     if folder not in sys.path:
         sys.path.append(folder)
     spec = importlib.util.spec_from_file_location(path.stem, path)
     if spec is None or spec.loader is None:
-        raise ModelLoadError(f"--code file {str(path)!r} is not an importable Python file")
+        raise ModelLoadError(f"{option} file {str(path)!r} is not an importable Python file")
     module = importlib.util.module_from_spec(spec)
     sys.modules[path.stem] = module
     try:
@@ -289,7 +290,7 @@ def import_code(path: str | Path) -> types.ModuleType:
     except Exception as e:
         del sys.modules[path.stem]
         raise ModelLoadError(
-            f"importing --code file {str(path)!r} failed: {e!r}; fix the file, or put the "
+            f"importing {option} file {str(path)!r} failed: {e!r}; fix the file, or put the "
             "modules it imports on PYTHONPATH"
         ) from e
     return module
@@ -315,7 +316,7 @@ def build_arch(arch: str, num_classes: int | None = None) -> nn.Module:
             )
         return torchvision.models.get_model(name, weights=None, **kwargs)
     if where.endswith(".py"):
-        module = import_code(where)
+        module = import_code(where, option="--arch")
     else:
         try:
             module = importlib.import_module(where)
