@@ -210,7 +210,8 @@ def merged(paths: list[Path]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         more, other = peers.read_results(path)
         meta["command"] += f"` and `{other['command']}"
         meta["tasks"] = {**other.get("tasks", {}), **meta.get("tasks", {})}
-        machines += [other["machine"]] if other["machine"] not in machines else []
+        if other["machine"] not in machines:
+            machines.append(other["machine"])
         records += [{**r, "run": run} for r in more if "method" in r]
     meta["machine"] = "; or ".join(machines)
     records = [peers.with_epochs(r) for r in records]

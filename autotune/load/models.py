@@ -277,12 +277,12 @@ def import_code(path: str | Path, option: str = "--code") -> types.ModuleType:
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(f"{option} file {str(path)!r} does not exist: pass a Python file")
-    folder = str(path.resolve().parent)
-    if folder not in sys.path:
-        sys.path.append(folder)
     spec = importlib.util.spec_from_file_location(path.stem, path)
     if spec is None or spec.loader is None:
         raise ModelLoadError(f"{option} file {str(path)!r} is not an importable Python file")
+    folder = str(path.resolve().parent)
+    if folder not in sys.path:
+        sys.path.append(folder)
     module = importlib.util.module_from_spec(spec)
     sys.modules[path.stem] = module
     try:
