@@ -1,24 +1,28 @@
-"""What the median pruner's warm-up costs and saves, replayed on finished searches' curves.
+"""What stage 1's pruning rules cost and save, replayed on finished searches' curves.
 
 For each search folder, the trials the study's median pruner judges (stage 1 of a staged
 search, every trial otherwise) are judged again, in number order as one worker ran them, as
-Optuna's ``MedianPruner`` judges: from the epoch ``--warmups`` names on, once the start-up's
+Optuna's ``MedianPruner`` judges: from the epoch ``--warmups`` names on, once ``--startups``'
 count of trials has completed, a trial whose best so far is under the median of the completed
-trials at that epoch stops. A trial the replay stops no longer counts as completed for those
-after it. Prints, per warm-up, the epochs those trials would have trained, how many stop, and
-whether the trial stage 2 slimmed (or, unstaged, the top trial) would have been stopped, and
-at which epoch; with several folders, a table of the sums.
+trials at that epoch stops. ``--reach`` adds a rule the search does not have: from the warm-up
+on, a trial whose best so far is that many standard errors under the best completed trial's
+best by the same epoch stops too, start-up or not. A trial the replay stops no longer counts as
+completed for those after it. Prints, per rule, the epochs those trials would have trained, how
+many stop, and whether the trial stage 2 slimmed (or, unstaged, the top trial) would have been
+stopped, and at which epoch; with several folders, a table of the sums.
 
 What it cannot tell: a trial stopped earlier gives the sampler another value, so the trials
 after the first changed verdict would have been sampled differently. The epochs and verdicts
-are those of the recorded trials; a search run with the warm-up is the measurement.
+are those of the recorded trials; a search run with the rule is the measurement.
 
-Run: python bench/pruner_replay.py OUT [OUT ...] [--warmups 0 1 2 3] (and the warm-up as run)
+Run: python bench/pruner_replay.py OUT [OUT ...] [--warmups 0 1 2 3] [--startups 1 3]
+[--reach 3 5] (each besides the rule as run)
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,13 +31,31 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autotune.config import SearchSettings
 from autotune.search.record import TrialRecord
-from autotune.search.selection import exported_trial
+from autotune.search.selection import exported_trial, standard_error
 from autotune.search.study import load_study, start_up, study_record, warmup_epochs
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A pruning rule to replay: the median pruner's start-up and warm-up, and maybe the reach
+    rule's standard errors (``reach``)."""
+
+    startup: int
+    warmup: int
+    reach: float | None = None
+
+    def label(self, as_run: Rule) -> str:
+        changed = [
+            f"start-up {self.startup}" if self.startup != as_run.startup else "",
+            f"warm-up {self.warmup}" if self.warmup != as_run.warmup else "",
+            f"reach {self.reach:g} SE" if self.reach is not None else "",
+        ]
+        return ", ".join(c for c in changed if c) or "as run"
 
 
 @dataclass
 class Replayed:
-    """One warm-up's verdicts on the judged trials."""
+    """One rule's verdicts on the judged trials."""
 
     epochs: int
     stopped: dict[int, int]
@@ -50,12 +72,26 @@ def judged(trials: list[FrozenTrial], staged: bool) -> list[FrozenTrial]:
     return sorted(kept, key=lambda t: t.number)
 
 
+def out_of_reach(
+    best: float, step: int, completed: list[dict[int, float]], rule: Rule, samples: int | None
+) -> bool:
+    """The reach rule: ``best`` is ``rule.reach`` standard errors under the best that a
+    completed trial had reached by ``step``."""
+    if rule.reach is None or not samples:
+        return False
+    leads = [max(v for s, v in c.items() if s <= step) for c in completed if c and min(c) <= step]
+    if not leads:
+        return False
+    lead = max(leads)
+    return best < lead - rule.reach * standard_error(lead, samples)
+
+
 def replay(
-    trials: list[FrozenTrial], mine: list[FrozenTrial], startup: int, warmup: int
+    trials: list[FrozenTrial], mine: list[FrozenTrial], rule: Rule, samples: int | None = None
 ) -> Replayed:
-    """The median pruner at ``warmup`` on the recorded curves of the judged trials ``mine``;
-    the other completed trials before them (the baseline, which trains no epoch) count toward
-    the start-up as they do in Optuna."""
+    """``rule`` on the recorded curves of the judged trials ``mine``; the other completed
+    trials before them (the baseline, which trains no epoch) count toward the start-up as they
+    do in Optuna. ``samples``: the validation set's size, for the reach rule."""
     judged_numbers = {t.number for t in mine}
     last = max(judged_numbers)
     completed: list[dict[int, float]] = []
@@ -70,13 +106,16 @@ def replay(
                 completed.append(dict(t.intermediate_values))
             continue
         curve = sorted(t.intermediate_values.items())
-        best, ends = float("-inf"), None
+        best, ends = -math.inf, None
         for step, value in curve:
             best = max(best, value)
-            if step < warmup or len(completed) < startup:
+            if step < rule.warmup:
                 continue
             at_step = [c[step] for c in completed if step in c]
-            if at_step and best < statistics.median(at_step):
+            median = len(completed) >= rule.startup and at_step
+            if (median and best < statistics.median(at_step)) or out_of_reach(
+                best, step, completed, rule, samples
+            ):
                 ends = step
                 by_rule.add(t.number)
                 break
@@ -96,61 +135,74 @@ def _ended(t: FrozenTrial) -> str:
 
 @dataclass
 class Totals:
-    """One warm-up's verdicts summed over the searches replayed."""
+    """One rule's verdicts summed over the searches replayed."""
 
     epochs: int = 0
     watched_stopped: int = 0
     finished_cut: int = 0
 
 
-def report(out: Path, warmups: list[int], totals: dict[int, Totals]) -> int:
+def rules(as_run: Rule, args: argparse.Namespace) -> list[Rule]:
+    """The rule as run, and each variant the options name (one change from it at a time)."""
+    variants = [as_run]
+    variants += [Rule(as_run.startup, w, None) for w in sorted(set(args.warmups))]
+    variants += [Rule(s, as_run.warmup, None) for s in sorted(set(args.startups))]
+    variants += [Rule(as_run.startup, as_run.warmup, k) for k in sorted(set(args.reach))]
+    return list(dict.fromkeys(variants))
+
+
+def report(out: Path, args: argparse.Namespace, totals: dict[str, Totals]) -> int:
     """Prints the replay of one search, adds it to ``totals``; the epochs it trained in all."""
     study = load_study(None, out)
     settings = study_record(study).get("settings", {})
-    as_run = warmup_epochs(SearchSettings(max_epochs=settings.get("max_epochs") or 20))
     second = [t.number for t in study.trials if TrialRecord.from_trial(t).stage == 2]
     staged = bool(second)
     # The pruner's start-up is a share of the trials it judges: stage 1's (the trials before
     # the first of stage 2, the baseline not counted), or the whole study's.
-    startup = start_up(min(second) - 1 if staged else len(study.trials) - 1)
+    as_run = Rule(
+        start_up(min(second) - 1 if staged else len(study.trials) - 1),
+        warmup_epochs(SearchSettings(max_epochs=settings.get("max_epochs") or 20)),
+    )
     mine = judged(study.trials, staged)
+    samples = next((TrialRecord.from_trial(t).samples for t in mine), None)
     done = [t for t in mine if t.state == TrialState.COMPLETE and t.values]
-    parents = {TrialRecord.from_trial(t).parent for t in study.trials} - {None}
+    parents = {p for t in study.trials if (p := TrialRecord.from_trial(t).parent) is not None}
     if staged and len(parents) == 1:
         watched, role = parents.pop(), "the parent of stage 2"
     else:
         watched, role = max(done, key=lambda t: t.values[0]).number, "the top"
     print(
-        f"{out}: {len(mine)} judged trials, start-up {startup} completed, warm-up as run "
-        f"{as_run}; their top {max(t.values[0] for t in done):.3f}; export trial "
+        f"{out}: {len(mine)} judged trials, start-up {as_run.startup} completed, warm-up as "
+        f"run {as_run.warmup}; their top {max(t.values[0] for t in done):.3f}; export trial "
         f"{exported_trial(study)}; watched trial {watched} ({role})"
     )
-    # The replay checked against the search: at its own warm-up, the rule must stop exactly the
-    # trials the search's pruner stopped, after the same epochs.
+    # The replay checked against the search: as run, the rule must stop exactly the trials the
+    # search's pruner stopped, after the same epochs.
     pruned = {t.number: max(t.intermediate_values) for t in mine if t.state == TrialState.PRUNED}
-    check = replay(study.trials, mine, startup, as_run)
+    check = replay(study.trials, mine, as_run)
     ruled = {n: check.stopped[n] for n in check.by_rule}
     print(
-        "  at the warm-up as run the replay stops the trials the search stopped"
+        "  as run, the replay stops the trials the search stopped"
         if ruled == pruned
         else f"  the replay DIFFERS from the search: it stops {ruled}, the search {pruned}"
     )
-    for warmup in sorted({*warmups, as_run}):
-        r = replay(study.trials, mine, startup, warmup)
+    for rule in rules(as_run, args):
+        r = replay(study.trials, mine, rule, samples)
         fate = r.stopped.get(watched)
-        # Trials the search let finish that this warm-up stops, with the best they went on to.
+        # Trials the search let finish that this rule stops, with the best they went on to.
         cut = "".join(
             f"; {t.number} at {r.stopped[t.number]} (ended {_ended(t)})"
             for t in done
             if t.number in r.stopped
         )
         verdict = "trains on" if fate is None else f"STOPPED after epoch {fate}"
-        total = totals.setdefault(warmup, Totals())
+        # Totals by what changed, so that searches run with different warm-ups still add up.
+        total = totals.setdefault(rule.label(as_run), Totals())
         total.epochs += r.epochs
         total.watched_stopped += fate is not None
         total.finished_cut += sum(t.number in r.stopped for t in done)
         print(
-            f"  warm-up {warmup:2d}: {r.epochs:4d} epochs, {len(r.stopped):2d} stopped; "
+            f"  {rule.label(as_run):>12}: {r.epochs:4d} epochs, {len(r.stopped):2d} stopped; "
             f"trial {watched} {verdict}{cut}"
         )
     return sum(len(t.intermediate_values) for t in study.trials)
@@ -160,17 +212,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("outs", type=Path, nargs="+", help="output folders of finished searches")
     parser.add_argument(
-        "--warmups", type=int, nargs="+", default=[0, 1, 2, 3], help="besides the one as run"
+        "--warmups", type=int, nargs="*", default=[0, 1, 2, 3], help="besides the one as run"
+    )
+    parser.add_argument(
+        "--startups", type=int, nargs="*", default=[], help="besides the one as run"
+    )
+    parser.add_argument(
+        "--reach", type=float, nargs="*", default=[], help="standard errors, for the reach rule"
     )
     args = parser.parse_args()
-    totals: dict[int, Totals] = {}
-    every = sum(report(out, args.warmups, totals) for out in args.outs)
+    totals: dict[str, Totals] = {}
+    every = sum(report(out, args, totals) for out in args.outs)
     if len(args.outs) > 1:
         print(f"\nover the {len(args.outs)} searches ({every} epochs in all, both stages):")
-        print("| warm-up | judged trials' epochs | searches whose watched trial stops |", end="")
-        print(" finished trials stopped |\n| ---: | ---: | ---: | ---: |")
-        for warmup, total in totals.items():
-            print(f"| {warmup} | {total.epochs} | {total.watched_stopped} | {total.finished_cut} |")
+        print("| rule | judged trials' epochs | searches whose watched trial stops |", end="")
+        print(" finished trials stopped |\n| --- | ---: | ---: | ---: |")
+        for label, total in totals.items():
+            print(f"| {label} | {total.epochs} | {total.watched_stopped} | {total.finished_cut} |")
 
 
 if __name__ == "__main__":
