@@ -133,3 +133,38 @@ def test_an_unknown_average_is_refused_by_the_space() -> None:
     assert load_space({"average": "ema"}).values_of("average") == ("ema",)
     with pytest.raises(SpaceError, match="'swa' is not one of"):
         load_space({"average": ["none", "swa"]})
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_the_optimizer_is_fused_on_the_cpu_with_the_loops_arithmetic(
+    optimizer: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from autotune.trial import fit
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3))
+    looped = copy.deepcopy(model)
+    config = TrialConfig(optimizer=optimizer, lr=1e-2, weight_decay=0.05)
+    fused = fit.make_optimizer(model, config)
+    monkeypatch.setattr(fit, "fusable", lambda params: False)
+    reference = fit.make_optimizer(looped, config)
+    assert fused.defaults["fused"] and not reference.defaults["fused"]
+    x, y = torch.randn(32, 6), torch.randint(0, 3, (32,))
+    for _ in range(10):
+        for net, opt in ((model, fused), (looped, reference)):
+            loss = torch.nn.functional.cross_entropy(net(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    for a, b in zip(model.parameters(), looped.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_parameters_without_fused_kernels_get_the_loop() -> None:
+    from autotune.trial import fit
+
+    model = torch.nn.Linear(4, 2, device="meta")
+    assert not fit.fusable(list(model.parameters()))
+    assert fit.fusable(list(torch.nn.Linear(4, 2).parameters()))
+    integer = torch.nn.Parameter(torch.ones(3, dtype=torch.int64), requires_grad=False)
+    assert not fit.fusable([integer])

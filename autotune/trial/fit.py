@@ -154,9 +154,19 @@ def make_optimizer(model: nn.Module, config: TrialConfig) -> torch.optim.Optimiz
         {"params": [p for p in trainable if p.ndim >= 2], "weight_decay": config.weight_decay},
         {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0},
     ]
+    # The fused kernels update every tensor in one pass, with the same arithmetic: a resnet18
+    # epoch with AdamW on the CPU takes 0.69x the default per-tensor loop's time with them
+    # (bench/optimizer_step.py). Other devices keep the loop.
+    fused = True if fusable(trainable) else None
     if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
-    return torch.optim.AdamW(groups, lr=config.lr)
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, fused=fused)
+    return torch.optim.AdamW(groups, lr=config.lr, fused=fused)
+
+
+def fusable(params: list[nn.Parameter]) -> bool:
+    """Whether PyTorch has fused optimizer kernels for these parameters (floating point, on
+    the CPU or a CUDA device)."""
+    return all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
 
 
 def fine_tune(
