@@ -155,7 +155,7 @@ def make_optimizer(model: nn.Module, config: TrialConfig) -> torch.optim.Optimiz
         {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0},
     ]
     # The fused kernels update every tensor in one pass, with the same arithmetic: a resnet18
-    # epoch with AdamW on the CPU takes 0.69x the default per-tensor loop's time with them
+    # epoch with AdamW on the CPU takes 0.67x the default per-tensor loop's time with them
     # (bench/optimizer_step.py). Other devices keep the loop.
     fused = True if fusable(trainable) else None
     if config.optimizer == "sgd":
