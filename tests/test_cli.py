@@ -275,6 +275,29 @@ def test_asking_for_cuda_without_one_is_refused_up_front() -> None:
     assert "asks for CUDA, but none is available" in result.output
 
 
+@pytest.mark.parametrize("device", ["mps", "meta"])
+def test_a_device_this_pytorch_cannot_use_is_refused_in_one_line(
+    device: str, tmp_path: Path
+) -> None:
+    if device == "mps" and __import__("torch").backends.mps.is_available():
+        pytest.skip("this machine has an MPS device")
+    out = tmp_path / "run"
+    result = runner.invoke(
+        app, ["search", "--model", "demo", "--device", device, "--out", str(out)]
+    )
+    assert result.exit_code == 2, result.output
+    assert (
+        f"--device {device!r}: this PyTorch has no usable {device} device: use auto, cpu or "
+        "cuda[:N]" in result.output
+    )
+    assert "Traceback" not in result.output
+    assert [line for line in result.output.splitlines() if line.startswith("error:")] == [
+        f"error: --device {device!r}: this PyTorch has no usable {device} device: use auto, "
+        "cpu or cuda[:N]"
+    ]
+    assert not (out / "analysis").exists()  # refused before the analysis
+
+
 def test_analyze_writes_rankings_and_charts(tmp_path: Path) -> None:
     from autotune.rank.analysis import Analysis
 

@@ -20,7 +20,7 @@ from autotune.search.optuna_internals import storage_of
 from autotune.search.space import SearchSpace
 from autotune.trial.augment import MIN_SIDE, can_augment
 from autotune.trial.checkpoints import Checkpoints
-from autotune.trial.fit import resolve_device
+from autotune.trial.devices import resolve_device
 from autotune.trial.flips import predictions
 from autotune.trial.freeze import can_set_dropout
 from autotune.trial.maker import TrialMaker

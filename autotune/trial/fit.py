@@ -1,4 +1,4 @@
-"""One fine-tune: the training loop, evaluation, early stopping, and the device and threads.
+"""One fine-tune: the training loop, evaluation, early stopping, and the torch threads.
 
 Resident data lives on the device as tensors; a batch is an index into them, so the loop does no
 more per step than a hand-written one (``bench/overhead.py`` measures that). Streamed data
@@ -63,21 +63,6 @@ class FitResult:
 
 EpochCallback = Callable[[int, float], None]
 """Called after each epoch with (epoch, validation metric); may raise to stop the fit."""
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` is CUDA when available, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as e:
-        raise AutotuneError(f"--device {name!r} is not a device: use auto, cpu or cuda[:N]") from e
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise AutotuneError(
-            f"--device {name!r} asks for CUDA, but none is available: use cpu or auto"
-        )
-    return device
 
 
 def configure_threads(device: torch.device, threads: int) -> None:
