@@ -4,11 +4,11 @@ analysis options, and which way the metric goes."""
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from autotune.budget_text import budget_parts, latency_budget
 from autotune.errors import AutotuneError
 
 VERSION = "0.1.0"
@@ -59,56 +59,6 @@ def score_key(metric: str, accuracy: float, loss: float) -> tuple[float, float]:
 def metric_of_direction(maximize: bool) -> str:
     """The metric whose direction is this: ``accuracy`` (maximised) or ``loss``."""
     return "accuracy" if maximize else "loss"
-
-
-_SUFFIX = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9}
-
-
-def budget_parts(text: str | float | int, what: str) -> tuple[float, str]:
-    """A ``--max-params`` / ``--max-macs`` / ``--max-flips`` budget as (number, unit): unit
-    ``%``, ``k``, ``m``, ``g``, or ``""`` (a share when at most 1, else a count). Every budget
-    takes this one grammar (a share above 100% allows more than there is: no limit)."""
-    raw = str(text).strip().lower()
-    match = re.fullmatch(r"([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*(%|k|m|g)?", raw)
-    if match is None:
-        raise AutotuneError(
-            f"--max-{what} {text!r} is not a budget: give a share (0.5 or 50%) or a count "
-            "(250000, 250k, 1.5M)"
-        )
-    number, unit = float(match.group(1)), match.group(2) or ""
-    if unit == "" and number > 1 and "." in match.group(1) and "e" not in match.group(1):
-        # 2.0 reads as two parameters, which nobody means: ask which was meant.
-        noun = {"params": "parameters", "macs": "MACs"}.get(what, what)
-        count = f"{number:.0f} ({noun})" if number.is_integer() else "a whole count"
-        raise AutotuneError(
-            f"--max-{what} {text!r} is ambiguous: a fraction is at most 1; write {count} or "
-            f"{number * 100:g}% (a share of the source model)"
-        )
-    return number, unit
-
-
-def latency_budget(text: str) -> tuple[float, str]:
-    """``--max-latency`` as (number, unit): ``0.5x`` is half the source model's latency (timed
-    alternately with it), ``5ms`` milliseconds per batch of ``--latency-batch`` samples."""
-    match = re.fullmatch(r"([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*(x|ms)", str(text).strip().lower())
-    if match is None or not float(match.group(1)) > 0:
-        raise AutotuneError(
-            f"--max-latency {text!r} is not a latency budget: give a ratio of the source "
-            "model's latency (0.5x) or milliseconds per batch (5ms)"
-        )
-    return float(match.group(1)), match.group(2)
-
-
-def budget_limit(text: str | float | int, whole: int, what: str) -> float:
-    """A budget as an absolute count, ``whole`` being all there is (the source model's
-    parameters, the validation samples): ``0.5`` and ``50%`` are shares of it; ``250000``,
-    ``250k``, ``1.5M`` are counts."""
-    number, unit = budget_parts(text, what)
-    if unit == "%":
-        return whole * number / 100
-    if unit == "" and number <= 1:
-        return whole * number
-    return number * _SUFFIX[unit]
 
 
 @dataclass(frozen=True)

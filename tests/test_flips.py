@@ -53,8 +53,13 @@ def test_flip_budgets_read_as_a_rate_or_a_count() -> None:
     assert flip_limit("5", 200) == 5
     assert flip_limit(0, 200) == 0
     for bad in ("1.5", "-1", "lots"):
-        with pytest.raises(AutotuneError, match="--max-flips"):
+        with pytest.raises(AutotuneError, match="--max-flips") as refused:
             flip_limit(bad, 200)
+        # Said in the flips' own terms, not a model size's.
+        assert "validation samples" in str(refused.value) and "source model" not in str(
+            refused.value
+        )
+        assert "250k" not in str(refused.value)
 
 
 @pytest.mark.parametrize(

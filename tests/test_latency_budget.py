@@ -14,7 +14,7 @@ from test_slimming import ANALYSIS, _mlp, _wide_data
 from torch import nn
 
 from autotune import search
-from autotune.config import latency_budget
+from autotune.budget_text import latency_budget
 from autotune.errors import AutotuneError
 from autotune.results.leaderboard import Leaderboard
 from autotune.search import objective as objective_module

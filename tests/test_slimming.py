@@ -147,6 +147,23 @@ def test_an_unparsable_budget_is_refused_before_any_trial(tmp_path: Path) -> Non
     assert not (tmp_path / "checkpoints").exists()
 
 
+@pytest.mark.parametrize("budget", ["0", "0%", "0k"])
+def test_a_budget_of_nothing_is_refused_before_any_work(tmp_path: Path, budget: str) -> None:
+    from autotune import AutotuneError
+
+    with pytest.raises(AutotuneError, match=f"--max-params '{budget}' allows no params at all"):
+        search(
+            _mlp(),
+            _wide_data(),
+            space={"lr": 1e-2},
+            trials=2,
+            out=tmp_path,
+            console=_quiet(),
+            max_params=budget,
+        )
+    assert not (tmp_path / "analysis").exists() and not (tmp_path / "checkpoints").exists()
+
+
 def test_a_slimming_only_space_starts_with_the_rankings_seeds(tmp_path: Path) -> None:
     space = {
         "lr": 1e-2,

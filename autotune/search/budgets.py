@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from autotune.config import SearchSettings, latency_budget
+from autotune.budget_text import latency_budget
+from autotune.config import SearchSettings
 from autotune.errors import AutotuneError
 from autotune.search.study import within_limits
 from autotune.trial.cost import LATENCY_BATCH, Cost, parse_budget

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from autotune.config import budget_limit
+from autotune.budget_text import budget_limit
 from autotune.errors import AutotuneError
 from autotune.load.anatomy import device_of, set_training
 from autotune.load.tasks import Inputs
@@ -130,7 +130,7 @@ def _count_macs(model: nn.Module, example: torch.Tensor) -> int | None:
 
 
 def parse_budget(text: str | float | int, original: int, what: str) -> int:
-    """A size budget as an absolute count of ``original``'s unit (``config.budget_limit``)."""
+    """A size budget as an absolute count of ``original``'s unit (``budget_text.budget_limit``)."""
     limit = budget_limit(text, original, what)
     if limit < 1:
         raise AutotuneError(f"--max-{what} {text!r} allows no {what} at all: raise it")

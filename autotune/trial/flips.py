@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from autotune.config import budget_limit
+from autotune.budget_text import budget_limit
 from autotune.load.anatomy import device_of, set_training
 from autotune.load.tasks import Inputs
 from autotune.trial.fit import in_order
@@ -99,7 +99,7 @@ def count_flips(
 
 def flip_limit(budget: str | float, samples: int) -> int:
     """The most negative flips allowed on ``samples`` validation samples: a share (``0.01``,
-    ``1%``) or a count (``5``), in the grammar of every budget (``config.budget_limit``)."""
+    ``1%``) or a count (``5``), in the grammar of every budget (``budget_text.budget_limit``)."""
     return int(budget_limit(budget, samples, "flips"))
 
 
