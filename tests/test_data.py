@@ -66,6 +66,17 @@ def test_image_folder_loads_with_model_channels(tmp_path: Path) -> None:
     assert gray.x_train.shape == (6, 1, 8, 8)
 
 
+@pytest.mark.parametrize("side", [0, -5, 100_000])
+def test_an_image_size_that_is_no_side_is_refused_in_one_line(tmp_path: Path, side: int) -> None:
+    from PIL import Image
+
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        Image.new("RGB", (12, 10)).save(tmp_path / c / "0.png")
+    with pytest.raises(DataError, match=f"--image-size {side} is not a side in pixels: give one"):
+        load_data(str(tmp_path), image_size=side)
+
+
 @pytest.mark.parametrize(
     "name,shape,classes",
     [("digits", (1, 8, 8), 10), ("wine", (13,), 3), ("breast_cancer", (30,), 2)],

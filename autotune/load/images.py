@@ -21,6 +21,9 @@ from autotune.load.tasks import SPLITS, TaskData, carve
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 """The mean and std torchvision's and timm's ImageNet-trained models were trained with."""
 SAMPLED_FILES = 64
+MAX_SIDE = 4096
+"""The largest ``--image-size``: one decoded image of that side is 200 MB of float32, and a
+larger one is a typo that would only end in the kernel killing the process for memory."""
 """Files whose contents enter a folder's fingerprint (every file's name and size do)."""
 
 
@@ -126,6 +129,11 @@ def load_image_folder(
 ) -> TaskData:
     """An ``ImageFolder`` tree, or ``train/``, ``val/``, ``test/`` trees side by side: held as
     tensors when the decoded inputs fit under ``streams.resident_limit()``, else streamed."""
+    if image_size is not None and not 1 <= image_size <= MAX_SIDE:
+        raise DataError(
+            f"--image-size {image_size} is not a side in pixels: give one from 1 to {MAX_SIDE}, "
+            "or leave it out to keep the first image's"
+        )
     subsets = {s: root / s for s in SPLITS if (root / s).is_dir()}
     if "train" not in subsets:
         subsets = {"train": root}
