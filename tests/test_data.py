@@ -175,6 +175,21 @@ def test_output_width_must_match_named_classes() -> None:
     assert check_model_fits(TinyNet(4).eval(), data) == 4
 
 
+def test_training_labels_of_one_class_are_refused(tiny_model: torch.nn.Module) -> None:
+    x, _ = blobs(30)
+    data = from_tensors(x, torch.zeros(30, dtype=torch.long), classes=["cat", "dog", "owl"])
+    with pytest.raises(
+        DataError, match="every training label is class 'cat'; a classifier needs samples of"
+    ):
+        check_model_fits(tiny_model, data)
+
+
+def test_a_model_with_one_class_score_is_refused() -> None:
+    x, y = blobs(30)
+    with pytest.raises(DataError, match="the model outputs 1 class score per sample"):
+        check_model_fits(TinyNet(1).eval(), from_tensors(x, y % 2))
+
+
 def test_torch_datasets_become_task_data(tiny_model) -> None:  # type: ignore[no-untyped-def]
     from torch.utils.data import TensorDataset
 

@@ -11,7 +11,7 @@ from rich.console import Console
 
 from autotune import search
 from autotune.load.job import ModelSpec
-from autotune.load.tasks import TaskData
+from autotune.load.tasks import TaskData, from_tensors
 
 SPACE = {
     "lr": 1e-2,
@@ -65,6 +65,23 @@ def test_an_export_program_with_a_fixed_batch_is_refused_with_the_fix(
     torch.export.save(torch.export.export(tiny_model, (torch.randn(4, 8),)), path)
     with pytest.raises(DataError, match="traced with a fixed batch size"):
         search(ModelSpec(str(path)), tiny_data, space=SPACE, trials=1, out=tmp_path / "out")
+
+
+def test_a_dynamic_batch_program_given_too_few_features_is_not_blamed_on_its_batch(
+    tiny_model: torch.nn.Module, tmp_path: Path
+) -> None:
+    from autotune.errors import DataError
+
+    path = tmp_path / "dynamic.pt2"
+    batch = {0: torch.export.Dim.AUTO}
+    torch.export.save(
+        torch.export.export(tiny_model, (torch.randn(4, 8),), dynamic_shapes=(batch,)), path
+    )
+    narrow = from_tensors(torch.randn(60, 5), torch.arange(60) % 3)
+    with pytest.raises(DataError, match=r"cannot take inputs of shape \(5,\)") as refused:
+        search(ModelSpec(str(path)), narrow, space=SPACE, trials=1, out=tmp_path / "out")
+    assert "fixed batch size" not in str(refused.value)
+    assert "Give inputs of the shape the model was trained on" in str(refused.value)
 
 
 def test_a_torchscript_model_searches_without_the_structural_parameters(

@@ -98,7 +98,7 @@ def check_model_fits(model: nn.Module, data: TaskData) -> int:
     except Exception as e:
         reason = first_line(e)
         fix = "Give inputs of the shape the model was trained on"
-        if "Guard failed" in reason:
+        if "Guard failed" in reason and ".size()[0]" in reason:  # the batch, not a feature
             fix = (
                 "The torch.export program was traced with a fixed batch size: export it with a "
                 "dynamic batch dimension (dynamic_shapes={0: torch.export.Dim.AUTO} on the input)"
@@ -114,6 +114,20 @@ def check_model_fits(model: nn.Module, data: TaskData) -> int:
             "return one row of class scores per sample (N, C)"
         )
     width = out.shape[1]
+    present = data.y_train.unique()
+    if len(present) < 2:
+        # One class leaves nothing to tell apart: every trial would score 1.0 and be "best".
+        label = int(present[0]) if len(present) else None
+        named = data.classes[label] if data.classes and label is not None else label
+        raise DataError(
+            f"data {data.spec!r}: every training label is class {named!r}; a classifier needs "
+            "samples of at least two classes: add the other classes' samples"
+        )
+    if width < 2:
+        raise DataError(
+            f"the model outputs {width} class score per sample; autotune tunes classifiers "
+            "with one score per class, at least two: build the model for the data's classes"
+        )
     if data.num_classes is not None and data.num_classes != width:
         raise DataError(
             f"the model outputs {width} class scores but data {data.spec!r} has "
