@@ -175,6 +175,18 @@ def test_output_width_must_match_named_classes() -> None:
     assert check_model_fits(TinyNet(4).eval(), data) == 4
 
 
+@pytest.mark.parametrize(("key", "meant"), [("x_vall", "x_val"), ("X_test", "x_test")])
+def test_a_misspelt_split_is_refused_not_dropped(tmp_path: Path, key: str, meant: str) -> None:
+    x, y = blobs(40)
+    other = "y" + meant[1:]
+    torch.save({"x_train": x, "y_train": y, key: x[:10], other: y[:10]}, tmp_path / "d.pt")
+    with pytest.raises(
+        DataError,
+        match=f"has '{key}', which is not a split autotune reads \\(did you mean '{meant}'",
+    ):
+        load_data(str(tmp_path / "d.pt"))
+
+
 def test_training_labels_of_one_class_are_refused(tiny_model: torch.nn.Module) -> None:
     x, _ = blobs(30)
     data = from_tensors(x, torch.zeros(30, dtype=torch.long), classes=["cat", "dog", "owl"])

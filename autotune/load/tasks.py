@@ -6,6 +6,7 @@ Every split is checked before any training: shapes, dtypes, finite values, label
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -194,6 +195,16 @@ def from_mapping(m: dict[str, Any], spec: str, val_fraction: float, seed: int) -
             f"data {spec!r} lacks {missing}; it has {sorted(m)}. A tensors file must hold "
             "x_train, y_train and optionally x_val, y_val, x_test, y_test"
         )
+    known = [f"{xy}_{split}" for split in SPLITS for xy in "xy"]
+    for key in m:
+        # A misspelt split would be dropped without a word: x_vall's samples never validate.
+        if str(key).lower()[:2] in ("x_", "y_") and key not in known:
+            near = difflib.get_close_matches(str(key).lower(), known, n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise DataError(
+                f"data {spec!r} has {key!r}, which is not a split autotune reads{hint}: name "
+                "them x_train, y_train, x_val, y_val, x_test, y_test"
+            )
     for split in ("val", "test"):
         has_x, has_y = f"x_{split}" in m, f"y_{split}" in m
         if has_x != has_y:
