@@ -628,27 +628,44 @@ def export(
     too, whatever the study recorded, since a study folder may come from anyone."""
     from autotune.config import SearchSettings
     from autotune.load.job import Job
+    from autotune.paths import check_writable, export_dir, remove_made
     from autotune.results.export import Workspace, export_trial
     from autotune.results.onnx_export import export_formats as checked_formats
+    from autotune.results.pick import pick_trial
     from autotune.search.study import load_study, space_of, study_record
 
     if to is not None and to.exists() and not to.is_dir():
         raise AutotuneError(f"--to {str(to)!r} is a file: choose a folder to export into")
+    if out.exists() and not out.is_dir():  # with --storage, nothing else looks at it first
+        raise AutotuneError(f"--out {str(out)!r} is a file: pass the output folder of a search")
     formats = checked_formats(tuple(export_formats or ()))  # before the model loads
     study = load_study(storage, out, study_name)
-    record = study_record(study)
-    with console.status("loading the model and data"):
-        job = Job.from_record(
-            record, trust_model=trust_model, code=str(code) if code is not None else None
-        )
-    stored = record["settings"]
-    settings = SearchSettings(
-        out=out, storage=storage, study_name=study.study_name, device=device, **stored,
-        export_preprocessing=export_preprocessing, export=formats,
-    )  # fmt: skip
-    rebuild = Workspace.create(job, space_of(record), settings, study, saved=not retrain)
-    with console.status(f"rebuilding trial {trial if trial is not None else 'best'}"):
-        result = export_trial(rebuild, study, trial, to)
+    pick_trial(study, trial)  # a trial with nothing to export: refused before the model loads
+    # Where export_trial writes: a folder it cannot make is refused before the rebuild, and
+    # the folders made to check it go again if the export stops before writing into them.
+    if to is None:
+        folder, flag = export_dir(out, trial), "the export folder"
+        fix = "pass --to FOLDER to export elsewhere"
+    else:
+        folder, flag, fix = to, "--to", "choose a folder you can write to"
+    made = check_writable(folder, flag, fix)
+    try:
+        record = study_record(study)
+        with console.status("loading the model and data"):
+            job = Job.from_record(
+                record, trust_model=trust_model, code=str(code) if code is not None else None
+            )
+        stored = record["settings"]
+        settings = SearchSettings(
+            out=out, storage=storage, study_name=study.study_name, device=device, **stored,
+            export_preprocessing=export_preprocessing, export=formats,
+        )  # fmt: skip
+        rebuild = Workspace.create(job, space_of(record), settings, study, saved=not retrain)
+        with console.status(f"rebuilding trial {trial if trial is not None else 'best'}"):
+            result = export_trial(rebuild, study, trial, to)
+    except BaseException:
+        remove_made(folder, made)
+        raise
     metrics = result.config["metrics"]
     console.print(
         f"trial {result.trial}: val {metrics['metric']} {metrics['val_' + metrics['metric']]:.4f} "

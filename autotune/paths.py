@@ -108,11 +108,14 @@ def artifacts_dir(out: Path) -> Path:
     return out / "artifacts"
 
 
-def check_writable(out: Path) -> Path | None:
+def check_writable(
+    out: Path, flag: str = "--out", fix: str = "give a folder you can write to"
+) -> Path | None:
     """Fail now, before any work, when ``out`` cannot be the output folder; the outermost
-    folder this made for it (``remove_made``), None when ``out`` existed."""
+    folder this made for it (``remove_made``), None when ``out`` existed. ``flag`` names the
+    folder in the message (the option that chose it), ``fix`` says what to do instead."""
     if out.exists() and not out.is_dir():
-        raise AutotuneError(f"--out {str(out)!r} is an existing file: give a folder to write to")
+        raise AutotuneError(f"{flag} {str(out)!r} is an existing file: {fix}")
     made = next((p for p in reversed([out, *out.parents]) if not p.exists()), None)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -120,8 +123,7 @@ def check_writable(out: Path) -> Path | None:
             pass
     except OSError as e:
         raise AutotuneError(
-            f"--out {str(out)!r} cannot be written ({e.strerror or e}): give a folder you can "
-            "write to"
+            f"{flag} {str(out)!r} cannot be written ({e.strerror or e}): {fix}"
         ) from e
     return made
 

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from autotune.errors import ModelLoadError
+from autotune.errors import DataError, ModelLoadError
 from autotune.load.attention import split_attention
 from autotune.load.data import check_model_fits, load_data
 from autotune.load.images import model_normalization
@@ -106,10 +106,24 @@ class Job:
 
     @classmethod
     def load(
-        cls, model_spec: ModelSpec, data_spec: DataSpec, expected_sha256: str | None = None
+        cls,
+        model_spec: ModelSpec,
+        data_spec: DataSpec,
+        expected_sha256: str | None = None,
+        expected_fingerprint: str | None = None,
     ) -> Job:
+        """Load both specs; with ``expected_*`` (a study's record), refuse a model file or
+        data that changed since: the search's trials were scored on what it hashed."""
         model = model_spec.load(expected_sha256)
-        return cls.from_objects(model, data_spec.load(model.module), model_spec, data_spec)
+        data = data_spec.load(model.module)
+        if expected_fingerprint is not None and data.fingerprint() != expected_fingerprint:
+            raise DataError(
+                f"data {data_spec.spec!r} changed since the search (fingerprint "
+                f"{data.fingerprint()[:12]}, study has {expected_fingerprint[:12]}): pass the "
+                "data the search used (restore it), or search this data anew with another "
+                "--out or --study-name"
+            )
+        return cls.from_objects(model, data, model_spec, data_spec)
 
     @classmethod
     def from_objects(
@@ -184,8 +198,28 @@ class Job:
         fields.update(trust_model=trust_model, code=code or (stored if trust_model else None))
         model_spec = ModelSpec(**fields)
         data_spec = DataSpec(**{k: v for k, v in record["data"].items() if k in data_fields})
-        return cls.load(
-            model_spec, data_spec, model.get("sha256") if model_spec.path != "demo" else None
+        _check_recorded_paths(model_spec, data_spec)
+        sha256 = model.get("sha256") if model_spec.path != "demo" else None
+        return cls.load(model_spec, data_spec, sha256, record["data"].get("fingerprint"))
+
+
+def _check_recorded_paths(model_spec: ModelSpec, data_spec: DataSpec) -> None:
+    """Refuse a model or data path the study recorded that is not there: a relative one is
+    relative to the folder the search ran in, which the study does not record, and the
+    loaders' own messages would ask for an option ``export`` does not have."""
+    paths = [("model file", model_spec.path, ModelLoadError), ("data", data_spec.spec, DataError)]
+    for what, path, error in paths:
+        if path == "demo" or path.startswith("sklearn:") or Path(path).exists():
+            continue
+        if Path(path).is_absolute():
+            raise error(
+                f"{what} {path!r}, as the search recorded it, does not exist: put it back at "
+                "that path to export this study"
+            )
+        raise error(
+            f"{what} {path!r}, as the search recorded it (relative to the folder the search ran "
+            f"in), is not in {str(Path.cwd())!r}: run autotune export from the folder the search "
+            "ran in"
         )
 
 

@@ -211,10 +211,11 @@ def export_trial(
     try:
         write_leaderboard(study, work.settings.metric, leaderboard_csv(out))
     except OSError as e:
-        if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+        if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT):
             raise
-        # A search's folder shared read-only: the bundle is written, and its leaderboard stays
-        # as the search left it (it marks the search's own export).
+        # A search's folder shared read-only, or no folder (--storage named the study, --to the
+        # bundle's folder): the bundle is written, and the leaderboard stays as the search left
+        # it (it marks the search's own export).
     return ExportResult(folder, trial.number, model, config)
 
 

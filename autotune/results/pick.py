@@ -14,6 +14,18 @@ def pick_trial(study: optuna.Study, number: int | None) -> FrozenTrial:
     """Trial ``number``, or the study's choice: the finalists' pick, else the best trial (the
     baseline when nothing beat it)."""
     if number is None:
+        trained = [
+            t
+            for t in study.get_trials(deepcopy=False)
+            if t.values is not None and not TrialRecord.from_trial(t).baseline
+        ]
+        if not trained:  # the search exports nothing then, rather than the source unchanged
+            raise AutotuneError(
+                f"study {study.study_name!r} has no trial completed besides the baseline (trial "
+                "0, the source model unchanged): run more trials (the search's command with a "
+                "larger --trials continues it), or pass --trial 0 to export the source model as "
+                "it is"
+            )
         best = chosen_trial(study)
         if best is None:
             raise AutotuneError(
