@@ -244,6 +244,31 @@ def two_studies(tmp_path: Path) -> Path:
     return tmp_path
 
 
+@pytest.mark.parametrize("command", ["show", "report", "dashboard", "export"])
+@pytest.mark.parametrize("storage", ["new.journal", "sqlite:///new.db"])
+def test_reading_a_storage_that_does_not_exist_creates_nothing(
+    command: str, storage: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    out = ["--out", "."] if command == "export" else ["."]
+    result = runner.invoke(app, [command, *out, "--storage", storage])
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.output.split())
+    assert "error: no study storage at 'new." in said
+    assert "pass the journal file or database URL a search wrote (e.g. OUT/study.journal)" in said
+    assert len(result.output.strip().splitlines()) == 1 and "--study-name" not in said
+    assert list(tmp_path.iterdir()) == []  # no empty journal or database made
+
+
+def test_an_empty_study_file_is_said_to_hold_no_study(tmp_path: Path) -> None:
+    (tmp_path / "study.journal").touch()
+    result = runner.invoke(app, ["show", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.output.split())
+    assert f"the study file {str(tmp_path / 'study.journal')!r} holds no study: pass the" in said
+    assert "--study-name" not in said
+
+
 def test_dashboard_serves_the_study_named_among_several(
     two_studies: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -99,7 +99,7 @@ def local_file(url: str | None, out: Path) -> Path | None:
     if url is None:
         return study_file(out)
     if url.startswith("sqlite:///"):
-        return Path(url.removeprefix("sqlite:///"))
+        return Path(url.removeprefix("sqlite:///").partition("?")[0])  # ?timeout=... is no path
     return None if "://" in url else Path(url)
 
 
