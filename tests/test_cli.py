@@ -182,6 +182,14 @@ def test_show_prints_the_leaderboard(searched: Path) -> None:
     assert "top 1 of 4: --top N for more" in " ".join(top.output.split())
 
 
+@pytest.mark.parametrize("top", ["0", "-5"])
+def test_show_refuses_a_top_of_no_rows_in_one_line(top: str, two_studies: Path) -> None:
+    result = runner.invoke(app, ["show", str(two_studies), "--top", top])
+    assert result.exit_code == 2, result.output
+    assert f"--top {top} shows no rows: give 1 or more" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
 def test_rerun_continues_instead_of_starting_over(searched: Path) -> None:
     space = searched.parent / "space.yaml"
     result = _search_demo(space, searched)
@@ -291,6 +299,43 @@ def test_dashboard_refuses_a_port_out_of_range_in_one_line(tmp_path: Path, port:
     assert result.exit_code == 2, result.output
     assert f"--port {port} is not a port: choose one from 1 to 65535" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_dashboard_blames_a_host_that_does_not_resolve_before_reading_the_study(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import optuna_dashboard
+
+    served: list[str] = []
+    monkeypatch.setattr(optuna_dashboard, "run_server", lambda *a, **k: served.append(k["host"]))
+    result = runner.invoke(app, ["dashboard", str(tmp_path), "--host", "example.invalid"])
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.output.split())
+    assert "--host 'example.invalid' cannot be resolved (" in said
+    assert "give an address or name of this machine, e.g. 127.0.0.1" in said
+    assert "--port" not in said and len(result.output.strip().splitlines()) == 1
+    assert served == []
+
+
+@pytest.mark.parametrize(
+    "code,blamed",
+    [(errno.EADDRINUSE, "choose another --port"), (errno.EADDRNOTAVAIL, "--host '10.9.8.7'")],
+)
+def test_dashboard_blames_the_port_or_the_host_as_the_error_says(
+    code: int, blamed: str, two_studies: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import optuna_dashboard
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise OSError(code, errno.errorcode[code])
+
+    monkeypatch.setattr(optuna_dashboard, "run_server", refuse)
+    args = ["dashboard", str(two_studies), "--study-name", "first", "--host", "10.9.8.7"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.output.split())
+    assert blamed in said and "Traceback" not in result.output
+    assert ("--port" in said) == (code == errno.EADDRINUSE)
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the no-CUDA message")
