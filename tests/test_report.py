@@ -147,7 +147,7 @@ def test_the_report_copies_the_analysis_charts_unless_they_are_stale(
 
 
 @pytest.mark.parametrize("where", ["missing", "a_file", "read_only"])
-def test_a_report_folder_that_cannot_be_written_is_refused_before_the_study_is_read(
+def test_a_report_folder_that_cannot_be_written_is_refused_in_one_line_before_any_drawing(
     where: str, tmp_path: Path
 ) -> None:
     import optuna

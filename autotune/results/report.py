@@ -53,9 +53,8 @@ class Report:
 
 def write_report(out: Path, storage: str | None = None, study_name: str | None = None) -> Report:
     """Write ``OUT/report.html`` and ``OUT/report/*.png`` for the study in ``out``."""
-    if storage is not None or out.is_dir():  # else load_study says there is no study in it
-        check_folder(out, "the report's folder")  # before the page takes seconds to render
-    study = load_study(storage, out, study_name)
+    study = load_study(storage, out, study_name)  # a mistyped --storage is the first news
+    check_folder(out, "the report's folder")  # before the page takes seconds to render
     record = study_record(study)
     metric = record["settings"]["metric"]
     sources = sorted(analysis_dir(out).glob("*.json"))
