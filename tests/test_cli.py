@@ -190,6 +190,27 @@ def test_show_refuses_a_top_of_no_rows_in_one_line(top: str, two_studies: Path) 
     assert len(result.output.strip().splitlines()) == 1
 
 
+def test_show_says_a_trial_whose_worker_died_is_not_running(tmp_path: Path) -> None:
+    import socket
+
+    from autotune.results.leaderboard import Leaderboard
+    from autotune.search.identity import WORKER
+
+    storage = JournalStorage(JournalFileBackend(str(tmp_path / "study.journal")))
+    study = optuna.create_study(storage=storage, direction="maximize")
+    study.set_user_attr("autotune", {"settings": {"metric": "accuracy"}})
+    # As kill -9 leaves it: RUNNING, its worker gone (pid 2**22 + 1 is above Linux's pid_max).
+    study.ask().set_user_attr("worker", f"{socket.gethostname()}:{2**22 + 1}")
+    study.ask().set_user_attr("worker", WORKER)  # this process: alive, so running
+    result = runner.invoke(app, ["show", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert "0 failed, 1 running, 1 whose worker died" in said
+    rows = Leaderboard.from_study(study, "accuracy").records()  # leaderboard.csv's rows
+    assert [r["state"] for r in rows] == ["ORPHANED", "RUNNING"]
+    assert rows[0]["note"] == "its worker died; the next run fails it and runs it again"
+
+
 def test_rerun_continues_instead_of_starting_over(searched: Path) -> None:
     space = searched.parent / "space.yaml"
     result = _search_demo(space, searched)
