@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import logging
 import shlex
+import socket
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -590,6 +592,8 @@ def show(
     from autotune.results.leaderboard import Leaderboard
     from autotune.search.study import load_study, study_record
 
+    if top < 1:
+        raise AutotuneError(f"--top {top} shows no rows: give 1 or more")
     study = load_study(storage, out, study_name)
     metric = study_record(study)["settings"]["metric"]
     board = Leaderboard.from_study(study, metric, top=top)
@@ -709,6 +713,10 @@ def dashboard(
 
     if not 1 <= port <= 65535:
         raise AutotuneError(f"--port {port!r} is not a port: choose one from 1 to 65535")
+    try:  # a name that does not resolve is the host's fault, not the port's
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise AutotuneError(f"--host {host!r} cannot be resolved ({e.strerror}): {HOST_FIX}") from e
     study = load_study(storage, out, study_name)  # checks the study is there before serving
     store = artifact_store(out) if artifacts_dir(out).is_dir() else None
     url = f"http://{host}:{port}/dashboard/"
@@ -716,7 +724,15 @@ def dashboard(
     try:
         run_server(open_storage(storage, out), host=host, port=port, artifact_store=store)
     except OSError as e:
+        if isinstance(e, socket.gaierror) or e.errno == errno.EADDRNOTAVAIL:
+            raise AutotuneError(f"cannot serve on --host {host!r}: {e}; {HOST_FIX}") from e
         raise AutotuneError(f"cannot serve on {host}:{port}: {e}; choose another --port") from e
+
+
+HOST_FIX = (
+    "give an address or name of this machine, e.g. 127.0.0.1 (this machine only) or 0.0.0.0 "
+    "(every interface)"
+)
 
 
 def _specs(

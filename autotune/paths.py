@@ -16,6 +16,7 @@ OUT/workers/            what each extra worker process of --workers said
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -128,6 +129,27 @@ def check_writable(
     return made
 
 
+def check_folder(folder: Path, what: str) -> None:
+    """Fail now, before any work, when ``folder`` is not an existing folder this user can
+    write in (``what`` says which folder, for the message); unlike ``check_writable``, it
+    makes nothing."""
+    if folder.exists() and not folder.is_dir():
+        raise AutotuneError(f"{what} {str(folder)!r} is a file: give a folder to write to")
+    if not folder.is_dir():
+        raise AutotuneError(
+            f"{what} {str(folder)!r} does not exist: create it first, or give the output "
+            "folder of a search"
+        )
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+            pass
+    except OSError as e:
+        raise AutotuneError(
+            f"{what} {str(folder)!r} cannot be written ({e.strerror or e}): give a folder you "
+            "can write to"
+        ) from e
+
+
 def remove_made(out: Path, made: Path | None) -> None:
     """Remove the folders ``check_writable`` made for ``out`` while they are still empty: a
     search refused before it started leaves nothing behind."""
@@ -198,9 +220,13 @@ def write_atomically(
                 os.fsync(f.fileno())
             os.replace(part, path)
         except BaseException:
-            part.unlink(missing_ok=True)
+            # A cleanup that fails too (the folder is gone, or is a file) must not hide why
+            # the write failed: that error is the one raised.
+            with contextlib.suppress(OSError):
+                part.unlink(missing_ok=True)
             if not keep_old:
-                path.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    path.unlink(missing_ok=True)
             raise
         _sync_folder(path.parent)
 

@@ -182,6 +182,35 @@ def test_show_prints_the_leaderboard(searched: Path) -> None:
     assert "top 1 of 4: --top N for more" in " ".join(top.output.split())
 
 
+@pytest.mark.parametrize("top", ["0", "-5"])
+def test_show_refuses_a_top_of_no_rows_in_one_line(top: str, two_studies: Path) -> None:
+    result = runner.invoke(app, ["show", str(two_studies), "--top", top])
+    assert result.exit_code == 2, result.output
+    assert f"--top {top} shows no rows: give 1 or more" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_show_says_a_trial_whose_worker_died_is_not_running(tmp_path: Path) -> None:
+    import socket
+
+    from autotune.results.leaderboard import Leaderboard
+    from autotune.search.identity import WORKER
+
+    storage = JournalStorage(JournalFileBackend(str(tmp_path / "study.journal")))
+    study = optuna.create_study(storage=storage, direction="maximize")
+    study.set_user_attr("autotune", {"settings": {"metric": "accuracy"}})
+    # As kill -9 leaves it: RUNNING, its worker gone (pid 2**22 + 1 is above Linux's pid_max).
+    study.ask().set_user_attr("worker", f"{socket.gethostname()}:{2**22 + 1}")
+    study.ask().set_user_attr("worker", WORKER)  # this process: alive, so running
+    result = runner.invoke(app, ["show", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert "0 failed, 1 running, 1 whose worker died" in said
+    rows = Leaderboard.from_study(study, "accuracy").records()  # leaderboard.csv's rows
+    assert [r["state"] for r in rows] == ["ORPHANED", "RUNNING"]
+    assert rows[0]["note"] == "its worker died; the next run fails it and runs it again"
+
+
 def test_rerun_continues_instead_of_starting_over(searched: Path) -> None:
     space = searched.parent / "space.yaml"
     result = _search_demo(space, searched)
@@ -244,6 +273,31 @@ def two_studies(tmp_path: Path) -> Path:
     return tmp_path
 
 
+@pytest.mark.parametrize("command", ["show", "report", "dashboard", "export"])
+@pytest.mark.parametrize("storage", ["new.journal", "sqlite:///new.db"])
+def test_reading_a_storage_that_does_not_exist_creates_nothing(
+    command: str, storage: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    out = ["--out", "."] if command == "export" else ["."]
+    result = runner.invoke(app, [command, *out, "--storage", storage])
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.output.split())
+    assert "error: no study storage at 'new." in said
+    assert "pass the journal file or database URL a search wrote (e.g. OUT/study.journal)" in said
+    assert len(result.output.strip().splitlines()) == 1 and "--study-name" not in said
+    assert list(tmp_path.iterdir()) == []  # no empty journal or database made
+
+
+def test_an_empty_study_file_is_said_to_hold_no_study(tmp_path: Path) -> None:
+    (tmp_path / "study.journal").touch()
+    result = runner.invoke(app, ["show", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.output.split())
+    assert f"the study file {str(tmp_path / 'study.journal')!r} holds no study: pass the" in said
+    assert "--study-name" not in said
+
+
 def test_dashboard_serves_the_study_named_among_several(
     two_studies: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -266,6 +320,43 @@ def test_dashboard_refuses_a_port_out_of_range_in_one_line(tmp_path: Path, port:
     assert result.exit_code == 2, result.output
     assert f"--port {port} is not a port: choose one from 1 to 65535" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_dashboard_blames_a_host_that_does_not_resolve_before_reading_the_study(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import optuna_dashboard
+
+    served: list[str] = []
+    monkeypatch.setattr(optuna_dashboard, "run_server", lambda *a, **k: served.append(k["host"]))
+    result = runner.invoke(app, ["dashboard", str(tmp_path), "--host", "example.invalid"])
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.output.split())
+    assert "--host 'example.invalid' cannot be resolved (" in said
+    assert "give an address or name of this machine, e.g. 127.0.0.1" in said
+    assert "--port" not in said and len(result.output.strip().splitlines()) == 1
+    assert served == []
+
+
+@pytest.mark.parametrize(
+    "code,blamed",
+    [(errno.EADDRINUSE, "choose another --port"), (errno.EADDRNOTAVAIL, "--host '10.9.8.7'")],
+)
+def test_dashboard_blames_the_port_or_the_host_as_the_error_says(
+    code: int, blamed: str, two_studies: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import optuna_dashboard
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise OSError(code, errno.errorcode[code])
+
+    monkeypatch.setattr(optuna_dashboard, "run_server", refuse)
+    args = ["dashboard", str(two_studies), "--study-name", "first", "--host", "10.9.8.7"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.output.split())
+    assert blamed in said and "Traceback" not in result.output
+    assert ("--port" in said) == (code == errno.EADDRINUSE)
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the no-CUDA message")

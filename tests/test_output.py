@@ -65,6 +65,22 @@ def test_an_out_that_is_a_file_is_refused_before_any_work(tmp_path: Path) -> Non
     assert taken.read_text() == "not a folder"
 
 
+@pytest.mark.parametrize("keep_old", [True, False])
+def test_a_write_into_a_file_instead_of_a_folder_raises_its_own_error_alone(
+    tmp_path: Path, keep_old: bool
+) -> None:
+    from autotune.paths import write_text_atomically
+
+    taken = tmp_path / "taken"
+    taken.write_text("not a folder")
+    with pytest.raises(NotADirectoryError) as raised:
+        write_text_atomically(taken / "report.html", "page", keep_old=keep_old)
+    # The open's error, not one of the cleanup's raised while handling it (a double traceback).
+    assert raised.value.__context__ is None
+    assert ".report.html." in str(raised.value.filename)
+    assert taken.read_text() == "not a folder"
+
+
 class WithLambda(nn.Module):
     """A model pickle cannot save: it holds a lambda."""
 

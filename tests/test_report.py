@@ -146,6 +146,36 @@ def test_the_report_copies_the_analysis_charts_unless_they_are_stale(
     assert {"history.png", "learning_curve.png", "shap-layers.png"} <= pngs
 
 
+@pytest.mark.parametrize("where", ["missing", "a_file", "read_only"])
+def test_a_report_folder_that_cannot_be_written_is_refused_in_one_line_before_any_drawing(
+    where: str, tmp_path: Path
+) -> None:
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    journal = tmp_path / "run" / "study.journal"
+    journal.parent.mkdir()
+    optuna.create_study(storage=JournalStorage(JournalFileBackend(str(journal))))
+    folder = tmp_path / where
+    if where == "a_file":
+        folder.write_text("mine")
+    elif where == "read_only":
+        if os.geteuid() == 0:
+            pytest.skip("root writes in a read-only folder")
+        folder.mkdir(mode=0o555)
+    result = CliRunner().invoke(app, ["report", str(folder), "--storage", str(journal)])
+    assert result.exit_code == 2, result.output
+    said = {
+        "missing": f"the report's folder {str(folder)!r} does not exist: create it first",
+        "a_file": f"the report's folder {str(folder)!r} is a file: give a folder to write to",
+        "read_only": f"the report's folder {str(folder)!r} cannot be written (",
+    }[where]
+    assert said in " ".join(result.output.split()), result.output
+    assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
+    made = ["run"] if where == "missing" else sorted(["run", where])
+    assert sorted(p.name for p in tmp_path.iterdir()) == made  # nothing else written
+
+
 def test_parameter_importances_are_per_stage_over_the_parameters_every_trial_sampled() -> None:
     import optuna
     from optuna.distributions import CategoricalDistribution, FloatDistribution

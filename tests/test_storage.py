@@ -92,6 +92,15 @@ def test_an_unreachable_server_leaves_no_output_folder(tmp_path: Path) -> None:
     assert not out.exists()
 
 
+def test_a_sqlite_file_in_a_missing_folder_is_named_before_the_model_loads(tmp_path: Path) -> None:
+    out, folder = tmp_path / "out", tmp_path / "nodir"
+    line = _search(out, "--storage", f"sqlite:///{folder}/x.db")
+    assert f"there is no folder {str(folder)!r} for its database file" in line
+    assert "create the folder, or fix the path" in line
+    assert "lost" not in line and "finished trials" not in line  # not an outage: nothing ran
+    assert not out.exists() and not folder.exists()
+
+
 def _journal_of(slimmed_study: Path, out: Path) -> Path:
     out.mkdir(parents=True)
     journal = out / "study.journal"

@@ -132,7 +132,7 @@ class Leaderboard(JupyterMixin):
         return sorted(done, key=lambda r: (not r.feasible, *(-x for x in r.score or ()), r.number))
 
     def counts(self) -> dict[str, int]:
-        states = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "INTERRUPTED")
+        states = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "INTERRUPTED", "ORPHANED")
         return {state: sum(r.state == state for r in self.rows) for state in states}
 
     def progress_line(self) -> str:
@@ -145,6 +145,8 @@ class Leaderboard(JupyterMixin):
         )
         if c["INTERRUPTED"]:  # not counted toward --trials: each is run again
             line += f", {c['INTERRUPTED']} interrupted and run again"
+        if c["ORPHANED"]:  # running no more: the next run fails it (``search.trials``)
+            line += f", {c['ORPHANED']} whose worker died"
         if self.started is not None:
             line += f" | elapsed {duration(time.time() - self.started)}"
         best = self.best()

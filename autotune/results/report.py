@@ -24,6 +24,7 @@ from optuna.trial import FrozenTrial
 
 from autotune.paths import (
     analysis_dir,
+    check_folder,
     export_dir,
     report_dir,
     report_html,
@@ -52,7 +53,8 @@ class Report:
 
 def write_report(out: Path, storage: str | None = None, study_name: str | None = None) -> Report:
     """Write ``OUT/report.html`` and ``OUT/report/*.png`` for the study in ``out``."""
-    study = load_study(storage, out, study_name)
+    study = load_study(storage, out, study_name)  # a mistyped --storage is the first news
+    check_folder(out, "the report's folder")  # before the page takes seconds to render
     record = study_record(study)
     metric = record["settings"]["metric"]
     sources = sorted(analysis_dir(out).glob("*.json"))

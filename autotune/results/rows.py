@@ -10,6 +10,7 @@ from optuna.trial import FrozenTrial
 from autotune.config import sign
 from autotune.search.record import TrialRecord
 from autotune.search.study import feasible, trial_score
+from autotune.search.trials import orphaned, retries_left
 
 
 @dataclass(frozen=True)
@@ -18,7 +19,8 @@ class TrialRow:
 
     number: int
     state: str
-    """COMPLETE, PRUNED, FAIL, RUNNING or BASELINE."""
+    """COMPLETE, PRUNED, FAIL, RUNNING, BASELINE, INTERRUPTED (by Ctrl-C or a signal) or
+    ORPHANED (still RUNNING in the study, but its worker on this machine died)."""
     value: float | None
     """The validation metric (the best epoch's; the last reported one for a pruned trial)."""
     gain: float | None
@@ -96,6 +98,11 @@ def row_of(
     state = "BASELINE" if rec.baseline else trial.state.name
     if rec.interrupted and state == "FAIL":  # stopped by Ctrl-C or a signal: run again, not failed
         state = "INTERRUPTED"
+    note = rec.fail_reason or rec.stop_reason or ""
+    if state == "RUNNING" and orphaned(trial):  # kill -9: nothing ended it in the study
+        state = "ORPHANED"
+        then = "runs it again" if retries_left(trial) else "leaves it failed"
+        note = f"its worker died; the next run fails it and {then}"
     # The metric is the first objective; a Pareto study's second is the model's size.
     value = trial.values[0] if trial.values else None
     if value is None and trial.intermediate_values:
@@ -114,7 +121,7 @@ def row_of(
         epochs=rec.epochs if rec.epochs is not None else len(trial.intermediate_values) or None,
         seconds=seconds,
         params=dict(trial.params),
-        note=rec.fail_reason or rec.stop_reason or "",
+        note=note,
         macs=rec.macs,
         latency_ms=rec.latency_ms,
         feasible=feasible(trial, limits),

@@ -99,7 +99,7 @@ def local_file(url: str | None, out: Path) -> Path | None:
     if url is None:
         return study_file(out)
     if url.startswith("sqlite:///"):
-        return Path(url.removeprefix("sqlite:///"))
+        return Path(url.removeprefix("sqlite:///").partition("?")[0])  # ?timeout=... is no path
     return None if "://" in url else Path(url)
 
 
@@ -117,6 +117,13 @@ def probe_storage(url: str | None, out: Path) -> None:
     reported before the model loads. A study file not made yet is left to the search."""
     file = local_file(url, out)
     if file is not None and not file.exists():
+        # SQLite makes the file but not its folder: without this its error would read as a
+        # lost storage, after the model loaded.
+        if url is not None and url.startswith("sqlite:") and not file.parent.is_dir():
+            raise StorageError(
+                f"--storage {redacted(url)!r}: there is no folder {str(file.parent)!r} for its "
+                "database file: create the folder, or fix the path"
+            )
         return
     storage = open_storage(url, out)
     if isinstance(storage, optuna.storages.RDBStorage):

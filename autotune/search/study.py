@@ -19,11 +19,11 @@ from autotune.config import (
 )
 from autotune.errors import StorageError, first_line, redacted
 from autotune.interrupts import held, hold_in_calls
-from autotune.paths import study_file
+from autotune.paths import check_storage, study_file
 from autotune.search.optuna_internals import storage_of
 from autotune.search.record import TrialRecord
 from autotune.search.space import SearchSpace, config_from, parse_space
-from autotune.search.storage import open_storage
+from autotune.search.storage import local_file, open_storage
 from autotune.search.study_file import write_ahead
 from autotune.search.trials import finished, machine_index
 
@@ -125,8 +125,17 @@ def load_study(storage: str | None, out: Path, study_name: str | None = None) ->
             f"no study in {str(out)!r}: there is no {str(study_file(out))!r}; pass the output "
             "folder of a search, or --storage"
         )
+    # Read-only commands open it too: opening a mistyped path would make an empty storage.
+    check_storage(storage)  # first: a mistyped URL taken for a path would print its password
+    file = local_file(storage, out)
+    fix = "pass the journal file or database URL a search wrote (e.g. OUT/study.journal)"
+    if file is not None and not file.exists():
+        raise StorageError(f"no study storage at {str(file)!r}: {fix}")
     opened = open_storage(storage, out)
     names = optuna.study.get_all_study_names(opened)
+    if not names:
+        where = f"the study file {str(file)!r}" if file else f"storage {redacted(str(storage))!r}"
+        raise StorageError(f"{where} holds no study: {fix}")
     if study_name is None:
         if len(names) != 1:
             raise StorageError(f"the storage holds studies {names}: choose one with --study-name")

@@ -260,13 +260,7 @@ def fail_orphans(study: optuna.Study) -> list[int]:
     storage = storage_of(study)
     failed = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        worker = TrialRecord.from_trial(trial).worker
-        if worker is None:
-            # Killed before its first line: nobody owns it once it is older than a trial's start.
-            started_at = trial.datetime_start or datetime.datetime.now()
-            if datetime.datetime.now() - started_at < UNCLAIMED_AFTER:
-                continue
-        elif is_ours(worker) or not is_local(worker) or lives(worker):
+        if not orphaned(trial):
             continue
         # The reason shows in the leaderboard, which names no host: nor does it.
         try:
@@ -279,6 +273,17 @@ def fail_orphans(study: optuna.Study) -> list[int]:
         retry(study, storage.get_trial(trial_id(trial)))
         failed.append(trial.number)
     return failed
+
+
+def orphaned(trial: FrozenTrial) -> bool:
+    """Whether a RUNNING trial's worker was a process of this machine that is gone (what
+    ``fail_orphans`` fails; the leaderboard says so rather than "running")."""
+    worker = TrialRecord.from_trial(trial).worker
+    if worker is None:
+        # Killed before its first line: nobody owns it once it is older than a trial's start.
+        started_at = trial.datetime_start or datetime.datetime.now()
+        return datetime.datetime.now() - started_at >= UNCLAIMED_AFTER
+    return not (is_ours(worker) or not is_local(worker) or lives(worker))
 
 
 def running_elsewhere(study: optuna.Study) -> list[FrozenTrial]:
