@@ -73,56 +73,63 @@ def test_export_of_unchanged_data_still_reproduces(
     assert "reproduced: True" in result.output
 
 
+NO_PROC = not Path("/proc/self").is_dir()
+
+
 @pytest.mark.usefixtures("no_rebuild")
+@pytest.mark.parametrize(
+    ("to", "why"),
+    [
+        ("afile/sub", "(Not a directory)"),
+        pytest.param(
+            "/proc/autotune-test", "", marks=pytest.mark.skipif(NO_PROC, reason="Linux's /proc")
+        ),
+    ],
+)
 def test_export_to_a_folder_that_cannot_be_made_is_refused_up_front(
-    tmp_path: Path, tensors_file: Path, monkeypatch: pytest.MonkeyPatch
+    to: str, why: str, tmp_path: Path, tensors_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert _searched(tmp_path / "run", tensors_file, monkeypatch) == 0
     Path("afile").write_text("mine")
-    result = _export("--to", "afile/sub", "--retrain")
+    result = _export("--to", to, "--retrain")
     assert result.exit_code == 2, result.output
     said = _said(result)
-    assert "--to 'afile/sub' cannot be written (Not a directory)" in said, said
-    assert Path("afile").read_text() == "mine"
-
-
-@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
-@pytest.mark.usefixtures("no_rebuild")
-def test_export_to_a_folder_under_proc_is_refused_up_front(
-    tmp_path: Path, tensors_file: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    assert _searched(tmp_path / "run", tensors_file, monkeypatch) == 0
-    result = _export("--to", "/proc/autotune-test")
-    assert result.exit_code == 2, result.output
-    assert "--to '/proc/autotune-test' cannot be written" in _said(result)
-
-
-@pytest.mark.usefixtures("no_rebuild")
-def test_export_with_a_file_as_out_is_refused_up_front(
-    tmp_path: Path, tensors_file: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    assert _searched(tmp_path / "run", tensors_file, monkeypatch) == 0
-    Path("afile").write_text("mine")
-    args = ["export", "--out", "afile", "--storage", "out/study.journal", "--code", "net.py"]
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code == 2, result.output
-    said = _said(result)
-    assert "--out 'afile' is a file" in said and "Traceback" not in said, said
+    assert f"--to '{to}' cannot be written {why}".strip() in said and "Traceback" not in said
     assert Path("afile").read_text() == "mine"
 
 
 @pytest.mark.usefixtures("no_rebuild")
-def test_export_into_a_default_folder_taken_by_a_file_is_refused_up_front(
-    tmp_path: Path, tensors_file: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("in_the_way", "args", "refusal"),
+    [
+        (
+            "afile",
+            ["--out", "afile", "--storage", "out/study.journal"],
+            "--out 'afile' is a file: pass the output folder of a search",
+        ),
+        (
+            "out/trial_1",
+            ["--out", "out", "--trial", "1"],
+            "the export folder 'out/trial_1' is an existing file: pass --to FOLDER to export "
+            "elsewhere",
+        ),
+    ],
+)
+def test_a_file_where_export_would_write_is_refused_up_front(
+    in_the_way: str,
+    args: list[str],
+    refusal: str,
+    tmp_path: Path,
+    tensors_file: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     assert _searched(tmp_path / "run", tensors_file, monkeypatch) == 0
-    Path("out/trial_1").write_text("in the way")
-    result = _export("--trial", "1")
+    Path(in_the_way).write_text("in the way")
+    result = CliRunner().invoke(app, ["export", *args, "--code", "net.py"])
     assert result.exit_code == 2, result.output
     said = _said(result)
-    assert "the export folder 'out/trial_1' is an existing file" in said, said
-    assert "pass --to FOLDER to export elsewhere" in said
-    assert Path("out/trial_1").read_text() == "in the way"
+    assert refusal in said and "Traceback" not in said, said
+    assert Path(in_the_way).read_text() == "in the way"
 
 
 @pytest.mark.usefixtures("no_rebuild")
