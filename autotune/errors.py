@@ -49,6 +49,23 @@ def first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
+def unreadable_file(e: BaseException) -> str:
+    """Why ``torch.load(..., weights_only=True)`` refused a file, without PyTorch's advice to
+    retry with ``weights_only=False``: for a damaged file or one torch.save never wrote, that
+    advice is wrong, and for any file it would run whatever the file holds."""
+    text = str(e)
+    if "PytorchStreamReader failed" in text:  # a zip archive cut short or overwritten
+        return f"it is damaged or cut short ({text.split('. ')[0].strip()})"
+    if "Weights only load failed" not in text:
+        return first_line(e)
+    found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\s*\n|$)", text, re.S)
+    detail = " ".join(found.group(1).split()) if found else ""
+    if detail.startswith("Unsupported global"):
+        name = re.search(r"GLOBAL (\S+)", detail)
+        return f"it holds a pickled Python object ({name.group(1) if name else detail}), not loaded"
+    return f"it is not a file torch.save wrote, or it is damaged ({detail or 'unreadable'})"
+
+
 def described(e: BaseException) -> str:
     """``first_line``, after the exception's type unless it is one of autotune's own."""
     message = first_line(e)

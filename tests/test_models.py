@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from autotune.errors import ModelLoadError
+from autotune.errors import DataError, ModelLoadError
+from autotune.load.data import load_data
 from autotune.load.models import load_model
 
 X = torch.randn(4, 8)
@@ -188,6 +189,14 @@ def test_corrupt_file_gets_one_clear_error(tmp_path: Path, content: bytes) -> No
     with pytest.raises(ModelLoadError, match=r"cannot read model file|damaged") as info:
         load_model(path)
     assert "\n" not in str(info.value)
+    # Not PyTorch's advice to load it with weights_only=False: that would run what it holds.
+    assert "weights_only" not in str(info.value)
+    if content == b"not a model at all":
+        assert "it is not a file torch.save wrote, or it is damaged" in str(info.value)
+    # The same file as data says the same.
+    with pytest.raises(DataError, match="cannot read tensors file") as as_data:
+        load_data(str(path))
+    assert "weights_only" not in str(as_data.value)
 
 
 def test_missing_file(tmp_path: Path) -> None:

@@ -91,3 +91,18 @@ def test_a_study_written_with_one_shared_checkpoints_folder_still_exports(
     config, output = _export("A")
     assert config["weights"] == "retrained from trial 1's parameters and seed", output
     assert config["metrics"]["reproduces_study_value"] is True
+
+
+def test_a_damaged_checkpoint_is_retrained_and_said_so(
+    tmp_path: Path, tensors_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    args = _job(tmp_path, tensors_file, monkeypatch)
+    _search(args, "A", seed=0)
+    saved = checkpoints_dir(Path("out"), "A") / "trial_0001.pt"
+    saved.write_bytes(saved.read_bytes()[: saved.stat().st_size // 2])  # cut short, as a copy
+    config, output = _export("A")
+    said = " ".join(output.split())
+    assert config["weights"].startswith("retrained from trial 1's parameters and seed (its "), said
+    assert "is damaged or cut short" in config["weights"]
+    assert "weights_only" not in said  # not torch's advice to unpickle it
+    assert config["metrics"]["reproduces_study_value"] is True

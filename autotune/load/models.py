@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from autotune.errors import ModelLoadError, first_line
+from autotune.errors import ModelLoadError, unreadable_file
 from autotune.load.anatomy import set_training
 from autotune.load.demo import DEMO_ARCH, demo_files
 from autotune.load.trust import program_hazards, trust_needed
@@ -144,7 +144,7 @@ def _read(path: Path, reader: Any) -> Any:
 
 
 def _unreadable(path: Path, e: Exception) -> ModelLoadError:
-    reason = first_line(e)
+    reason = unreadable_file(e)
     return ModelLoadError(
         f"cannot read model file {str(path)!r}: {reason}. Write it with torch.save, "
         "torch.jit.save or torch.export.save"

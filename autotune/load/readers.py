@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from autotune.errors import DataError, first_line
+from autotune.errors import DataError, unreadable_file
 from autotune.load.tasks import SKLEARN_SETS, TaskData, as_labels, carve, check_pair
 
 
@@ -25,7 +25,7 @@ def read_tensors_file(path: Path) -> dict[str, Any]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise DataError(
-            f"cannot read tensors file {str(path)!r} ({first_line(e)}): "
+            f"cannot read tensors file {str(path)!r} ({unreadable_file(e)}): "
             "save a dict of tensors with torch.save or numpy.savez"
         ) from e
     if not isinstance(obj, dict):

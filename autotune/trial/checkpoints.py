@@ -3,12 +3,14 @@ study and trial it holds, so that studies sharing an output folder never read ea
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from autotune.errors import unreadable_file
 from autotune.paths import (
     checkpoint_path,
     checkpoints_dir,
@@ -17,6 +19,11 @@ from autotune.paths import (
 )
 
 FORMAT = "autotune-checkpoint-1"
+
+
+class UnreadableCheckpoint(Exception):
+    """A trial's checkpoint file that cannot be read (damaged on disk, or copied cut short):
+    its trial is retrained from its parameters and seed instead, as when none was kept."""
 
 
 @dataclass(frozen=True)
@@ -55,7 +62,10 @@ class Checkpoints:
             path = None if folder is None else checkpoint_path(folder, number)
             if path is None or not path.is_file():
                 continue
-            saved = torch.load(path, map_location=device, weights_only=True)
+            try:
+                saved = torch.load(path, map_location=device, weights_only=True)
+            except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as e:
+                raise UnreadableCheckpoint(f"{str(path)!r}: {unreadable_file(e)}") from e
             if saved.get("format") == FORMAT:
                 if saved.get("study") == self.study and saved.get("trial") == number:
                     return saved["state_dict"]

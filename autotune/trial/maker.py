@@ -15,7 +15,7 @@ from autotune.load.tasks import TaskData
 from autotune.rank.analysis import Analysis
 from autotune.trial.accel import Accel, plan
 from autotune.trial.build import Changes, build
-from autotune.trial.checkpoints import Checkpoints
+from autotune.trial.checkpoints import Checkpoints, UnreadableCheckpoint
 from autotune.trial.fit import EpochCallback, FitResult, fine_tune
 from autotune.trial.flips import outputs
 from autotune.trial.losses import DISTILLATION
@@ -84,12 +84,16 @@ class TrialMaker:
         its checkpoint when one was saved, else retrained with its seed (that of trial
         ``seeded``, when it ran again an interrupted or dead trial: ``search.trials.continued``)."""
         model, changes, data = self.build(config)
-        state = checkpoints.load(number, self.device)
+        why = ""
+        try:
+            state = checkpoints.load(number, self.device)
+        except UnreadableCheckpoint as e:
+            state, why = None, f" (its checkpoint {e})"
         if state is not None:
             model.load_state_dict(state)
             return model, changes, data, f"weights saved by trial {number}"
         self.fit(model, config, number if seeded is None else seeded, data)
-        return model, changes, data, f"retrained from trial {number}'s parameters and seed"
+        return model, changes, data, f"retrained from trial {number}'s parameters and seed{why}"
 
     def refit(
         self, model: nn.Module, config: TrialConfig, number: int, data: TaskData, epochs: int
