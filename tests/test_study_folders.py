@@ -106,3 +106,19 @@ def test_a_damaged_checkpoint_is_retrained_and_said_so(
     assert "is damaged or cut short" in config["weights"]
     assert "weights_only" not in said  # not torch's advice to unpickle it
     assert config["metrics"]["reproduces_study_value"] is True
+
+
+def test_the_same_data_read_with_another_val_fraction_is_named_as_such(
+    tmp_path: Path, tensors_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    args = _job(tmp_path, tensors_file, monkeypatch)
+    # No validation split of its own: --val-fraction carves it from the training samples.
+    torch.save({k: v for k, v in torch.load("data.pt").items() if "val" not in k}, "data.pt")
+    flags = ["--trials", "1", "--out", "out", "--device", "cpu", "--val-fraction"]
+    first = CliRunner().invoke(app, ["search", *args, *flags, "0.2"])
+    assert first.exit_code == 0, first.output
+    again = CliRunner().invoke(app, ["search", *args, *flags, "0.5"])
+    assert again.exit_code == 2, again.output
+    said = " ".join(again.output.split())
+    assert "already holds a search with another data (the same 'data.pt', read with " in said
+    assert "--val-fraction 0.2 -> 0.5)" in said

@@ -84,6 +84,8 @@ def open_study(
             if what == "search space":
                 was = previous.get("space_source", "?")
                 hint = f" (it was made with --space {was}; without --space the model picks one)"
+            if what == "data":
+                hint = _read_differently(previous["data"], record["data"])
             raise StorageError(
                 f"study {study.study_name!r} already holds a search with another {what}{hint}: "
                 "re-run with the same settings to continue it, or choose a new --study-name "
@@ -116,6 +118,20 @@ def finished_trials(study: optuna.Study) -> int:
     """Trials that ran to an end (complete, pruned or failed) and count toward ``--trials``:
     the baseline, retried and surplus trials not counted (``search.trials``)."""
     return finished(study)
+
+
+def _read_differently(before: dict[str, Any], now: dict[str, Any]) -> str:
+    """What differs in how the same data was read, for the message: the options that split
+    or transform it change what a search trains on as much as another file does."""
+    if before.get("spec") != now.get("spec"):
+        return f" ({before.get('spec')!r}, now {now.get('spec')!r})"
+    flags = ("target", "val_fraction", "image_size", "channels", "normalize")
+    moved = [
+        f"--{k.replace('_', '-')} {before.get(k)} -> {now.get(k)}"
+        for k in flags
+        if before.get(k) != now.get(k)
+    ]
+    return f" (the same {now.get('spec')!r}, read with {', '.join(moved)})" if moved else ""
 
 
 def load_study(storage: str | None, out: Path, study_name: str | None = None) -> optuna.Study:
