@@ -9,7 +9,7 @@ from conftest import TinyNet, blobs
 
 from autotune.errors import DataError
 from autotune.load.data import check_model_fits, load_data
-from autotune.load.tasks import from_tensors
+from autotune.load.tasks import carve, from_tensors
 
 
 def test_tensors_file_with_all_splits(tensors_file: Path) -> None:
@@ -214,3 +214,14 @@ def test_torch_datasets_become_task_data(tiny_model) -> None:  # type: ignore[no
     assert job.num_classes == 3 and len(job.data.x_val) == 48
     with pytest.raises(DataError, match="the training dataset must give"):
         from_datasets([(torch.zeros(2), 0), (torch.zeros(3), 1)])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("fraction", "train", "val"), [(0.999, 0, 30), (0.001, 30, 0)])
+def test_a_val_fraction_that_empties_a_split_says_what_it_leaves(
+    fraction: float, train: int, val: int
+) -> None:
+    x, y = blobs(30)
+    with pytest.raises(
+        DataError, match=f"a {fraction:g} split of 30 samples leaves {train} to train on and {val}"
+    ):
+        carve(x, y, fraction, seed=0)

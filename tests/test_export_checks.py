@@ -174,3 +174,21 @@ def test_export_with_storage_and_an_out_that_does_not_exist_writes_the_bundle(
     result = CliRunner().invoke(app, [*args, "--to", "mine"])
     assert result.exit_code == 0, result.output
     assert Path("mine/config.yaml").is_file() and not Path("elsewhere").exists()
+
+
+@pytest.mark.parametrize(
+    ("state", "said"),
+    [("FAIL", "--trial 1 failed"), ("PRUNED", "--trial 1 was stopped early")],
+)
+def test_a_trial_without_a_model_is_named_in_words(state: str, said: str) -> None:
+    import optuna
+    from optuna.trial import TrialState
+
+    from autotune.errors import AutotuneError
+    from autotune.results.pick import pick_trial
+
+    study = optuna.create_study()
+    study.add_trial(optuna.trial.create_trial(value=0.5, user_attrs={"baseline": True}))
+    study.add_trial(optuna.trial.create_trial(state=TrialState[state], value=None))
+    with pytest.raises(AutotuneError, match=f"^{said}: only completed trials have a model"):
+        pick_trial(study, 1)

@@ -299,8 +299,9 @@ def carve(
     n_part = round(len(x) * fraction)
     if n_part < 1 or n_part >= len(x):
         raise DataError(
-            f"data {spec!r}: {len(x)} samples are too few to carve a {fraction:.0%} split; "
-            "give more samples or an explicit validation split"
+            f"data {spec!r}: a {fraction:g} split of {len(x)} samples leaves "
+            f"{len(x) - n_part} to train on and {n_part} to validate; give a --val-fraction "
+            "that leaves some of each, more samples, or an explicit validation split"
         )
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
     part, rest = order[:n_part], order[n_part:]

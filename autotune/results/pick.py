@@ -9,6 +9,14 @@ from autotune.errors import AutotuneError
 from autotune.search.record import TrialRecord
 from autotune.search.selection import chosen_trial
 
+STATES = {
+    TrialState.FAIL: "failed",
+    TrialState.PRUNED: "was stopped early",
+    TrialState.RUNNING: "is still running",
+    TrialState.WAITING: "has not run yet",
+}
+"""How a trial with no model to export is said (``TrialState``'s names are not English)."""
+
 
 def pick_trial(study: optuna.Study, number: int | None) -> FrozenTrial:
     """Trial ``number``, or the study's choice: the finalists' pick, else the best trial (the
@@ -42,7 +50,8 @@ def pick_trial(study: optuna.Study, number: int | None) -> FrozenTrial:
         rec = TrialRecord.from_trial(trial)
         reason = rec.fail_reason or rec.stop_reason or ""
         raise AutotuneError(
-            f"--trial {number} is {trial.state.name.lower()}{f' ({reason})' if reason else ''}: "
+            f"--trial {number} {STATES.get(trial.state, 'is ' + trial.state.name.lower())}"
+            f"{f' ({reason})' if reason else ''}: "
             "only completed trials have a model to export"
         )
     return trial
