@@ -225,3 +225,16 @@ def test_a_val_fraction_that_empties_a_split_says_what_it_leaves(
         DataError, match=f"a {fraction:g} split of 30 samples leaves {train} to train on and {val}"
     ):
         carve(x, y, fraction, seed=0)
+
+
+@pytest.mark.parametrize(
+    ("option", "refusal"),
+    [
+        ({"image_size": 32}, "--image-size 32 applies to image folders; data 'demo' is not one"),
+        ({"target": "label"}, "--target label applies to CSV files; data 'demo' is not one"),
+        ({"workers": -1}, "--loader-workers must be 0 or more, got -1"),
+    ],
+)
+def test_an_option_for_another_kind_of_data_is_refused(option: dict, refusal: str) -> None:
+    with pytest.raises(DataError, match=refusal):
+        load_data("demo", **option)

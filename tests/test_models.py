@@ -225,3 +225,8 @@ def test_the_command_line_names_the_pickled_object_of_a_state_dict(tmp_path: Pat
     assert line.startswith("error: ") and "pickled Python object (" in line and "exec" in line
     assert "--trust-model" in line and "weights_only" not in line
     assert not marker.exists() and not (tmp_path / "out" / "study.journal").exists()
+
+
+def test_a_folder_given_as_the_model_is_called_a_folder(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match=r"model file '.*' is a folder: pass the path of a"):
+        load_model(tmp_path)

@@ -53,6 +53,16 @@ def load_data(
             f"--normalize {normalize} applies to image folders; data {spec!r} is used as given "
             "(normalise the tensors before saving them)"
         )
+    # An option for another kind of data would be ignored without a word.
+    folder = Path(spec).is_dir()
+    for flag, value, applies, kind in (
+        ("--image-size", image_size, folder, "image folders"),
+        ("--target", target, spec.endswith(".csv"), "CSV files"),
+    ):
+        if value is not None and not applies:
+            raise DataError(f"{flag} {value} applies to {kind}; data {spec!r} is not one: drop it")
+    if workers is not None and workers < 0:
+        raise DataError(f"--loader-workers must be 0 or more, got {workers}")
     if spec == "demo":
         data = from_mapping(read_tensors_file(demo_files().data), spec, val_fraction, split_seed)
         data.preprocessing = {"input": "1x8x8 digits in [0, 1], rotated 30-60 degrees and blurred"}

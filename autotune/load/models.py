@@ -85,8 +85,9 @@ def load_model(
         arch = DEMO_ARCH
     path = Path(path)
     if not path.is_file():
+        where = "is a folder" if path.is_dir() else "does not exist"
         raise ModelLoadError(
-            f"model file {str(path)!r} does not exist: pass the path of a model file "
+            f"model file {str(path)!r} {where}: pass the path of a model file "
             "(TorchScript, .pt2, state_dict or pickled module), or 'demo'"
         )
     code_module = import_code(code) if code is not None else None
