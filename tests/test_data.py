@@ -238,3 +238,13 @@ def test_a_val_fraction_that_empties_a_split_says_what_it_leaves(
 def test_an_option_for_another_kind_of_data_is_refused(option: dict, refusal: str) -> None:
     with pytest.raises(DataError, match=refusal):
         load_data("demo", **option)
+
+
+def test_data_of_another_shape_than_the_model_takes_is_named_with_its_shape() -> None:
+    # An MLP of 8 features given 1x8x8 images maps the last axis and returns no (N, C) rows.
+    mlp = torch.nn.Sequential(torch.nn.Linear(8, 3)).eval()
+    with pytest.raises(
+        DataError, match=r"returns \(2, 1, 8, 3\) for a batch of 2 inputs of shape \(1, 8, 8\)"
+    ) as refused:
+        check_model_fits(mlp, load_data("demo"))
+    assert "check that the data is what the model takes" in str(refused.value)

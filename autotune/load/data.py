@@ -120,8 +120,10 @@ def check_model_fits(model: nn.Module, data: TaskData) -> int:
     if not isinstance(out, torch.Tensor) or out.ndim != 2:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise DataError(
-            f"the model returns {shape} for a batch of 2; autotune tunes classifiers that "
-            "return one row of class scores per sample (N, C)"
+            f"the model returns {shape} for a batch of 2 inputs of shape "
+            f"{tuple(data.x_train.shape[1:])} from data {data.spec!r}; autotune tunes "
+            "classifiers that return one row of class scores per sample (N, C): check that "
+            "the data is what the model takes"
         )
     width = out.shape[1]
     present = data.y_train.unique()
