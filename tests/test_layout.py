@@ -9,8 +9,8 @@ import autotune
 
 PACKAGE = Path(autotune.__file__).parent
 # Pipeline order: a module may import only from its own layer or an earlier one.
-LAYERS = ["errors", "interrupts", "config", "paths", "load", "rank", "trial", "search"]
-LAYERS += ["results", "api", "cli"]
+LAYERS = ["errors", "interrupts", "budget_text", "config", "paths", "load", "rank", "trial"]
+LAYERS += ["search", "results", "api", "cli"]
 
 
 def _modules() -> dict[str, Path]:
