@@ -37,6 +37,7 @@ from autotune.results.finalists import choose
 from autotune.results.leaderboard import Leaderboard
 from autotune.results.live import LiveLeaderboard
 from autotune.results.onnx_export import export_formats
+from autotune.results.pick import any_trained
 from autotune.results.report import write_report
 from autotune.search.outage import outage
 from autotune.search.prepare import space_for, study_checkpoints
@@ -194,13 +195,8 @@ def _finish(run: Search, study: optuna.Study) -> tuple[ExportResult | None, Path
     except Exception as e:
         _raise_outage(e)
         run.console.print(f"note: leaderboard.csv not written ({first_line(e)})")
-    trained = [
-        t
-        for t in study.get_trials(deepcopy=False)
-        if t.values is not None and not TrialRecord.from_trial(t).baseline
-    ]
     best = None
-    if not trained:
+    if not any_trained(study):
         run.console.print("nothing exported: no trial completed besides the baseline")
     else:
         _choose(run, study)

@@ -18,16 +18,20 @@ STATES = {
 """How a trial with no model to export is said (``TrialState``'s names are not English)."""
 
 
+def any_trained(study: optuna.Study) -> bool:
+    """Whether a trial besides the baseline completed: without one there is nothing to export
+    but the source model as it was (the search and ``autotune export`` both say so)."""
+    return any(
+        t.values is not None and not TrialRecord.from_trial(t).baseline
+        for t in study.get_trials(deepcopy=False)
+    )
+
+
 def pick_trial(study: optuna.Study, number: int | None) -> FrozenTrial:
     """Trial ``number``, or the study's choice: the finalists' pick, else the best trial (the
     baseline when nothing beat it)."""
     if number is None:
-        trained = [
-            t
-            for t in study.get_trials(deepcopy=False)
-            if t.values is not None and not TrialRecord.from_trial(t).baseline
-        ]
-        if not trained:  # the search exports nothing then, rather than the source unchanged
+        if not any_trained(study):  # the search exports nothing then, not the source unchanged
             raise AutotuneError(
                 f"study {study.study_name!r} has no trial completed besides the baseline (trial "
                 "0, the source model unchanged): run more trials (the search's command with a "
