@@ -50,3 +50,12 @@ def test_a_gain_the_validation_split_can_resolve_gets_no_note() -> None:
     assert noise_note(_exported(val_samples=2000, gain=0.05).config) is None
     note = noise_note(_exported(val_samples=100, gain=0.05).config)
     assert note is not None and "on 100 validation samples" in note
+
+
+def test_with_no_test_split_the_noise_note_asks_for_one_rather_than_to_trust_it() -> None:
+    exported = _exported(val_samples=12, gain=0.25)
+    exported.config["metrics"]["test_accuracy"] = None
+    note = noise_note(exported.config)
+    assert note is not None and "within noise" in note
+    assert "trust the held-out test score" not in note
+    assert "hold out a test split" in note
