@@ -635,7 +635,7 @@ def export(
     from autotune.paths import check_writable, export_dir, remove_made
     from autotune.results.export import Workspace, export_trial
     from autotune.results.onnx_export import export_formats as checked_formats
-    from autotune.results.pick import pick_trial
+    from autotune.results.pick import over_budgets, pick_trial
     from autotune.search.study import load_study, space_of, study_record
 
     if to is not None and to.exists() and not to.is_dir():
@@ -677,6 +677,8 @@ def export(
         f"{metrics['reproduces_study_value']}) -> {result.folder}",
         highlight=False,
     )
+    if over := over_budgets(study, study.trials[result.trial]):
+        console.print(f"note: trial {result.trial} is over the search's budgets ({over})")
 
 
 @app.command()

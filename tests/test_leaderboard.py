@@ -286,6 +286,10 @@ def test_after_a_tighter_budget_the_leaderboard_report_and_export_agree(
     text = console.export_text()
     assert " ok " not in text and "over: over budget" in text
     assert again.report is not None and "top trial" not in again.report.read_text()
+    # Asked for by number, a trial over the budget is written, and its bundle says so.
+    asked = again.export(tmp_path / "asked", trial=1)
+    assert asked.config["chosen"].startswith("trial 1 as asked, over the search's budgets (params")
+    assert "over the search's budgets" in (tmp_path / "asked" / "README.md").read_text()
 
 
 def test_the_legend_explains_slims_and_prune(slimmed_study: Path) -> None:

@@ -30,7 +30,7 @@ from autotune.results.deploy import save_model
 from autotune.results.errors import error_metrics, exported_errors
 from autotune.results.leaderboard import Leaderboard
 from autotune.results.onnx_export import export_formats, save_onnx
-from autotune.results.pick import pick_trial
+from autotune.results.pick import over_budgets, pick_trial
 from autotune.search.prepare import adapt_space, make_maker, run_analyses, study_checkpoints
 from autotune.search.record import TrialRecord
 from autotune.search.selection import choice_note
@@ -193,7 +193,9 @@ def export_trial(
     config["metrics"]["validation_held_out"] = not refit
     config["metrics"] |= error_metrics(errors)
     config["errors"] = errors
-    config["chosen"] = f"trial {number} as asked" if number is not None else choice_note(study)
+    over = over_budgets(study, trial)  # asked for by number: the search's pick never is
+    asked = f"trial {number} as asked" + (f", over the search's budgets ({over})" if over else "")
+    config["chosen"] = asked if number is not None else choice_note(study)
     config["onnx"] = onnx
     config["data"]["samples"] = {"train": len(data.x_train), "validation": len(data.x_val)}
     config["data"]["samples"]["test"] = None if data.x_test is None else len(data.x_test)

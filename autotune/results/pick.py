@@ -8,6 +8,7 @@ from optuna.trial import FrozenTrial, TrialState
 from autotune.errors import AutotuneError
 from autotune.search.record import TrialRecord
 from autotune.search.selection import chosen_trial
+from autotune.search.study import LIMITS, feasible
 
 STATES = {
     TrialState.FAIL: "failed",
@@ -59,3 +60,27 @@ def pick_trial(study: optuna.Study, number: int | None) -> FrozenTrial:
             "only completed trials have a model to export"
         )
     return trial
+
+
+def over_budgets(study: optuna.Study, trial: FrozenTrial) -> str | None:
+    """Which of the search's budgets (those of its latest run, ``LIMITS``) ``trial`` is over,
+    in words; None when it is within them all. ``--trial N`` exports such a trial as asked, and
+    its bundle says that the search would not have."""
+    limits = study.user_attrs.get(LIMITS)
+    if feasible(trial, limits):
+        return None
+    rec = TrialRecord.from_trial(trial)
+    sizes = {"params": rec.total_params, "macs": rec.macs, "latency_ratio": rec.latency_ratio}
+    said = []
+    for what, cap in (limits or {}).items():
+        size = sizes.get(what)
+        name = "latency" if what == "latency_ratio" else what
+        if size is None:
+            said.append(f"{name} not measured")
+        elif size > cap and what == "latency_ratio":
+            said.append(f"latency {size:.2f}x > {cap:.2f}x the source's")
+        elif size > cap:
+            said.append(f"{what} {size:,} > {cap:,.0f}")
+    if trial.constraints.get("flips", 0.0) > 0:
+        said.append("more negative flips than --max-flips allows")
+    return ", ".join(said) or "over the budgets it ran under"
