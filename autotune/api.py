@@ -26,6 +26,7 @@ from autotune.paths import (
     check_writable,
     leaderboard_csv,
     remove_made,
+    replaced_bundle,
     study_file,
 )
 from autotune.rank.analysis import Analysis
@@ -147,6 +148,8 @@ def search(
             probe_storage(storage, folder)
         job = make_job(model, data)
         console = console or Console()
+        if note := replaced_bundle(folder, study_name):
+            console.print(note, highlight=False)
         if isinstance(space, str) and space == "auto":
             space, why = space_for(job)
             said = f"space: {space} ({why}; --space default fine-tunes only)"

@@ -22,10 +22,13 @@ import hashlib
 import os
 import re
 import secrets
+import shlex
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
+
+import yaml
 
 from autotune.errors import AutotuneError, StorageError, causes, redacted
 from autotune.interrupts import held
@@ -91,6 +94,29 @@ def resume_path(folder: Path, number: int) -> Path:
 def export_dir(out: Path, number: int | None) -> Path:
     """``OUT/best`` for the best trial, ``OUT/trial_N`` for trial N."""
     return out / ("best" if number is None else f"trial_{number}")
+
+
+def replaced_bundle(out: Path, study_name: str) -> str | None:
+    """A note when ``OUT/best`` holds another study's export: several studies may share one
+    output folder (and its study file), but ``best/``, ``leaderboard.csv`` and ``report.html``
+    are the latest study's. Said before the search starts, with how to write the other's
+    bundle again (its trials and weights stay in the folder); None otherwise."""
+    try:
+        held = yaml.safe_load((export_dir(out, None) / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return None  # no bundle there, or none autotune can read: nothing of a study's to lose
+    other = held.get("study") if isinstance(held, dict) else None
+    if not isinstance(other, str) or other == study_name:
+        return None
+    again = (
+        f"autotune export --out {shlex.quote(str(out))} --study-name {shlex.quote(other)} "
+        "--to FOLDER"
+    )
+    return (
+        f"note: {export_dir(out, None)} holds study {other!r}'s export; study {study_name!r} "
+        f"will replace it, leaderboard.csv and report.html when it ends ({other!r}'s trials "
+        f"and weights stay: `{again}` writes its bundle again)"
+    )
 
 
 def leaderboard_csv(out: Path) -> Path:

@@ -26,10 +26,11 @@ def _job(folder: Path, tensors_file: Path, monkeypatch: pytest.MonkeyPatch) -> l
     return [*write_cli_job(folder, tensors_file, SPACE), "--metric", "loss", "--pruner", "none"]
 
 
-def _search(args: list[str], name: str, seed: int) -> None:
+def _search(args: list[str], name: str, seed: int) -> str:
     flags = ["--trials", "1", "--out", "out", "--study-name", name, "--seed", str(seed)]
     result = CliRunner().invoke(app, ["search", *args, *flags, "--device", "cpu"])
     assert result.exit_code == 0, result.output
+    return " ".join(result.output.split())
 
 
 def _export(name: str) -> tuple[dict, str]:
@@ -44,8 +45,12 @@ def test_two_studies_in_one_out_each_export_their_own_weights(
     tmp_path: Path, tensors_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     args = _job(tmp_path, tensors_file, monkeypatch)
-    _search(args, "A", seed=0)
-    _search(args, "B", seed=1)
+    assert "holds study" not in _search(args, "A", seed=0)
+    said = _search(args, "B", seed=1)
+    # B's bundle replaces A's in out/best: said before B starts, with how to write A's again.
+    assert "note: out/best holds study 'A''s export; study 'B' will replace it" in said
+    assert "`autotune export --out out --study-name A --to FOLDER` writes its bundle again" in said
+    assert yaml.safe_load(Path("out/best/config.yaml").read_text())["study"] == "B"
     values = {name: load_study(None, tmp_path / "out", name).trials[1].values[0] for name in "AB"}
     assert values["A"] != values["B"]
     for name in "AB":
