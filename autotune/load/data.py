@@ -48,19 +48,21 @@ def load_data(
     """
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"val_fraction must be in (0, 1), but got {val_fraction!r}")
-    if normalize not in (None, "none") and not Path(spec).is_dir():
-        raise DataError(
-            f"--normalize {normalize} applies to image folders; data {spec!r} is used as given "
-            "(normalise the tensors before saving them)"
-        )
     # An option for another kind of data would be ignored without a word.
     folder = Path(spec).is_dir()
-    for flag, value, applies, kind in (
-        ("--image-size", image_size, folder, "image folders"),
-        ("--target", target, spec.endswith(".csv"), "CSV files"),
+    for flag, value, applies, kind, fix in (
+        ("--image-size", image_size, folder, "image folders", "drop it"),
+        ("--target", target, spec.endswith(".csv"), "CSV files", "drop it"),
+        (
+            "--normalize",
+            None if normalize == "none" else normalize,
+            folder,
+            "image folders",
+            "it is used as given (normalise the tensors before saving them)",
+        ),
     ):
         if value is not None and not applies:
-            raise DataError(f"{flag} {value} applies to {kind}; data {spec!r} is not one: drop it")
+            raise DataError(f"{flag} {value} applies to {kind}; data {spec!r} is not one: {fix}")
     if workers is not None and workers < 0:
         raise DataError(f"--loader-workers must be 0 or more, got {workers}")
     if spec == "demo":
