@@ -4,6 +4,7 @@ to the process group of two workers, the parent of a worker killed."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 from pathlib import Path
@@ -68,6 +69,10 @@ def test_kill_9_mid_trial_then_the_same_command_resumes(tmp_path: Path) -> None:
     assert trials[killed[0]].state == TrialState.FAIL
     assert [t.system_attrs.get("failed_trial") for t in trials].count(killed[0]) == 1
     assert finished(study) == 3
+    # What the rerun shows counts the retry in the dead trial's place: never past the 3 asked.
+    shown = [int(n) for n in re.findall(r"\[(\d+)/3 ·", again.stdout)]
+    assert shown and max(shown) == 3, again.stdout
+    assert "1 retried after its worker died" in again.stdout
     best = chosen_trial(study)
     assert best is not None
     config = yaml.safe_load((out / "best" / "config.yaml").read_text())

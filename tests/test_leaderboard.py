@@ -315,3 +315,20 @@ def test_an_interrupted_trial_is_neither_failed_nor_counted_in_the_progress() ->
         "trials 3/4 done: 2 complete, 0 stopped early, 1 failed, 0 running, "
         "1 interrupted and run again"
     )
+
+
+def test_a_surplus_trial_is_not_counted_and_a_study_past_the_total_says_what_was_asked() -> None:
+    study = _study()  # the baseline, two complete, one failed
+    reason = "not run: another worker started the study's last of 3 trials first"
+    study.add_trial(
+        create_trial(state=TrialState.FAIL, user_attrs={"surplus": True, "fail_reason": reason})
+    )
+    board = Leaderboard.from_study(study, "accuracy", planned=3)
+    assert board.rows[-1].state == "SURPLUS" and board.rows[-1].note == reason
+    assert board.progress_line().startswith(
+        "trials 3/3 done: 2 complete, 0 stopped early, 1 failed, 0 running, "
+        "1 not run (two workers took the same one)"
+    )
+    # Continued with a lower --trials: nothing runs, and the line is no "3/2".
+    fewer = Leaderboard.from_study(study, "accuracy", planned=2)
+    assert fewer.progress_line().startswith("trials 3 done (2 asked): 2 complete")

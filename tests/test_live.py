@@ -173,3 +173,35 @@ def test_the_live_view_keeps_its_bars_on_a_short_screen() -> None:
     text = " ".join(" ".join(lines).split())
     assert "top 6 of 15: --top N" in text
     assert "┃ parameters" not in text  # no trial sampled any: an empty column is left out
+
+
+def test_a_trial_whose_worker_died_counts_once_when_the_search_continues() -> None:
+    import socket
+
+    from autotune.search.trials import fail_orphans
+
+    study = _study()
+    _add(study, 0.6, seconds=1.0)
+    # As kill -9 leaves trial 2: RUNNING, its worker gone (pid 2**22 + 1 is above pid_max).
+    study.ask().set_user_attr("worker", f"{socket.gethostname()}:{2**22 + 1}")
+    out = io.StringIO()
+    live = LiveLeaderboard(Console(file=out, width=300), "accuracy", planned=3)
+    with live.session(study):  # the same command again: 3 trials in the study in all
+        assert fail_orphans(study) == [2]  # failed, and queued again as trial 3
+        for value in (0.7, 0.8):
+            trial = study.ask()
+            trial.set_user_attr("seconds", 1.0)
+            study.tell(trial, value)
+            live.finished(study, study.trials[-1])
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("trials 1/3 done: 1 complete, 0 stopped early, 0 failed")
+    assert "1 whose worker died" in lines[0]
+    # The retry counts in the dead trial's place: 3 of 3, not 4 of 3.
+    counted = [m[1] for line in lines[1:] if (m := re.search(r"\[(\d+/\d+) ·", line))]
+    assert len(lines) == 3 and counted == ["2/3", "3/3"]
+    board = live.board
+    assert board is not None and board.rows[2].state == "RETRIED"
+    assert board.progress_line().startswith(
+        "trials 3/3 done: 3 complete, 0 stopped early, 0 failed, 0 running, "
+        "1 retried after its worker died"
+    )

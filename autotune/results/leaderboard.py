@@ -27,10 +27,11 @@ from autotune.results.cells import (
     latency,
     share,
 )
-from autotune.results.rows import TrialRow, row_of
+from autotune.results.rows import ROW_STATES, TrialRow, row_of
 from autotune.search.record import TrialRecord
 from autotune.search.selection import exported_trial
 from autotune.search.study import LIMITS
+from autotune.search.trials import retried
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -118,7 +119,8 @@ class Leaderboard(JupyterMixin):
                 "pareto", study.user_attrs.get("autotune", {}).get("settings", {}).get("pareto")
             )
         limits, exported = study.user_attrs.get(LIMITS), exported_trial(study)
-        rows = [row_of(t, baseline, metric, front, limits, exported) for t in trials]
+        again = frozenset(retried(trials))
+        rows = [row_of(t, baseline, metric, front, limits, exported, again) for t in trials]
         return cls(rows, metric, direction, **kwargs)
 
     @property
@@ -132,21 +134,35 @@ class Leaderboard(JupyterMixin):
         return sorted(done, key=lambda r: (not r.feasible, *(-x for x in r.score or ()), r.number))
 
     def counts(self) -> dict[str, int]:
-        states = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "INTERRUPTED", "ORPHANED")
+        states = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", *ROW_STATES)
         return {state: sum(r.state == state for r in self.rows) for state in states}
+
+    def finished(self) -> int:
+        """Trials that ran to an end and count toward ``--trials``: complete, pruned or failed
+        (not the baseline, nor those run again or not run: ``TrialRow.state``)."""
+        c = self.counts()
+        return c["COMPLETE"] + c["PRUNED"] + c["FAIL"]
 
     def progress_line(self) -> str:
         c = self.counts()
-        finished = c["COMPLETE"] + c["PRUNED"] + c["FAIL"]
-        planned = f"/{self.planned}" if self.planned is not None else ""
+        finished = self.finished()
+        done = f"{finished} done"
+        if self.planned is not None and finished <= self.planned:
+            done = f"{finished}/{self.planned} done"
+        elif self.planned is not None:  # a continued study holds more than this command asks
+            done += f" ({self.planned} asked)"
         line = (
-            f"trials {finished}{planned} done: {c['COMPLETE']} complete, "
+            f"trials {done}: {c['COMPLETE']} complete, "
             f"{c['PRUNED']} stopped early, {c['FAIL']} failed, {c['RUNNING']} running"
         )
         if c["INTERRUPTED"]:  # not counted toward --trials: each is run again
             line += f", {c['INTERRUPTED']} interrupted and run again"
         if c["ORPHANED"]:  # running no more: the next run fails it (``search.trials``)
             line += f", {c['ORPHANED']} whose worker died"
+        if c["RETRIED"]:  # failed, not counted: its retry counts in its place
+            line += f", {c['RETRIED']} retried after its worker died"
+        if c["SURPLUS"]:  # two workers took the study's last trial at once: one stopped
+            line += f", {c['SURPLUS']} not run (two workers took the same one)"
         if self.started is not None:
             line += f" | elapsed {duration(time.time() - self.started)}"
         best = self.best()

@@ -61,8 +61,10 @@ class LiveLeaderboard:
         return board
 
     def finished_count(self) -> int:
-        c = self.board.counts() if self.board is not None else {}
-        return sum(c.get(state, 0) for state in ("COMPLETE", "PRUNED", "FAIL"))
+        """How many of the planned trials are done: a continued study may hold more than a
+        later command asks for (none run then), which the board's own line says."""
+        done = self.board.finished() if self.board is not None else 0
+        return min(done, self.planned)
 
     def eta(self, now: float | None = None) -> float | None:
         """Seconds left: the mean time of the finished trials times the trials left, less what

@@ -12,6 +12,9 @@ from autotune.search.record import TrialRecord
 from autotune.search.study import feasible, trial_score
 from autotune.search.trials import orphaned, retries_left
 
+ROW_STATES = ("INTERRUPTED", "ORPHANED", "RETRIED", "SURPLUS")
+"""The row's states that are no Optuna state (``TrialRow.state``)."""
+
 
 @dataclass(frozen=True)
 class TrialRow:
@@ -19,8 +22,11 @@ class TrialRow:
 
     number: int
     state: str
-    """COMPLETE, PRUNED, FAIL, RUNNING, BASELINE, INTERRUPTED (by Ctrl-C or a signal) or
-    ORPHANED (still RUNNING in the study, but its worker on this machine died)."""
+    """COMPLETE, PRUNED, FAIL, RUNNING, BASELINE, INTERRUPTED (by Ctrl-C or a signal),
+    ORPHANED (still RUNNING in the study, but its worker on this machine died), RETRIED (failed
+    when its worker died, and queued again under a new number) or SURPLUS (stopped at once:
+    the study had its total, or another worker continues the same trial). Of the trials that
+    ran to an end only COMPLETE, PRUNED and FAIL count toward ``--trials``."""
     value: float | None
     """The validation metric (the best epoch's; the last reported one for a pruned trial)."""
     gain: float | None
@@ -90,14 +96,21 @@ def row_of(
     front: frozenset[int] = frozenset(),
     limits: dict[str, float] | None = None,
     exported: int | None = None,
+    retried: frozenset[int] = frozenset(),
 ) -> TrialRow:
     """``trial``'s row; ``limits``: the study's latest size budgets (``search.study.LIMITS``),
     which judge ``feasible`` as the search and the export judge it; ``exported``: the number of
-    the trial in ``OUT/best``."""
+    the trial in ``OUT/best``; ``retried``: the numbers of the trials run again under another
+    (``search.trials.retried``)."""
     rec = TrialRecord.from_trial(trial)
     state = "BASELINE" if rec.baseline else trial.state.name
+    # Failed in the study, yet not among the trials of ``--trials`` (``search.trials.counts``).
     if rec.interrupted and state == "FAIL":  # stopped by Ctrl-C or a signal: run again, not failed
         state = "INTERRUPTED"
+    elif rec.surplus and state == "FAIL":
+        state = "SURPLUS"
+    elif trial.number in retried and state == "FAIL":  # its retry counts in its place
+        state = "RETRIED"
     note = rec.fail_reason or rec.stop_reason or ""
     if state == "RUNNING" and orphaned(trial):  # kill -9: nothing ended it in the study
         state = "ORPHANED"
