@@ -289,6 +289,50 @@ def test_reading_a_storage_that_does_not_exist_creates_nothing(
     assert list(tmp_path.iterdir()) == []  # no empty journal or database made
 
 
+def _sqlite_without_a_study(path: Path, content: str) -> None:
+    import sqlite3
+    from contextlib import closing
+
+    path.touch()
+    if content == "other tables":
+        with closing(sqlite3.connect(path)) as db:
+            db.execute("CREATE TABLE notes (text TEXT)")
+            db.execute("INSERT INTO notes VALUES ('mine')")
+            db.commit()
+
+
+@pytest.mark.parametrize("command", ["show", "report", "dashboard", "export"])
+@pytest.mark.parametrize("content", ["empty", "other tables"])
+def test_reading_a_sqlite_file_without_a_study_leaves_it_as_it_was(
+    command: str, content: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    _sqlite_without_a_study(tmp_path / "x.db", content)
+    before = (tmp_path / "x.db").read_bytes()
+    out = ["--out", "."] if command == "export" else ["."]
+    result = runner.invoke(app, [command, *out, "--storage", "sqlite:///x.db"])
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.output.split())
+    assert "error: the study file 'x.db' holds no autotune study" in said
+    assert "run autotune search with this --storage first" in said
+    assert len(result.output.strip().splitlines()) == 1
+    # Optuna's tables were not written into it, nor a journal or log made beside it.
+    assert (tmp_path / "x.db").read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["x.db"]
+
+
+def test_a_search_writes_its_study_into_an_empty_sqlite_file(tmp_path: Path) -> None:
+    (tmp_path / "x.db").touch()
+    storage = f"sqlite:///{tmp_path / 'x.db'}"
+    args = ["--model", "demo", "--trials", "1", "--space", "default", "--epochs", "1"]
+    args += ["--out", str(tmp_path / "out"), "--storage", storage, "--device", "cpu"]
+    result = runner.invoke(app, ["search", *args])
+    assert result.exit_code == 0, result.output
+    shown = runner.invoke(app, ["show", str(tmp_path / "out"), "--storage", storage])
+    assert shown.exit_code == 0, shown.output
+    assert "trials 1 done: 1 complete" in " ".join(shown.output.split())
+
+
 def test_an_empty_study_file_is_said_to_hold_no_study(tmp_path: Path) -> None:
     (tmp_path / "study.journal").touch()
     result = runner.invoke(app, ["show", str(tmp_path)])

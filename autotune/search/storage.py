@@ -11,8 +11,10 @@ heartbeat adds nothing there; a study shared between machines names its database
 
 from __future__ import annotations
 
+import sqlite3
 import time
 import warnings
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +103,32 @@ def local_file(url: str | None, out: Path) -> Path | None:
     if url.startswith("sqlite:///"):
         return Path(url.removeprefix("sqlite:///").partition("?")[0])  # ?timeout=... is no path
     return None if "://" in url else Path(url)
+
+
+def sqlite_file(url: str | None, out: Path) -> Path | None:
+    """The SQLite database file a storage lives in (a ``sqlite:///`` URL's, or an older
+    search's default ``OUT/study.db``); None for a journal file or a database server."""
+    if url is None:
+        default = study_file(out)
+        return default if default.suffix == ".db" else None
+    return local_file(url, out) if url.startswith("sqlite:///") else None
+
+
+def holds_optuna_tables(file: Path) -> bool:
+    """Whether the SQLite file ``file`` has Optuna's tables, read without writing to it: opened
+    as Optuna's storage, any database gets them (a read-only command would change the user's
+    file). True where SQLite cannot read it: opening it as the storage then says why."""
+    if file.is_file() and file.stat().st_size == 0:
+        return False
+    # Read only, and as immutable unless a write-ahead log is there to be read: to read a
+    # database in log mode SQLite would otherwise make the log and its index beside it.
+    mode = "mode=ro" if Path(f"{file}-wal").exists() else "immutable=1"
+    try:
+        with closing(sqlite3.connect(f"{file.resolve().as_uri()}?{mode}", uri=True)) as db:
+            rows = db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    except (sqlite3.Error, ValueError):
+        return True
+    return {"studies", "version_info"} <= {name for (name,) in rows}
 
 
 def damaged_file(file: Path, reason: str) -> StorageError:

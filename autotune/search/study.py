@@ -23,7 +23,7 @@ from autotune.paths import check_storage, study_file
 from autotune.search.optuna_internals import storage_of
 from autotune.search.record import TrialRecord
 from autotune.search.space import SearchSpace, config_from, parse_space
-from autotune.search.storage import local_file, open_storage
+from autotune.search.storage import holds_optuna_tables, local_file, open_storage, sqlite_file
 from autotune.search.study_file import write_ahead
 from autotune.search.trials import finished, machine_index
 
@@ -147,6 +147,14 @@ def load_study(storage: str | None, out: Path, study_name: str | None = None) ->
     fix = "pass the journal file or database URL a search wrote (e.g. OUT/study.journal)"
     if file is not None and not file.exists():
         raise StorageError(f"no study storage at {str(file)!r}: {fix}")
+    database = sqlite_file(storage, out)
+    if database is not None and not holds_optuna_tables(database):
+        # Refused before Optuna opens it, which would write its tables into the file.
+        search = "with this --storage" if storage else f"in {str(out)!r}"
+        raise StorageError(
+            f"the study file {str(database)!r} holds no autotune study (no Optuna tables; it is "
+            f"left as it was): run autotune search {search} first, or {fix}"
+        )
     opened = open_storage(storage, out)
     names = optuna.study.get_all_study_names(opened)
     if not names:
