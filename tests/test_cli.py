@@ -228,6 +228,14 @@ def test_rerun_continues_instead_of_starting_over(searched: Path) -> None:
         ),
         (["search", "--model", "demo", "--space", "nope"], "unknown search space 'nope'"),
         (["search", "--model", "demo", "--max-flips", "lots"], "--max-flips 'lots' is not a"),
+        (
+            ["search", "--model", "demo", "--arch", "torchvision:resnet18"],
+            "--arch 'torchvision:resnet18' does not apply to --model demo (the built-in demo",
+        ),
+        (
+            ["search", "--model", "demo", "--num-classes", "5"],
+            "--num-classes 5 does not apply to --model demo",
+        ),
         (["search", "--model", "x.pt"], "--data is missing"),
         (["export", "--out", "no/such/run"], "no study in 'no/such/run'"),
     ],

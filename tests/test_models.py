@@ -210,6 +210,35 @@ def test_demo_model_loads_and_is_pretrained() -> None:
     assert loaded.arch == "autotune.load.demo:DigitsCNN"
 
 
+@pytest.mark.parametrize(
+    ("option", "flag"),
+    [({"arch": "torchvision:resnet18"}, "--arch"), ({"num_classes": 5}, "--num-classes")],
+)
+def test_an_arch_or_class_count_given_with_the_demo_model_is_refused_before_it_loads(
+    option: dict, flag: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import autotune.load.demo
+    from autotune.load.job import ModelSpec
+
+    def loaded() -> None:
+        raise AssertionError("the demo model was loaded")
+
+    monkeypatch.setattr(autotune.load.demo, "demo_files", loaded)
+    with pytest.raises(
+        ModelLoadError, match=f"{flag} .* does not apply to --model demo"
+    ) as refused:
+        ModelSpec("demo", **option).load()  # the Python API's way to pass them
+    assert f"drop {flag}, or give a model file" in str(refused.value)
+
+
+def test_a_demo_study_that_recorded_an_arch_is_rebuilt_without_it() -> None:
+    from autotune.load.job import Job
+
+    arch = {"arch": "torchvision:resnet18", "num_classes": 10}
+    job = Job.from_record({"model": {"path": "demo", **arch}, "data": {"spec": "demo"}})
+    assert job.model.arch == "autotune.load.demo:DigitsCNN"
+
+
 def test_the_command_line_names_the_pickled_object_of_a_state_dict(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 

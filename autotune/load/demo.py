@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from autotune.errors import ModelLoadError
 from autotune.paths import cache_dir, write_atomically
 
 DEMO_ARCH = "autotune.load.demo:DigitsCNN"
@@ -68,6 +69,22 @@ def demo_files() -> DemoFiles:
         write_atomically(files.data, lambda f: torch.save(data, f))
         write_atomically(files.model, lambda f: torch.save(state, f))
     return files
+
+
+def demo_model(arch: str | None = None, num_classes: int | None = None) -> tuple[Path, str]:
+    """The demo model's file and architecture, building them on first use. The demo is one
+    fixed network of 10 classes: an ``--arch`` or ``--num-classes`` given with it can change
+    nothing (or only fail on its weights), so each is refused by name."""
+    given = [
+        (flag, v) for flag, v in (("--arch", arch), ("--num-classes", num_classes)) if v is not None
+    ]
+    if given:
+        flag, value = given[0]
+        raise ModelLoadError(
+            f"{flag} {value!r} does not apply to --model demo (the built-in demo model, a "
+            f"digits CNN of 10 classes): drop {flag}, or give a model file"
+        )
+    return demo_files().model, DEMO_ARCH
 
 
 def build_demo(seed: int = 0) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:

@@ -181,6 +181,9 @@ class Job:
         model_fields = {f.name for f in dataclasses.fields(ModelSpec)}
         data_fields = {f.name for f in dataclasses.fields(DataSpec)}
         model = record["model"]
+        if model.get("path") == "demo":  # an --arch or --num-classes it never used, stored
+            # before ``demo_model`` refused them: export goes on without them
+            model = {**model, "arch": None, "num_classes": None}
         if model.get("path") == "<in memory>" or record["data"].get("spec") == "<in memory>":
             raise ModelLoadError(
                 "this study's model or data was passed in memory from Python, so it cannot be "

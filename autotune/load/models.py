@@ -27,7 +27,7 @@ from torch import nn
 
 from autotune.errors import ModelLoadError, unreadable_file
 from autotune.load.anatomy import set_training
-from autotune.load.demo import DEMO_ARCH, demo_files
+from autotune.load.demo import demo_model
 from autotune.load.trust import program_hazards, trust_needed
 
 FORMATS = ("torchscript", "export", "state_dict", "pickle")
@@ -81,8 +81,7 @@ def load_model(
         code: A Python file defining the classes a pickled module or ``arch`` refers to.
     """
     if str(path) == "demo":
-        path = demo_files().model
-        arch = DEMO_ARCH
+        path, arch = demo_model(arch, num_classes)
     path = Path(path)
     if not path.is_file():
         where = "is a folder" if path.is_dir() else "does not exist"
