@@ -11,7 +11,7 @@ from autotune.config import SearchSettings
 from autotune.errors import AutotuneError
 from autotune.search.study import within_limits
 from autotune.trial.cost import LATENCY_BATCH, Cost, parse_budget
-from autotune.trial.flips import Flips, flip_limit
+from autotune.trial.flips import Flips, flip_limit, flip_violation
 
 
 @dataclass
@@ -56,6 +56,11 @@ class Budgets:
                 )
             if budget is not None:
                 self.limits[what] = parse_budget(budget, getattr(source, what), what)
+
+    def baseline_flips(self) -> dict[str, float]:
+        """The source model's flip constraint: it breaks nothing, so it is within any budget."""
+        limit = self.max_flips
+        return {} if limit is None else {"constraints:flips": flip_violation(0, limit)}
 
     def violations(self, cost: Cost) -> dict[str, float]:
         """Constraint values: positive is over budget (by that fraction of the budget)."""

@@ -57,7 +57,7 @@ from autotune.search.trials import (
 )
 from autotune.trial.cost import Cost, measure
 from autotune.trial.fit import configure_threads, evaluate
-from autotune.trial.flips import count_flips, flip_violation
+from autotune.trial.flips import count_flips
 
 MAX_FAILS_IN_A_ROW = 5
 POLL_SECONDS = 1.0  # how often a worker looks whether others' trials have ended
@@ -195,14 +195,9 @@ class Search:
                 system_attrs={
                     f"constraints:{k}": v for k, v in self.budgets.violations(self.original).items()
                 }
-                | self._baseline_flips(),
+                | self.budgets.baseline_flips(),
             )
         )
-
-    def _baseline_flips(self) -> dict[str, float]:
-        """The source model's flip constraint: it breaks nothing, so it is within any budget."""
-        limit = self.budgets.max_flips
-        return {} if limit is None else {"constraints:flips": flip_violation(0, limit)}
 
     def add_seeds(self, study: optuna.Study) -> None:
         """Enqueue the standard recipe unless the study has it (a recipe trial stopped by
