@@ -155,11 +155,13 @@ def search(
             said = f"space: {space} ({why}; --space default fine-tunes only)"
             console.print(said, highlight=False)
         the_space = space if isinstance(space, SearchSpace) else load_space(space)
+        display = LiveLeaderboard(console, the_settings.metric, the_settings.trials)
+        run = Search(
+            job, the_space, the_settings, console=console, command=command, display=display
+        )
     except BaseException:
         remove_made(folder, made)  # refused before it began: no empty output folder left
         raise
-    display = LiveLeaderboard(console, the_settings.metric, the_settings.trials)
-    run = Search(job, the_space, the_settings, console=console, command=command, display=display)
     try:
         try:
             study = run.run()

@@ -236,6 +236,11 @@ def test_rerun_continues_instead_of_starting_over(searched: Path) -> None:
             ["search", "--model", "demo", "--num-classes", "5"],
             "--num-classes 5 does not apply to --model demo",
         ),
+        (
+            ["search", "--model", "demo", "--max-params", "10"],
+            "--max-params '10' allows 10 parameters, fewer than the smallest model this space can "
+            "build has (at least 58 of the source's 40,618",
+        ),
         (["search", "--model", "x.pt"], "--data is missing"),
         (["export", "--out", "no/such/run"], "no study in 'no/such/run'"),
     ],

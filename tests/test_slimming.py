@@ -153,6 +153,90 @@ def test_an_unreadable_or_empty_budget_is_refused_before_any_work(
     assert not (tmp_path / "analysis").exists() and not (tmp_path / "checkpoints").exists()
 
 
+SLIMS = {"lr": 1e-2, "prune": {"low": 0.0, "high": 0.8}, "analysis": ANALYSIS}
+
+
+@pytest.mark.parametrize(
+    ("space", "budget", "refusal"),
+    [
+        # A share of the source's 1,443 parameters that comes to less than one.
+        (SLIMS, "1e-9", "--max-params '1e-9' allows no params at all (that share of the source"),
+        # Below what no pruning step removes (the classifier's outputs and biases among them).
+        (
+            SLIMS,
+            "10",
+            "--max-params '10' allows 10 parameters, fewer than the smallest model this space "
+            "can build has (at least 17 of the source's 1,443",
+        ),
+        (
+            {"lr": 1e-2},
+            "50%",
+            "--max-params '50%' allows 721 parameters, but the search space removes nothing "
+            "from this model, so every model it builds has the source's 1,443",
+        ),
+    ],
+)
+def test_a_parameter_budget_no_model_of_the_space_meets_is_refused_before_the_analysis(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, space: dict, budget: str, refusal: str
+) -> None:
+    import re
+
+    from autotune import AutotuneError
+    from autotune.search import runner
+
+    def analysed(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the analysis ran")
+
+    monkeypatch.setattr(runner, "run_analyses", analysed)
+    out = tmp_path / "out"
+    with pytest.raises(AutotuneError, match=re.escape(refusal)) as refused:
+        search(
+            _mlp(), _wide_data(), space=space, trials=2, out=out, console=_quiet(),
+            max_params=budget,
+        )  # fmt: skip
+    assert "raise --max-params" in str(refused.value) or "raise it" in str(refused.value)
+    assert not out.exists()  # refused before the search began: no folder left
+
+
+def test_no_model_a_space_builds_is_smaller_than_its_floor() -> None:
+    """The floor is a bound the trials never go under, whatever the rankings say and however
+    far each layer is pruned: globally, per layer, with as many input features gone as may go."""
+    import numpy as np
+
+    from autotune.config import TrialConfig
+    from autotune.load.models import load_model
+    from autotune.rank.analysis import Analysis
+    from autotune.rank.gates import sites
+    from autotune.search.size_floor import smallest_params
+    from autotune.search.space import load_space
+    from autotune.trial.build import build
+
+    prunes = {"prune": {"low": 0.0, "high": 0.9}, "prune_scope": ["layer", "global"]}
+    drops = {**prunes, "drop_features": {"low": 0.0, "high": 0.9}}
+    gen = np.random.default_rng(0)
+    for model, x, space in (
+        (_mlp(), torch.randn(2, 8), load_space(drops)),
+        (load_model("demo").module, torch.randn(2, 1, 8, 8), load_space(prunes)),
+    ):
+        floor = smallest_params(model, space, x)
+        assert floor is not None and not floor.exact
+        found = [site for site in sites(model, x) if site.prunable]
+        drop = 0.9 if space.may_be_nonzero("drop_features") else 0.0
+        for i in range(6):
+            # Skewed rankings: a global ranking then leaves some layers a unit or two.
+            channels = {s.layer: list(gen.random(s.channels) ** (1 + 4 * i)) for s in found}
+            analysis = Analysis("shap", channels, None, list(gen.random(8)) if drop else None)
+            per_layer = {s.layer: float(gen.choice([0.0, 0.5, 0.9])) for s in found}
+            for config in (
+                TrialConfig(prune=0.9, prune_scope="global", drop_features=drop),
+                TrialConfig(prune=0.9, drop_features=drop),
+                TrialConfig(prune=0.3 * (i % 3), prune_scope="global"),
+                TrialConfig(prune_layers=per_layer, drop_features=drop),
+            ):
+                built, _ = build(model, config, {"shap": analysis}, x)
+                assert sum(p.numel() for p in built.parameters()) >= floor.params, config
+
+
 def test_a_slimming_only_space_starts_with_the_rankings_seeds(tmp_path: Path) -> None:
     space = {
         "lr": 1e-2,

@@ -35,6 +35,7 @@ from autotune.search.resume_store import ResumeStore, checkpoint_kept
 from autotune.search.seeds import recipe, seed_configs
 from autotune.search.selection import SELECT
 from autotune.search.shared import shared
+from autotune.search.size_floor import check_params_budget
 from autotune.search.space import SearchSpace
 from autotune.search.stages import is_staged, judged_trials, tuning_space
 from autotune.search.study import (
@@ -82,6 +83,7 @@ class Search:
         self.space, notes = adapt_space(self.space, self.job)
         for note in notes:
             self.console.print(f"note: {note} of the search")
+        check_params_budget(self.settings, self.job, self.space)  # before analysis and trials
         self.maker = make_maker(self.job, self.settings)
         self.device = self.maker.device
         module = self.job.model.module

@@ -133,5 +133,8 @@ def parse_budget(text: str | float | int, original: int, what: str) -> int:
     """A size budget as an absolute count of ``original``'s unit (``budget_text.budget_limit``)."""
     limit = budget_limit(text, original, what)
     if limit < 1:
-        raise AutotuneError(f"--max-{what} {text!r} allows no {what} at all: raise it")
+        raise AutotuneError(
+            f"--max-{what} {text!r} allows no {what} at all (that share of the source model's "
+            f"{original:,} comes to {limit:.2g}): raise it"
+        )
     return int(limit)

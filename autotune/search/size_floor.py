@@ -1,0 +1,109 @@
+"""The fewest parameters a model of a search space can have, and the refusal of a
+``--max-params`` budget below it: every trial would be over such a budget, so the search would
+run its analysis and all its trials to export nothing.
+
+The exact minimum depends on the rankings (a global ranking may leave one layer a single channel
+and another most of its own) and on how torch-pruning rounds each layer (a small layer asked to
+lose nearly all its channels loses none), so the floor is a bound no trial can go under instead:
+a copy of the model loses some of everything the space may remove (input features, channels of
+each prunable layer, heads of each attention module), and each dimension of a parameter counts
+as one unit where that copy shortened it (none where it kept none) and in full where it did not.
+What no pruning step touches (the classifier's outputs, layers the space never prunes, kernel
+sizes) is so counted in full.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from autotune.config import MAX_RATIO, SearchSettings
+from autotune.errors import AutotuneError
+from autotune.load.job import Job
+from autotune.rank.gates import sites
+from autotune.search.space import SearchSpace
+from autotune.search.values import RATIOS
+from autotune.trial.cost import parse_budget
+from autotune.trial.freeze import copy_model
+from autotune.trial.prune import drop_features, prune
+
+
+@dataclass(frozen=True)
+class Floor:
+    """A lower bound of the parameters of every model a space builds from a source model."""
+
+    params: int
+    exact: bool
+    """The space removes nothing from this model: every model it builds has ``params``."""
+
+
+def check_params_budget(settings: SearchSettings, job: Job, space: SearchSpace) -> None:
+    """Refuse ``settings.max_params`` before the analysis when it allows no parameter (a share
+    of the source that comes to less than one) or less than ``smallest_params``; ``space`` is
+    the space as the model takes it (``prepare.adapt_space``)."""
+    if settings.max_params is None:
+        return
+    module, text = job.model.module, settings.max_params
+    source = sum(p.numel() for p in module.parameters())
+    limit = parse_budget(text, source, "params")
+    floor = smallest_params(module, space, job.data.x_val[:2].cpu())
+    if floor is None or floor.params <= limit:
+        return
+    allows = f"--max-params {text!r} allows {limit:,} parameters"
+    if floor.exact:
+        raise AutotuneError(
+            f"{allows}, but the search space removes nothing from this model, so every model "
+            f"it builds has the source's {source:,}: raise --max-params, or search a space "
+            "that prunes"
+        )
+    raise AutotuneError(
+        f"{allows}, fewer than the smallest model this space can build has (at least "
+        f"{floor.params:,} of the source's {source:,}, which no pruning step removes): raise "
+        "--max-params (a share of the source is written 0.1 or 10%)"
+    )
+
+
+def smallest_params(module: nn.Module, space: SearchSpace, example: torch.Tensor) -> Floor | None:
+    """A bound no model of ``space`` goes under (see the module's docstring); None when the
+    copy cannot be cut down, which the trials that prune then fail on and say why."""
+    source = dict(module.named_parameters())
+    total = sum(p.numel() for p in source.values())
+    if not any(space.may_be_nonzero(name) for name in RATIOS):
+        return Floor(total, exact=True)
+    try:
+        probe = dict(_probe(module, space, example).named_parameters())
+    except Exception:  # torch-pruning fails on some models: a trial says why, as it always has
+        return None
+    floor = 0
+    for name, param in source.items():
+        cut = probe.get(name)
+        if cut is None or cut.ndim != param.ndim:
+            continue  # gone, or reshaped: no bound to read off it
+        # A dimension the probe shortened may keep as little as one unit in some trial (a
+        # channel, a head's width, an input feature), never less; none where the probe kept none.
+        floor += math.prod(
+            d if d == c else min(c, 1) for d, c in zip(param.shape, cut.shape, strict=True)
+        )
+    return Floor(floor, exact=floor == total)
+
+
+def _probe(module: nn.Module, space: SearchSpace, example: torch.Tensor) -> nn.Module:
+    """A copy of ``module`` that lost the most input features a trial drops (where the space
+    drops them) and half of each prunable layer's channels and heads (where it prunes): every
+    dimension any trial can shorten is shorter here, since a layer of two units or more loses
+    one at half, and as short as any trial makes it where that is no unit at all."""
+    found = sites(module, example)
+    model = copy_model(module).cpu()
+    if space.may_be_nonzero("drop_features"):
+        count = example.shape[1]
+        keep = list(range(round(MAX_RATIO * count), count))  # as ``trial.build`` caps it
+        drop_features(model, keep, example)
+        example = example[:, keep]
+    if space.may_be_nonzero("prune") or space.may_be_nonzero("prune_layers"):
+        scores = {site.layer: np.zeros(site.channels) for site in found if site.prunable}
+        prune(model, scores, example, ratio=0.5)
+    return model
