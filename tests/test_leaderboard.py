@@ -300,6 +300,20 @@ def test_after_a_tighter_budget_the_leaderboard_report_and_export_agree(
     assert "over the search's budgets" in (tmp_path / "asked" / "README.md").read_text()
 
 
+def test_a_trial_over_the_latest_budget_is_marked_over_and_ranked_after_the_rest() -> None:
+    from autotune.search.study import LIMITS
+
+    study = _study()  # the baseline and two trials at 1000 parameters
+    study.set_user_attr(LIMITS, {"params": 500.0})
+    board = Leaderboard.from_study(study, "accuracy")
+    console = Console(width=160, record=True, file=io.StringIO())
+    console.print(board)
+    text = console.export_text()
+    assert " ok " not in text and " over " in text
+    assert "over: over budget" in board.legend().plain
+    assert board.best() is None
+
+
 def test_the_legend_explains_slims_and_prune(slimmed_study: Path) -> None:
     from autotune.search.study import load_study
 
