@@ -241,6 +241,10 @@ def test_rerun_continues_instead_of_starting_over(searched: Path) -> None:
             "--max-params '10' allows 10 parameters, fewer than the smallest model this space can "
             "build has (at least 58 of the source's 40,618",
         ),
+        (
+            ["search", "--model", "demo", "--max-macs", "1e-12"],
+            "--max-macs '1e-12' allows no macs at all (that share of the source model's 635,658",
+        ),
         (["search", "--model", "x.pt"], "--data is missing"),
         (["export", "--out", "no/such/run"], "no study in 'no/such/run'"),
     ],

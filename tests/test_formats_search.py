@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import pytest
@@ -99,3 +100,34 @@ def test_a_torchscript_model_searches_without_the_structural_parameters(
     assert "'prune', 'unfreeze_order' are left out of the search" in text
     assert all("prune" not in t.params for t in result.study.trials)
     assert result.best is not None
+
+
+@pytest.mark.parametrize("kind", ["torchscript", "export"])
+@pytest.mark.parametrize(
+    ("option", "refusal"),
+    [
+        ({"max_macs": "50%"}, "--max-macs '50%' does not apply to model"),
+        ({"pareto": "macs"}, "--pareto macs does not apply to model"),
+    ],
+)
+def test_macs_of_a_program_are_refused_before_the_study_is_stored(
+    kind: str,
+    option: dict,
+    refusal: str,
+    tiny_model: torch.nn.Module,
+    tiny_data: TaskData,
+    tmp_path: Path,
+) -> None:
+    from autotune.errors import AutotuneError
+
+    path = tmp_path / f"m.{'pt2' if kind == 'export' else 'pt'}"
+    _save(kind, tiny_model, path)
+    out = tmp_path / "out"
+    with pytest.raises(AutotuneError, match=re.escape(refusal)) as refused:
+        search(ModelSpec(str(path)), tiny_data, space=SPACE, trials=1, out=out, **option)
+    said = str(refused.value)
+    assert "cannot be counted" in said and ("--max-params" in said or "--pareto params" in said)
+    assert not out.exists()  # no study stored: the same search without the option is no change
+    quiet = Console(file=io.StringIO())
+    again = search(ModelSpec(str(path)), tiny_data, space=SPACE, trials=1, out=out, console=quiet)
+    assert again.best is not None

@@ -198,6 +198,55 @@ def test_a_parameter_budget_no_model_of_the_space_meets_is_refused_before_the_an
     assert not out.exists()  # refused before the search began: no folder left
 
 
+@pytest.mark.parametrize(
+    ("space", "budget", "refusal"),
+    [
+        # A share of the source's 1,507 MACs per sample that comes to less than one.
+        (SLIMS, "1e-9", "--max-macs '1e-9' allows no macs at all (that share of the source"),
+        (
+            {"lr": 1e-2},
+            "50%",
+            "--max-macs '50%' allows 753 MACs, but the search space removes nothing from this "
+            "model, so every model it builds has the source's 1,507",
+        ),
+    ],
+)
+def test_a_macs_budget_no_model_of_the_space_meets_is_refused_before_the_analysis(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, space: dict, budget: str, refusal: str
+) -> None:
+    import re
+
+    from autotune import AutotuneError
+    from autotune.search import runner
+
+    def analysed(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the analysis ran")
+
+    monkeypatch.setattr(runner, "run_analyses", analysed)
+    out = tmp_path / "out"
+    with pytest.raises(AutotuneError, match=re.escape(refusal)) as refused:
+        search(
+            _mlp(), _wide_data(), space=space, trials=2, out=out, console=_quiet(),
+            max_macs=budget,
+        )  # fmt: skip
+    assert "raise --max-macs" in str(refused.value) or "raise it" in str(refused.value)
+    assert not out.exists()  # refused before the study was stored: no folder left
+
+
+def test_a_space_that_removes_nothing_builds_models_of_the_source_macs() -> None:
+    """What a trial that removes no unit changes (a Dropout added before the classifier, the
+    layers it trains) leaves the MACs as the source's: the floor of --max-macs for such a space."""
+    from autotune.config import TrialConfig
+    from autotune.trial.build import build
+    from autotune.trial.cost import count_macs
+
+    model, x = _mlp(), torch.randn(2, 8)
+    for config in (TrialConfig(dropout=0.3), TrialConfig(unfreeze=1, loss="distill")):
+        built, _ = build(model, config, {}, x)
+        assert any(isinstance(m, nn.Dropout) for m in built.modules()) == bool(config.dropout)
+        assert count_macs(built, x) == count_macs(model, x) == 1507
+
+
 def test_no_model_a_space_builds_is_smaller_than_its_floor() -> None:
     """The floor is a bound the trials never go under, whatever the rankings say and however
     far each layer is pruned: globally, per layer, with as many input features gone as may go."""

@@ -8,7 +8,6 @@ from typing import Any
 
 from autotune.budget_text import latency_budget
 from autotune.config import SearchSettings
-from autotune.errors import AutotuneError
 from autotune.search.study import within_limits
 from autotune.trial.cost import LATENCY_BATCH, Cost, parse_budget
 from autotune.trial.flips import Flips, flip_limit, flip_violation
@@ -39,21 +38,16 @@ class Budgets:
             budgets.max_flips = flip_limit(settings.max_flips, val_samples)
         return budgets
 
-    def resolve(self, settings: SearchSettings, source: Cost, model_format: str) -> None:
-        """Set the limits given relative to the source model, measured as ``source``."""
+    def resolve(self, settings: SearchSettings, source: Cost) -> None:
+        """Set the limits given relative to the source model, measured as ``source``. A size
+        budget that allows none, and MACs asked of a model whose MACs cannot be counted, were
+        refused before the analysis (``search.size_floor``)."""
         if settings.max_latency is not None:
             number, unit = latency_budget(settings.max_latency)
             assert source.latency_ms is not None  # the source is always timed
             self.limits["latency_ratio"] = number if unit == "x" else number / source.latency_ms
         for what in ("params", "macs"):
             budget = getattr(settings, f"max_{what}")
-            if budget is None and settings.pareto != what:
-                continue
-            if getattr(source, what) is None:
-                raise AutotuneError(
-                    f"{what} of a {model_format} model cannot be counted, so there is no "
-                    f"--max-{what} or --pareto {what} for it: use params"
-                )
             if budget is not None:
                 self.limits[what] = parse_budget(budget, getattr(source, what), what)
 

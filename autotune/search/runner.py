@@ -35,7 +35,7 @@ from autotune.search.resume_store import ResumeStore, checkpoint_kept
 from autotune.search.seeds import recipe, seed_configs
 from autotune.search.selection import SELECT
 from autotune.search.shared import shared
-from autotune.search.size_floor import check_params_budget
+from autotune.search.size_floor import check_macs_budget, check_params_budget
 from autotune.search.space import SearchSpace
 from autotune.search.stages import is_staged, judged_trials, tuning_space
 from autotune.search.study import (
@@ -84,6 +84,7 @@ class Search:
         for note in notes:
             self.console.print(f"note: {note} of the search")
         check_params_budget(self.settings, self.job, self.space)  # before analysis and trials
+        self.source_macs = check_macs_budget(self.settings, self.job, self.space)  # and the study
         self.maker = make_maker(self.job, self.settings)
         self.device = self.maker.device
         module = self.job.model.module
@@ -141,10 +142,11 @@ class Search:
                 wait = 0.0 if machine_index() == 0 else BASELINE_WAIT
                 shared(study, self.job, self.space, run, wait)
         module = self.job.model.module.to(self.device)
-        measured = measure(module, self.maker.data.x_val, batch=self.budgets.latency_batch)
+        batch, macs = self.budgets.latency_batch, self.source_macs  # macs: counted once
+        measured = measure(module, self.maker.data.x_val, batch=batch, macs=macs)
         # The source against itself: the ratio trials are timed by, and the baseline's.
         self.original = dataclasses.replace(measured, latency_ratio=1.0, ratio_spread=0.0)
-        self.budgets.resolve(self.settings, self.original, self.job.model.format)
+        self.budgets.resolve(self.settings, self.original)
 
     # -- the study -----------------------------------------------------------------------
 

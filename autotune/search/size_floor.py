@@ -1,6 +1,7 @@
 """The fewest parameters a model of a search space can have, and the refusal of a
 ``--max-params`` budget below it: every trial would be over such a budget, so the search would
-run its analysis and all its trials to export nothing.
+run its analysis and all its trials to export nothing. A ``--max-macs`` or ``--pareto macs``
+is checked at the same point (``check_macs_budget``), before the study is stored.
 
 The exact minimum depends on the rankings (a global ranking may leave one layer a single channel
 and another most of its own) and on how torch-pruning rounds each layer (a small layer asked to
@@ -27,7 +28,7 @@ from autotune.load.job import Job
 from autotune.rank.gates import sites
 from autotune.search.space import SearchSpace
 from autotune.search.values import RATIOS
-from autotune.trial.cost import parse_budget
+from autotune.trial.cost import count_macs, parse_budget
 from autotune.trial.freeze import copy_model
 from autotune.trial.prune import drop_features, prune
 
@@ -65,6 +66,44 @@ def check_params_budget(settings: SearchSettings, job: Job, space: SearchSpace) 
         f"{floor.params:,} of the source's {source:,}, which no pruning step removes): raise "
         "--max-params (a share of the source is written 0.1 or 10%)"
     )
+
+
+def check_macs_budget(settings: SearchSettings, job: Job, space: SearchSpace) -> int | None:
+    """Refuse ``--max-macs`` or ``--pareto macs`` before the analysis where the source's MACs
+    cannot be counted (a TorchScript or torch.export program), and a ``--max-macs`` that allows
+    no MAC or, for a space that removes nothing, fewer than the source has. Returns the source's
+    MACs where either option asks for them, else None: the search measures the source with
+    this count rather than count again.
+
+    A space that prunes gets no floor here: the op counter applies each module kind's own
+    formula (output positions, an attention's inner width), which the weights' shapes the
+    params floor reads do not bound for every kind."""
+    if settings.max_macs is None and settings.pareto != "macs":
+        return None
+    macs = count_macs(job.model.module, job.data.x_val)
+    if macs is None:
+        kind = PROGRAMS.get(job.model.format, "this model")
+        why = f"does not apply to model {job.model.path!r} (the MACs of {kind} cannot be counted)"
+        if settings.max_macs is None:
+            raise AutotuneError(f"--pareto macs {why}: use --pareto params")
+        raise AutotuneError(
+            f"--max-macs {settings.max_macs!r} {why}: drop --max-macs, or bound the parameters "
+            "with --max-params"
+        )
+    if settings.max_macs is None:
+        return macs
+    limit = parse_budget(settings.max_macs, macs, "macs")
+    if limit < macs and not any(space.may_be_nonzero(name) for name in RATIOS):
+        # What trials do without removing units (dropout, training) leaves the count as it is.
+        raise AutotuneError(
+            f"--max-macs {settings.max_macs!r} allows {limit:,} MACs, but the search space "
+            f"removes nothing from this model, so every model it builds has the source's "
+            f"{macs:,}: raise --max-macs, or search a space that prunes"
+        )
+    return macs
+
+
+PROGRAMS = {"torchscript": "a TorchScript model", "export": "a torch.export program"}
 
 
 def smallest_params(module: nn.Module, space: SearchSpace, example: torch.Tensor) -> Floor | None:

@@ -48,6 +48,7 @@ def measure(
     budget_s: float = TIMING_BUDGET_S,
     batch: int = LATENCY_BATCH,
     timed: bool = True,
+    macs: int | None = None,
 ) -> Cost:
     """Count and time ``model`` on ``example`` (its batch is cut or repeated to ``batch``
     samples), on the model's device (streamed inputs are read for just that batch). Untimed
@@ -58,6 +59,8 @@ def measure(
     alternation, so that a slow moment of the machine hits both alike; the ratio of each pair
     says how much faster the model is, and their spread how sure that is. The rounds stop
     after about ``budget_s`` seconds (at least ``MIN_REPEATS``, at most 100 times that).
+
+    ``macs``, counted before (``count_macs``), is taken as it is rather than counted again.
     """
     params = sum(p.numel() for p in model.parameters())
     runs = [(model, _batch(model, example, batch))]
@@ -67,8 +70,9 @@ def measure(
     for m, _ in runs:
         set_training(m, False)
     try:
-        with torch.no_grad():
-            macs = _count_macs(model, runs[0][1][:1])
+        if macs is None:
+            with torch.no_grad():
+                macs = _count_macs(model, runs[0][1][:1])
         times = _interleaved(runs, budget_s) if timed else []
     finally:
         for (m, _), training in zip(runs, was, strict=True):
@@ -118,6 +122,18 @@ def _timed(model: nn.Module, batch: torch.Tensor) -> float:
     if batch.is_cuda:
         torch.cuda.synchronize()
     return time.perf_counter() - start
+
+
+def count_macs(model: nn.Module, example: Inputs) -> int | None:
+    """``model``'s multiply-accumulates for one sample (``example``'s first), counted as
+    ``measure`` counts them, in eval mode; None where they cannot be counted."""
+    was = model.training
+    set_training(model, False)
+    try:
+        with torch.no_grad():
+            return _count_macs(model, example[:1].to(device_of(model, example.device)))
+    finally:
+        set_training(model, was)
 
 
 def _count_macs(model: nn.Module, example: torch.Tensor) -> int | None:
