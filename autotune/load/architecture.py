@@ -1,0 +1,86 @@
+"""What ``--arch`` and ``--num-classes`` mean: the network a state_dict's weights are loaded
+into, built from torchvision, an importable module or a user's Python file (imported as a
+``--code`` file is).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from autotune.errors import ModelLoadError
+
+
+def import_code(path: str | Path, option: str = "--code") -> types.ModuleType:
+    """Import a user's Python file under its own name, so pickles and ``--arch`` can find it.
+
+    Its folder joins ``sys.path``, so that its imports of the files beside it resolve as when
+    the user runs it; at the end, so that a file there never shadows an installed package.
+    ``option`` is the flag that named the file, for the errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"{option} file {str(path)!r} does not exist: pass a Python file")
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    if spec is None or spec.loader is None:
+        raise ModelLoadError(f"{option} file {str(path)!r} is not an importable Python file")
+    folder = str(path.resolve().parent)
+    if folder not in sys.path:
+        sys.path.append(folder)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:
+        del sys.modules[path.stem]
+        raise ModelLoadError(
+            f"importing {option} file {str(path)!r} failed: {e!r}; fix the file, or put the "
+            "modules it imports on PYTHONPATH"
+        ) from e
+    return module
+
+
+def build_arch(arch: str, num_classes: int | None = None) -> nn.Module:
+    """Build an untrained network from ``torchvision:NAME`` or ``module:ClassName``."""
+    if ":" not in arch:
+        raise ModelLoadError(
+            f"--arch {arch!r} is not of the form torchvision:NAME or package.module:ClassName"
+        )
+    where, name = arch.rsplit(":", 1)
+    kwargs: dict[str, Any] = {} if num_classes is None else {"num_classes": num_classes}
+    if where == "torchvision":
+        import torchvision
+
+        available = torchvision.models.list_models(module=torchvision.models)
+        if name not in available:
+            close = [m for m in available if m.startswith(name[:3])][:6]
+            raise ModelLoadError(
+                f"--arch {arch!r}: torchvision has no model {name!r} "
+                f"(for example {close or available[:6]})"
+            )
+        return torchvision.models.get_model(name, weights=None, **kwargs)
+    if where.endswith(".py"):
+        module = import_code(where, option="--arch")
+    else:
+        try:
+            module = importlib.import_module(where)
+        except ImportError as e:
+            raise ModelLoadError(
+                f"--arch {arch!r}: cannot import {where!r} ({e}); put it on PYTHONPATH or pass "
+                "--code path/to/file.py"
+            ) from e
+    cls = getattr(module, name, None)
+    if cls is None:
+        raise ModelLoadError(f"--arch {arch!r}: module {where!r} defines no {name!r}")
+    try:
+        net = cls(**kwargs)
+    except TypeError as e:
+        raise ModelLoadError(f"--arch {arch!r}: cannot build it with {kwargs}: {e}") from e
+    if not isinstance(net, nn.Module):
+        raise ModelLoadError(f"--arch {arch!r} builds a {type(net).__name__}, not an nn.Module")
+    return net
