@@ -239,6 +239,67 @@ def test_a_demo_study_that_recorded_an_arch_is_rebuilt_without_it() -> None:
     assert job.model.arch == "autotune.load.demo:DigitsCNN"
 
 
+OWN_NETWORK = {
+    "torchscript": "a TorchScript archive",
+    "export": "a torch.export program",
+    "pickle": "a pickled module",
+}
+
+
+def _save_whole(kind: str, model: torch.nn.Module, folder: Path) -> Path:
+    """``model`` in a file of format ``kind``: one that holds its network, not only weights."""
+    path = folder / f"m.{'pt2' if kind == 'export' else 'pt'}"
+    if kind == "torchscript":
+        torch.jit.save(torch.jit.script(model), str(path))
+    elif kind == "export":
+        batch = ({0: torch.export.Dim.AUTO},)
+        torch.export.save(torch.export.export(model, (X,), dynamic_shapes=batch), path)
+    else:
+        torch.save(model, path)
+    return path
+
+
+@pytest.mark.parametrize("kind", list(OWN_NETWORK))
+@pytest.mark.parametrize(
+    "option", [["--arch", "torchvision:resnet18"], ["--num-classes", "5"]], ids=["arch", "classes"]
+)
+def test_an_arch_or_class_count_given_with_a_model_that_holds_its_network_is_refused(
+    kind: str, option: list[str], tiny_model: torch.nn.Module, tensors_file: Path, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from autotune.cli import app
+
+    path, out = _save_whole(kind, tiny_model, tmp_path), tmp_path / "out"
+    trust = ["--trust-model"] if kind == "pickle" else []
+    args = ["search", "--model", str(path), *option, *trust, "--data", str(tensors_file)]
+    result = CliRunner().invoke(app, [*args, "--trials", "1", "--epochs", "1", "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    (line,) = result.output.strip().splitlines()
+    flag, value = option[0], repr(option[1]) if option[0] == "--arch" else option[1]
+    said = f"{flag} {value} does not apply to model {str(path)!r} ({OWN_NETWORK[kind]} holds its"
+    assert line.startswith(f"error: {said} own architecture")
+    assert line.endswith(f": drop {flag}")
+    assert not out.exists()  # refused as the model loads, before the data, analysis or study
+
+
+@pytest.mark.parametrize("kind", list(OWN_NETWORK))
+def test_a_study_that_recorded_an_arch_its_model_never_used_is_rebuilt_without_it(
+    kind: str, tiny_model: torch.nn.Module, tensors_file: Path, tmp_path: Path
+) -> None:
+    """Studies searched before --arch was refused for these formats stored it, ignored: export
+    rebuilds them without it, and without asking to trust the code it names."""
+    from autotune.load.job import Job
+
+    path = _save_whole(kind, tiny_model, tmp_path)
+    model = {"path": str(path), "format": kind, "arch": "net.py:Net", "num_classes": 3}
+    job = Job.from_record(
+        {"model": model, "data": {"spec": str(tensors_file)}}, trust_model=kind == "pickle"
+    )
+    assert job.model.format == kind and job.model.arch is None
+    assert _same_outputs(job.model.module, tiny_model)
+
+
 def test_the_command_line_names_the_pickled_object_of_a_state_dict(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 

@@ -1,6 +1,7 @@
 """What ``--arch`` and ``--num-classes`` mean: the network a state_dict's weights are loaded
 into, built from torchvision, an importable module or a user's Python file (imported as a
-``--code`` file is).
+``--code`` file is); and their refusal for a model file that holds its own network, which would
+silently ignore them.
 """
 
 from __future__ import annotations
@@ -15,6 +16,35 @@ from typing import Any
 from torch import nn
 
 from autotune.errors import ModelLoadError
+
+OWN_NETWORK = {
+    "torchscript": "a TorchScript archive",
+    "export": "a torch.export program",
+    "pickle": "a pickled module",
+}
+"""The model formats that hold their own network, and how a message names each."""
+
+
+def given(arch: str | None, num_classes: int | None) -> tuple[str, object] | None:
+    """The first of ``--arch`` and ``--num-classes`` given, as (flag, value); None if neither."""
+    options = (("--arch", arch), ("--num-classes", num_classes))
+    return next(((flag, v) for flag, v in options if v is not None), None)
+
+
+def refuse_with_own_network(
+    path: str, model_format: str, arch: str | None, num_classes: int | None
+) -> None:
+    """Refuse ``--arch`` or ``--num-classes`` for a model file of a format that holds its own
+    network (``OWN_NETWORK``): neither can change what it builds, so each would be ignored."""
+    found = given(arch, num_classes)
+    if found is None:
+        return
+    flag, value = found
+    holds = "its own architecture" + (", its number of classes included" if arch is None else "")
+    raise ModelLoadError(
+        f"{flag} {value!r} does not apply to model {path!r} ({OWN_NETWORK[model_format]} holds "
+        f"{holds}): drop {flag}"
+    )
 
 
 def import_code(path: str | Path, option: str = "--code") -> types.ModuleType:

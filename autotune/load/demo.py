@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from autotune.errors import ModelLoadError
+from autotune.load.architecture import given
 from autotune.paths import cache_dir, write_atomically
 
 DEMO_ARCH = "autotune.load.demo:DigitsCNN"
@@ -75,11 +76,9 @@ def demo_model(arch: str | None = None, num_classes: int | None = None) -> tuple
     """The demo model's file and architecture, building them on first use. The demo is one
     fixed network of 10 classes: an ``--arch`` or ``--num-classes`` given with it can change
     nothing (or only fail on its weights), so each is refused by name."""
-    given = [
-        (flag, v) for flag, v in (("--arch", arch), ("--num-classes", num_classes)) if v is not None
-    ]
-    if given:
-        flag, value = given[0]
+    found = given(arch, num_classes)
+    if found is not None:
+        flag, value = found
         raise ModelLoadError(
             f"{flag} {value!r} does not apply to --model demo (the built-in demo model, a "
             f"digits CNN of 10 classes): drop {flag}, or give a model file"

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from autotune.errors import DataError, ModelLoadError
+from autotune.load.architecture import OWN_NETWORK
 from autotune.load.attention import split_attention
 from autotune.load.data import check_model_fits, load_data
 from autotune.load.images import model_normalization
@@ -181,8 +182,9 @@ class Job:
         model_fields = {f.name for f in dataclasses.fields(ModelSpec)}
         data_fields = {f.name for f in dataclasses.fields(DataSpec)}
         model = record["model"]
-        if model.get("path") == "demo":  # an --arch or --num-classes it never used, stored
-            # before ``demo_model`` refused them: export goes on without them
+        if model.get("path") == "demo" or model.get("format") in OWN_NETWORK:
+            # An --arch or --num-classes the model never used, stored before ``demo_model`` and
+            # ``load_model`` refused them: export goes on without them.
             model = {**model, "arch": None, "num_classes": None}
         if model.get("path") == "<in memory>" or record["data"].get("spec") == "<in memory>":
             raise ModelLoadError(

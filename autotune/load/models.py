@@ -24,7 +24,7 @@ from torch import nn
 
 from autotune.errors import ModelLoadError, unreadable_file
 from autotune.load.anatomy import set_training
-from autotune.load.architecture import build_arch, import_code
+from autotune.load.architecture import build_arch, import_code, refuse_with_own_network
 from autotune.load.demo import demo_model
 from autotune.load.trust import program_hazards, trust_needed
 
@@ -87,8 +87,10 @@ def load_model(
             f"model file {str(path)!r} {where}: pass the path of a model file "
             "(TorchScript, .pt2, state_dict or pickled module), or 'demo'"
         )
-    code_module = import_code(code) if code is not None else None
     kind = _sniff_format(path)
+    if kind != "torch.save":  # a program holds its network: --arch could change nothing
+        refuse_with_own_network(str(path), kind, arch, num_classes)
+    code_module = import_code(code) if code is not None else None
     if kind == "torchscript":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
@@ -171,6 +173,7 @@ def _load_pickle_file(
             raise ModelLoadError(
                 f"{str(path)!r} unpickles to a {type(obj).__name__}, not a torch.nn.Module"
             ) from e
+        refuse_with_own_network(str(path), "pickle", arch, num_classes)
         return LoadedModel(obj, str(path), "pickle", file_sha256(path))
     except (RuntimeError, OSError, EOFError, ValueError) as e:
         raise _unreadable(path, e) from e
