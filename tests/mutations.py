@@ -247,6 +247,18 @@ MUTATIONS: dict[str, tuple[str, str, str, str]] = {
         "                dynamic_shapes=None,\n",
         "tests/test_onnx.py::test_the_onnx_model_matches_pytorch_at_any_batch_size",
     ),
+    "a --max-params no model can meet searched anyway": (
+        "autotune/search/size_floor.py",
+        "    if floor is None or floor.params <= limit:\n",
+        "    if True:\n",
+        "tests/test_slimming.py::test_a_parameter_budget_no_model_of_the_space_meets_is_refused_before_the_analysis",
+    ),
+    "the parameter floor above what a trial reaches": (
+        "autotune/search/size_floor.py",
+        "            d if d == c else min(c, 1) for d, c in zip(param.shape, cut.shape, strict=True)\n",
+        "            d if d == c else c for d, c in zip(param.shape, cut.shape, strict=True)\n",
+        "tests/test_slimming.py::test_no_model_a_space_builds_is_smaller_than_its_floor",
+    ),
 }
 
 
