@@ -255,7 +255,8 @@ MUTATIONS: dict[str, tuple[str, str, str, str]] = {
     ),
     "the parameter floor above what a trial reaches": (
         "autotune/search/size_floor.py",
-        "            d if d == c else min(c, 1) for d, c in zip(param.shape, cut.shape, strict=True)\n",
+        "            d if d == c else min(c, 1) "
+        "for d, c in zip(param.shape, cut.shape, strict=True)\n",
         "            d if d == c else c for d, c in zip(param.shape, cut.shape, strict=True)\n",
         "tests/test_slimming.py::test_no_model_a_space_builds_is_smaller_than_its_floor",
     ),
