@@ -136,6 +136,26 @@ if __name__ == "__main__":
 """
 
 
+def test_a_trusted_training_checkpoint_is_read_for_its_state_dict(tmp_path: Path) -> None:
+    import argparse
+
+    code = tmp_path / "usernet.py"
+    code.write_text(_USER_CODE)
+    arch = f"{code}:UserNet"
+    weights = {"fc.weight": torch.randn(3, 8), "fc.bias": torch.randn(3)}
+    path = tmp_path / "checkpoint.pt"
+    # A training script's checkpoint: the weights beside the run's arguments.
+    torch.save({"state_dict": weights, "args": argparse.Namespace(lr=0.1)}, path)
+    with pytest.raises(ModelLoadError, match=r"argparse.Namespace.*--trust-model"):
+        load_model(path, arch=arch)
+    loaded = load_model(path, arch=arch, trust_model=True)
+    assert loaded.format == "state_dict"
+    assert torch.equal(loaded.module.state_dict()["fc.weight"], weights["fc.weight"])
+    torch.save({"args": argparse.Namespace(lr=0.1)}, path)
+    with pytest.raises(ModelLoadError, match="neither a state_dict nor a module"):
+        load_model(path, arch=arch, trust_model=True)
+
+
 def test_pickled_module_from_user_script_loads_with_code(tmp_path: Path) -> None:
     code = tmp_path / "usernet.py"
     code.write_text(textwrap.dedent(_USER_CODE))

@@ -169,12 +169,11 @@ def _load_pickle_file(
         if not trust_model:
             raise trust_needed(str(path), f"holds a pickled Python object ({found})") from e
         obj = _read_trusted(path, code_module)
-        if not isinstance(obj, nn.Module):
-            raise ModelLoadError(
-                f"{str(path)!r} unpickles to a {type(obj).__name__}, not a torch.nn.Module"
-            ) from e
-        refuse_with_own_network(str(path), "pickle", arch, num_classes)
-        return LoadedModel(obj, str(path), "pickle", file_sha256(path))
+        if isinstance(obj, nn.Module):
+            refuse_with_own_network(str(path), "pickle", arch, num_classes)
+            return LoadedModel(obj, str(path), "pickle", file_sha256(path))
+        # Else a training checkpoint, mostly: the weights beside objects the safe reader
+        # refuses (an argparse Namespace, a scheduler), read as any state_dict is.
     except (RuntimeError, OSError, EOFError, ValueError) as e:
         raise _unreadable(path, e) from e
     state = _find_state_dict(obj)
