@@ -251,7 +251,7 @@ MUTATIONS: dict[str, tuple[str, str, str, str]] = {
         "autotune/search/size_floor.py",
         "    if floor is None or floor.params <= limit:\n",
         "    if True:\n",
-        "tests/test_slimming.py::test_a_parameter_budget_no_model_of_the_space_meets_is_refused_before_the_analysis",
+        "tests/test_slimming.py::test_a_size_budget_no_model_of_the_space_meets_is_refused_before_the_analysis",
     ),
     "the parameter floor above what a trial reaches": (
         "autotune/search/size_floor.py",

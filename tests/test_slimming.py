@@ -157,53 +157,29 @@ SLIMS = {"lr": 1e-2, "prune": {"low": 0.0, "high": 0.8}, "analysis": ANALYSIS}
 
 
 @pytest.mark.parametrize(
-    ("space", "budget", "refusal"),
+    ("option", "space", "budget", "refusal"),
     [
         # A share of the source's 1,443 parameters that comes to less than one.
-        (SLIMS, "1e-9", "--max-params '1e-9' allows no params at all (that share of the source"),
+        ("params", SLIMS, "1e-9", "--max-params '1e-9' allows no params at all (that share of"),
         # Below what no pruning step removes (the classifier's outputs and biases among them).
         (
+            "params",
             SLIMS,
             "10",
             "--max-params '10' allows 10 parameters, fewer than the smallest model this space "
             "can build has (at least 17 of the source's 1,443",
         ),
         (
+            "params",
             {"lr": 1e-2},
             "50%",
             "--max-params '50%' allows 721 parameters, but the search space removes nothing "
             "from this model, so every model it builds has the source's 1,443",
         ),
-    ],
-)
-def test_a_parameter_budget_no_model_of_the_space_meets_is_refused_before_the_analysis(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, space: dict, budget: str, refusal: str
-) -> None:
-    import re
-
-    from autotune import AutotuneError
-    from autotune.search import runner
-
-    def analysed(*args: object, **kwargs: object) -> None:
-        raise AssertionError("the analysis ran")
-
-    monkeypatch.setattr(runner, "run_analyses", analysed)
-    out = tmp_path / "out"
-    with pytest.raises(AutotuneError, match=re.escape(refusal)) as refused:
-        search(
-            _mlp(), _wide_data(), space=space, trials=2, out=out, console=_quiet(),
-            max_params=budget,
-        )  # fmt: skip
-    assert "raise --max-params" in str(refused.value) or "raise it" in str(refused.value)
-    assert not out.exists()  # refused before the search began: no folder left
-
-
-@pytest.mark.parametrize(
-    ("space", "budget", "refusal"),
-    [
         # A share of the source's 1,507 MACs per sample that comes to less than one.
-        (SLIMS, "1e-9", "--max-macs '1e-9' allows no macs at all (that share of the source"),
+        ("macs", SLIMS, "1e-9", "--max-macs '1e-9' allows no macs at all (that share of the"),
         (
+            "macs",
             {"lr": 1e-2},
             "50%",
             "--max-macs '50%' allows 753 MACs, but the search space removes nothing from this "
@@ -211,8 +187,13 @@ def test_a_parameter_budget_no_model_of_the_space_meets_is_refused_before_the_an
         ),
     ],
 )
-def test_a_macs_budget_no_model_of_the_space_meets_is_refused_before_the_analysis(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, space: dict, budget: str, refusal: str
+def test_a_size_budget_no_model_of_the_space_meets_is_refused_before_the_analysis(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    option: str,
+    space: dict,
+    budget: str,
+    refusal: str,
 ) -> None:
     import re
 
@@ -227,9 +208,9 @@ def test_a_macs_budget_no_model_of_the_space_meets_is_refused_before_the_analysi
     with pytest.raises(AutotuneError, match=re.escape(refusal)) as refused:
         search(
             _mlp(), _wide_data(), space=space, trials=2, out=out, console=_quiet(),
-            max_macs=budget,
+            **{f"max_{option}": budget},
         )  # fmt: skip
-    assert "raise --max-macs" in str(refused.value) or "raise it" in str(refused.value)
+    assert f"raise --max-{option}" in str(refused.value) or "raise it" in str(refused.value)
     assert not out.exists()  # refused before the study was stored: no folder left
 
 
