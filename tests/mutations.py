@@ -229,9 +229,9 @@ MUTATIONS: dict[str, tuple[str, str, str, str]] = {
     ),
     "a trial over the latency budget exported": (
         "autotune/search/study.py",
-        '    sizes = {"params": rec.total_params, "macs": rec.macs, '
+        '    return {"params": rec.total_params, "macs": rec.macs, '
         '"latency_ratio": rec.latency_ratio}\n',
-        '    sizes = {"params": rec.total_params, "macs": rec.macs}\n',
+        '    return {"params": rec.total_params, "macs": rec.macs}\n',
         "tests/test_latency_budget.py::test_a_trial_over_the_latency_budget_is_never_exported",
     ),
     "a SIGTERM at the end of a search loses the bundle": (

@@ -6,9 +6,10 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autotune.errors import AutotuneError
+from autotune.search.budgets import over_words
 from autotune.search.record import TrialRecord
 from autotune.search.selection import chosen_trial
-from autotune.search.study import LIMITS, feasible
+from autotune.search.study import LIMITS, feasible, recorded_sizes
 
 STATES = {
     TrialState.FAIL: "failed",
@@ -69,18 +70,7 @@ def over_budgets(study: optuna.Study, trial: FrozenTrial) -> str | None:
     limits = study.user_attrs.get(LIMITS)
     if feasible(trial, limits):
         return None
-    rec = TrialRecord.from_trial(trial)
-    sizes = {"params": rec.total_params, "macs": rec.macs, "latency_ratio": rec.latency_ratio}
-    said = []
-    for what, cap in (limits or {}).items():
-        size = sizes.get(what)
-        name = "latency" if what == "latency_ratio" else what
-        if size is None:
-            said.append(f"{name} not measured")
-        elif size > cap and what == "latency_ratio":
-            said.append(f"latency {size:.2f}x > {cap:.2f}x the source's")
-        elif size > cap:
-            said.append(f"{what} {size:,} > {cap:,.0f}")
+    said = over_words(recorded_sizes(trial), limits or {})
     if trial.constraints.get("flips", 0.0) > 0:
         said.append("more negative flips than --max-flips allows")
     return ", ".join(said) or "over the budgets it ran under"

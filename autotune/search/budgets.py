@@ -61,18 +61,11 @@ class Budgets:
         return {k: getattr(cost, k) / limit - 1.0 for k, limit in self.limits.items()}
 
     def feasible(self, cost: Cost) -> bool:
-        sizes = {"params": cost.params, "macs": cost.macs, "latency_ratio": cost.latency_ratio}
-        return within_limits(sizes, self.limits)
+        return within_limits(cost_sizes(cost), self.limits)
 
     def over(self, cost: Cost) -> str:
         """The budgets ``cost`` exceeds, as a trial's stop reason says them."""
-        return ", ".join(
-            f"latency {cost.latency_ratio:.2f}x > {self.limits[k]:.2f}x the source's"
-            if k == "latency_ratio"
-            else f"{k} {getattr(cost, k):,} > {self.limits[k]:,.0f}"
-            for k, v in self.violations(cost).items()
-            if v > 0
-        )
+        return ", ".join(over_words(cost_sizes(cost), self.limits))
 
     def size_objective(self, cost: Cost, flips: Flips | None = None) -> list[float]:
         """The second objective of a Pareto study (a size, the negative flips or the latency
@@ -82,6 +75,26 @@ class Budgets:
         if self.pareto == "latency":
             return [float(cost.latency_ratio or 0.0)]
         return [float(getattr(cost, self.pareto))] if self.pareto else []
+
+
+def cost_sizes(cost: Cost) -> dict[str, float | None]:
+    """What the limits bound, by their names (``Budgets.limits``)."""
+    return {"params": cost.params, "macs": cost.macs, "latency_ratio": cost.latency_ratio}
+
+
+def over_words(sizes: dict[str, float | None], limits: dict[str, float]) -> list[str]:
+    """Each of ``limits`` that ``sizes`` exceed (or did not measure), in words: a trial's stop
+    reason and an export of a trial over the budget say them alike."""
+    said = []
+    for what, cap in limits.items():
+        size = sizes.get(what)
+        if size is None:
+            said.append(f"{'latency' if what == 'latency_ratio' else what} not measured")
+        elif size > cap and what == "latency_ratio":
+            said.append(f"latency {size:.2f}x > {cap:.2f}x the source's")
+        elif size > cap:
+            said.append(f"{what} {size:,} > {cap:,.0f}")
+    return said
 
 
 def cost_attrs(cost: Cost) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from torch import nn
 
 from autotune.config import MAX_RATIO, SearchSettings
 from autotune.errors import AutotuneError
+from autotune.load.architecture import OWN_NETWORK
 from autotune.load.job import Job
 from autotune.rank.gates import sites
 from autotune.search.space import SearchSpace
@@ -82,7 +83,7 @@ def check_macs_budget(settings: SearchSettings, job: Job, space: SearchSpace) ->
         return None
     macs = count_macs(job.model.module, job.data.x_val)
     if macs is None:
-        kind = PROGRAMS.get(job.model.format, "this model")
+        kind = OWN_NETWORK.get(job.model.format, "this model")
         why = f"does not apply to model {job.model.path!r} (the MACs of {kind} cannot be counted)"
         if settings.max_macs is None:
             raise AutotuneError(f"--pareto macs {why}: use --pareto params")
@@ -93,7 +94,7 @@ def check_macs_budget(settings: SearchSettings, job: Job, space: SearchSpace) ->
     if settings.max_macs is None:
         return macs
     limit = parse_budget(settings.max_macs, macs, "macs")
-    if limit < macs and not any(space.may_be_nonzero(name) for name in RATIOS):
+    if limit < macs and removes_nothing(space):
         # What trials do without removing units (dropout, training) leaves the count as it is.
         raise AutotuneError(
             f"--max-macs {settings.max_macs!r} allows {limit:,} MACs, but the search space "
@@ -103,7 +104,9 @@ def check_macs_budget(settings: SearchSettings, job: Job, space: SearchSpace) ->
     return macs
 
 
-PROGRAMS = {"torchscript": "a TorchScript model", "export": "a torch.export program"}
+def removes_nothing(space: SearchSpace) -> bool:
+    """Whether no trial of ``space`` removes a unit (a channel, a head, an input feature)."""
+    return not any(space.may_be_nonzero(name) for name in RATIOS)
 
 
 def smallest_params(module: nn.Module, space: SearchSpace, example: torch.Tensor) -> Floor | None:
@@ -111,7 +114,7 @@ def smallest_params(module: nn.Module, space: SearchSpace, example: torch.Tensor
     copy cannot be cut down, which the trials that prune then fail on and say why."""
     source = dict(module.named_parameters())
     total = sum(p.numel() for p in source.values())
-    if not any(space.may_be_nonzero(name) for name in RATIOS):
+    if removes_nothing(space):
         return Floor(total, exact=True)
     try:
         probe = dict(_probe(module, space, example).named_parameters())

@@ -296,9 +296,13 @@ def feasible(trial: FrozenTrial, limits: dict[str, float] | None) -> bool:
         return all(v <= 0 for v in trial.constraints.values())
     if trial.constraints.get("flips", 0.0) > 0:  # the flip budget is no size limit
         return False
+    return within_limits(recorded_sizes(trial), limits)
+
+
+def recorded_sizes(trial: FrozenTrial) -> dict[str, float | None]:
+    """What the size limits bound (``LIMITS``), as ``trial`` recorded it."""
     rec = TrialRecord.from_trial(trial)
-    sizes = {"params": rec.total_params, "macs": rec.macs, "latency_ratio": rec.latency_ratio}
-    return within_limits(sizes, limits)
+    return {"params": rec.total_params, "macs": rec.macs, "latency_ratio": rec.latency_ratio}
 
 
 def metric_sign(study: optuna.Study) -> float:
