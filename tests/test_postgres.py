@@ -8,13 +8,17 @@ from __future__ import annotations
 import csv
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 from processes import make_job, start
+from sqlalchemy import create_engine, inspect, text
+from typer.testing import CliRunner
 
+from autotune.cli import app
 from autotune.search.trials import counts, finished, retried
 
 URL = os.environ.get("AUTOTUNE_TEST_POSTGRES_URL")
@@ -65,3 +69,35 @@ def test_two_machines_share_one_study_in_postgresql(postgres: str, tmp_path: Pat
     assert {int(r["trial"]) for r in rows} >= {t.number for t in counted}
     assert (tmp_path / "machine0" / "best" / "config.yaml").is_file()
     assert not (tmp_path / "machine1" / "best").exists()
+
+
+@pytest.fixture
+def empty_database(postgres: str) -> Iterator[str]:
+    """A new database on the test server with no table in it, dropped afterwards."""
+    name = f"empty_{uuid.uuid4().hex[:8]}"
+    server = create_engine(postgres, isolation_level="AUTOCOMMIT")
+    with server.connect() as db:
+        db.execute(text(f"CREATE DATABASE {name}"))
+    try:
+        yield postgres.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with server.connect() as db:
+            db.execute(text(f"DROP DATABASE {name} WITH (FORCE)"))
+        server.dispose()
+
+
+@pytest.mark.parametrize("command", ["show", "report", "export"])
+def test_reading_a_database_without_a_study_leaves_it_empty(
+    command: str, empty_database: str, tmp_path: Path
+) -> None:
+    out = ["--out", str(tmp_path)] if command == "export" else [str(tmp_path)]
+    result = CliRunner().invoke(app, [command, *out, "--storage", empty_database])
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.output.split())
+    assert f"error: the database {empty_database!r} holds no autotune study" in said
+    assert "run autotune search with this --storage first" in said
+    engine = create_engine(empty_database)
+    try:
+        assert inspect(engine).get_table_names() == []  # Optuna's tables were not made
+    finally:
+        engine.dispose()

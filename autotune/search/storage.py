@@ -42,9 +42,6 @@ def open_storage(url: str | None, out: Path) -> BaseStorage | str:
             return open_journal(Path(url))
         from sqlalchemy.exc import IntegrityError, ProgrammingError
 
-        engine_kwargs: dict[str, Any] = {}
-        if url.startswith(("postgresql", "mysql")):
-            engine_kwargs["connect_args"] = {"connect_timeout": 10}
         # Heartbeats let a restarted worker fail and retry the trials of one that died.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -52,7 +49,7 @@ def open_storage(url: str | None, out: Path) -> BaseStorage | str:
                 try:
                     storage = optuna.storages.RDBStorage(
                         url,
-                        engine_kwargs=engine_kwargs,
+                        engine_kwargs=_engine_kwargs(url),
                         heartbeat_interval=60,
                         grace_period=180,
                         heartbeat_stale_trial_callback=retry,
@@ -114,6 +111,9 @@ def sqlite_file(url: str | None, out: Path) -> Path | None:
     return local_file(url, out) if url.startswith("sqlite:///") else None
 
 
+OPTUNA_TABLES = {"studies", "version_info"}
+
+
 def holds_optuna_tables(file: Path) -> bool:
     """Whether the SQLite file ``file`` has Optuna's tables, read without writing to it: opened
     as Optuna's storage, any database gets them (a read-only command would change the user's
@@ -128,7 +128,32 @@ def holds_optuna_tables(file: Path) -> bool:
             rows = db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
     except (sqlite3.Error, ValueError):
         return True
-    return {"studies", "version_info"} <= {name for (name,) in rows}
+    return {name for (name,) in rows} >= OPTUNA_TABLES
+
+
+def server_holds_optuna_tables(url: str) -> bool:
+    """Whether the database server's database at ``url`` has Optuna's tables, asked without
+    creating them (as ``holds_optuna_tables`` for a file). True where it cannot be asked (the
+    server down, no driver): opening it as the storage then says why."""
+    from sqlalchemy import create_engine, inspect
+
+    try:
+        engine = create_engine(url, **_engine_kwargs(url))
+    except Exception:
+        return True
+    try:
+        return set(inspect(engine).get_table_names()) >= OPTUNA_TABLES
+    except Exception:
+        return True
+    finally:
+        engine.dispose()
+
+
+def _engine_kwargs(url: str) -> dict[str, Any]:
+    """SQLAlchemy's options for ``url``: an unreachable server fails in seconds, not minutes."""
+    if url.startswith(("postgresql", "mysql")):
+        return {"connect_args": {"connect_timeout": 10}}
+    return {}
 
 
 def damaged_file(file: Path, reason: str) -> StorageError:

@@ -23,7 +23,13 @@ from autotune.paths import check_storage, study_file
 from autotune.search.optuna_internals import storage_of
 from autotune.search.record import TrialRecord
 from autotune.search.space import SearchSpace, config_from, parse_space
-from autotune.search.storage import holds_optuna_tables, local_file, open_storage, sqlite_file
+from autotune.search.storage import (
+    holds_optuna_tables,
+    local_file,
+    open_storage,
+    server_holds_optuna_tables,
+    sqlite_file,
+)
 from autotune.search.study_file import write_ahead
 from autotune.search.trials import finished, machine_index
 
@@ -147,13 +153,19 @@ def load_study(storage: str | None, out: Path, study_name: str | None = None) ->
     fix = "pass the journal file or database URL a search wrote (e.g. OUT/study.journal)"
     if file is not None and not file.exists():
         raise StorageError(f"no study storage at {str(file)!r}: {fix}")
+    # Refused before Optuna opens it, which would write its tables into the user's database.
     database = sqlite_file(storage, out)
     if database is not None and not holds_optuna_tables(database):
-        # Refused before Optuna opens it, which would write its tables into the file.
+        where = f"the study file {str(database)!r}"
+    elif file is None and storage is not None and not server_holds_optuna_tables(storage):
+        where = f"the database {redacted(storage)!r}"
+    else:
+        where = None
+    if where is not None:
         search = "with this --storage" if storage else f"in {str(out)!r}"
         raise StorageError(
-            f"the study file {str(database)!r} holds no autotune study (no Optuna tables; it is "
-            f"left as it was): run autotune search {search} first, or {fix}"
+            f"{where} holds no autotune study (no Optuna tables; it is left as it was): run "
+            f"autotune search {search} first, or {fix}"
         )
     opened = open_storage(storage, out)
     names = optuna.study.get_all_study_names(opened)
