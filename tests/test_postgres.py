@@ -86,7 +86,7 @@ def empty_database(postgres: str) -> Iterator[str]:
         server.dispose()
 
 
-@pytest.mark.parametrize("command", ["show", "report", "export"])
+@pytest.mark.parametrize("command", ["show", "report", "dashboard", "export"])
 def test_reading_a_database_without_a_study_leaves_it_empty(
     command: str, empty_database: str, tmp_path: Path
 ) -> None:
