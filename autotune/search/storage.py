@@ -76,11 +76,16 @@ def open_storage(url: str | None, out: Path) -> BaseStorage | str:
                 f"cannot open the study file {str(file)!r} ({reason}): make it a file this user "
                 "can read and write, or move it aside (a new study starts in its place)"
             ) from e
-        raise StorageError(
-            f"cannot open storage {redacted(url)!r}: {reason}. Check the URL (sqlite:///path, "
-            "postgresql://user@host/db, or a journal file path), that the server is running, and "
-            "that its driver is installed"
-        ) from e
+        raise cannot_open(url, e) from e
+
+
+def cannot_open(url: str, e: Exception) -> StorageError:
+    """The one line for a storage URL that does not open (a server down, a driver missing)."""
+    return StorageError(
+        f"cannot open storage {redacted(url)!r}: {redacted(first_line(e))}. Check the URL "
+        "(sqlite:///path, postgresql://user@host/db, or a journal file path), that the server "
+        "is running, and that its driver is installed"
+    )
 
 
 def _damaged(e: Exception, reason: str, journal: bool) -> bool:
@@ -133,20 +138,19 @@ def holds_optuna_tables(file: Path) -> bool:
 
 def server_holds_optuna_tables(url: str) -> bool:
     """Whether the database server's database at ``url`` has Optuna's tables, asked without
-    creating them (as ``holds_optuna_tables`` for a file). True where it cannot be asked (the
-    server down, no driver): opening it as the storage then says why."""
+    creating them (as ``holds_optuna_tables`` for a file). A server that cannot be asked (down,
+    no driver) is reported here, in the words opening it as the storage would use: asking
+    again would wait out its connection timeout twice."""
     from sqlalchemy import create_engine, inspect
 
     try:
         engine = create_engine(url, **_engine_kwargs(url))
-    except Exception:
-        return True
-    try:
-        return set(inspect(engine).get_table_names()) >= OPTUNA_TABLES
-    except Exception:
-        return True
-    finally:
-        engine.dispose()
+        try:
+            return set(inspect(engine).get_table_names()) >= OPTUNA_TABLES
+        finally:
+            engine.dispose()
+    except Exception as e:
+        raise cannot_open(url, e) from e
 
 
 def _engine_kwargs(url: str) -> dict[str, Any]:
