@@ -147,6 +147,29 @@ def test_the_examples_of_each_page_run(page: Path, tmp_path: Path) -> None:
     run_page(page, tmp_path)
 
 
+def test_the_readmes_test_install_has_what_the_pages_run() -> None:
+    """The README's test command installs its extras and runs every page, deploy.md's
+    ``--export onnx`` among them: those extras must hold the onnx extra's packages, or the
+    tests of a fresh clone fail on a missing onnxruntime."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    readme = (ROOT / "README.md").read_text()
+    test_install = re.search(r"pip install '\.\[([^\]]*)\]' && \.venv/bin/pytest", readme)
+    assert test_install, "README.md: no 'pip install .[EXTRAS] && .venv/bin/pytest' command"
+    name = re.compile(r"[A-Za-z0-9_.-]+")
+    installed = {name.match(req)[0] for x in test_install[1].split(",") for req in extras[x]}
+    pages_export_onnx = any(
+        "--export onnx" in code
+        for page in PAGES
+        for lang, code, mark, _ in blocks(page)
+        if lang in RUN and mark != "not run"
+    )
+    assert pages_export_onnx, "no page runs --export onnx: this test can go"
+    missing = {name.match(req)[0] for req in extras["onnx"]} - installed
+    assert not missing, f"the README's test install lacks {sorted(missing)}"
+
+
 def test_help_groups_the_options_under_headings() -> None:
     shown = CliRunner().invoke(app, ["search", "--help"], env={"COLUMNS": "200"}).output
     panels: dict[str, list[str]] = {}
