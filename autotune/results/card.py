@@ -225,8 +225,14 @@ def _configuration(config: dict[str, Any]) -> str:
 
 
 def _reproduce(config: dict[str, Any]) -> str:
-    lines = ["## Reproduce\n", "```bash"]
-    if config.get("search_command"):
-        lines.append(config["search_command"])
-    lines += [config["reproduce"], "```", ""]
+    lines = ["## Reproduce\n"]
+    commands = [config["search_command"]] if config.get("search_command") else []
+    again = config["reproduce"]
+    # A search from Python on a model or data in memory is exported again from Python only.
+    python = not again.startswith("autotune ")
+    commands += [] if python else [again]
+    if commands:
+        lines += ["```bash", *commands, "```", ""]
+    if python:
+        lines += ["```python", again, "```", ""]
     return "\n".join(lines)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from autotune.results.errors import error_metrics, exported_errors
 from autotune.results.leaderboard import Leaderboard
 from autotune.results.onnx_export import export_formats, save_onnx
 from autotune.results.pick import over_budgets, pick_trial
+from autotune.results.reproduce import reproduce_command
 from autotune.search.prepare import adapt_space, make_maker, run_analyses, study_checkpoints
 from autotune.search.record import TrialRecord
 from autotune.search.selection import choice_note
@@ -327,10 +327,7 @@ def _config(
         },
         "weights": origin,
         "files": files,
-        "reproduce": (
-            f"autotune export --out {shlex.quote(out)} --study-name "
-            f"{shlex.quote(study.study_name)} --trial {trial.number}"
-        ),
+        "reproduce": reproduce_command(out, s.storage, study.study_name, trial.number, record),
         "search_command": record.get("command"),
     }
 
