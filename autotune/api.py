@@ -131,7 +131,7 @@ def search(
     """
     study_name = settings.pop("study_name", None) or default_study_name(model)
     folder = Path(out) if out is not None else Path("runs") / study_name
-    the_settings = SearchSettings(trials=trials, out=folder, study_name=study_name, **settings)
+    the_settings = SearchSettings.of(trials=trials, out=folder, study_name=study_name, **settings)
     # Mistakes in the settings end the search before the model loads and before any folder
     # is made; the space's fit section, read later, only fills in what is not given.
     the_settings.resolved({})

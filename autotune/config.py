@@ -4,6 +4,7 @@ analysis options, and which way the metric goes."""
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -217,6 +218,18 @@ class SearchSettings:
     allow_changes: bool = False
     """Continue a study made with other settings (epochs, seed, budgets...): the new ones then
     apply to its old trials too."""
+
+    @classmethod
+    def of(cls, **fields: Any) -> SearchSettings:
+        """``SearchSettings(**fields)`` with a name that is no field refused with the nearest
+        one: ``autotune.search`` passes its keywords here, and the CLI's ``--epochs`` is
+        ``max_epochs`` in Python."""
+        known = [f.name for f in dataclasses.fields(cls)]
+        for name in fields.keys() - set(known):
+            near = difflib.get_close_matches(name, known, n=1)
+            fix = f"did you mean {near[0]}=?" if near else f"the settings are {', '.join(known)}"
+            raise TypeError(f"{name}= is not a search setting: {fix}")
+        return cls(**fields)
 
     def resolved(self, fit: dict[str, int]) -> SearchSettings:
         """Checked settings, with epochs and patience filled in from the space's ``fit``."""

@@ -189,3 +189,14 @@ def test_a_budget_above_one_with_a_decimal_point_is_refused_with_both_readings()
         SearchSettings(max_macs=1.5).resolved({})
     for fine in ("0.5", "50%", "2", "250k", "1.5M", "1e6"):
         assert SearchSettings(max_params=fine).resolved({}).max_params == fine
+
+
+def test_a_mistyped_setting_of_the_python_api_names_the_one_meant(
+    tiny_model: nn.Module, tiny_data: TaskData, tmp_path: Path
+) -> None:
+    # The CLI's --epochs is max_epochs in Python; refused before any folder is made.
+    with pytest.raises(TypeError, match=r"^epochs= is not a search setting: did you mean max_e"):
+        search(tiny_model, tiny_data, trials=1, out=tmp_path / "run", epochs=2)
+    with pytest.raises(TypeError, match=r"^colour= is not a search setting: the settings are tr"):
+        search(tiny_model, tiny_data, trials=1, out=tmp_path / "run", colour="red")
+    assert not (tmp_path / "run").exists()
