@@ -48,6 +48,14 @@ def test_csv_without_target_column_names_the_option(tmp_path: Path) -> None:
         load_data(str(path))
 
 
+def test_a_csv_with_a_header_and_no_rows_says_so(tmp_path: Path) -> None:
+    # Its empty columns read as text: the error named a "not numeric" feature column.
+    path = tmp_path / "d.csv"
+    path.write_text("a,b,target\n")
+    with pytest.raises(DataError, match=r"^CSV file '.*d\.csv' has no rows under its header"):
+        load_data(str(path))
+
+
 def test_image_folder_loads_with_model_channels(tmp_path: Path) -> None:
     from PIL import Image
 

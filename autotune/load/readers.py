@@ -74,6 +74,10 @@ def load_csv(path: Path, target: str | None, val_fraction: float, seed: int) -> 
         frame = pd.read_csv(path)
     except Exception as e:
         raise DataError(f"cannot read CSV file {str(path)!r}: {e}") from e
+    if frame.empty:  # its empty columns read as text, which the checks below would blame
+        raise DataError(
+            f"CSV file {str(path)!r} has no rows under its header: give it one sample a row"
+        )
     if target is None:
         target = next((c for c in ("target", "label") if c in frame.columns), None)
         if target is None:
