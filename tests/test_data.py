@@ -56,6 +56,14 @@ def test_a_csv_with_a_header_and_no_rows_says_so(tmp_path: Path) -> None:
         load_data(str(path))
 
 
+def test_a_csv_of_labels_alone_says_it_has_no_feature_columns(tmp_path: Path) -> None:
+    # The model's forward pass failed on inputs of shape (0,) instead.
+    path = tmp_path / "d.csv"
+    path.write_text("kind\n" + "yes\nno\n" * 10)
+    with pytest.raises(DataError, match=r"has no feature columns beside its label column 'kind'"):
+        load_data(str(path), target="kind")
+
+
 def test_image_folder_loads_with_model_channels(tmp_path: Path) -> None:
     from PIL import Image
 

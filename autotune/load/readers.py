@@ -95,6 +95,10 @@ def load_csv(path: Path, target: str | None, val_fraction: float, seed: int) -> 
             f"CSV file {str(path)!r}: column {target!r} has empty labels; fill or drop them"
         )
     features = frame.drop(columns=[target])
+    if features.columns.empty:
+        raise DataError(
+            f"CSV file {str(path)!r} has no feature columns beside its label column {target!r}"
+        )
     bad = [c for c in features.columns if not pd.api.types.is_numeric_dtype(features[c])]
     if bad:
         raise DataError(
