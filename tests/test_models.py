@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
 import textwrap
@@ -34,6 +35,19 @@ def test_export_program_loads(tmp_path: Path, tiny_model: torch.nn.Module) -> No
     loaded = load_model(path)
     assert loaded.format == "export"
     assert _same_outputs(loaded.module, tiny_model)
+
+
+def test_an_export_program_loads_in_the_form_its_trials_train(
+    tmp_path: Path, tiny_model: torch.nn.Module
+) -> None:
+    # A trial's model is a deep copy of the source, and a program's .module() loses its hooks
+    # in one: a source that kept them was timed slower, so an unchanged model ran at 0.5x.
+    path = tmp_path / "m.pt2"
+    torch.export.save(torch.export.export(tiny_model, (X,)), path)
+    source = load_model(path).module
+    trial = copy.deepcopy(source)
+    assert len(source._forward_pre_hooks) == len(trial._forward_pre_hooks)
+    assert len(source._forward_hooks) == len(trial._forward_hooks)
 
 
 def test_state_dict_with_module_arch(tmp_path: Path, tiny_model: torch.nn.Module) -> None:
