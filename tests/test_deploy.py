@@ -46,3 +46,18 @@ def test_autotune_export_of_a_torchscript_study_prints_no_warning(
     exported = subprocess.run([*cli, "export", "--out", str(out)], capture_output=True, text=True)
     assert exported.returncode == 0, exported.stderr[-2000:]
     assert "Warning" not in exported.stderr and "reproduced: True" in exported.stdout
+
+
+def test_the_pickled_model_says_it_takes_normalised_images_where_the_program_takes_raw(
+    tmp_path: Path,
+) -> None:
+    # With --export-preprocessing only model.pt2 normalises; model.pt is the model itself, and
+    # its line said nothing, so raw [0, 1] images fed to it gave wrong answers silently.
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten()).eval()
+    stats = {"normalize": {"mean": [0.5], "std": [0.25]}, "crop": 8, "channels": 1}
+    files = save_model(model, torch.randn(2, 1, 8, 8), tmp_path, preprocessing=stats)
+    assert "normalisation inside" in files["model.pt2"]
+    assert files["model.pt"].endswith("; takes normalised images (data.preprocessing.normalize)")
+    (tmp_path / "plain").mkdir()
+    plain = save_model(model, torch.randn(2, 1, 8, 8), tmp_path / "plain")
+    assert "normalised" not in plain["model.pt"]

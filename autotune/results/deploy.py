@@ -85,7 +85,7 @@ def save_model(
         files["model.pt"] = save_file(
             folder / "model.pt",
             lambda f: _save_torchscript(model, f),
-            "torch.jit.load('model.pt')",
+            "torch.jit.load('model.pt')  # TorchScript" + _model_takes(preprocessing, columns),
             "torch.jit.save",
         )
     elif not isinstance(model, torch.fx.GraphModule):
@@ -93,8 +93,7 @@ def save_model(
             folder / "model.pt",
             lambda f: torch.save(model, f),
             "torch.load('model.pt', weights_only=False)  # a pickled module: needs the classes "
-            "it was built from importable"
-            + ("; takes the kept columns only (structure.inputs.indices)" if columns else ""),
+            "it was built from importable" + _model_takes(preprocessing, columns),
             "pickling",
         )
 
@@ -103,6 +102,15 @@ def save_model(
         folder / "model.pt2", lambda f: _save_program(program, inputs, f), how, "torch.export"
     )
     return files
+
+
+def _model_takes(preprocessing: dict[str, Any] | None, columns: object) -> str:
+    """What ``model.pt``, the model itself, takes where ``model.pt2`` takes something else."""
+    if columns:
+        return "; takes the kept columns only (structure.inputs.indices)"
+    if preprocessing and preprocessing.get("normalize"):
+        return "; takes normalised images (data.preprocessing.normalize)"
+    return ""
 
 
 def deployable(
