@@ -639,6 +639,7 @@ def export(
     from autotune.results.export import Workspace, export_trial
     from autotune.results.onnx_export import export_formats as checked_formats
     from autotune.results.pick import over_budgets, pick_trial
+    from autotune.results.summary import file_lines
     from autotune.search.study import load_study, space_of, study_record
 
     if to is not None and to.exists() and not to.is_dir():
@@ -680,6 +681,8 @@ def export(
         f"{metrics['reproduces_study_value']}) -> {result.folder}",
         highlight=False,
     )
+    for line in file_lines(result.config):  # as under a search's summary
+        console.print(line, highlight=False)
     if over := over_budgets(study, study.trials[result.trial]):
         console.print(f"note: trial {result.trial} is over the search's budgets ({over})")
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import TinyNet
+from conftest import TinyNet, write_cli_job
 from rich.console import Console
 from typer.testing import CliRunner
 
@@ -168,3 +168,18 @@ def test_an_unknown_format_or_a_missing_extra_is_refused_before_any_work(
         result.output,
     ), result.output
     assert not out.exists()
+
+
+@needs_onnx
+def test_autotune_export_with_export_onnx_prints_the_check_as_the_search_does(
+    tmp_path: Path, tensors_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It printed the trial's line alone: neither the check's verdict nor a file not written.
+    monkeypatch.chdir(tmp_path)
+    job = write_cli_job(tmp_path, tensors_file, "lr: 1.0e-3\nfit: {max_epochs: 1, patience: 1}\n")
+    searched = CliRunner().invoke(app, ["search", *job, "--trials", "1", "--out", "run"])
+    assert searched.exit_code == 0, searched.output
+    again = ["export", "--out", "run", "--trial", "1", "--code", "net.py", "--export", "onnx"]
+    exported = CliRunner().invoke(app, [*again, "--to", "again"])
+    assert exported.exit_code == 0, exported.output
+    assert "\nmodel.onnx matches PyTorch (max abs difference " in exported.output, exported.output

@@ -3,12 +3,14 @@ the validation split could tell the gain from noise, the size, and the files wri
 
 from __future__ import annotations
 
+from typing import Any
+
 from autotune.results.export import ExportResult
 from autotune.results.notes import latency_text, noise_note
 from autotune.results.onnx_export import onnx_line
 from autotune.results.rows import TrialRow
 
-__all__ = ["latency_text", "noise_note", "summary_lines"]
+__all__ = ["file_lines", "latency_text", "noise_note", "summary_lines"]
 
 
 def summary_lines(best: ExportResult, top: TrialRow | None) -> list[str]:
@@ -50,7 +52,13 @@ def summary_lines(best: ExportResult, top: TrialRow | None) -> list[str]:
     files = best.config["files"]
     written = sorted(n for n, how in files.items() if not how.startswith("not written"))
     lines.append(f"exported to {best.folder}: {', '.join(written)}, config.yaml, README.md")
-    lines += [f"{n} {files[n]}" for n in sorted(set(files) - set(written))]
-    onnx = onnx_line(files, best.config.get("onnx"))
-    lines += [onnx] if onnx else []
-    return lines
+    return lines + file_lines(best.config)
+
+
+def file_lines(config: dict[str, Any]) -> list[str]:
+    """A line for each file that was not written and why, and the ONNX check's: under a
+    search's summary and under ``autotune export``'s line."""
+    files = config["files"]
+    lines = [f"{n} {how}" for n, how in sorted(files.items()) if how.startswith("not written")]
+    onnx = onnx_line(files, config.get("onnx"))
+    return lines + ([onnx] if onnx else [])
