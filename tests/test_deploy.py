@@ -61,3 +61,26 @@ def test_the_pickled_model_says_it_takes_normalised_images_where_the_program_tak
     (tmp_path / "plain").mkdir()
     plain = save_model(model, torch.randn(2, 1, 8, 8), tmp_path / "plain")
     assert "normalised" not in plain["model.pt"]
+
+
+class AttentionBlock(torch.nn.Module):
+    """A block holding autotune's attention module, as a loaded torchvision ViT does."""
+
+    def __init__(self) -> None:
+        from autotune.load.attention import SelfAttention
+
+        super().__init__()
+        self.attention = SelfAttention(torch.nn.MultiheadAttention(8, 2, batch_first=True))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.attention(x)[0].mean(1)
+
+
+def test_a_pickled_model_holding_autotunes_classes_says_it_needs_autotune(tmp_path: Path) -> None:
+    # A torchvision ViT's attention is replaced by autotune.load.attention's module: model.pt
+    # then unpickles only where autotune is installed, which its line did not say.
+    files = save_model(AttentionBlock().eval(), torch.randn(2, 3, 8), tmp_path)
+    assert files["model.pt"].endswith(", and autotune installed (autotune.load.attention)")
+    (tmp_path / "plain").mkdir()
+    plain = save_model(torch.nn.Linear(8, 2).eval(), torch.randn(2, 8), tmp_path / "plain")
+    assert "autotune installed" not in plain["model.pt"]

@@ -93,7 +93,9 @@ def save_model(
             folder / "model.pt",
             lambda f: torch.save(model, f),
             "torch.load('model.pt', weights_only=False)  # a pickled module: needs the classes "
-            "it was built from importable" + _model_takes(preprocessing, columns),
+            "it was built from importable"
+            + _autotune_classes(model)
+            + _model_takes(preprocessing, columns),
             "pickling",
         )
 
@@ -102,6 +104,14 @@ def save_model(
         folder / "model.pt2", lambda f: _save_program(program, inputs, f), how, "torch.export"
     )
     return files
+
+
+def _autotune_classes(model: nn.Module) -> str:
+    """Where ``model`` holds autotune's own modules (a torchvision ViT's attention, replaced as
+    it loads), which unpickle only where autotune is installed."""
+    modules = {type(m).__module__ for m in model.modules()}
+    ours = sorted(name for name in modules if name.split(".")[0] == "autotune")
+    return f", and autotune installed ({', '.join(ours)})" if ours else ""
 
 
 def _model_takes(preprocessing: dict[str, Any] | None, columns: object) -> str:
