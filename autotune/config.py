@@ -269,8 +269,9 @@ class SearchSettings:
             if getattr(self, name) < least:
                 flag = "--" + name.replace("_", "-")
                 raise AutotuneError(f"{flag} must be at least {least}, got {getattr(self, name)}")
-        if max_epochs < 1 or patience < 1:
-            raise AutotuneError(f"epochs and patience must be >= 1, got {max_epochs}, {patience}")
+        for flag, count in (("--epochs", max_epochs), ("--patience", patience)):
+            if count < 1:
+                raise AutotuneError(f"{flag} must be at least 1, got {count}")
         device, workers = self.device, self.workers
         if self.devices is not None:
             ids = _device_ids(self.devices)

@@ -200,3 +200,11 @@ def test_a_mistyped_setting_of_the_python_api_names_the_one_meant(
     with pytest.raises(TypeError, match=r"^colour= is not a search setting: the settings are tr"):
         search(tiny_model, tiny_data, trials=1, out=tmp_path / "run", colour="red")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(("option", "value"), [("--epochs", "0"), ("--patience", "-1")])
+def test_an_epoch_count_below_one_is_refused_by_its_option_name(option: str, value: str) -> None:
+    # It said "epochs and patience must be >= 1, got 0, 5": neither flag, nor which was wrong.
+    result = CliRunner().invoke(app, ["search", "--model", "demo", option, value])
+    assert result.exit_code == 2, result.output
+    assert f"error: {option} must be at least 1, got {value}" in result.output, result.output
