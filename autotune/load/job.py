@@ -21,7 +21,7 @@ from autotune.load.attention import split_attention
 from autotune.load.data import check_model_fits, load_data
 from autotune.load.images import model_normalization
 from autotune.load.models import LoadedModel, file_sha256, load_model
-from autotune.load.tasks import TaskData
+from autotune.load.tasks import IN_MEMORY, TaskData
 
 
 @dataclass(frozen=True)
@@ -138,7 +138,7 @@ class Job:
             # A copy: the search moves its source to the device and sets its mode, and the
             # caller's model (in a notebook, say) must come out of a search as it went in.
             module = copy.deepcopy(model).eval()
-            model = LoadedModel(module, "<in memory>", "module", module_sha256(model))
+            model = LoadedModel(module, IN_MEMORY, "module", module_sha256(model))
         num_classes = check_model_fits(model.module, data)
         # Same outputs, and heads that can be scored and removed (``load.attention``).
         split_attention(model.module, data.x_train[:2])
@@ -186,7 +186,7 @@ class Job:
             # An --arch or --num-classes the model never used, stored before ``demo_model`` and
             # ``load_model`` refused them: export goes on without them.
             model = {**model, "arch": None, "num_classes": None}
-        if model.get("path") == "<in memory>" or record["data"].get("spec") == "<in memory>":
+        if passed_in_memory(record):
             raise ModelLoadError(
                 "this study's model or data was passed in memory from Python, so it cannot be "
                 "reloaded from the storage: export it from Python with SearchResult.export()"
@@ -249,3 +249,8 @@ def module_sha256(model: nn.Module) -> str:
         flat = tensor.detach().cpu().contiguous().reshape(-1)
         digest.update(flat.view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def passed_in_memory(record: dict[str, Any]) -> bool:
+    """Whether a study's model or data was passed from Python as objects (``IN_MEMORY``)."""
+    return IN_MEMORY in (record["model"].get("path"), record["data"].get("spec"))

@@ -17,6 +17,10 @@ import torch
 from autotune.errors import DataError, first_line
 from autotune.load.streams import Streamed, resident_limit
 
+IN_MEMORY = "<in memory>"
+"""The ``spec`` of data, and the ``path`` of a model, passed from Python as objects: no
+command can load them again."""
+
 Inputs = torch.Tensor | Streamed
 """A split's inputs: a tensor (resident) or ``Streamed`` (read from disk batch by batch)."""
 
@@ -35,7 +39,7 @@ class TaskData:
     y_val: torch.Tensor
     x_test: Inputs | None = None
     y_test: torch.Tensor | None = None
-    spec: str = "<in memory>"
+    spec: str = IN_MEMORY
     """What the user passed as ``--data``: recorded in the exported config."""
     classes: list[str] | None = None
     """Class names, when the data names them (CSV, image folders, scikit-learn sets)."""
@@ -109,7 +113,7 @@ def from_tensors(
     for name, value in (("x_val", x_val), ("y_val", y_val), ("x_test", x_test), ("y_test", y_test)):
         if value is not None:
             mapping[name] = value
-    data = from_mapping(mapping, "<in memory>", val_fraction, split_seed)
+    data = from_mapping(mapping, IN_MEMORY, val_fraction, split_seed)
     data.classes = classes
     validate(data)
     return data
@@ -174,7 +178,7 @@ def _streamed_datasets(
             raise DataError(
                 f"the {name} dataset must give (input tensor, integer label) pairs: {first_line(e)}"
             ) from e
-        return x, as_labels(f"y_{name}", y, "<in memory>")
+        return x, as_labels(f"y_{name}", y, IN_MEMORY)
 
     x, y = split(train, "train")
     if val is not None:
@@ -293,7 +297,7 @@ def check_pair(spec: str, split: str, x: Inputs | None, y: torch.Tensor | None) 
 
 
 def carve(
-    x: torch.Tensor, y: torch.Tensor, fraction: float, seed: int, spec: str = "<in memory>"
+    x: torch.Tensor, y: torch.Tensor, fraction: float, seed: int, spec: str = IN_MEMORY
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Split off ``fraction`` of the samples by ``seed``: (x_rest, y_rest, x_part, y_part)."""
     n_part = round(len(x) * fraction)

@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from autotune.errors import redacted
-
-IN_MEMORY = "<in memory>"
+from autotune.load.job import passed_in_memory
 
 
 def reproduce_command(
@@ -18,7 +17,7 @@ def reproduce_command(
 ) -> str:
     """The export command of trial ``trial``; for a model or data passed in memory, which no
     command can load again, the Python call that exports it."""
-    if record["model"].get("path") == IN_MEMORY or record["data"].get("spec") == IN_MEMORY:
+    if passed_in_memory(record):
         return (
             f"result.export({str(Path(out) / f'trial_{trial}')!r}, trial={trial})"
             "  # result = autotune.search(...): its model or data was passed in memory"
