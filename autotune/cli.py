@@ -6,7 +6,6 @@ import contextlib
 import errno
 import functools
 import logging
-import os
 import shlex
 import socket
 import sys
@@ -30,10 +29,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-# Logs and pipes get long lines rather than a table squeezed into 80 columns, unless COLUMNS
-# says how wide they are (rich reads it when no width is given).
-sized = sys.stdout.isatty() or os.environ.get("COLUMNS", "").isdigit()
-console = Console(width=None if sized else 160)
+# Logs and pipes get long lines rather than a table squeezed into 80 columns.
+console = Console(width=None if sys.stdout.isatty() else 160)
 errors = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 BAD_INPUT = 2

@@ -3,7 +3,6 @@ from __future__ import annotations
 import csv
 import errno
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -181,15 +180,6 @@ def test_show_prints_the_leaderboard(searched: Path) -> None:
     assert "…" not in result.output  # 80 columns: columns dropped, nothing cut
     top = runner.invoke(app, ["show", str(searched), "--top", "1"])
     assert "top 1 of 4: --top N for more" in " ".join(top.output.split())
-
-
-def test_show_into_a_pipe_fits_the_width_columns_says(searched: Path) -> None:
-    # Not a terminal: 160 columns unless COLUMNS says otherwise (a pager, a narrow log).
-    env = {**os.environ, "COLUMNS": "100"}
-    show = [sys.executable, "-m", "autotune.cli", "show", str(searched), "--top", "2"]
-    done = subprocess.run(show, capture_output=True, text=True, env=env, check=True)
-    widths = [len(line) for line in done.stdout.splitlines()]
-    assert max(widths) <= 100 and "parameters vs trial 1" in done.stdout, done.stdout
 
 
 @pytest.mark.parametrize("top", ["0", "-5"])
