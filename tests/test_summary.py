@@ -59,3 +59,12 @@ def test_with_no_test_split_the_noise_note_asks_for_one_rather_than_to_trust_it(
     assert note is not None and "within noise" in note
     assert "trust the held-out test score" not in note
     assert "hold out a test split" in note
+
+
+def test_a_csv_users_note_says_a_csv_file_holds_no_test_split() -> None:
+    exported = _exported(val_samples=12, gain=0.25)
+    exported.config["metrics"]["test_accuracy"] = None
+    exported.config["data"] = {"spec": "runs/Train.CSV"}
+    note = noise_note(exported.config)
+    assert note is not None and "a CSV file holds none" in note
+    assert "a .pt or .npz data file" in note and "test/ folder" not in note

@@ -27,11 +27,17 @@ def noise_note(config: dict[str, Any]) -> str | None:
     if abs(m["gain"]) >= NOISE_ERRORS * error:
         return None
     # Without a test split there is no held-out score to trust instead: hold one out.
-    instead = (
-        "trust the held-out test score"
-        if m.get("test_accuracy") is not None
-        else "hold out a test split (x_test, y_test in a .pt or .npz data file; a test/ folder)"
-    )
+    if m.get("test_accuracy") is not None:
+        instead = "trust the held-out test score"
+    elif str(config.get("data", {}).get("spec", "")).lower().endswith(".csv"):
+        instead = (
+            "hold out a test split (a CSV file holds none: give x_test, y_test beside the rest "
+            "in a .pt or .npz data file)"
+        )
+    else:
+        instead = (
+            "hold out a test split (x_test, y_test in a .pt or .npz data file; a test/ folder)"
+        )
     return (
         f"note: on {samples} validation samples this gain is measured to ±{error:.3f} (one "
         f"standard error), so {m['gain']:+.4f} is within noise: {instead}, or give more "
