@@ -18,7 +18,7 @@ from autotune.budget_text import latency_budget
 from autotune.errors import AutotuneError
 from autotune.results.leaderboard import Leaderboard
 from autotune.search import objective as objective_module
-from autotune.search.budgets import Budgets
+from autotune.search.budgets import Budgets, over_words
 from autotune.search.objective import Objective
 from autotune.trial import cost as cost_module
 from autotune.trial.cost import RETIME_S, Cost
@@ -124,3 +124,9 @@ def test_a_ratio_within_its_noise_of_the_budget_is_timed_again(
     budgets.limits["latency_ratio"] = 0.8  # far from it: one timing decides
     Objective._cost(objective, nn.Linear(2, 2), SimpleNamespace(x_val=None))  # type: ignore[arg-type]
     assert calls == [0.0]
+
+
+@pytest.mark.parametrize(("cap", "said"), [(0.5, "> 0.5x"), (0.004, "> 0.004x"), (0.75, "> 0.75x")])
+def test_a_latency_over_its_budget_names_the_budget_as_given(cap: float, said: str) -> None:
+    words = over_words({"latency_ratio": 0.97}, {"latency_ratio": cap})
+    assert words == [f"latency 0.97x {said} the source's"]

@@ -91,7 +91,7 @@ def over_words(sizes: dict[str, float | None], limits: dict[str, float]) -> list
         if size is None:
             said.append(f"{'latency' if what == 'latency_ratio' else what} not measured")
         elif size > cap and what == "latency_ratio":
-            said.append(f"latency {size:.2f}x > {cap:.2f}x the source's")
+            said.append(f"latency {size:.2f}x > {cap:.2g}x the source's")  # 0.004x, not 0.00x
         elif size > cap:
             said.append(f"{what} {size:,} > {cap:,.0f}")
     return said
