@@ -233,10 +233,19 @@ def _code_named(model: dict[str, Any]) -> str | None:
     outside torchvision (a file or a module, whose import runs it)."""
     if model.get("code"):
         return f"--code {model['code']!r}"
-    arch = model.get("arch")
-    if isinstance(arch, str) and ":" in arch and arch.rsplit(":", 1)[0] != "torchvision":
-        return f"--arch {arch!r}"
+    if arch_module(model) is not None:
+        return f"--arch {model['arch']!r}"
     return None
+
+
+def arch_module(model: dict[str, Any]) -> str | None:
+    """The file or module a stored ``--arch`` outside torchvision names (``net.py`` of
+    ``net.py:Net``), whose import runs it; None for torchvision's or no ``--arch``."""
+    arch = model.get("arch")
+    if not isinstance(arch, str) or ":" not in arch:
+        return None
+    module = arch.rsplit(":", 1)[0]
+    return None if module == "torchvision" else module
 
 
 def module_sha256(model: nn.Module) -> str:

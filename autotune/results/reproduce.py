@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from autotune.errors import redacted
-from autotune.load.job import passed_in_memory
+from autotune.load.job import arch_module, passed_in_memory
 
 
 def reproduce_command(
@@ -32,11 +32,10 @@ def reproduce_command(
 def _trust_options(model: dict[str, Any]) -> list[str]:
     """The options the search was given to run the model's code: export refuses to run code a
     study names until it is given them again (``Job.from_record``)."""
-    arch = model.get("arch") or ""
-    source = arch.rsplit(":", 1)[0] if ":" in arch else "torchvision"
+    module = arch_module(model)
     # A pickled module, or an --arch module found on the import path: no file to name.
-    if model.get("trust_model") or not (source == "torchvision" or source.endswith(".py")):
+    if model.get("trust_model") or (module is not None and not module.endswith(".py")):
         return ["--trust-model"]
     if model.get("code"):
         return ["--code", model["code"]]
-    return [] if source == "torchvision" else ["--code", source]
+    return [] if module is None else ["--code", module]
