@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import importlib.metadata
 import logging
 import shlex
 import socket
@@ -41,6 +42,33 @@ nothing, or stopped on failures in a row: its leaderboard and report say why."""
 OUTAGE = 4
 """Exit code of a full disk or a lost storage (``search.outage``), reported in one line: the
 finished trials are kept, and the same command goes on from them."""
+
+
+def _print_version(value: bool) -> None:
+    if not value:
+        return
+    try:
+        version = importlib.metadata.version("autotune")
+    except importlib.metadata.PackageNotFoundError:
+        version = config.VERSION  # run from a source tree that was never installed
+    console.print(f"autotune {version}", highlight=False)
+    raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,  # answered before a command is looked for, as --help is
+            help="Print autotune's version and exit.",
+        ),
+    ] = False,
+) -> None:
+    """Options of ``autotune`` itself, before any command (``--version``); the --help text is
+    ``Typer(help=...)``'s."""
 
 
 def friendly(command: F) -> F:

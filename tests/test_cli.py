@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import csv
 import errno
+import importlib.metadata
 import json
 import shutil
 import subprocess
@@ -14,6 +15,7 @@ import yaml
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from typer.testing import CliRunner, Result
 
+import autotune
 from autotune.cli import app
 from autotune.search.study import best_trial, load_study
 
@@ -485,3 +487,22 @@ def test_help_lists_the_choices_of_each_setting() -> None:
         assert choices in result.output, choices
     analyze = runner.invoke(app, ["analyze", "--help"], env={"COLUMNS": "200"})
     assert "<shap|taylor|l1|random>" in analyze.output and "<gradient|deep>" in analyze.output
+
+
+def test_version_prints_the_installed_version_and_help_lists_it() -> None:
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0, result.output
+    assert result.output == f"autotune {importlib.metadata.version('autotune')}\n"
+    assert "--version" in runner.invoke(app, ["--help"], env={"COLUMNS": "200"}).output
+
+
+def test_version_of_a_source_tree_never_installed_is_the_package_constant(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def not_installed(name: str) -> str:
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", not_installed)
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0, result.output
+    assert result.output == f"autotune {autotune.__version__}\n"
