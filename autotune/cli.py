@@ -278,6 +278,13 @@ StudyName = Annotated[
     str | None,
     typer.Option(help="Study name (default: the model file's stem).", rich_help_panel="Workers"),
 ]
+DEFAULT_OUT = Path("runs/demo")
+"""The folder ``show``, ``export``, ``report`` and ``dashboard`` read when given none: the
+demo's."""
+OUT_HELP = f"Output folder of a search (default: {DEFAULT_OUT})."
+# None when the user gave no folder: ``_search_out`` then says so rather than name runs/demo as
+# if they had typed it.
+SearchOut = Annotated[Path | None, typer.Argument(help=OUT_HELP, show_default=False)]
 Verbose = Annotated[
     bool, typer.Option("--verbose", help="Keep Optuna's own log lines.", rich_help_panel="Output")
 ]
@@ -611,7 +618,7 @@ def analyze(
 @app.command()
 @friendly
 def show(
-    out: Annotated[Path, typer.Argument(help="Output folder of a search.")] = Path("runs/demo"),
+    out: SearchOut = None,
     storage: Storage = None,
     study_name: StudyName = None,
     top: Annotated[int, typer.Option(help="Rows to show.")] = 20,
@@ -622,6 +629,7 @@ def show(
 
     if top < 1:
         raise AutotuneError(f"--top {top} shows no rows: give 1 or more")
+    out = _search_out(out, storage, "autotune show OUT")
     study = load_study(storage, out, study_name)
     metric = study_record(study)["settings"]["metric"]
     board = Leaderboard.from_study(study, metric, top=top)
@@ -631,7 +639,7 @@ def show(
 @app.command()
 @friendly
 def export(
-    out: Annotated[Path, typer.Option(help="Output folder of a search.")] = Path("runs/demo"),
+    out: Annotated[Path | None, typer.Option(help=OUT_HELP, show_default=False)] = None,
     trial: Annotated[int | None, typer.Option(help="Trial to export (default: the best).")] = None,
     to: Annotated[
         Path | None, typer.Option(help="Folder to write (default: OUT/trial_N or OUT/best).")
@@ -669,6 +677,7 @@ def export(
 
     if to is not None and to.exists() and not to.is_dir():
         raise AutotuneError(f"--to {str(to)!r} is a file: choose a folder to export into")
+    out = _search_out(out, storage, "autotune export --out OUT")
     if out.exists() and not out.is_dir():  # with --storage, nothing else looks at it first
         raise AutotuneError(f"--out {str(out)!r} is a file: pass the output folder of a search")
     formats = checked_formats(tuple(export_formats or ()))  # before the model loads
@@ -715,13 +724,14 @@ def export(
 @app.command()
 @friendly
 def report(
-    out: Annotated[Path, typer.Argument(help="Output folder of a search.")] = Path("runs/demo"),
+    out: SearchOut = None,
     storage: Storage = None,
     study_name: StudyName = None,
 ) -> None:
     """Write OUT/report.html (self-contained, offline) and PNGs of the key plots."""
     from autotune.results.report import write_report
 
+    out = _search_out(out, storage, "autotune report OUT", writes=True)
     with console.status("writing the report"):
         written = write_report(out, storage, study_name)
     console.print(f"wrote {written.html} and {len(written.pngs)} PNGs in {out / 'report'}")
@@ -730,7 +740,7 @@ def report(
 @app.command()
 @friendly
 def dashboard(
-    out: Annotated[Path, typer.Argument(help="Output folder of a search.")] = Path("runs/demo"),
+    out: SearchOut = None,
     storage: Storage = None,
     study_name: StudyName = None,
     host: Annotated[str, typer.Option(help="Address to serve on.")] = "127.0.0.1",
@@ -750,6 +760,7 @@ def dashboard(
         socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as e:
         raise AutotuneError(f"--host {host!r} cannot be resolved ({e.strerror}): {HOST_FIX}") from e
+    out = _search_out(out, storage, "autotune dashboard OUT")
     study = load_study(storage, out, study_name)  # checks the study is there before serving
     store = artifact_store(out) if artifacts_dir(out).is_dir() else None
     url = f"http://{host}:{port}/dashboard/"
@@ -760,6 +771,29 @@ def dashboard(
         if isinstance(e, socket.gaierror) or e.errno == errno.EADDRNOTAVAIL:
             raise AutotuneError(f"cannot serve on --host {host!r}: {e}; {HOST_FIX}") from e
         raise AutotuneError(f"cannot serve on {host}:{port}: {e}; choose another --port") from e
+
+
+def _search_out(out: Path | None, storage: str | None, usage: str, writes: bool = False) -> Path:
+    """``out``, else ``DEFAULT_OUT`` where it holds what the command reads: the study file
+    (unless ``--storage`` names the study), and for a command that ``writes`` there, the folder.
+    A default the user never typed is said as one, with ``usage`` showing how to give a folder;
+    a folder they gave is left to the command's own checks, which name it as given."""
+    from autotune.paths import study_file
+
+    if out is not None:
+        return out
+    if storage is None:
+        held = study_file(DEFAULT_OUT).is_file()
+    else:
+        held = DEFAULT_OUT.is_dir() or not writes
+    if held:
+        return DEFAULT_OUT
+    # Only a command that reads the study alone can do with a --storage in place of a folder.
+    storage_too = "" if writes else ", or the study's --storage"
+    raise AutotuneError(
+        f"no search output in the default folder {str(DEFAULT_OUT)!r} (no folder was given): "
+        f"name the output folder of a search, as in `{usage}`{storage_too}"
+    )
 
 
 HOST_FIX = (

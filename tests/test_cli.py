@@ -308,6 +308,52 @@ def test_reading_a_storage_that_does_not_exist_creates_nothing(
     assert list(tmp_path.iterdir()) == []  # no empty journal or database made
 
 
+def _journal_with_a_study(path: Path) -> None:
+    optuna.create_study(storage=JournalStorage(JournalFileBackend(str(path))), study_name="s")
+
+
+@pytest.mark.parametrize(
+    "args,usage",
+    [
+        (["show"], "`autotune show OUT`, or the study's --storage"),
+        (["export"], "`autotune export --out OUT`, or the study's --storage"),
+        (["dashboard"], "`autotune dashboard OUT`, or the study's --storage"),
+        (["report"], "`autotune report OUT`"),
+        (["report", "--storage", "s.journal"], "`autotune report OUT`"),  # it writes there
+    ],
+)
+def test_no_folder_given_is_said_as_such_not_as_a_missing_runs_demo(
+    args: list[str], usage: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    _journal_with_a_study(tmp_path / "s.journal")
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.output.split())
+    assert said == (
+        "error: no search output in the default folder 'runs/demo' (no folder was given): "
+        f"name the output folder of a search, as in {usage}"
+    )
+    assert [p.name for p in tmp_path.iterdir()] == ["s.journal"]  # nothing made
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["report", "elsewhere", "--storage", "s.journal"], "the report's folder 'elsewhere' does"),
+        (["show", "runs/demo"], "no study in 'runs/demo': there is no 'runs/demo/study.journal'"),
+    ],
+)
+def test_a_folder_given_is_named_as_given(
+    args: list[str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    _journal_with_a_study(tmp_path / "s.journal")
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split())
+
+
 def _sqlite_without_a_study(path: Path, content: str) -> None:
     import sqlite3
     from contextlib import closing
