@@ -677,7 +677,7 @@ def export(
 
     if to is not None and to.exists() and not to.is_dir():
         raise AutotuneError(f"--to {str(to)!r} is a file: choose a folder to export into")
-    out = _search_out(out, storage, "autotune export --out OUT")
+    out = _search_out(out, storage, "autotune export --out OUT", writes=True)
     if out.exists() and not out.is_dir():  # with --storage, nothing else looks at it first
         raise AutotuneError(f"--out {str(out)!r} is a file: pass the output folder of a search")
     formats = checked_formats(tuple(export_formats or ()))  # before the model loads
@@ -774,21 +774,22 @@ def dashboard(
 
 
 def _search_out(out: Path | None, storage: str | None, usage: str, writes: bool = False) -> Path:
-    """``out``, else ``DEFAULT_OUT`` where it holds what the command reads: the study file
-    (unless ``--storage`` names the study), and for a command that ``writes`` there, the folder.
-    A default the user never typed is said as one, with ``usage`` showing how to give a folder;
-    a folder they gave is left to the command's own checks, which name it as given."""
+    """``out``, else ``DEFAULT_OUT`` where it holds the study file, or where ``--storage`` holds
+    the study and the command only reads. A command that ``writes`` (a report, an export) with
+    ``--storage`` needs a folder named: the default is another search's (the demo's). A default
+    the user never typed is said as one, with ``usage`` showing how to give a folder; a folder
+    they gave is left to the command's own checks, which name it as given."""
     from autotune.paths import study_file
 
     if out is not None:
         return out
-    if storage is None:
-        held = study_file(DEFAULT_OUT).is_file()
-    else:
-        held = DEFAULT_OUT.is_dir() or not writes
-    if held:
+    if (storage is None and study_file(DEFAULT_OUT).is_file()) or (storage and not writes):
         return DEFAULT_OUT
-    # Only a command that reads the study alone can do with a --storage in place of a folder.
+    if storage is not None:
+        raise AutotuneError(
+            f"no output folder was given for the study in --storage: name the folder its search "
+            f"wrote, as in `{usage} --storage ...`, not the default {str(DEFAULT_OUT)!r}"
+        )
     storage_too = "" if writes else ", or the study's --storage"
     raise AutotuneError(
         f"no search output in the default folder {str(DEFAULT_OUT)!r} (no folder was given): "

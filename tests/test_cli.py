@@ -316,10 +316,9 @@ def _journal_with_a_study(path: Path) -> None:
     "args,usage",
     [
         (["show"], "`autotune show OUT`, or the study's --storage"),
-        (["export"], "`autotune export --out OUT`, or the study's --storage"),
+        (["export"], "`autotune export --out OUT`"),
         (["dashboard"], "`autotune dashboard OUT`, or the study's --storage"),
         (["report"], "`autotune report OUT`"),
-        (["report", "--storage", "s.journal"], "`autotune report OUT`"),  # it writes there
     ],
 )
 def test_no_folder_given_is_said_as_such_not_as_a_missing_runs_demo(
@@ -352,6 +351,24 @@ def test_a_folder_given_is_named_as_given(
     result = runner.invoke(app, args)
     assert result.exit_code == 2, result.output
     assert message in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize("command", ["report", "export"])
+def test_writing_for_a_study_in_a_storage_needs_a_folder_named(
+    command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The demo's folder exists: a report or export of another study must not land in it.
+    monkeypatch.chdir(tmp_path)
+    _journal_with_a_study(tmp_path / "s.journal")
+    (tmp_path / "runs" / "demo").mkdir(parents=True)
+    result = runner.invoke(app, [command, "--storage", "s.journal"])
+    assert result.exit_code == 2, result.output
+    usage = "autotune report OUT" if command == "report" else "autotune export --out OUT"
+    assert " ".join(result.output.split()) == (
+        "error: no output folder was given for the study in --storage: name the folder its "
+        f"search wrote, as in `{usage} --storage ...`, not the default 'runs/demo'"
+    )
+    assert list((tmp_path / "runs" / "demo").iterdir()) == []  # nothing written into it
 
 
 def _sqlite_without_a_study(path: Path, content: str) -> None:
