@@ -1,13 +1,16 @@
 """What stage 1's pruning rules cost and save, replayed on finished searches' curves.
 
-For each search folder, the trials the study's median pruner judges (stage 1 of a staged
-search, every trial otherwise) are judged again, in number order as one worker ran them, as
-Optuna's ``MedianPruner`` judges: from the epoch ``--warmups`` names on, once ``--startups``'
-count of trials has completed, a trial whose best so far is under the median of the completed
-trials at that epoch stops. ``--reach`` adds a rule the search does not have: from the warm-up
-on, a trial whose best so far is that many standard errors under the best completed trial's
-best by the same epoch stops too, start-up or not. A trial the replay stops no longer counts as
-completed for those after it. Prints, per rule, the epochs those trials would have trained, how
+For each search folder, the trials the study's median pruner judges (stage 1 of a staged search,
+every trial otherwise) are judged again, in number order as one worker ran them, as Optuna's
+``MedianPruner`` judges: from the epoch ``--warmups`` names on, once ``--startups``' count of trials
+has completed, a trial whose best so far is under the median of the completed trials at that epoch
+stops. ``--reach`` adds a rule the search does not have: from the warm-up on, a trial whose best so
+far is that many standard errors under the best completed trial's best by the same epoch stops too,
+start-up or not. A trial the replay stops no longer counts as completed for those after it.
+``--hyperband MIN ...`` replays Optuna's ``HyperbandPruner`` (up to the search's ``max_epochs``,
+reduction factor 3) with each of those first rungs, in epochs, instead of the median pruner;
+``--pruner hyperband`` runs it with 2 (``make_sampler_and_pruner``). The trials the search itself
+stopped still end where they did. Prints, per rule, the epochs those trials would have trained, how
 many stop, and whether the trial stage 2 slimmed (or, unstaged, the top trial) would have been
 stopped, and at which epoch; with several folders, a table of the sums.
 
@@ -16,7 +19,7 @@ after the first changed verdict would have been sampled differently. The epochs 
 are those of the recorded trials; a search run with the rule is the measurement.
 
 Run: python bench/pruner_replay.py OUT [OUT ...] [--warmups 0 1 2 3] [--startups 1 3]
-[--reach 3 5] (each besides the rule as run)
+[--reach 3 5] [--hyperband 2 5] (each besides the rule as run)
 """
 
 from __future__ import annotations
@@ -27,12 +30,20 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
+import optuna
+from optuna.pruners import HyperbandPruner
 from optuna.trial import FrozenTrial, TrialState
 
 from autotune.config import SearchSettings
 from autotune.search.record import TrialRecord
 from autotune.search.selection import exported_trial, standard_error
-from autotune.search.study import load_study, start_up, study_record, warmup_epochs
+from autotune.search.study import (
+    WarmedMedianPruner,
+    load_study,
+    start_up,
+    study_record,
+    warmup_epochs,
+)
 
 
 @dataclass(frozen=True)
@@ -129,6 +140,49 @@ def replay(
     return Replayed(epochs, stopped, by_rule)
 
 
+def replay_pruner(
+    trials: list[FrozenTrial], mine: list[FrozenTrial], pruner: optuna.pruners.BasePruner, name: str
+) -> Replayed:
+    """Optuna's own ``pruner`` on the recorded curves of ``mine``, in an in-memory study named
+    ``name`` (Hyperband puts a trial in a bracket by the study's name and the trial's number),
+    whose trials keep their numbers: the ones before the last judged trial that it does not
+    judge (the baseline) are told as they ended."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name=name, direction="maximize", pruner=pruner)
+    judged_numbers = {t.number for t in mine}
+    stopped: dict[int, int] = {}
+    by_rule: set[int] = set()
+    epochs = 0
+    for t in sorted(trials, key=lambda t: t.number):
+        if t.number > max(judged_numbers):
+            break
+        trial = study.ask()
+        assert trial.number == t.number, "the replay's trial numbers follow the search's"
+        if t.number not in judged_numbers:
+            if t.state == TrialState.COMPLETE and t.values:
+                study.tell(trial, t.values[0])
+            else:
+                study.tell(trial, state=TrialState.PRUNED)
+            continue
+        curve = sorted(t.intermediate_values.items())
+        ends = None
+        for step, value in curve:
+            trial.report(value, step)
+            if trial.should_prune():
+                ends = step
+                by_rule.add(t.number)
+                break
+        if ends is None and t.state != TrialState.COMPLETE:
+            ends = curve[-1][0]  # stopped by the search itself; its curve ends there
+        epochs += len([s for s, _ in curve if ends is None or s <= ends])
+        if ends is None:
+            study.tell(trial, max(v for _, v in curve))
+        else:
+            stopped[t.number] = ends
+            study.tell(trial, state=TrialState.PRUNED)
+    return Replayed(epochs, stopped, by_rule)
+
+
 def _ended(t: FrozenTrial) -> str:
     return f"{max(t.intermediate_values.values()):.3f}"
 
@@ -186,8 +240,21 @@ def report(out: Path, args: argparse.Namespace, totals: dict[str, Totals]) -> in
         if ruled == pruned
         else f"  the replay DIFFERS from the search: it stops {ruled}, the search {pruned}"
     )
-    for rule in rules(as_run, args):
-        r = replay(study.trials, mine, rule, samples)
+    replays = [
+        (rule.label(as_run), replay(study.trials, mine, rule, samples))
+        for rule in rules(as_run, args)
+    ]
+    if args.hyperband:
+        # The in-study replay checked the same way, with the search's own median pruner.
+        median = WarmedMedianPruner(n_startup_trials=as_run.startup, n_warmup_steps=as_run.warmup)
+        same = replay_pruner(study.trials, mine, median, study.study_name).by_rule == set(pruned)
+        print(f"  in an Optuna study, its median pruner {'agrees' if same else 'DIFFERS'}")
+    for low in args.hyperband:
+        pruner = HyperbandPruner(min_resource=low, max_resource=settings.get("max_epochs") or 20)
+        replays.append(
+            (f"hyperband {low}", replay_pruner(study.trials, mine, pruner, study.study_name))
+        )
+    for label, r in replays:
         fate = r.stopped.get(watched)
         # Trials the search let finish that this rule stops, with the best they went on to.
         cut = "".join(
@@ -197,12 +264,12 @@ def report(out: Path, args: argparse.Namespace, totals: dict[str, Totals]) -> in
         )
         verdict = "trains on" if fate is None else f"STOPPED after epoch {fate}"
         # Totals by what changed, so that searches run with different warm-ups still add up.
-        total = totals.setdefault(rule.label(as_run), Totals())
+        total = totals.setdefault(label, Totals())
         total.epochs += r.epochs
         total.watched_stopped += fate is not None
         total.finished_cut += sum(t.number in r.stopped for t in done)
         print(
-            f"  {rule.label(as_run):>12}: {r.epochs:4d} epochs, {len(r.stopped):2d} stopped; "
+            f"  {label:>12}: {r.epochs:4d} epochs, {len(r.stopped):2d} stopped; "
             f"trial {watched} {verdict}{cut}"
         )
     return sum(len(t.intermediate_values) for t in study.trials)
@@ -219,6 +286,13 @@ def main() -> None:
     )
     parser.add_argument(
         "--reach", type=float, nargs="*", default=[], help="standard errors, for the reach rule"
+    )
+    parser.add_argument(
+        "--hyperband",
+        type=int,
+        nargs="*",
+        default=[],
+        help="Optuna's HyperbandPruner, with these first rungs (epochs), instead of the median",
     )
     args = parser.parse_args()
     totals: dict[str, Totals] = {}
