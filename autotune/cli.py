@@ -30,8 +30,10 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-# Logs and pipes get long lines rather than a table squeezed into 80 columns.
-console = Console(width=None if sys.stdout.isatty() else 160)
+# Logs and pipes get tables 160 columns wide rather than squeezed into 80, and each line of
+# text whole (soft wrap), so that a sentence is not broken where grep or a reader would look.
+_PIPED = not sys.stdout.isatty()
+console = Console(width=160 if _PIPED else None, soft_wrap=_PIPED)
 errors = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 BAD_INPUT = 2

@@ -569,3 +569,13 @@ def test_version_of_a_source_tree_never_installed_is_the_package_constant(
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0, result.output
     assert result.output == f"autotune {autotune.__version__}\n"
+
+
+def test_in_a_pipe_a_long_line_of_text_stays_one_line(tmp_path: Path) -> None:
+    # A log read with grep: the opening line, past 160 columns here, is not broken mid-phrase.
+    out = tmp_path / ("a-long-folder-name-" * 8) / "out"
+    args = ["--model", "demo", "--trials", "1", "--epochs", "1", "--space", "default"]
+    result = runner.invoke(app, ["search", *args, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    opening = next(line for line in result.output.splitlines() if line.startswith("model "))
+    assert len(opening) > 160 and opening.endswith(f"in {out / 'study.journal'}"), opening

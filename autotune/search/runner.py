@@ -323,7 +323,7 @@ def run_worker(settings: SearchSettings, model: ModelSpec, data: DataSpec) -> No
     OUT/workers/worker-N.log."""
     log = workers_dir(settings.out) / f"worker-{settings.worker}.log"
     with log.open("w") as f:
-        console = Console(file=f, width=160)
+        console = Console(file=f, width=160, soft_wrap=True)  # as the CLI's in a pipe
         try:
             study = load_study(settings.storage, settings.out, settings.study_name)
             record = study_record(study)
