@@ -9,6 +9,7 @@ from typing import Any
 
 from autotune.paths import write_text_atomically
 from autotune.results import yaml_text
+from autotune.results.bundle_files import is_written, written
 from autotune.results.notes import latency_text, noise_note
 
 
@@ -32,10 +33,6 @@ def model_card(config: dict[str, Any]) -> str:
     return "\n".join(sections)
 
 
-def _written(config: dict[str, Any]) -> list[str]:
-    return [name for name, how in config["files"].items() if not how.startswith("not written")]
-
-
 def _front_matter(config: dict[str, Any]) -> str:
     m = config["metrics"]
     images = len(config.get("sample_shape", {}).get("model.pt2", [])) == 3
@@ -51,7 +48,11 @@ def _front_matter(config: dict[str, Any]) -> str:
     front = {
         "library_name": "pytorch",
         "pipeline_tag": task,
-        "tags": ["autotune", "pytorch", *(["onnx"] if "model.onnx" in _written(config) else [])],
+        "tags": [
+            "autotune",
+            "pytorch",
+            *(["onnx"] if "model.onnx" in written(config["files"]) else []),
+        ],
         "model-index": [
             {
                 "name": f"{config['study']}-trial-{config['trial']}",
@@ -180,12 +181,12 @@ def _usage(config: dict[str, Any]) -> str:
     shapes = config.get("sample_shape", {})
     files = config["files"]
     lines = ["## How to use\n", "Run from this folder. Each file, and what it needs:\n"]
-    for name in _written(config):
+    for name in written(files):
         shape = shapes.get("model.pt" if name == "model.pt" else "model.pt2")
         dims = ", ".join(str(n) for n in [4, *(shape or [])])
         lines += [f"`{name}`: {files[name]}\n", "```python", *_snippet(name, files[name], dims)]
         lines += ["```", ""]
-    missing = [f"- `{n}` {how}" for n, how in files.items() if n not in _written(config)]
+    missing = [f"- `{n}` {how}" for n, how in files.items() if not is_written(how)]
     return "\n".join(lines + missing + ([""] if missing else []))
 
 

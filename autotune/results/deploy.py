@@ -13,6 +13,7 @@ from torch import nn
 
 from autotune.errors import first_line
 from autotune.paths import out_of_space, write_atomically
+from autotune.results.bundle_files import not_written
 
 
 class Normalized(nn.Module):
@@ -174,5 +175,5 @@ def save_file(path: Path, write: Any, how: str, what: str) -> str:
     except Exception as e:
         if out_of_space(e):
             raise  # no fault of the model's: the whole export stops
-        return f"not written: {what} failed ({first_line(e)[:200]})"
+        return not_written(f"{what} failed ({first_line(e)[:200]})")
     return how

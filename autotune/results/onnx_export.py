@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from autotune.errors import AutotuneError, first_line
+from autotune.results.bundle_files import is_written, not_written
 from autotune.results.deploy import deployable, save_file
 
 TOLERANCE = 1e-4
@@ -72,13 +73,13 @@ def save_onnx(
     )
     path = folder / "model.onnx"
     how = save_file(path, lambda f: _write(module, inputs[:2], f), how, "torch.onnx.export")
-    if how.startswith("not written"):
+    if not is_written(how):
         return how, None
     try:
         found = _check(module, inputs, path, folder / "model.pt2", threads)
     except Exception as e:
         path.unlink(missing_ok=True)
-        return f"not written: the onnxruntime check failed ({first_line(e)[:200]})", None
+        return not_written(f"the onnxruntime check failed ({first_line(e)[:200]})"), None
     return how, found
 
 

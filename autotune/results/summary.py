@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from autotune.results.bundle_files import is_written, written
 from autotune.results.export import ExportResult
 from autotune.results.notes import latency_text, noise_note
 from autotune.results.onnx_export import onnx_line
@@ -49,9 +50,8 @@ def summary_lines(best: ExportResult, top: TrialRow | None) -> list[str]:
         f"size: {params['model']:,} parameters ({params['model'] / params['source']:.0%} "
         f"of the source), {counted}latency {latency_text(size['latency_ms'])}"
     )
-    files = best.config["files"]
-    written = sorted(n for n, how in files.items() if not how.startswith("not written"))
-    lines.append(f"exported to {best.folder}: {', '.join(written)}, config.yaml, README.md")
+    files = ", ".join(sorted(written(best.config["files"])))
+    lines.append(f"exported to {best.folder}: {files}, config.yaml, README.md")
     return lines + file_lines(best.config)
 
 
@@ -59,6 +59,6 @@ def file_lines(config: dict[str, Any]) -> list[str]:
     """A line for each file that was not written and why, and the ONNX check's: under a
     search's summary and under ``autotune export``'s line."""
     files = config["files"]
-    lines = [f"{n} {how}" for n, how in sorted(files.items()) if how.startswith("not written")]
+    lines = [f"{n} {how}" for n, how in sorted(files.items()) if not is_written(how)]
     onnx = onnx_line(files, config.get("onnx"))
     return lines + ([onnx] if onnx else [])
