@@ -97,6 +97,14 @@ def out_of_reach(
     return best < lead - rule.reach * standard_error(lead, samples)
 
 
+def cut(t: FrozenTrial, curve: list[tuple[int, float]], ends: int | None) -> tuple[int | None, int]:
+    """Where judged trial ``t``'s replay ends (None: it completes), given the epoch after which
+    the replayed rule stopped it (``ends``), and the epochs it trains up to there."""
+    if ends is None and t.state != TrialState.COMPLETE:
+        ends = curve[-1][0]  # stopped by the search itself; its curve ends there
+    return ends, len([s for s, _ in curve if ends is None or s <= ends])
+
+
 def replay(
     trials: list[FrozenTrial], mine: list[FrozenTrial], rule: Rule, samples: int | None = None
 ) -> Replayed:
@@ -130,9 +138,8 @@ def replay(
                 ends = step
                 by_rule.add(t.number)
                 break
-        if ends is None and t.state != TrialState.COMPLETE:
-            ends = curve[-1][0]  # stopped by the search itself; its curve ends there
-        epochs += len([s for s, _ in curve if ends is None or s <= ends])
+        ends, trained = cut(t, curve, ends)
+        epochs += trained
         if ends is None:
             completed.append(dict(curve))
         else:
@@ -172,9 +179,8 @@ def replay_pruner(
                 ends = step
                 by_rule.add(t.number)
                 break
-        if ends is None and t.state != TrialState.COMPLETE:
-            ends = curve[-1][0]  # stopped by the search itself; its curve ends there
-        epochs += len([s for s, _ in curve if ends is None or s <= ends])
+        ends, trained = cut(t, curve, ends)
+        epochs += trained
         if ends is None:
             study.tell(trial, max(v for _, v in curve))
         else:
