@@ -516,7 +516,8 @@ def search(
         what = f"stopped by {stop.args[0]}" if isinstance(stop, Terminated) else "interrupted"
         errors.print(
             f"{what}: finished trials are stored, and the leaderboard, best model and report "
-            "written from them; run the same command to continue"
+            "written from them; run the same command to continue",
+            soft_wrap=True,  # whole in a log, as friendly's error line: stderr wraps at 80
         )
         raise typer.Exit(exit_code(stop)) from None
     _summary(result)

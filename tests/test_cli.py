@@ -579,3 +579,20 @@ def test_in_a_pipe_a_long_line_of_text_stays_one_line(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     opening = next(line for line in result.output.splitlines() if line.startswith("model "))
     assert len(opening) > 160 and opening.endswith(f"in {out / 'study.journal'}"), opening
+
+
+def test_the_interrupted_message_stays_one_line_in_a_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A Ctrl-C's message goes to stderr, which a log keeps at 80 columns: it is not broken.
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(autotune.api, "search", interrupted)
+    args = ["search", "--model", "demo", "--out", str(tmp_path / "out")]
+    result = runner.invoke(app, args, env={"COLUMNS": "80"})
+    assert result.exit_code == 130, result.output
+    assert result.stderr == (
+        "interrupted: finished trials are stored, and the leaderboard, best model and report "
+        "written from them; run the same command to continue\n"
+    )
