@@ -763,11 +763,21 @@ def dashboard(
         socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as e:
         raise AutotuneError(f"--host {host!r} cannot be resolved ({e.strerror}): {HOST_FIX}") from e
+    # With --storage and no folder, the default folder may be another search's (the demo's):
+    # its files would be shown as this study's, and the dashboard would upload into it.
+    own_files = out is not None or storage is None
     out = _search_out(out, storage, "autotune dashboard OUT")
     study = load_study(storage, out, study_name)  # checks the study is there before serving
-    store = artifact_store(out) if artifacts_dir(out).is_dir() else None
+    store = artifact_store(out) if own_files and artifacts_dir(out).is_dir() else None
     url = f"http://{host}:{port}/dashboard/"
     console.print(f"optuna-dashboard for study {study.study_name!r}: {url}  (Ctrl+C stops it)")
+    if not own_files:
+        console.print(
+            "note: no output folder was given, so the study's attached files (analysis, exported "
+            "model) are not served: name the folder its search wrote, as in "
+            "`autotune dashboard OUT --storage ...`",
+            highlight=False,
+        )
     try:
         run_server(open_storage(storage, out), host=host, port=port, artifact_store=store)
     except OSError as e:

@@ -438,6 +438,27 @@ def test_dashboard_serves_the_study_named_among_several(
     assert "optuna-dashboard for study 'second'" in result.output and served == [8080]
 
 
+def test_dashboard_of_a_study_in_a_storage_serves_no_files_from_the_default_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # runs/demo holds the demo's files: they are not this study's, nor a place to upload to.
+    import optuna_dashboard
+
+    monkeypatch.chdir(tmp_path)
+    _journal_with_a_study(tmp_path / "s.journal")
+    (tmp_path / "runs" / "demo" / "artifacts").mkdir(parents=True)
+    stores: list[object] = []
+    monkeypatch.setattr(
+        optuna_dashboard, "run_server", lambda *a, **k: stores.append(k["artifact_store"])
+    )
+    result = runner.invoke(app, ["dashboard", "--storage", "s.journal"])
+    assert result.exit_code == 0, result.output
+    assert stores == [None]
+    assert "name the folder its search wrote, as in `autotune dashboard OUT --storage ...`" in (
+        " ".join(result.output.split())
+    )
+
+
 @pytest.mark.parametrize("port", ["-1", "99999"])
 def test_dashboard_refuses_a_port_out_of_range_in_one_line(tmp_path: Path, port: str) -> None:
     # A study file made before the journal was the default is still found.
