@@ -36,7 +36,7 @@ from autotune.results.charts import plot_analysis
 from autotune.results.export import ExportResult, Workspace, export_trial, write_leaderboard
 from autotune.results.finalists import choose
 from autotune.results.leaderboard import Leaderboard
-from autotune.results.live import LiveLeaderboard
+from autotune.results.live import LiveLeaderboard, output_console
 from autotune.results.onnx_export import export_formats
 from autotune.results.pick import any_trained
 from autotune.results.report import write_report
@@ -123,7 +123,7 @@ def search(
             analysed), a shipped space name, a YAML path, a dict, or a ``SearchSpace``.
         trials: Trials in the study, the baseline not counted.
         out: Output folder (default ``runs/<study_name>``).
-        console: Where the leaderboard goes (default: the terminal).
+        console: Where the leaderboard goes (default: the terminal; a log gets whole lines).
         command: The command line to record in the exported config.
         **settings: Further ``SearchSettings`` fields (``max_epochs``, ``seed``, ``storage``,
             ``workers``, ``allow_changes``, ``checkpoint_every``, ``checkpoint_store``,
@@ -147,7 +147,7 @@ def search(
         if not server:  # a damaged study file, in the folder that now exists
             probe_storage(storage, folder)
         job = make_job(model, data)
-        console = console or Console()
+        console = console or output_console()
         if note := replaced_bundle(folder, study_name):
             console.print(note, highlight=False)
         if isinstance(space, str) and space == "auto":

@@ -22,6 +22,7 @@ from rich.markup import escape
 from autotune import config
 from autotune.errors import AutotuneError, redacted
 from autotune.interrupts import Terminated, exit_code, stop_on_termination
+from autotune.results.live import output_console
 from autotune.search.outage import Outage, outage
 
 app = typer.Typer(
@@ -30,10 +31,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-# Logs and pipes get tables 160 columns wide rather than squeezed into 80, and each line of
-# text whole (soft wrap), so that a sentence is not broken where grep or a reader would look.
-_PIPED = not sys.stdout.isatty()
-console = Console(width=160 if _PIPED else None, soft_wrap=_PIPED)
+console = output_console()  # as autotune.search's: in a log, whole lines and 160-column tables
 errors = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 BAD_INPUT = 2

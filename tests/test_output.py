@@ -208,3 +208,19 @@ def test_an_epoch_count_below_one_is_refused_by_its_option_name(option: str, val
     result = CliRunner().invoke(app, ["search", "--model", "demo", option, value])
     assert result.exit_code == 2, result.output
     assert f"error: {option} must be at least 1, got {value}" in result.output, result.output
+
+
+def test_a_search_from_python_into_a_log_keeps_each_line_whole(
+    tmp_path: Path,
+    tiny_data: TaskData,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A script's output in a log (python train.py > log), as the CLI's: no console passed.
+    monkeypatch.setenv("COLUMNS", "80")
+    out = tmp_path / ("a-long-folder-name-" * 4)
+    torch.manual_seed(0)
+    search(TinyNet().eval(), tiny_data, space=SPACE, trials=1, out=out)
+    lines = capsys.readouterr().out.splitlines()
+    opening = next(line for line in lines if line.startswith("model "))
+    assert len(opening) > 80 and opening.endswith(f"in {out / 'study.journal'}"), lines
