@@ -787,23 +787,33 @@ def dashboard(
 def _search_out(out: Path | None, storage: str | None, usage: str, writes: bool = False) -> Path:
     """``out``, else ``DEFAULT_OUT`` where it holds the study file, or where ``--storage`` holds
     the study and the command only reads. A command that ``writes`` (a report, an export) with
-    ``--storage`` needs a folder named: the default is another search's (the demo's). A default
-    the user never typed is said as one, with ``usage`` showing how to give a folder; a folder
-    they gave is left to the command's own checks, which name it as given."""
+    ``--storage`` needs a folder named: the default may be another search's (the demo's). A
+    default the user never typed is said as one, with ``usage`` showing how to give a folder; a
+    folder they gave is left to the command's own checks, which name it as given."""
     from autotune.paths import study_file
 
     if out is not None:
         return out
     if (storage is None and study_file(DEFAULT_OUT).is_file()) or (storage and not writes):
         return DEFAULT_OUT
+    default = str(DEFAULT_OUT)
     if storage is not None:
+        # The default is not called wrong: a search of the demo model with --storage and no
+        # --out wrote there, and nothing in the folder says which study's search it was.
         raise AutotuneError(
             f"no output folder was given for the study in --storage: name the folder its search "
-            f"wrote, as in `{usage} --storage ...`, not the default {str(DEFAULT_OUT)!r}"
+            f"wrote, as in `{usage} --storage ...` (the default {default!r} is not assumed: it "
+            "may be another search's)"
+        )
+    if DEFAULT_OUT.is_dir():  # output of a search whose study is in a --storage, say
+        raise AutotuneError(
+            f"the default folder {default!r} holds no study file {str(study_file(DEFAULT_OUT))!r} "
+            f"(no folder was given): name the output folder of a search and, where its study is "
+            f"kept elsewhere, the study's --storage, as in `{usage} --storage ...`"
         )
     storage_too = "" if writes else ", or the study's --storage"
     raise AutotuneError(
-        f"no search output in the default folder {str(DEFAULT_OUT)!r} (no folder was given): "
+        f"no search output in the default folder {default!r} (no folder was given): "
         f"name the output folder of a search, as in `{usage}`{storage_too}"
     )
 

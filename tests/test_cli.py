@@ -366,9 +366,35 @@ def test_writing_for_a_study_in_a_storage_needs_a_folder_named(
     usage = "autotune report OUT" if command == "report" else "autotune export --out OUT"
     assert " ".join(result.output.split()) == (
         "error: no output folder was given for the study in --storage: name the folder its "
-        f"search wrote, as in `{usage} --storage ...`, not the default 'runs/demo'"
+        f"search wrote, as in `{usage} --storage ...` (the default 'runs/demo' is not assumed: "
+        "it may be another search's)"
     )
     assert list((tmp_path / "runs" / "demo").iterdir()) == []  # nothing written into it
+
+
+@pytest.mark.parametrize(
+    "args,usage",
+    [
+        (["show"], "autotune show OUT"),
+        (["report"], "autotune report OUT"),
+        (["export"], "autotune export --out OUT"),
+        (["dashboard"], "autotune dashboard OUT"),
+    ],
+)
+def test_a_default_folder_whose_study_is_in_a_storage_is_not_said_to_hold_no_output(
+    args: list[str], usage: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `autotune search --model demo --storage s.journal` writes its bundle into runs/demo.
+    monkeypatch.chdir(tmp_path)
+    _journal_with_a_study(tmp_path / "s.journal")
+    (tmp_path / "runs" / "demo" / "best").mkdir(parents=True)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert " ".join(result.output.split()) == (
+        "error: the default folder 'runs/demo' holds no study file 'runs/demo/study.journal' "
+        "(no folder was given): name the output folder of a search and, where its study is kept "
+        f"elsewhere, the study's --storage, as in `{usage} --storage ...`"
+    )
 
 
 def _sqlite_without_a_study(path: Path, content: str) -> None:
