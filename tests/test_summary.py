@@ -46,6 +46,14 @@ def test_the_summary_puts_the_sources_test_score_beside_the_exported_models() ->
     assert "model.pt2 not written: no" in lines
 
 
+def test_with_no_model_file_written_the_summary_lists_the_files_that_were() -> None:
+    exported = _exported(val_samples=12, gain=0.25)
+    exported.config["files"]["model.pt"] = "not written: pickling failed (a lambda)"
+    lines = summary_lines(exported, top=None)
+    assert "exported to runs/x/best: config.yaml, README.md" in lines
+    assert "model.pt not written: pickling failed (a lambda)" in lines
+
+
 def test_a_gain_the_validation_split_can_resolve_gets_no_note() -> None:
     assert noise_note(_exported(val_samples=2000, gain=0.05).config) is None
     note = noise_note(_exported(val_samples=100, gain=0.05).config)

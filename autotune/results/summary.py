@@ -50,8 +50,8 @@ def summary_lines(best: ExportResult, top: TrialRow | None) -> list[str]:
         f"size: {params['model']:,} parameters ({params['model'] / params['source']:.0%} "
         f"of the source), {counted}latency {latency_text(size['latency_ms'])}"
     )
-    files = ", ".join(sorted(written(best.config["files"])))
-    lines.append(f"exported to {best.folder}: {files}, config.yaml, README.md")
+    files = [*sorted(written(best.config["files"])), "config.yaml", "README.md"]
+    lines.append(f"exported to {best.folder}: {', '.join(files)}")
     return lines + file_lines(best.config)
 
 
