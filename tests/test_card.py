@@ -90,6 +90,16 @@ def test_every_load_snippet_of_the_card_runs_in_the_bundles_folder(
         assert done.stdout.strip() in ("torch.Size([4, 3])", "(4, 3)"), (name, done.stdout)
 
 
+def test_a_card_with_no_model_file_written_says_so_not_how_to_run_one(
+    bundle: tuple[Path, dict],
+) -> None:
+    _, config = bundle
+    files = {"model.pt": "not written: pickling failed (x)", "model.pt2": "not written: no (y)"}
+    usage = model_card({**config, "files": files}).split("## How to use\n")[1].split("\n## ")[0]
+    assert "Run from this folder" not in usage and "No model file could be written:" in usage
+    assert "- `model.pt` not written: pickling failed (x)" in usage
+
+
 def test_config_yaml_writes_every_value_out_with_no_anchors(bundle: tuple[Path, dict]) -> None:
     folder, config = bundle
     text = (folder / "config.yaml").read_text()

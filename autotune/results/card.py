@@ -180,8 +180,14 @@ def _usage(config: dict[str, Any]) -> str:
     """How to load each file written, in a few lines that run from inside the bundle's folder."""
     shapes = config.get("sample_shape", {})
     files = config["files"]
-    lines = ["## How to use\n", "Run from this folder. Each file, and what it needs:\n"]
-    for name in written(files):
+    loads = written(files)
+    intro = (
+        "Run from this folder. Each file, and what it needs:"
+        if loads
+        else "No model file could be written:"
+    )
+    lines = ["## How to use\n", f"{intro}\n"]
+    for name in loads:
         shape = shapes.get("model.pt" if name == "model.pt" else "model.pt2")
         dims = ", ".join(str(n) for n in [4, *(shape or [])])
         lines += [f"`{name}`: {files[name]}\n", "```python", *_snippet(name, files[name], dims)]
