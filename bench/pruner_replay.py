@@ -27,7 +27,7 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
@@ -68,11 +68,23 @@ class Rule:
 class Replayed:
     """One rule's verdicts on the judged trials."""
 
-    epochs: int
-    stopped: dict[int, int]
+    epochs: int = 0
+    stopped: dict[int, int] = field(default_factory=dict)
     """Trial number: the epoch after which the replay (or the search itself) stopped it."""
-    by_rule: set[int]
+    by_rule: set[int] = field(default_factory=set)
     """The trials of ``stopped`` that the replayed rule stopped (not the search alone)."""
+
+    def add(self, t: FrozenTrial, curve: list[tuple[int, float]], ends: int | None) -> bool:
+        """Judged trial ``t``'s verdict: the rule stopped it after epoch ``ends`` (None: it did
+        not). Whether it completes: a trial the search itself stopped ends where its curve does."""
+        if ends is not None:
+            self.by_rule.add(t.number)
+        elif t.state != TrialState.COMPLETE:
+            ends = curve[-1][0]
+        self.epochs += len([s for s, _ in curve if ends is None or s <= ends])
+        if ends is not None:
+            self.stopped[t.number] = ends
+        return ends is None
 
 
 def judged(trials: list[FrozenTrial], staged: bool) -> list[FrozenTrial]:
@@ -97,14 +109,6 @@ def out_of_reach(
     return best < lead - rule.reach * standard_error(lead, samples)
 
 
-def cut(t: FrozenTrial, curve: list[tuple[int, float]], ends: int | None) -> tuple[int | None, int]:
-    """Where judged trial ``t``'s replay ends (None: it completes), given the epoch after which
-    the replayed rule stopped it (``ends``), and the epochs it trains up to there."""
-    if ends is None and t.state != TrialState.COMPLETE:
-        ends = curve[-1][0]  # stopped by the search itself; its curve ends there
-    return ends, len([s for s, _ in curve if ends is None or s <= ends])
-
-
 def replay(
     trials: list[FrozenTrial], mine: list[FrozenTrial], rule: Rule, samples: int | None = None
 ) -> Replayed:
@@ -114,9 +118,7 @@ def replay(
     judged_numbers = {t.number for t in mine}
     last = max(judged_numbers)
     completed: list[dict[int, float]] = []
-    stopped: dict[int, int] = {}
-    by_rule: set[int] = set()
-    epochs = 0
+    tally = Replayed()
     for t in sorted(trials, key=lambda t: t.number):
         if t.number > last:
             break
@@ -136,15 +138,10 @@ def replay(
                 best, step, completed, rule, samples
             ):
                 ends = step
-                by_rule.add(t.number)
                 break
-        ends, trained = cut(t, curve, ends)
-        epochs += trained
-        if ends is None:
+        if tally.add(t, curve, ends):
             completed.append(dict(curve))
-        else:
-            stopped[t.number] = ends
-    return Replayed(epochs, stopped, by_rule)
+    return tally
 
 
 def replay_pruner(
@@ -157,9 +154,7 @@ def replay_pruner(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name=name, direction="maximize", pruner=pruner)
     judged_numbers = {t.number for t in mine}
-    stopped: dict[int, int] = {}
-    by_rule: set[int] = set()
-    epochs = 0
+    tally = Replayed()
     for t in sorted(trials, key=lambda t: t.number):
         if t.number > max(judged_numbers):
             break
@@ -177,16 +172,12 @@ def replay_pruner(
             trial.report(value, step)
             if trial.should_prune():
                 ends = step
-                by_rule.add(t.number)
                 break
-        ends, trained = cut(t, curve, ends)
-        epochs += trained
-        if ends is None:
+        if tally.add(t, curve, ends):
             study.tell(trial, max(v for _, v in curve))
         else:
-            stopped[t.number] = ends
             study.tell(trial, state=TrialState.PRUNED)
-    return Replayed(epochs, stopped, by_rule)
+    return tally
 
 
 def _ended(t: FrozenTrial) -> str:

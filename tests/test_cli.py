@@ -312,6 +312,21 @@ def _journal_with_a_study(path: Path) -> None:
     optuna.create_study(storage=JournalStorage(JournalFileBackend(str(path))), study_name="s")
 
 
+@pytest.fixture
+def beside_a_study(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A working folder holding a study in a journal file, ``s.journal``, and nothing else."""
+    monkeypatch.chdir(tmp_path)
+    _journal_with_a_study(tmp_path / "s.journal")
+    return tmp_path
+
+
+def _refused(args: list[str]) -> str:
+    """What ``autotune ARGS`` says when it refuses (exit code 2), on one line."""
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    return " ".join(result.output.split())
+
+
 @pytest.mark.parametrize(
     "args,usage",
     [
@@ -322,18 +337,13 @@ def _journal_with_a_study(path: Path) -> None:
     ],
 )
 def test_no_folder_given_is_said_as_such_not_as_a_missing_runs_demo(
-    args: list[str], usage: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    args: list[str], usage: str, beside_a_study: Path
 ) -> None:
-    monkeypatch.chdir(tmp_path)
-    _journal_with_a_study(tmp_path / "s.journal")
-    result = runner.invoke(app, args)
-    assert result.exit_code == 2, result.output
-    said = " ".join(result.output.split())
-    assert said == (
+    assert _refused(args) == (
         "error: no search output in the default folder 'runs/demo' (no folder was given): "
         f"name the output folder of a search, as in {usage}"
     )
-    assert [p.name for p in tmp_path.iterdir()] == ["s.journal"]  # nothing made
+    assert [p.name for p in beside_a_study.iterdir()] == ["s.journal"]  # nothing made
 
 
 @pytest.mark.parametrize(
@@ -344,32 +354,24 @@ def test_no_folder_given_is_said_as_such_not_as_a_missing_runs_demo(
     ],
 )
 def test_a_folder_given_is_named_as_given(
-    args: list[str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    args: list[str], message: str, beside_a_study: Path
 ) -> None:
-    monkeypatch.chdir(tmp_path)
-    _journal_with_a_study(tmp_path / "s.journal")
-    result = runner.invoke(app, args)
-    assert result.exit_code == 2, result.output
-    assert message in " ".join(result.output.split())
+    assert message in _refused(args)
 
 
 @pytest.mark.parametrize("command", ["report", "export"])
 def test_writing_for_a_study_in_a_storage_needs_a_folder_named(
-    command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    command: str, beside_a_study: Path
 ) -> None:
     # The demo's folder exists: a report or export of another study must not land in it.
-    monkeypatch.chdir(tmp_path)
-    _journal_with_a_study(tmp_path / "s.journal")
-    (tmp_path / "runs" / "demo").mkdir(parents=True)
-    result = runner.invoke(app, [command, "--storage", "s.journal"])
-    assert result.exit_code == 2, result.output
+    (beside_a_study / "runs" / "demo").mkdir(parents=True)
     usage = "autotune report OUT" if command == "report" else "autotune export --out OUT"
-    assert " ".join(result.output.split()) == (
+    assert _refused([command, "--storage", "s.journal"]) == (
         "error: no output folder was given for the study in --storage: name the folder its "
         f"search wrote, as in `{usage} --storage ...` (the default 'runs/demo' is not assumed: "
         "it may be another search's)"
     )
-    assert list((tmp_path / "runs" / "demo").iterdir()) == []  # nothing written into it
+    assert list((beside_a_study / "runs" / "demo").iterdir()) == []  # nothing written into it
 
 
 @pytest.mark.parametrize(
@@ -382,15 +384,11 @@ def test_writing_for_a_study_in_a_storage_needs_a_folder_named(
     ],
 )
 def test_a_default_folder_whose_study_is_in_a_storage_is_not_said_to_hold_no_output(
-    args: list[str], usage: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    args: list[str], usage: str, beside_a_study: Path
 ) -> None:
     # `autotune search --model demo --storage s.journal` writes its bundle into runs/demo.
-    monkeypatch.chdir(tmp_path)
-    _journal_with_a_study(tmp_path / "s.journal")
-    (tmp_path / "runs" / "demo" / "best").mkdir(parents=True)
-    result = runner.invoke(app, args)
-    assert result.exit_code == 2, result.output
-    assert " ".join(result.output.split()) == (
+    (beside_a_study / "runs" / "demo" / "best").mkdir(parents=True)
+    assert _refused(args) == (
         "error: the default folder 'runs/demo' holds no study file 'runs/demo/study.journal' "
         "(no folder was given): name the output folder of a search and, where its study is kept "
         f"elsewhere, the study's --storage, as in `{usage} --storage ...`"
@@ -465,14 +463,12 @@ def test_dashboard_serves_the_study_named_among_several(
 
 
 def test_dashboard_of_a_study_in_a_storage_serves_no_files_from_the_default_folder(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    beside_a_study: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # runs/demo holds the demo's files: they are not this study's, nor a place to upload to.
     import optuna_dashboard
 
-    monkeypatch.chdir(tmp_path)
-    _journal_with_a_study(tmp_path / "s.journal")
-    (tmp_path / "runs" / "demo" / "artifacts").mkdir(parents=True)
+    (beside_a_study / "runs" / "demo" / "artifacts").mkdir(parents=True)
     stores: list[object] = []
     monkeypatch.setattr(
         optuna_dashboard, "run_server", lambda *a, **k: stores.append(k["artifact_store"])
