@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
-import importlib.metadata
 import logging
 import shlex
 import socket
@@ -47,11 +46,8 @@ finished trials are kept, and the same command goes on from them."""
 def _print_version(value: bool) -> None:
     if not value:
         return
-    try:
-        version = importlib.metadata.version("autotune")
-    except importlib.metadata.PackageNotFoundError:
-        version = config.VERSION  # run from a source tree that was never installed
-    console.print(f"autotune {version}", highlight=False)
+    # The package's version is this constant too (pyproject's dynamic version): one source.
+    console.print(f"autotune {config.VERSION}", highlight=False)
     raise typer.Exit()
 
 
