@@ -84,3 +84,25 @@ def test_a_pickled_model_holding_autotunes_classes_says_it_needs_autotune(tmp_pa
     (tmp_path / "plain").mkdir()
     plain = save_model(torch.nn.Linear(8, 2).eval(), torch.randn(2, 8), tmp_path / "plain")
     assert "autotune installed" not in plain["model.pt"]
+
+
+class _ValueBranch(torch.nn.Module):
+    """Control flow on the input's values: ``torch.export`` cannot trace it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.fc(x)
+        return out * 2 if x.sum() > 1e9 else out
+
+
+def test_a_model_torch_export_fails_on_says_why_in_one_line_not_its_graph(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    files = save_model(_ValueBranch().eval(), torch.rand(2, 4), tmp_path)
+    assert files["model.pt2"].startswith("not written: torch.export failed (")
+    said = capsys.readouterr()
+    assert "def forward(" not in said.err + said.out  # the traced graph torch prints
+    assert (tmp_path / "model.pt").is_file()

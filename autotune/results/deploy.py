@@ -4,7 +4,10 @@ normalisation inside, so the deployed model takes raw images scaled to [0, 1].""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -159,9 +162,25 @@ def _save_torchscript(model: torch.jit.ScriptModule, f: BinaryIO) -> None:
         torch.jit.save(model, f)
 
 
+@contextlib.contextmanager
+def exporter_quiet() -> Iterator[None]:
+    """``torch.export`` (and the ONNX exporter on it) prints its traced graph and warnings to
+    stderr when it fails on a model: dozens of lines in the user's log, where the bundle's
+    files already say in one line which file was not written and why (its exception)."""
+    with (
+        warnings.catch_warnings(),
+        contextlib.redirect_stdout(io.StringIO()),
+        contextlib.redirect_stderr(io.StringIO()),
+    ):
+        warnings.simplefilter("ignore")
+        yield
+
+
 def _save_program(model: nn.Module, example: torch.Tensor, f: BinaryIO) -> None:
     """``torch.export`` ``model`` with a free batch size and save it to ``f``."""
-    program = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim.AUTO},))
+    with exporter_quiet():
+        dims = ({0: torch.export.Dim.AUTO},)
+        program = torch.export.export(model, (example,), dynamic_shapes=dims)
     # Stack traces name files of this machine (the user's code, site-packages): not shipped.
     for node in program.graph.nodes:
         node.meta.pop("stack_trace", None)

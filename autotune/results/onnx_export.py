@@ -4,14 +4,11 @@ PyTorch output, and timed there beside the ``.pt2`` program (``results.onnx_chec
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import re
 import subprocess
 import sys
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +18,7 @@ from torch import nn
 
 from autotune.errors import AutotuneError, first_line
 from autotune.results.bundle_files import is_written, not_written
-from autotune.results.deploy import deployable, save_file
+from autotune.results.deploy import deployable, exporter_quiet, save_file
 
 TOLERANCE = 1e-4
 """Largest difference from the PyTorch output that the summary calls a match."""
@@ -88,8 +85,7 @@ def _write(module: nn.Module, example: torch.Tensor, f: Any) -> None:
     ``model.pt2``) with a free batch size, and write the ONNX model to ``f``."""
     try:
         # The exporter prints its steps and warns about things the user cannot act on.
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
+        with exporter_quiet():
             program = torch.onnx.export(
                 module,
                 (example,),
