@@ -53,6 +53,22 @@ class Analysis(JupyterMixin):
         """Channels of ``layer``, least important first."""
         return [int(i) for i in np.argsort(self.channels[layer], kind="stable")]
 
+    def head_modules(self) -> list[str]:
+        """The attention modules whose heads are ranked (``channels`` keys that are not layers
+        of the unfreezing order)."""
+        all_layers = self.meta.get("all_layers") or list(self.channels)
+        return [name for name in self.channels if name not in all_layers]
+
+    def unpruned(self) -> dict[str, str]:
+        """Layers whose channels are left unpruned -> why. Not those inside an attention module
+        whose heads are ranked: they lose the rows and columns of each head pruned whole."""
+        heads = tuple(f"{name}." for name in self.head_modules())
+        return {
+            name: why
+            for name, why in (self.meta.get("unpruned") or {}).items()
+            if not name.startswith(heads)
+        }
+
     def unfreeze_order(self, all_layers: list[str]) -> list[str]:
         """Layers by error score, highest first; unscored ones after, from the output back."""
         scored = self.layers or {}
@@ -103,7 +119,7 @@ def tables(analysis: Analysis, features: int = 5) -> list[Table]:
     out = []
     all_layers = analysis.meta.get("all_layers") or list(analysis.channels)
     order = analysis.unfreeze_order(all_layers)
-    unpruned = analysis.meta.get("unpruned") or {}
+    unpruned = analysis.unpruned()
     layers = Table(
         title=f"{analysis.method}: layers, most error-driving first (the unfreezing order)",
         title_justify="left",

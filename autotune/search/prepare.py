@@ -129,11 +129,17 @@ def run_analyses(
         if say is not None:
             took = time.perf_counter() - started
             how = "cached" if analysis.meta.get("cached") else f"{took:.1f}s"
-            say(
-                f"{method} analysis: {len(analysis.channels)} prunable layers, "
-                f"{analysis.meta.get('errors', 0)} mistakes explained ({how})"
+            heads = len(analysis.head_modules())
+            ranked = f"{len(analysis.channels) - heads} prunable layers" + (
+                f" and the heads of {heads} attention module{'s' if heads > 1 else ''}"
+                if heads
+                else ""
             )
-            note = unpruned_note(analysis.meta.get("unpruned") or {})
+            say(
+                f"{method} analysis: {ranked}, {analysis.meta.get('errors', 0)} mistakes "
+                f"explained ({how})"
+            )
+            note = unpruned_note(analysis.unpruned())
             if note is not None and not noted:
                 say(f"note: {note}")
                 noted = True
