@@ -19,6 +19,9 @@ Run: python bench/real_scale.py [--archs resnet18 mobilenet_v3_small vit] [--see
          [--workdir DIR] [--results FILE] [--write BENCHMARKS.md]
      python bench/real_scale.py --table-only FILE [FILE ...] [--write BENCHMARKS.md]
          (several results files: runs of the same tasks made apart, e.g. one per method group)
+     python bench/real_scale.py --table-only FILE [FILE ...] --refresh BENCHMARKS.md
+         (the reviewed section's generated parts in place: its Command, Machine and Seeds
+         lines, tables and targets; its title, prose and per-seed tables are the reader's)
 """
 
 from __future__ import annotations
@@ -220,6 +223,35 @@ def merged(paths: list[Path]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     return records, meta
 
 
+SECTION = "### autotune at real scale"
+"""The title's start of the reviewed section that ``--refresh`` updates (the first)."""
+GENERATED = ("Command: ", "Machine: ", "Seeds [")
+"""The lines of that section the bench writes, each replaced whole."""
+
+
+def refresh(path: Path, lines: list[str]) -> None:
+    """Replace, in ``path``'s first real-scale section, the lines that start as ``GENERATED``
+    ones do and everything from the first task's table to the last target with ``lines``'."""
+    text = path.read_text().split("\n")
+    start = next(i for i, line in enumerate(text) if line.startswith(SECTION))
+    end = next((i for i in range(start + 1, len(text)) if text[i].startswith("### ")), len(text))
+    section = text[start:end]
+    for prefix in GENERATED:
+        new = next(line for line in lines if line.startswith(prefix))
+        at = next(i for i, line in enumerate(section) if line.startswith(prefix))
+        section[at] = new.rstrip() + ("  " if section[at].endswith("  ") else "")
+
+    def block(of: list[str]) -> tuple[int, int]:
+        first = next(i for i, line in enumerate(of) if line.startswith("**"))
+        last = max(i for i, line in enumerate(of) if line.startswith("- --max-params:"))
+        return first, last + 1
+
+    first, last = block(section)
+    new_first, new_last = block(lines)
+    section[first:last] = lines[new_first:new_last]
+    path.write_text("\n".join(text[:start] + section + text[end:]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -241,13 +273,19 @@ def main() -> None:
     )
     parser.add_argument("--workdir", type=Path, help="keep tasks, cached sources, logs and runs")
     parser.add_argument("--write", type=Path, help="write the result into this Markdown file")
+    parser.add_argument(
+        "--refresh", type=Path, help="with --table-only: update the reviewed section in place"
+    )
     args = parser.parse_args()
     args.quick, args.max_epochs, args.patience = False, peers.MAX_EPOCHS, peers.PATIENCE
     if args.table_only:
         records, meta = merged(args.table_only)
     else:
         records, meta = run(args)
-    emit(peers.table(records, meta, title="autotune at real scale", goals=goals), args.write)
+    lines = peers.table(records, meta, title="autotune at real scale", goals=goals)
+    emit(lines, args.write)
+    if args.refresh is not None:
+        refresh(args.refresh, "\n".join(lines).split("\n"))
 
 
 if __name__ == "__main__":
