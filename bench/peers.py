@@ -620,14 +620,19 @@ def search_epochs(out: Path) -> int | None:
     return sum(int(t.user_attrs.get("epochs") or 0) for t in trials)
 
 
+def run_folder(record: dict[str, Any]) -> Path | None:
+    """The output folder an autotune record's command names (``--out``), if it names one."""
+    words = shlex.split(record.get("command", ""))
+    return Path(words[words.index("--out") + 1]) if "--out" in words[:-1] else None
+
+
 def with_epochs(record: dict[str, Any]) -> dict[str, Any]:
     """An autotune record with its search's epochs: results written before the bench recorded
     them count them in the run folder its command names, while that folder exists."""
     if not record.get("method", "").startswith("autotune") or "epochs_trained" in record:
         return record
-    words = shlex.split(record.get("command", ""))
-    out = words[words.index("--out") + 1] if "--out" in words[:-1] else None
-    return {**record, "epochs_trained": search_epochs(Path(out))} if out else record
+    out = run_folder(record)
+    return {**record, "epochs_trained": search_epochs(out)} if out else record
 
 
 def _pair(r: dict[str, Any], key: str) -> tuple[int, Any]:

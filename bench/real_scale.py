@@ -21,7 +21,8 @@ Run: python bench/real_scale.py [--archs resnet18 mobilenet_v3_small vit] [--see
          (several results files: runs of the same tasks made apart, e.g. one per method group)
      python bench/real_scale.py --table-only FILE [FILE ...] --refresh BENCHMARKS.md
          (the reviewed section's generated parts in place: its Command, Machine and Seeds
-         lines, tables and targets; its title, prose and per-seed tables are the reader's)
+         lines, tables, targets and where each search's trials went; its title, prose and
+         per-seed tables are the reader's)
 """
 
 from __future__ import annotations
@@ -223,6 +224,44 @@ def merged(paths: list[Path]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     return records, meta
 
 
+def stage_lines(records: list[dict[str, Any]]) -> list[str]:
+    """Where each autotune search's trials went, by stage, read off its study (while its run
+    folder exists): trials, how many stopped early, epochs, trial seconds per epoch; the
+    parent stage 2 slimmed and the trial exported. What the prose of a review quotes."""
+    import csv
+
+    lines = []
+    for r in records:
+        out = peers.run_folder(r) if r.get("method", "").startswith("autotune") else None
+        board = out / "leaderboard.csv" if out is not None else None
+        if board is None or not board.is_file():
+            continue
+        with board.open() as f:
+            rows = list(csv.DictReader(f))
+        said = []
+        for stage in ("1", "2"):
+            mine = [row for row in rows if row["stage"] == stage]
+            epochs = sum(int(row["epochs"] or 0) for row in mine)
+            seconds = sum(float(row["seconds"] or 0) for row in mine)
+            # A pruned trial with no epoch was not trained (a near copy, over a budget).
+            cut = [int(row["epochs"] or 0) for row in mine if row["state"] == "PRUNED"]
+            stops = f"{sum(e > 0 for e in cut)} stopped early, {cut.count(0)} not trained"
+            per = f", {seconds / epochs:.1f} s an epoch" if epochs else ""
+            said.append(f"stage {stage} {len(mine)} trials ({stops}), {epochs} epochs{per}")
+        parents = sorted({row["parent"] for row in rows if row["parent"]})
+        exported = [row["trial"] for row in rows if row["exported"] == "True"]
+        lines.append(
+            f"- {r['task']} {r['method']} seed {r['seed']}: {'; '.join(said)}; parent "
+            f"{', '.join(parents) or '-'}; exported {', '.join(exported) or '-'} "
+            f"(`{board}`)"
+        )
+    return (
+        ["", "Where the searches' trials went (each search's `leaderboard.csv`):", "", *lines]
+        if lines
+        else []
+    )
+
+
 SECTION = "### autotune at real scale"
 """The title's start of the reviewed section that ``--refresh`` updates (the first)."""
 GENERATED = ("Command: ", "Machine: ", "Seeds [")
@@ -231,7 +270,8 @@ GENERATED = ("Command: ", "Machine: ", "Seeds [")
 
 def refresh(path: Path, lines: list[str]) -> None:
     """Replace, in ``path``'s first real-scale section, the lines that start as ``GENERATED``
-    ones do and everything from the first task's table to the last target with ``lines``'."""
+    ones do and everything from the first task's table to the last target (or the last line of
+    ``stage_lines``) with ``lines``'."""
     text = path.read_text().split("\n")
     start = next(i for i, line in enumerate(text) if line.startswith(SECTION))
     end = next((i for i in range(start + 1, len(text)) if text[i].startswith("### ")), len(text))
@@ -243,7 +283,11 @@ def refresh(path: Path, lines: list[str]) -> None:
 
     def block(of: list[str]) -> tuple[int, int]:
         first = next(i for i, line in enumerate(of) if line.startswith("**"))
-        last = max(i for i, line in enumerate(of) if line.startswith("- --max-params:"))
+        last = max(
+            i
+            for i, line in enumerate(of)
+            if line.startswith("- --max-params:") or line.endswith("leaderboard.csv`)")
+        )
         return first, last + 1
 
     first, last = block(section)
@@ -283,6 +327,7 @@ def main() -> None:
     else:
         records, meta = run(args)
     lines = peers.table(records, meta, title="autotune at real scale", goals=goals)
+    lines += stage_lines(records)
     emit(lines, args.write)
     if args.refresh is not None:
         refresh(args.refresh, "\n".join(lines).split("\n"))
