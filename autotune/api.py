@@ -15,34 +15,26 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from autotune.config import AnalysisOptions, Explainer, SearchSettings
-from autotune.errors import first_line
 from autotune.interrupts import deferred
 from autotune.load.job import DataSpec, Job, ModelSpec
 from autotune.load.models import LoadedModel
 from autotune.load.tasks import TaskData, from_datasets
 from autotune.paths import (
-    analysis_dir,
     check_storage,
     check_writable,
-    leaderboard_csv,
     remove_made,
     replaced_bundle,
     study_file,
 )
 from autotune.rank.analysis import Analysis
 from autotune.rank.analyze import analyze_job
-from autotune.results.artifacts import attach
-from autotune.results.charts import plot_analysis
-from autotune.results.export import ExportResult, Workspace, export_trial, write_leaderboard
-from autotune.results.finalists import choose
+from autotune.results.export import ExportResult, export_trial
+from autotune.results.finish import finish, workspace
 from autotune.results.leaderboard import Leaderboard
 from autotune.results.live import LiveLeaderboard, output_console
 from autotune.results.onnx_export import export_formats
-from autotune.results.pick import any_trained
-from autotune.results.report import write_report
-from autotune.search.outage import outage
-from autotune.search.prepare import space_for, study_checkpoints
-from autotune.search.record import TrialRecord
+from autotune.search.outage import raise_outage
+from autotune.search.prepare import space_for
 from autotune.search.resume_store import check_store
 from autotune.search.runner import Search
 from autotune.search.space import SearchSpace, load_space
@@ -167,111 +159,19 @@ def search(
             study = run.run()
         except BaseException as e:
             # A full disk or a lost storage would fail each file too: the next run writes them.
-            _raise_outage(e)
+            raise_outage(e)
             # Interrupted (Ctrl-C) or broken after trials ran: still write what they give.
             if run.study is not None and run.exports:
-                _finish(run, run.study)
+                finish(run, run.study)
             raise
         if not run.exports:
             return SearchResult(run, study, None)  # the first machine's first worker exports
         with deferred():  # a SIGTERM now waits for the bundle, as a scheduler's grace allows
-            best, report = _finish(run, study)
+            best, report = finish(run, study)
         return SearchResult(run, study, best, report)
     finally:
         if the_settings.storage is None and (file := study_file(folder)).suffix == ".db":
             settle(file)  # an older SQLite study: one file again
-
-
-def _raise_outage(e: BaseException) -> None:
-    """Raise the one-line ``Outage`` when ``e`` comes of a full disk or a lost storage."""
-    lost = outage(e)
-    if lost is e:
-        raise e
-    if lost is not None:
-        raise lost from e
-
-
-def _finish(run: Search, study: optuna.Study) -> tuple[ExportResult | None, Path | None]:
-    """Write the leaderboard, the best bundle and the report: each that can be, with a line
-    saying why for each that cannot. A full disk or a lost storage, which would fail every
-    one of them, ends it with that one line instead (``search.outage``)."""
-    try:
-        write_leaderboard(study, run.settings.metric, leaderboard_csv(run.settings.out))
-    except Exception as e:
-        _raise_outage(e)
-        run.console.print(f"note: leaderboard.csv not written ({first_line(e)})")
-    best = None
-    if not any_trained(study):
-        run.console.print("nothing exported: no trial completed besides the baseline")
-    else:
-        _choose(run, study)
-        try:
-            best = export_trial(workspace(run), study, refit=run.settings.refit)
-        except Exception as e:
-            _raise_outage(e)
-            run.console.print(f"nothing exported: {first_line(e)}", highlight=False)
-    if best is not None:
-        keep = {best.trial}
-        if len(study.directions) > 1:
-            keep |= {t.number for t in study.best_trials}
-        # A stage-2 trial is rebuilt from its parent's weights.
-        parents = (TrialRecord.from_trial(study.trials[n]).parent for n in keep)
-        keep |= {p for p in parents if p is not None}
-        study_checkpoints(run.settings, study).prune(keep)
-    return best, _publish(run, study, best)
-
-
-def _choose(run: Search, study: optuna.Study) -> None:
-    """Train the finalists again with fresh seeds and record the choice the export reads."""
-    if run.settings.finalists < 1:
-        return
-    try:
-        with run.console.status("training the finalists again with fresh seeds"):
-            choose(
-                workspace(run),
-                study,
-                run.settings.finalists,
-                say=lambda line: run.console.print(line, highlight=False),
-            )
-    except Exception as e:  # the export falls back to the top trial
-        _raise_outage(e)
-        run.console.print(
-            f"note: finalists not compared ({first_line(e)}); --select chooses the export"
-        )
-
-
-def workspace(run: Search) -> Workspace:
-    """What export needs of a finished search (its fitted space, rankings and measurements)."""
-    checkpoints = study_checkpoints(run.settings, run.study)
-    return Workspace(run.job, run.space, run.settings, run.maker, checkpoints, run.original)
-
-
-def _publish(run: Search, study: optuna.Study, best: ExportResult | None) -> Path | None:
-    """Draw the analyses' charts, attach the files to the study for the dashboard, and write
-    the report.
-
-    All come after the study's results are stored and exported: a failure here is reported
-    in one line and loses nothing.
-    """
-    out = run.settings.out
-    try:
-        for analysis in run.analyses.values():
-            plot_analysis(analysis, analysis_dir(out))
-        if best is not None:
-            # Named so that the dashboard says which trial best/ holds.
-            attach(
-                study, sorted(best.folder.iterdir()), out, prefix=f"exported-trial_{best.trial}-"
-            )
-        attach(study, sorted(analysis_dir(out).glob("*")), out)
-    except Exception as e:
-        _raise_outage(e)
-        run.console.print(f"note: files not attached for the dashboard: {first_line(e)}")
-    try:
-        return write_report(out, run.settings.storage, run.settings.study_name).html
-    except Exception as e:
-        _raise_outage(e)
-        run.console.print(f"note: report not written ({first_line(e)}); try `autotune report`")
-        return None
 
 
 def analyze(

@@ -122,15 +122,15 @@ def test_a_sigterm_at_the_end_of_a_search_waits_for_the_bundle_then_stops_it(
 ) -> None:
     """A scheduler stopping the job while the search writes its results: they are written, then
     the search stops (the command exits 143)."""
-    from autotune import api
+    from autotune.results import finish
 
-    export = api.export_trial
+    export = finish.export_trial
 
     def terminated_first(*args: Any, **kwargs: Any) -> Any:
         signal.raise_signal(signal.SIGTERM)
         return export(*args, **kwargs)
 
-    monkeypatch.setattr(api, "export_trial", terminated_first)
+    monkeypatch.setattr(finish, "export_trial", terminated_first)
     console = Console(file=io.StringIO())
     with pytest.raises(Terminated) as stop:
         search(tiny_model, tiny_data, out=tmp_path, console=console, space=QUICK, trials=2)

@@ -285,8 +285,8 @@ def test_a_slimming_only_space_starts_with_the_rankings_seeds(tmp_path: Path) ->
 def test_a_slimmed_trial_is_rebuilt_from_its_parent_and_reproduces(tmp_path: Path) -> None:
     import dataclasses
 
-    from autotune.api import workspace
     from autotune.results.export import export_trial
+    from autotune.results.finish import workspace
     from autotune.trial.checkpoints import Checkpoints
 
     space = {

@@ -57,3 +57,12 @@ def outage(e: BaseException) -> Outage | None:
             "same command again once it is reachable to go on from them"
         )
     return None
+
+
+def raise_outage(e: BaseException) -> None:
+    """Raise the one-line ``Outage`` when ``e`` comes of a full disk or a lost storage."""
+    lost = outage(e)
+    if lost is e:
+        raise e
+    if lost is not None:
+        raise lost from e
