@@ -29,6 +29,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},  # -h as most tools take it
 )
 console = output_console()  # as autotune.search's: in a log, whole lines and 160-column tables
 errors = Console(stderr=True)

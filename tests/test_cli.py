@@ -602,6 +602,12 @@ def test_version_prints_the_installed_version_and_help_lists_it() -> None:
     assert "--version" in runner.invoke(app, ["--help"], env={"COLUMNS": "200"}).output
 
 
+@pytest.mark.parametrize("args", [["-h"], ["search", "-h"], ["export", "-h"]])
+def test_dash_h_is_help(args: list[str]) -> None:
+    short, long = runner.invoke(app, args), runner.invoke(app, [*args[:-1], "--help"])
+    assert short.exit_code == 0 and short.output == long.output and "Usage:" in short.output
+
+
 def test_the_installed_version_is_the_one_bundles_record() -> None:
     # pyproject's version is dynamic, read from autotune.config.VERSION: one source for both.
     assert importlib.metadata.version("autotune") == autotune.__version__
