@@ -133,7 +133,7 @@ def tables(analysis: Analysis, features: int = 5) -> list[Table]:
         layers.add_column(name, justify="left" if "layer" in name or "est" in name else "right")
     # Attention modules' heads (not layers of the unfreezing order) come after, unranked.
     rows = [(str(i), name) for i, name in enumerate(order, 1)]
-    rows += [("", name) for name in analysis.channels if name not in order]
+    rows += [("", name) for name in analysis.head_modules()]
     for rank, name in rows:
         scores = analysis.channels.get(name)
         error = (analysis.layers or {}).get(name)
