@@ -31,8 +31,9 @@ from autotune.rank.analyze import analyze_job
 from autotune.results.export import ExportResult, export_trial
 from autotune.results.finish import finish, workspace
 from autotune.results.leaderboard import Leaderboard
-from autotune.results.live import LiveLeaderboard, output_console
+from autotune.results.live import LiveLeaderboard
 from autotune.results.onnx_export import export_formats
+from autotune.search.display import output_console
 from autotune.search.outage import raise_outage
 from autotune.search.prepare import space_for
 from autotune.search.resume_store import check_store

@@ -21,7 +21,7 @@ from rich.markup import escape
 from autotune import config
 from autotune.errors import AutotuneError, redacted
 from autotune.interrupts import Terminated, exit_code, stop_on_termination
-from autotune.results.live import output_console
+from autotune.search.display import output_console
 from autotune.search.outage import Outage, outage
 
 app = typer.Typer(

@@ -9,7 +9,6 @@ import contextlib
 import dataclasses
 import re
 import statistics
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -25,15 +24,6 @@ from autotune.results.leaderboard import Leaderboard
 
 _EPOCH = re.compile(r"epoch (\d+)/(\d+)(?:, )?(.*)")
 """What a trial reports after each epoch (``search.objective``): ``epoch 3/20, accuracy 0.91``."""
-
-
-def output_console() -> Console:
-    """Where a search prints when given no console (the CLI, ``autotune.search``): a terminal or
-    a notebook at its own width; a log or a pipe with tables 160 columns wide rather than
-    squeezed into 80, and each line of text whole (soft wrap), so that a sentence is not broken
-    where grep or a reader would look."""
-    piped = not sys.stdout.isatty() and not Console().is_jupyter  # a notebook is no tty either
-    return Console(width=160 if piped else None, soft_wrap=piped)
 
 
 class LiveLeaderboard:

@@ -5,19 +5,31 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
-from typing import Protocol
+from typing import Protocol, TextIO
 
 import optuna
 import torch
 from optuna.trial import FrozenTrial
+from rich.console import Console
 
 from autotune.config import SearchSettings
 from autotune.errors import redacted
 from autotune.load.job import Job
 from autotune.load.streams import Streamed
 from autotune.paths import study_file
+
+
+def output_console(file: TextIO | None = None) -> Console:
+    """Where a search prints when given no console (the CLI, ``autotune.search``, a worker's
+    ``file``): a terminal or a notebook at its own width; a log or a pipe with tables 160
+    columns wide rather than squeezed into 80, and each line of text whole (soft wrap), so that
+    a sentence is not broken where grep or a reader would look."""
+    # A notebook is no tty either; a worker's file is a log.
+    piped = file is not None or (not sys.stdout.isatty() and not Console().is_jupyter)
+    return Console(file=file, width=160 if piped else None, soft_wrap=piped)
 
 
 class Display(Protocol):

@@ -26,7 +26,7 @@ from autotune.paths import checkpoints_dir, workers_dir
 from autotune.rank.analysis import Analysis
 from autotune.rank.gates import sites
 from autotune.search.budgets import Budgets, cost_attrs
-from autotune.search.display import Display, NoDisplay, header, optuna_quiet
+from autotune.search.display import Display, NoDisplay, header, optuna_quiet, output_console
 from autotune.search.objective import WORKER, Objective
 from autotune.search.pool import Pool
 from autotune.search.prepare import adapt_space, make_maker, run_analyses, study_checkpoints
@@ -323,7 +323,7 @@ def run_worker(settings: SearchSettings, model: ModelSpec, data: DataSpec) -> No
     OUT/workers/worker-N.log."""
     log = workers_dir(settings.out) / f"worker-{settings.worker}.log"
     with log.open("w") as f:
-        console = Console(file=f, width=160, soft_wrap=True)  # as the CLI's in a pipe
+        console = output_console(f)
         try:
             study = load_study(settings.storage, settings.out, settings.study_name)
             record = study_record(study)
