@@ -188,7 +188,8 @@ Normalize = Annotated[
 LoaderWorkers = Annotated[
     int | None,
     typer.Option(
-        help="DataLoader worker processes for data too large to hold (default: 4).",
+        help="DataLoader worker processes for data too large to hold (default: up to 4, one "
+        "core left to training).",
         rich_help_panel="Model and data",
     ),
 ]
@@ -379,9 +380,9 @@ def search(
     select: Annotated[
         config.SelectRule,
         typer.Option(
-            help="Without a size budget, export the smallest model whose validation accuracy "
-            "is within one standard error of the best (simplest, default: a small validation "
-            "split cannot tell them apart), or the best on validation (top).",
+            help="Without a size or latency budget, export the smallest model whose validation "
+            "accuracy is within one standard error of the best (simplest, default: a small "
+            "validation split cannot tell them apart), or the best on validation (top).",
             rich_help_panel="Output",
         ),
     ] = "simplest",
