@@ -30,7 +30,23 @@ def cli_reference() -> str:
     text = get_docs_for_click(obj=command, ctx=typer.Context(command), name="autotune")
     # Typer titles the app with "#"; the page has its own title, so every heading goes down one.
     lines = text.splitlines()[1:]
-    return "\n".join("#" + line if line.startswith("#") else line for line in lines) + "\n"
+    lines = ["#" + line if line.startswith("#") else line for line in lines]
+    return "\n".join(_literal_brackets(lines)) + "\n"
+
+
+def _literal_brackets(lines: list[str]) -> list[str]:
+    """The lines with each ``<`` of the help texts escaped: Markdown passes ``runs/<study name>``
+    through as an HTML tag, which a browser hides. Code spans and fenced blocks show it as is."""
+    fenced = False
+    out = []
+    for line in lines:
+        if line.startswith("```"):
+            fenced = not fenced
+        if not fenced and "<" in line:
+            parts = line.split("`")  # the even parts are outside code spans
+            line = "`".join(p if i % 2 else p.replace("<", "&lt;") for i, p in enumerate(parts))
+        out.append(line)
+    return out
 
 
 def on_page_markdown(markdown: str, **kwargs: Any) -> str:
