@@ -60,19 +60,50 @@ def _unknown_operation(slimmed_study: Path, out: Path) -> Path:
     return damaged
 
 
-@pytest.mark.parametrize("damage", [_damaged_journal, _unknown_operation, _damaged_sqlite])
+def _bad_last_line(slimmed_study: Path, out: Path) -> Path:
+    """The search's journal whose last line, newline and all, is no record: Optuna's reader
+    skips such a last line, and the first write after it made the file unreadable."""
+    damaged = out / "study.journal"
+    damaged.write_bytes((slimmed_study / "study.journal").read_bytes() + b"garbage{\n")
+    return damaged
+
+
+def _no_journal(slimmed_study: Path, out: Path) -> Path:
+    """A one-line text file where the study file should be."""
+    damaged = out / "study.journal"
+    damaged.write_bytes(b"garbage{\n")
+    return damaged
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [_damaged_journal, _unknown_operation, _damaged_sqlite, _bad_last_line, _no_journal],
+)
 def test_a_damaged_study_file_is_named_with_what_to_do(
     damage: Callable[[Path, Path], Path], slimmed_study: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
     out.mkdir()
     damaged = damage(slimmed_study, out)
+    before = damaged.read_bytes()
     line = _search(out)
     assert f"the study file {str(damaged)!r} is damaged" in line
     assert "restore it from a copy, or move it aside" in line
     assert "URL" not in line and "driver" not in line  # not a server's problem
-    # Refused before the model loaded: no analysis was written beside it.
+    # Refused before the model loaded: no analysis was written beside it, nor a line after.
     assert sorted(p.name for p in out.iterdir()) == [damaged.name]
+    assert damaged.read_bytes() == before
+
+
+def test_a_journal_of_one_long_record_is_read_whole(tmp_path: Path) -> None:
+    """The last line is found however long it is: a line longer than the first chunk read."""
+    from autotune.search.journal import _last_line
+
+    journal = tmp_path / "study.journal"
+    journal.write_bytes(b'{"op_code":0}\n' + b'{"op_code":1,"x":"' + b"y" * 300_000 + b'"}\n')
+    assert _last_line(journal, chunk=1024) == b'{"op_code":1,"x":"' + b"y" * 300_000 + b'"}\n'
+    journal.write_bytes(b'{"op_code":0}\n{"op_code":1}\n{"op_c')  # a write cut short
+    assert _last_line(journal, chunk=4) == b'{"op_code":1}\n'
 
 
 def test_a_study_file_that_cannot_be_read_is_named_with_what_to_do(tmp_path: Path) -> None:

@@ -12,10 +12,15 @@ that stops the next one.
 - A write cut short (kill -9 or a power cut during an append) leaves a last line without its
   newline. Optuna's readers skip it, but its next append would be glued onto it, and the whole
   file would then read as damaged: the cut line, which no reader ever saw, is removed first.
+- A last line with its newline that is not one of Optuna's records is no write cut short but a
+  damaged file, or no journal at all: Optuna's readers skip it as they would a write in
+  progress, and the next append makes it a line in the middle, which they refuse. It is named
+  on opening, before anything is written after it.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -41,6 +46,7 @@ def open_journal(path: Path) -> JournalStorage:
         )
     locking = JournalFileOpenLock(file, grace_period=LOCK_GRACE_S)
     _cut_torn_line(path, locking)
+    _check_last_line(path)
     return JournalStorage(JournalFileBackend(file, lock_obj=locking))
 
 
@@ -76,3 +82,35 @@ def _torn(path: Path) -> bool:
             return f.read(1) != b"\n"
     except OSError:
         return False  # not a readable file: opening it says why
+
+
+def _check_last_line(path: Path) -> None:
+    """Raise (a ``ValueError``: opening the storage calls it a damaged file) where the last
+    whole line is not a record of Optuna's journal."""
+    last = _last_line(path)
+    if last is None:
+        return
+    try:
+        record = json.loads(last)
+    except ValueError:
+        record = None
+    if not isinstance(record, dict) or "op_code" not in record:
+        raise ValueError("its last line is not a record of Optuna's journal")
+
+
+def _last_line(path: Path, chunk: int = 1 << 16) -> bytes | None:
+    """The last line that ends in a newline, read from the end of the file (a journal grows
+    to megabytes); None where there is none."""
+    try:
+        with path.open("rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            while True:
+                f.seek(max(0, size - chunk))
+                data = f.read()
+                end = data.rfind(b"\n")
+                start = data.rfind(b"\n", 0, max(end, 0))
+                if start >= 0 or chunk >= size:
+                    return data[start + 1 : end + 1] if end >= 0 else None
+                chunk *= 4
+    except OSError:
+        return None  # not a readable file: opening it says why
