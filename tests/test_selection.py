@@ -307,3 +307,15 @@ def test_a_slimmed_child_that_removes_under_a_twentieth_of_its_parent_is_not_tra
     assert why == "not trained: a near copy of trial 1, it keeps 95% of its parameters"
     assert near_copy(1000, parent, settings) is not None
     assert near_copy(1000, parent, SearchSettings(pareto="params")) is None
+
+
+def test_the_note_says_top_within_the_budgets_when_a_trial_over_them_scored_higher() -> None:
+    # Trial 1 scored higher but is over the size budget: trial 2 is the top only within it.
+    study = _scored("maximize", [(0.5, 400), (0.95, 1000), (0.90, 400)])
+    study.set_user_attr(SELECT, "simplest")
+    study.set_user_attr(LIMITS, {"params": 500})
+    assert chosen_trial(study).number == 2  # type: ignore[union-attr]
+    assert choice_note(study) == "the top trial within the budgets on validation"
+    study.set_user_attr(LIMITS, {})
+    study.set_user_attr(SELECT, "top")
+    assert choice_note(study) == "the top trial on validation"

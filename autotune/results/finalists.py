@@ -2,10 +2,11 @@
 
 A validation split of a few dozen samples scores in steps of several points, and one training
 run's seed moves a trial by as much: the trial with the single best validation score is partly
-luck (``DESIGN.md``). So the top ``count`` trials, and the standard recipe trial (which keeps
-the export "never worse than the recipe" on the same footing), train again from their stored
-configuration with ``FINALIST_SEEDS`` fresh seeds, on the training split as in the search, and
-are judged on validation by the mean of their original and fresh scores. The chosen trial is
+luck (BENCHMARKS.md, "How much of the pick is luck"). So the top ``count`` trials, and the
+standard recipe trial (which keeps the export "never worse than the recipe" on the same
+footing), train again from their stored configuration with ``FINALIST_SEEDS`` fresh seeds, on
+the training split as in the search, and are judged on validation by the mean of their original
+and fresh scores. The chosen trial is
 exported with its own weights. The test split is not read here.
 """
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 
 import optuna
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
 from autotune.search.record import TrialRecord
 from autotune.search.study import CHOSEN, LIMITS, metric_sign, ranked_trials
@@ -118,17 +118,28 @@ def _choice(study: optuna.Study) -> tuple[FrozenTrial | None, str]:
     if not ranked:
         return None, "no trial within the budgets"
     top = ranked[0]
+    words = "the top trial within the budgets" if _outscored(study, top) else "the top trial"
     if not _by_simplest(study):
-        return top, "the top trial on validation"
+        return top, f"{words} on validation"
     pick = simplest(ranked)
     if pick.number == top.number:
-        return top, "the top trial on validation, and the smallest within its standard error"
+        return top, f"{words} on validation, and the smallest within its standard error"
     samples = int(TrialRecord.from_trial(top).samples or 0)
     return pick, (
         f"the smallest model within one standard error "
         f"({standard_error(top.values[0], samples):.3f} on {samples} samples) of the top "
         f"trial {top.number}'s validation accuracy {top.values[0]:.4f} (--select top exports it)"
     )
+
+
+def _outscored(study: optuna.Study, top: FrozenTrial) -> bool:
+    """Whether a completed trial left out by the budgets scored higher than ``top`` on
+    validation: then ``top`` is the top only within them."""
+    if len(study.directions) != 1:
+        return False
+    s = metric_sign(study)
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return any(t.values is not None and s * t.values[0] > s * top.values[0] for t in trials)
 
 
 def may_be_chosen(study: optuna.Study, value: float, params: int) -> bool:

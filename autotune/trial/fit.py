@@ -68,8 +68,8 @@ EpochCallback = Callable[[int, float], None]
 def configure_threads(device: torch.device, threads: int) -> None:
     """Set torch's intra-op threads for CPU work.
 
-    On small models, more threads were many times slower than one on 2-core machines (see
-    DESIGN.md); parallelism comes from worker processes instead. Default: 1.
+    On small models, more threads were many times slower than one on 2-core machines
+    (``bench/threads.py``); parallelism comes from worker processes instead. Default: 1.
     """
     if threads < 1:
         raise AutotuneError(f"--threads must be at least 1, got {threads}")
