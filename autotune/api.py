@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 
 from autotune.config import AnalysisOptions, Explainer, SearchSettings
 from autotune.interrupts import deferred
-from autotune.load.job import DataSpec, Job, ModelSpec
+from autotune.load.job import DataSpec, Job, ModelSpec, in_memory
 from autotune.load.models import LoadedModel
 from autotune.load.tasks import TaskData, from_datasets
 from autotune.paths import (
@@ -95,7 +95,7 @@ class SearchResult(JupyterMixin):
 
 
 def search(
-    model: str | Path | ModelSpec | nn.Module | LoadedModel,
+    model: str | Path | ModelSpec | nn.Module | torch.export.ExportedProgram | LoadedModel,
     data: str | DataSpec | TaskData | Dataset,
     *,
     space: str | Path | Mapping[str, Any] | SearchSpace = "auto",
@@ -108,7 +108,9 @@ def search(
     """Run (or continue) a search and export its best model.
 
     Args:
-        model: A model file path, ``"demo"``, an ``nn.Module`` or a ``LoadedModel``.
+        model: A model file path, ``"demo"``, an ``nn.Module`` (a TorchScript one is searched
+            as a program: fine-tuning only), a torch.export ``ExportedProgram`` or a
+            ``LoadedModel``.
         data: A data spec (path, ``sklearn:NAME``, ``demo``), a ``TaskData``, or a torch
             ``Dataset`` of ``(input, label)`` pairs.
         space: ``auto`` (the shipped space that fits the model: ``vision`` for conv nets,
@@ -145,7 +147,8 @@ def search(
             console.print(note, highlight=False)
         if isinstance(space, str) and space == "auto":
             space, why = space_for(job)
-            said = f"space: {space} ({why}; --space default fine-tunes only)"
+            hint = "" if space == "default" else "; --space default fine-tunes only"
+            said = f"space: {space} ({why}{hint})"
             console.print(said, highlight=False)
         the_space = space if isinstance(space, SearchSpace) else load_space(space)
         display = LiveLeaderboard(console, the_settings.metric, the_settings.trials)
@@ -176,7 +179,7 @@ def search(
 
 
 def analyze(
-    model: str | Path | ModelSpec | nn.Module | LoadedModel,
+    model: str | Path | ModelSpec | nn.Module | torch.export.ExportedProgram | LoadedModel,
     data: str | DataSpec | TaskData | Dataset,
     *,
     method: str = "shap",
@@ -209,7 +212,7 @@ def analyze(
 
 
 def make_job(
-    model: str | Path | ModelSpec | nn.Module | LoadedModel,
+    model: str | Path | ModelSpec | nn.Module | torch.export.ExportedProgram | LoadedModel,
     data: str | DataSpec | TaskData | Dataset,
 ) -> Job:
     """Load what is given as a path or spec; check the model and data fit each other.
@@ -222,6 +225,8 @@ def make_job(
     model_spec = ModelSpec(str(model)) if isinstance(model, (str, Path)) else model
     data_spec = DataSpec(data) if isinstance(data, str) else data
     loaded = model_spec.load() if isinstance(model_spec, ModelSpec) else model_spec
+    if not isinstance(loaded, LoadedModel):
+        loaded = in_memory(loaded)
     module = loaded.module if isinstance(loaded, LoadedModel) else loaded
     task = data_spec.load(module) if isinstance(data_spec, DataSpec) else data_spec
     return Job.from_objects(

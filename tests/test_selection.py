@@ -319,3 +319,28 @@ def test_the_note_says_top_within_the_budgets_when_a_trial_over_them_scored_high
     study.set_user_attr(LIMITS, {})
     study.set_user_attr(SELECT, "top")
     assert choice_note(study) == "the top trial on validation"
+
+
+@pytest.mark.parametrize("kind", ["TorchScript", "torch.export"])
+def test_a_program_passed_from_python_is_fine_tuned_as_a_program(kind: str, tmp_path: Path) -> None:
+    # A TorchScript module passed as an object was searched as an eager one: its analysis
+    # failed ("register_forward_pre_hook is not supported on ScriptModules").
+    torch.manual_seed(0)
+    console = _quiet()
+    data = _data()
+    model = TinyNet().eval()
+    if kind == "TorchScript":
+        program = torch.jit.script(model)
+    else:
+        batch = ({0: torch.export.Dim.AUTO},)  # any batch size, as the README says
+        program = torch.export.export(model, (data.x_val[:2],), dynamic_shapes=batch)
+    result = search(program, data, trials=1, out=tmp_path, console=console, max_epochs=2)
+    said = [line for line in console.file.getvalue().splitlines() if line.startswith("space:")]  # type: ignore[attr-defined]
+    # Not "a torchscript model ...; --space default fine-tunes only": it already does.
+    assert said == [
+        f"space: default (a {kind} program cannot be analysed or pruned: fine-tuning only)"
+    ]
+    baseline, recipe = result.study.trials[:2]
+    assert recipe.state == TrialState.COMPLETE
+    # It trained: a copy's parameters that could not take gradients left the loss as it was.
+    assert recipe.user_attrs["val_loss"] != baseline.user_attrs["val_loss"]

@@ -8,6 +8,7 @@ affine scale) travels with the layer before it: it normalises that layer's outpu
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -53,6 +54,14 @@ def device_of(model: nn.Module, default: torch.device | str = "cpu") -> torch.de
     """Where ``model``'s parameters are (``default`` for a model without any): inputs that
     trace or probe it go there, since the search keeps the source model on its device."""
     return next((p.device for p in model.parameters()), torch.device(default))
+
+
+def copy_model(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model``, made without autograd: a TorchScript module's copied parameters
+    would otherwise be non-leaf tensors that no optimizer accepts, and never train (its
+    ``requires_grad`` flags are kept; ``trial.freeze.unfreeze`` sets them)."""
+    with torch.no_grad():
+        return copy.deepcopy(model)
 
 
 def set_training(module: nn.Module, training: bool) -> None:

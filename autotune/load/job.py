@@ -6,7 +6,6 @@ same job from the storage alone.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ import torch
 from torch import nn
 
 from autotune.errors import DataError, ModelLoadError
+from autotune.load.anatomy import copy_model, set_training
 from autotune.load.architecture import OWN_NETWORK
 from autotune.load.attention import split_attention
 from autotune.load.data import check_model_fits, load_data
@@ -129,16 +129,13 @@ class Job:
     @classmethod
     def from_objects(
         cls,
-        model: nn.Module | LoadedModel,
+        model: nn.Module | torch.export.ExportedProgram | LoadedModel,
         data: TaskData,
         model_spec: ModelSpec | None = None,
         data_spec: DataSpec | None = None,
     ) -> Job:
-        if isinstance(model, nn.Module):
-            # A copy: the search moves its source to the device and sets its mode, and the
-            # caller's model (in a notebook, say) must come out of a search as it went in.
-            module = copy.deepcopy(model).eval()
-            model = LoadedModel(module, IN_MEMORY, "module", module_sha256(model))
+        if not isinstance(model, LoadedModel):
+            model = in_memory(model)
         num_classes = check_model_fits(model.module, data)
         # Same outputs, and heads that can be scored and removed (``load.attention``).
         split_attention(model.module, data.x_train[:2])
@@ -246,6 +243,22 @@ def arch_module(model: dict[str, Any]) -> str | None:
         return None
     module = arch.rsplit(":", 1)[0]
     return None if module == "torchvision" else module
+
+
+def in_memory(model: nn.Module | torch.export.ExportedProgram) -> LoadedModel:
+    """A model passed from Python, held as one read from a file is: a TorchScript or
+    torch.export program as a program (no analysis or pruning: hooks would fail on it), else a
+    module. A copy: the search moves its source to the device and sets its mode, and the
+    caller's model (in a notebook, say) must come out of a search as it went in."""
+    module: nn.Module
+    if isinstance(model, torch.export.ExportedProgram):
+        module, kind = model.module(), "export"  # the copy leaves out the hooks it adds
+    else:
+        module = model
+        kind = "torchscript" if isinstance(model, torch.jit.ScriptModule) else "module"
+    copied = copy_model(module)
+    set_training(copied, False)
+    return LoadedModel(copied, IN_MEMORY, kind, module_sha256(module))
 
 
 def module_sha256(model: nn.Module) -> str:

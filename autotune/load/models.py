@@ -52,6 +52,12 @@ class LoadedModel:
         """A TorchScript or torch.export program: no hooks, no resizing, its dropout fixed."""
         return self.format in ("torchscript", "export")
 
+    @property
+    def kind(self) -> str:
+        """The format in a user's words, for messages: "a TorchScript program"."""
+        programs = {"torchscript": "a TorchScript program", "export": "a torch.export program"}
+        return programs.get(self.format, f"a {self.format} model")
+
 
 def file_sha256(path: str | Path) -> str:
     digest = hashlib.sha256()

@@ -28,7 +28,7 @@ def check_analyzable(job: Job) -> None:
     """Gates need hooks on an eager module: TorchScript and torch.export programs have none."""
     if job.model.is_program:
         raise AutotuneError(
-            f"a {job.model.format} model cannot be analysed or pruned (its modules take no "
+            f"{job.model.kind} cannot be analysed or pruned (its modules take no "
             "hooks and cannot be resized): pass a state_dict with --arch, or a pickled module "
             "with --trust-model"
         )

@@ -73,8 +73,7 @@ def space_for(job: Job) -> tuple[str, str]:
     feature-vector models, ``default`` (fine-tuning only) where the model cannot be analysed.
     """
     if job.model.is_program:
-        fmt = job.model.format
-        return "default", f"a {fmt} model cannot be analysed or pruned: fine-tuning only"
+        return "default", f"{job.model.kind} cannot be analysed or pruned: fine-tuning only"
     if job.data.x_val.ndim == 2:
         return "tabular", "feature-vector input: SHAP-ranked features, neurons and layers"
     if any(isinstance(m, nn.modules.conv._ConvNd) for m in job.model.module.modules()):

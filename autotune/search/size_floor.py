@@ -24,13 +24,13 @@ from torch import nn
 
 from autotune.config import MAX_RATIO, SearchSettings
 from autotune.errors import AutotuneError
+from autotune.load.anatomy import copy_model
 from autotune.load.architecture import OWN_NETWORK
 from autotune.load.job import Job
 from autotune.rank.gates import sites
 from autotune.search.space import SearchSpace
 from autotune.search.values import RATIOS
 from autotune.trial.cost import count_macs, parse_budget
-from autotune.trial.freeze import copy_model
 from autotune.trial.prune import drop_features, prune
 
 

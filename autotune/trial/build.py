@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 from autotune.config import MAX_RATIO, TrialConfig
-from autotune.load.anatomy import layers
+from autotune.load.anatomy import copy_model, layers
 from autotune.rank.analysis import Analysis
 from autotune.rank.heads import is_attention
-from autotune.trial.freeze import configure, copy_model
+from autotune.trial.freeze import configure
 from autotune.trial.prune import drop_features, prune
 
 

@@ -5,20 +5,10 @@ Layers are counted as ``load.anatomy.layers`` names them, input side first.
 
 from __future__ import annotations
 
-import copy
-
-import torch
 from torch import nn
 
 from autotune.config import TrialConfig
-from autotune.load.anatomy import classifier_of, layers
-
-
-def copy_model(model: nn.Module) -> nn.Module:
-    # Copied without autograd: a TorchScript module's copied parameters would otherwise be
-    # non-leaf tensors that no optimizer accepts. unfreeze() sets every requires_grad flag.
-    with torch.no_grad():
-        return copy.deepcopy(model)
+from autotune.load.anatomy import classifier_of, copy_model, layers
 
 
 def apply(model: nn.Module, config: TrialConfig, order: list[str] | None = None) -> nn.Module:
