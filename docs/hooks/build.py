@@ -31,6 +31,9 @@ def cli_reference() -> str:
     # Typer titles the app with "#"; the page has its own title, so every heading goes down one.
     lines = text.splitlines()[1:]
     lines = ["#" + line if line.startswith("#") else line for line in lines]
+    # Typer's page lists the help option by its default name, not the app's help_option_names.
+    names = "`" + ", ".join(app.info.context_settings["help_option_names"]) + "`"
+    lines = [line.replace("* `--help`:", f"* {names}:") for line in lines]
     return "\n".join(_literal_brackets(lines)) + "\n"
 
 
