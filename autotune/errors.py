@@ -56,6 +56,12 @@ def unreadable_file(e: BaseException) -> str:
     text = str(e)
     if "PytorchStreamReader failed" in text:  # a zip archive cut short or overwritten
         return f"it is damaged or cut short ({text.split('. ')[0].strip()})"
+    if isinstance(e, EOFError):
+        return "it is empty or cut short"
+    if isinstance(e, (KeyError, IndexError)):
+        # The safe unpickler reading bytes that are no pickle (a text or CSV file) runs off its
+        # memo or stack: the message alone ("101", "pop from empty list") says nothing.
+        return f"it is not a file torch.save wrote, or it is damaged ({described(e)})"
     if "Weights only load failed" not in text:
         return first_line(e)
     found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\s*\n|$)", text, re.S)

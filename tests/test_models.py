@@ -216,7 +216,10 @@ def test_a_missing_arch_file_is_named_as_the_arch_option(tmp_path: Path) -> None
         load_model(tmp_path / "net.pt", arch=f"{missing}:Net")
 
 
-@pytest.mark.parametrize("content", [b"", b"not a model at all", b"PK\x03\x04broken zip"])
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"not a model at all", b"PK\x03\x04broken zip", b"hello", b"a,b,target\n1,2,0\n"],
+)
 def test_corrupt_file_gets_one_clear_error(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "bad.pt"
     path.write_bytes(content)
@@ -225,8 +228,11 @@ def test_corrupt_file_gets_one_clear_error(tmp_path: Path, content: bytes) -> No
     assert "\n" not in str(info.value)
     # Not PyTorch's advice to load it with weights_only=False: that would run what it holds.
     assert "weights_only" not in str(info.value)
-    if content == b"not a model at all":
+    if content in (b"not a model at all", b"hello", b"a,b,target\n1,2,0\n"):
+        # A text or CSV file too: its unpickler fails as a KeyError or IndexError.
         assert "it is not a file torch.save wrote, or it is damaged" in str(info.value)
+    if content == b"":
+        assert "it is empty or cut short" in str(info.value)
     # The same file as data says the same.
     with pytest.raises(DataError, match="cannot read tensors file") as as_data:
         load_data(str(path))

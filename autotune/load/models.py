@@ -185,7 +185,9 @@ def _load_pickle_file(
             return LoadedModel(obj, str(path), "pickle", file_sha256(path))
         # Else a training checkpoint, mostly: the weights beside objects the safe reader
         # refuses (an argparse Namespace, a scheduler), read as any state_dict is.
-    except (RuntimeError, OSError, EOFError, ValueError) as e:
+    except Exception as e:
+        # The safe reader runs no code from the file, so whatever else it raises is the file's
+        # fault: a text or CSV file fails as a KeyError or IndexError of its unpickler.
         raise _unreadable(path, e) from e
     state = _find_state_dict(obj)
     if state is None:
