@@ -360,3 +360,26 @@ def test_the_command_line_names_the_pickled_object_of_a_state_dict(tmp_path: Pat
 def test_a_folder_given_as_the_model_is_called_a_folder(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match=r"model file '.*' is a folder: pass the path of a"):
         load_model(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("arch", "refusal"),
+    [
+        (":Net", r"^--arch ':Net' is not of the form torchvision:NAME"),
+        ("{file}:", r"^--arch '.*nets\.py:' is not of the form torchvision:NAME"),
+        ("{file}:Broken", r"^--arch '.*:Broken': cannot build it with \{\}: RuntimeError: no GPU"),
+    ],
+)
+def test_an_arch_with_no_module_or_class_or_whose_class_fails_is_one_line(
+    tmp_path: Path, arch: str, refusal: str
+) -> None:
+    torch.save({"fc.weight": torch.ones(3, 8)}, tmp_path / "net.pt")
+    file = tmp_path / "nets.py"
+    file.write_text(
+        "class Broken:\n    def __init__(self):\n        raise RuntimeError('no GPU')\n"
+    )
+    try:
+        with pytest.raises(ModelLoadError, match=refusal):
+            load_model(tmp_path / "net.pt", arch=arch.format(file=file))
+    finally:
+        sys.modules.pop("nets", None)  # no later test sees it imported

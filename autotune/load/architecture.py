@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import nn
 
-from autotune.errors import ModelLoadError
+from autotune.errors import ModelLoadError, described
 
 OWN_NETWORK = {
     "torchscript": "a TorchScript archive",
@@ -77,11 +77,11 @@ def import_code(path: str | Path, option: str = "--code") -> types.ModuleType:
 
 def build_arch(arch: str, num_classes: int | None = None) -> nn.Module:
     """Build an untrained network from ``torchvision:NAME`` or ``module:ClassName``."""
-    if ":" not in arch:
+    where, _, name = arch.rpartition(":")
+    if not where or not name:  # no colon, or nothing before or after it (':Net', 'net.py:')
         raise ModelLoadError(
             f"--arch {arch!r} is not of the form torchvision:NAME or package.module:ClassName"
         )
-    where, name = arch.rsplit(":", 1)
     kwargs: dict[str, Any] = {} if num_classes is None else {"num_classes": num_classes}
     if where == "torchvision":
         import torchvision
@@ -109,8 +109,10 @@ def build_arch(arch: str, num_classes: int | None = None) -> nn.Module:
         raise ModelLoadError(f"--arch {arch!r}: module {where!r} defines no {name!r}")
     try:
         net = cls(**kwargs)
-    except TypeError as e:
-        raise ModelLoadError(f"--arch {arch!r}: cannot build it with {kwargs}: {e}") from e
+    except Exception as e:  # the user's constructor may raise anything
+        raise ModelLoadError(
+            f"--arch {arch!r}: cannot build it with {kwargs}: {described(e)}"
+        ) from e
     if not isinstance(net, nn.Module):
         raise ModelLoadError(f"--arch {arch!r} builds a {type(net).__name__}, not an nn.Module")
     return net
