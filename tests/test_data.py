@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import TinyNet, blobs
 
-from autotune.errors import DataError
+from autotune.errors import DataError, ModelLoadError
 from autotune.load.data import check_model_fits, load_data
 from autotune.load.tasks import carve, from_tensors
 
@@ -264,3 +264,15 @@ def test_data_of_another_shape_than_the_model_takes_is_named_with_its_shape() ->
     ) as refused:
         check_model_fits(mlp, load_data("demo"))
     assert "check that the data is what the model takes" in str(refused.value)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_model_whose_weights_hold_nan_or_inf_is_refused_before_the_search(bad: float) -> None:
+    x, y = blobs(30)
+    model = TinyNet().eval()
+    with torch.no_grad():
+        model.out.bias[0] = bad  # a damaged file's weights
+    with pytest.raises(
+        ModelLoadError, match="the model returns NaN or inf class scores for finite inputs"
+    ):
+        check_model_fits(model, from_tensors(x, y))

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from autotune.errors import DataError, first_line
+from autotune.errors import DataError, ModelLoadError, first_line
 from autotune.load.anatomy import device_of
 from autotune.load.demo import demo_files
 from autotune.load.images import load_image_folder
@@ -126,6 +126,14 @@ def check_model_fits(model: nn.Module, data: TaskData) -> int:
             f"{tuple(data.x_train.shape[1:])} from data {data.spec!r}; autotune tunes "
             "classifiers that return one row of class scores per sample (N, C): check that "
             "the data is what the model takes"
+        )
+    if out.isnan().any() or out.isposinf().any():
+        # The data is finite (checked when read), so the model is at fault: NaN or inf weights
+        # of a damaged file. Every trial would fail on its loss, told to lower its lr. (-inf is
+        # a log-probability of 0, which a model ending in log(softmax) may return.)
+        raise ModelLoadError(
+            f"the model returns NaN or inf class scores for finite inputs from data "
+            f"{data.spec!r}: its weights may hold NaN or inf; check the model file"
         )
     width = out.shape[1]
     present = data.y_train.unique()
