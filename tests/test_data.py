@@ -276,3 +276,18 @@ def test_a_model_whose_weights_hold_nan_or_inf_is_refused_before_the_search(bad:
         ModelLoadError, match="the model returns NaN or inf class scores for finite inputs"
     ):
         check_model_fits(model, from_tensors(x, y))
+
+
+@pytest.mark.parametrize(
+    "keys", [{1: "x", "y_train": "y"}, {"x_train": "x", "y_train": "y", 0: "x"}]
+)
+def test_a_tensors_file_with_keys_that_are_not_strings_is_read_or_refused_in_one_line(
+    tmp_path: Path, keys: dict
+) -> None:
+    x, y = blobs(30)
+    torch.save({k: {"x": x, "y": y}[v] for k, v in keys.items()}, tmp_path / "d.pt")
+    if "x_train" in keys:  # the other keys are not splits: left aside, as any such key is
+        assert load_data(str(tmp_path / "d.pt")).x_train.shape[1:] == (8,)
+        return
+    with pytest.raises(DataError, match=r"lacks \['x_train'\]; it has \['1', 'y_train'\]"):
+        load_data(str(tmp_path / "d.pt"))

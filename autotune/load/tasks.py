@@ -195,8 +195,9 @@ def _streamed_datasets(
 def from_mapping(m: dict[str, Any], spec: str, val_fraction: float, seed: int) -> TaskData:
     missing = [k for k in ("x_train", "y_train") if k not in m]
     if missing:
+        keys = sorted(map(str, m))  # a file's keys may be of any type: 1 < 'a' cannot be sorted
         raise DataError(
-            f"data {spec!r} lacks {missing}; it has {sorted(m)}. A tensors file must hold "
+            f"data {spec!r} lacks {missing}; it has {keys}. A tensors file must hold "
             "x_train, y_train and optionally x_val, y_val, x_test, y_test"
         )
     known = [f"{xy}_{split}" for split in SPLITS for xy in "xy"]
@@ -216,7 +217,7 @@ def from_mapping(m: dict[str, Any], spec: str, val_fraction: float, seed: int) -
                 f"data {spec!r} has {'x' if has_x else 'y'}_{split} without "
                 f"{'y' if has_x else 'x'}_{split}: give both or neither"
             )
-    t = {k: _as_tensor(k, v, spec) for k, v in m.items() if k[:2] in ("x_", "y_")}
+    t = {k: _as_tensor(k, v, spec) for k, v in m.items() if str(k)[:2] in ("x_", "y_")}
     for split in SPLITS:
         check_pair(spec, split, t.get(f"x_{split}"), t.get(f"y_{split}"))
     x_train, y_train = t["x_train"], t["y_train"]
