@@ -291,3 +291,19 @@ def test_a_tensors_file_with_keys_that_are_not_strings_is_read_or_refused_in_one
         return
     with pytest.raises(DataError, match=r"lacks \['x_train'\]; it has \['1', 'y_train'\]"):
         load_data(str(tmp_path / "d.pt"))
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.int16, torch.uint8, torch.int32, torch.int64])
+def test_integer_inputs_of_any_width_are_read_as_float(tmp_path: Path, dtype: torch.dtype) -> None:
+    x, y = blobs(30)
+    torch.save({"x_train": (x * 10).to(dtype), "y_train": y}, tmp_path / "d.pt")
+    data = load_data(str(tmp_path / "d.pt"))
+    assert data.x_train.dtype == torch.float32
+
+
+@pytest.mark.parametrize("dtype", [torch.bool, torch.complex64])
+def test_inputs_that_are_no_real_numbers_are_refused(tmp_path: Path, dtype: torch.dtype) -> None:
+    x, y = blobs(30)
+    torch.save({"x_train": x.to(dtype), "y_train": y}, tmp_path / "d.pt")
+    with pytest.raises(DataError, match=f"x_train has dtype {dtype}; inputs must be real numbers"):
+        load_data(str(tmp_path / "d.pt"))

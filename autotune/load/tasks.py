@@ -236,11 +236,9 @@ def _as_tensor(name: str, value: Any, spec: str) -> torch.Tensor:
     except (TypeError, ValueError) as e:
         raise DataError(f"data {spec!r}: {name} is not numeric ({e})") from e
     if name.startswith("x_"):
-        if not (
-            tensor.is_floating_point() or tensor.dtype in (torch.uint8, torch.int64, torch.int32)
-        ):
+        if tensor.is_complex() or tensor.dtype == torch.bool:  # int8, int16, uint16: numbers
             raise DataError(
-                f"data {spec!r}: {name} has dtype {tensor.dtype}; inputs must be numbers"
+                f"data {spec!r}: {name} has dtype {tensor.dtype}; inputs must be real numbers"
             )
         return tensor.float()
     return as_labels(name, tensor, spec)
