@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -307,3 +308,13 @@ def test_inputs_that_are_no_real_numbers_are_refused(tmp_path: Path, dtype: torc
     torch.save({"x_train": x.to(dtype), "y_train": y}, tmp_path / "d.pt")
     with pytest.raises(DataError, match=f"x_train has dtype {dtype}; inputs must be real numbers"):
         load_data(str(tmp_path / "d.pt"))
+
+
+def test_a_sparse_tensor_in_a_tensors_file_is_read_as_dense(tmp_path: Path) -> None:
+    x, y = blobs(30)
+    torch.save({"x_train": x.to_sparse(), "y_train": y.to_sparse()}, tmp_path / "d.pt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch's note on checking sparse tensors is not printed
+        data = load_data(str(tmp_path / "d.pt"))
+    assert data.x_train.layout == torch.strided
+    assert torch.equal(torch.cat([data.x_train, data.x_val]).sort(0).values, x.sort(0).values)

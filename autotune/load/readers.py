@@ -7,6 +7,7 @@ validates what it returns.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,9 @@ def read_tensors_file(path: Path) -> dict[str, Any]:
         if path.suffix == ".npz":
             with np.load(path, allow_pickle=False) as npz:
                 return {k: npz[k] for k in npz.files}
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's note that it checks a sparse tensor: not news
+            warnings.filterwarnings("ignore", "Validating sparse tensor invariants")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise DataError(
             f"cannot read tensors file {str(path)!r} ({unreadable_file(e)}): "

@@ -235,6 +235,8 @@ def _as_tensor(name: str, value: Any, spec: str) -> torch.Tensor:
         )
     except (TypeError, ValueError) as e:
         raise DataError(f"data {spec!r}: {name} is not numeric ({e})") from e
+    if tensor.layout != torch.strided:  # sparse: the checks, batching and training need dense
+        tensor = tensor.to_dense()
     if name.startswith("x_"):
         if tensor.is_complex() or tensor.dtype == torch.bool:  # int8, int16, uint16: numbers
             raise DataError(
