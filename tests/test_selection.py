@@ -16,6 +16,7 @@ from rich.console import Console
 from torch import nn
 
 from autotune import search
+from autotune.errors import AutotuneError
 from autotune.load.job import Job
 from autotune.load.tasks import TaskData, from_tensors
 from autotune.results import export
@@ -52,6 +53,20 @@ def test_the_space_follows_the_model() -> None:
     images = from_tensors(torch.rand(20, 1, 8, 8), torch.arange(20) % 3)
     assert space_for(Job.from_objects(conv, images))[0] == "vision"
     assert space_for(Job.from_objects(TinyNet(), _data()))[0] == "tabular"
+
+
+def test_a_model_without_a_linear_classifier_is_fine_tuned_or_refused_in_one_line(
+    tmp_path: Path,
+) -> None:
+    # Squeezenet's way: the class scores are a convolution's channels, averaged.
+    torch.manual_seed(0)
+    conv = nn.Sequential(nn.Conv2d(1, 3, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    images = from_tensors(torch.rand(20, 1, 8, 8), torch.arange(20) % 3)
+    space, why = space_for(Job.from_objects(conv, images))
+    assert (space, why) == ("default", "no nn.Linear classifier to rank units by: fine-tuning only")
+    # A space that ranks units asks for the classifier: one line, not a ValueError traceback.
+    with pytest.raises(AutotuneError, match=r"^the model has no nn.Linear classifier .* pass "):
+        search(conv, images, space="vision", trials=1, out=tmp_path, console=_quiet())
 
 
 def test_a_search_without_a_space_runs_the_shap_analysis(tmp_path: Path) -> None:

@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from autotune.errors import AutotuneError
+
 
 @dataclass(frozen=True)
 class Layer:
@@ -46,8 +48,19 @@ def classifier_of(model: nn.Module) -> tuple[str, nn.Linear]:
     """The last ``nn.Linear`` in registration order: the classifier of nearly every model."""
     found = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     if not found:
-        raise ValueError("the model has no nn.Linear classifier")
+        # Asked for by a space that ranks, prunes or adds dropout: the units are ranked by how
+        # they drive its class scores. ``space=auto`` picks ``default`` for such a model.
+        raise AutotuneError(
+            "the model has no nn.Linear classifier (its class scores come from another layer, "
+            "as in squeezenet's final convolution), so it cannot be analysed or pruned: pass "
+            "--space default to fine-tune it only"
+        )
     return found[-1]
+
+
+def has_classifier(model: nn.Module) -> bool:
+    """Whether ``model`` has the nn.Linear ``classifier_of`` finds."""
+    return any(isinstance(m, nn.Linear) for m in model.modules())
 
 
 def device_of(model: nn.Module, default: torch.device | str = "cpu") -> torch.device:

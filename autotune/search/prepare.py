@@ -12,6 +12,7 @@ import optuna
 from torch import nn
 
 from autotune.config import AnalysisOptions, SearchSettings
+from autotune.load.anatomy import has_classifier
 from autotune.load.job import Job
 from autotune.paths import analysis_dir
 from autotune.rank.analysis import Analysis, unpruned_note
@@ -74,6 +75,8 @@ def space_for(job: Job) -> tuple[str, str]:
     """
     if job.model.is_program:
         return "default", f"{job.model.kind} cannot be analysed or pruned: fine-tuning only"
+    if not has_classifier(job.model.module):
+        return "default", "no nn.Linear classifier to rank units by: fine-tuning only"
     if job.data.x_val.ndim == 2:
         return "tabular", "feature-vector input: SHAP-ranked features, neurons and layers"
     if any(isinstance(m, nn.modules.conv._ConvNd) for m in job.model.module.modules()):
