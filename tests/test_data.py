@@ -318,3 +318,20 @@ def test_a_sparse_tensor_in_a_tensors_file_is_read_as_dense(tmp_path: Path) -> N
         data = load_data(str(tmp_path / "d.pt"))
     assert data.x_train.layout == torch.strided
     assert torch.equal(torch.cat([data.x_train, data.x_val]).sort(0).values, x.sort(0).values)
+
+
+class _Buffered(torch.nn.Module):
+    """Its weights a buffer, not a parameter: nothing an optimizer can train."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("w", torch.randn(8, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.w
+
+
+def test_a_model_without_parameters_is_refused_before_the_search() -> None:
+    x, y = blobs(30)
+    with pytest.raises(ModelLoadError, match=r"^the model has no parameters, so there is nothing"):
+        check_model_fits(_Buffered().eval(), from_tensors(x, y))

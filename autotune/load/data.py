@@ -101,6 +101,11 @@ def check_model_fits(model: nn.Module, data: TaskData) -> int:
     Returns:
         The model's output width (its number of classes).
     """
+    if next(model.parameters(), None) is None:  # else every trial fails on its unfreezing
+        raise ModelLoadError(
+            "the model has no parameters, so there is nothing to fine-tune or prune: give the "
+            "trained model whose weights are parameters (nn.Parameter, not buffers)"
+        )
     try:
         with torch.no_grad():
             # Two batch sizes: a torch.export program traced with a fixed one fails here, not
