@@ -248,3 +248,25 @@ def test_each_mistake_is_driven_by_the_layer_giving_the_most_evidence_against_it
     Console(file=out, width=160).print(analysis)
     row = next(line for line in out.getvalue().splitlines() if " conv " in line)
     assert "2/3" in row
+
+
+class _Embedded(nn.Module):
+    """Inputs looked up in an Embedding: no gradient reaches the input features' gates."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(10, 6)
+        self.hidden = nn.Linear(6, 6)
+        self.out = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        looked_up = self.embed(x.long().clamp(0, 9)).mean(1)
+        return self.out(self.hidden(looked_up).relu())
+
+
+def test_gates_the_output_has_no_gradient_through_score_zero_not_an_error() -> None:
+    torch.manual_seed(0)
+    x, y = torch.rand(16, 4) * 10, torch.arange(16) % 3
+    scores = score("shap", _Embedded().eval(), x, y, background=4, nsamples=4)
+    assert scores.features is not None and not scores.features.any()  # no gradient: 0
+    assert scores.channels["hidden"].any()  # the gates it reaches are scored as before

@@ -49,7 +49,10 @@ def expected_gradients(
         owner = sample_of[chunk]
         gated.bind(x[owner], y[owner])
         gates = [p[chunk].clone().requires_grad_(True) for p in points]
-        grads = torch.autograd.grad(gated(*gates).sum(), gates)
+        # A gate the output does not depend on through autograd (inputs that pass an
+        # Embedding's lookup or a .long(), say) has no gradient: it scores 0, not an error.
+        grads = torch.autograd.grad(gated(*gates).sum(), gates, allow_unused=True)
         for total, grad, delta in zip(sums, grads, deltas, strict=True):
-            total.index_add_(0, owner, grad.double() * delta[chunk])
+            if grad is not None:
+                total.index_add_(0, owner, grad.double() * delta[chunk])
     return [(total / nsamples).cpu().numpy() for total in sums]
