@@ -335,3 +335,18 @@ def test_a_model_without_parameters_is_refused_before_the_search() -> None:
     x, y = blobs(30)
     with pytest.raises(ModelLoadError, match=r"^the model has no parameters, so there is nothing"):
         check_model_fits(_Buffered().eval(), from_tensors(x, y))
+
+
+@pytest.mark.parametrize("content", [b"hello", b"x_train,y_train\n1,0\n", "npy"])
+def test_a_npz_file_that_is_no_archive_is_refused_without_advice_to_unpickle(
+    tmp_path: Path, content: bytes | str
+) -> None:
+    path = tmp_path / "d.npz"
+    if content == "npy":  # np.save's output, renamed
+        with path.open("wb") as f:
+            np.save(f, np.zeros((4, 2)))
+    else:
+        path.write_bytes(content)  # type: ignore[arg-type]
+    with pytest.raises(DataError, match=r"it is not a \.npz archive, or it is damaged") as e:
+        load_data(str(path))
+    assert "pickle" not in str(e.value)

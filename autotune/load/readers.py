@@ -8,6 +8,7 @@ validates what it returns.
 from __future__ import annotations
 
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,13 @@ from autotune.load.tasks import SKLEARN_SETS, TaskData, as_labels, carve, check_
 
 
 def read_tensors_file(path: Path) -> dict[str, Any]:
+    if path.suffix == ".npz" and path.is_file() and not zipfile.is_zipfile(path):
+        # np.load reads any other file as a pickle or .npy: its refusal of a text file advises
+        # allow_pickle, which would run what a pickle holds.
+        raise DataError(
+            f"cannot read tensors file {str(path)!r} (it is not a .npz archive, or it is "
+            "damaged): save the arrays with numpy.savez, or a dict of tensors with torch.save"
+        )
     try:
         if path.suffix == ".npz":
             with np.load(path, allow_pickle=False) as npz:
