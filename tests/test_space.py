@@ -129,3 +129,13 @@ def test_a_yaml_tag_is_refused_in_one_line_naming_file_line_and_tag(tmp_path: Pa
     assert "\n" not in message and "^" not in message
     assert f"{str(path)!r}, line 2" in message
     assert "!!python/object/apply:os.system is not allowed" in message
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe lr: 0.01", b"PK\x03\x04\x80\x02 a model's bytes"])
+def test_a_space_file_that_is_not_utf8_text_is_one_line(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "space.yaml"
+    path.write_bytes(content)
+    with pytest.raises(
+        SpaceError, match=r"space\.yaml' is not YAML text \(byte \d+ is not UTF-8\)"
+    ):
+        load_space(path)

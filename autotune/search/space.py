@@ -175,7 +175,13 @@ def load_space(name_or_path: str | Path | Mapping[str, Any] = "default") -> Sear
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
             raise SpaceError(f"search-space file {text_source!r} does not exist")
-        text = path.read_text()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:  # a model or data file given as --space, say
+            raise SpaceError(
+                f"search-space file {text_source!r} is not YAML text (byte {e.start} is not "
+                "UTF-8): give a .yaml file of parameters (see docs/search-space.md)"
+            ) from e
     else:
         resource = importlib.resources.files("autotune.search_spaces") / f"{text_source}.yaml"
         if not resource.is_file():
