@@ -139,3 +139,17 @@ def test_a_space_file_that_is_not_utf8_text_is_one_line(tmp_path: Path, content:
         SpaceError, match=r"space\.yaml' is not YAML text \(byte \d+ is not UTF-8\)"
     ):
         load_space(path)
+
+
+def test_a_number_in_e_notation_without_a_dot_is_a_number(tmp_path: Path) -> None:
+    # YAML 1.1 reads 1e-3 as text; users write it so (a learning rate).
+    path = tmp_path / "space.yaml"
+    path.write_text(
+        "lr: {low: 1e-4, high: 3E-2, log: true}\nweight_decay: 1e-5\nfit: {max_epochs: 2}\n"
+    )
+    space = load_space(path)
+    assert (space.params["lr"].low, space.params["lr"].high) == (1e-4, 3e-2)
+    assert space.params["weight_decay"].fixed == 1e-5
+    path.write_text("optimizer: 1e3x\n")  # not a number: still text, refused as a choice
+    with pytest.raises(SpaceError, match="'1e3x' is not one of"):
+        load_space(path)

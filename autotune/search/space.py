@@ -22,7 +22,7 @@ import yaml
 
 from autotune.config import TrialConfig
 from autotune.errors import SpaceError
-from autotune.search.values import CHOICES, INT_PARAMS, RATIOS, check_value
+from autotune.search.values import CHOICES, INT_PARAMS, RATIOS, SpaceLoader, check_value
 from autotune.trial.losses import DISTILLATION
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrialConfig)}
@@ -191,7 +191,7 @@ def load_space(name_or_path: str | Path | Mapping[str, Any] = "default") -> Sear
             )
         text = resource.read_text()
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=SpaceLoader)  # safe_load's, with 1e-3 a number
     except yaml.YAMLError as e:
         raise SpaceError(_yaml_problem(text_source, e)) from e
     return parse_space(raw, text_source)

@@ -5,7 +5,10 @@ with it)."""
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
+
+import yaml
 
 from autotune.config import MAX_RATIO
 from autotune.errors import SpaceError
@@ -13,6 +16,18 @@ from autotune.rank.methods import ERROR_METHODS, METHODS
 from autotune.trial.augment import AUGMENTS
 from autotune.trial.fit import AVERAGES
 from autotune.trial.losses import LOSSES
+
+
+class SpaceLoader(yaml.SafeLoader):
+    """YAML's safe loader that also reads ``1e-3`` as a number: YAML 1.1 wants a dot
+    (``1.0e-3``), and without one a learning rate was refused as "'1e-3' is not a number"."""
+
+
+SpaceLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
 
 OPTIMIZERS = ("adamw", "sgd")
 INT_PARAMS = {"batch_size", "unfreeze"}
