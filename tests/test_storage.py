@@ -186,3 +186,17 @@ def test_a_lock_that_links_to_nothing_is_named_with_what_to_do(tmp_path: Path) -
     line = _search(out)
     assert f"the study file's lock {str(out / 'study.journal.lock')!r} is a link to nothing" in line
     assert "delete it and run the same command again" in line
+
+
+def test_a_file_that_is_no_journal_given_as_storage_is_refused_and_left_whole(
+    tmp_path: Path,
+) -> None:
+    import torch
+
+    data = tmp_path / "data.pt"  # the user's data file, given as --storage by mistake
+    torch.save({"x_train": torch.zeros(4, 8), "y_train": torch.zeros(4)}, data)
+    before = data.read_bytes()
+    assert not before.endswith(b"\n")  # as a journal's torn last line would end
+    error = _search(tmp_path / "out", "--storage", str(data))
+    assert "is damaged" in error
+    assert data.read_bytes() == before  # its bytes after the last newline were cut off

@@ -64,7 +64,9 @@ def _cut_torn_line(path: Path, locking: JournalFileOpenLock) -> None:
         with path.open("r+b") as f:
             data = f.read()
             whole = data.rfind(b"\n") + 1
-            if whole < len(data):
+            # Only a journal's own lines are cut: a file that holds none (the data or model
+            # file given as --storage by mistake) is left whole, and its opening says so.
+            if data.startswith(b'{"op_code"') and whole < len(data):
                 f.truncate(whole)
                 os.fsync(f.fileno())
     except OSError:
