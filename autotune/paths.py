@@ -200,10 +200,20 @@ _DSN_KEY = re.compile(
 )
 
 
+_IN_MEMORY = re.compile(r"sqlite:///?(?::memory:)?", re.IGNORECASE)
+"""SQLAlchemy's URLs of a SQLite database in memory: sqlite://, sqlite:///:memory:."""
+
+
 def check_storage(storage: str | None) -> None:
     """Fail now, before anything is written, when ``storage`` is neither a URL (``://``) nor
     a journal file path: a mistyped URL taken for a path would put its password in a folder
     name, the header and the recorded command line."""
+    if storage is not None and _IN_MEMORY.fullmatch(storage.split("?")[0]):
+        # The study would end with the process: no report, no rerun, no export, no 2nd worker.
+        raise StorageError(
+            f"--storage {storage!r} is a database in memory, gone when the search ends: give "
+            "a file (sqlite:///study.db, a journal file path), or leave --storage out"
+        )
     if storage is None or "://" in storage:
         return  # a URL: the database driver says what is wrong with it, if anything
     if _SCHEME.match(storage) or _DSN_KEY.search(storage) or redacted(storage) != storage:

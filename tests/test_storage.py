@@ -200,3 +200,11 @@ def test_a_file_that_is_no_journal_given_as_storage_is_refused_and_left_whole(
     error = _search(tmp_path / "out", "--storage", str(data))
     assert "is damaged" in error
     assert data.read_bytes() == before  # its bytes after the last newline were cut off
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:"])
+def test_a_database_in_memory_is_refused_before_the_search(tmp_path: Path, url: str) -> None:
+    # It ran, and the report (and any rerun or export) found no study.
+    error = _search(tmp_path / "out", "--storage", url)
+    assert error.startswith(f"error: --storage '{url}' is a database in memory")
+    assert not (tmp_path / "out").exists()
