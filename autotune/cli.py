@@ -580,6 +580,7 @@ def analyze(
 ) -> None:
     """Rank MODEL's channels, layers and input features on DATA; save JSON and charts."""
     from autotune.api import analyze as run_analyze
+    from autotune.paths import check_writable, remove_made
     from autotune.rank.analysis import tables
     from autotune.results.charts import plot_analysis
 
@@ -587,20 +588,24 @@ def analyze(
         model, data, arch, num_classes, trust_model, code, target, val_fraction, image_size,
         normalize,
     )  # fmt: skip
-    with console.status(f"{method} analysis"):
-        result = run_analyze(
-            model_spec,
-            data_spec,
-            method=method,
-            samples=samples,
-            background=background,
-            nsamples=nsamples,
-            seed=seed,
-            explainer=explainer,
-            threads=threads,
-            cache=cache,
-        )
-    out.mkdir(parents=True, exist_ok=True)
+    made = check_writable(out)  # before the analysis, not after it: it may take minutes
+    try:
+        with console.status(f"{method} analysis"):
+            result = run_analyze(
+                model_spec,
+                data_spec,
+                method=method,
+                samples=samples,
+                background=background,
+                nsamples=nsamples,
+                seed=seed,
+                explainer=explainer,
+                threads=threads,
+                cache=cache,
+            )
+    except BaseException:
+        remove_made(out, made)  # a refused analysis leaves no empty folder behind
+        raise
     path = out / f"{method}.json"
     result.save(path)
     for table in tables(result):

@@ -577,6 +577,18 @@ def test_analyze_writes_rankings_and_charts(tmp_path: Path) -> None:
     assert "from the cache" in again.output
 
 
+def test_analyze_refuses_an_out_it_cannot_write_before_the_analysis(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    out = tmp_path / "file" / "analysis"  # under a file: no folder can be made there
+    args = ["analyze", "--model", "demo", "--samples", "8", "--out", str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == (
+        f"error: --out {str(out)!r} cannot be written (Not a directory): give a folder you can "
+        "write to"
+    )  # one line, before any analysis line: it was a NotADirectoryError traceback after it
+
+
 def test_analyze_refuses_an_unknown_method(tmp_path: Path) -> None:
     result = runner.invoke(app, ["analyze", "--model", "demo", "--method", "magic"])
     assert result.exit_code == 2  # refused by the argument parser, listing the methods
