@@ -350,3 +350,21 @@ def test_a_npz_file_that_is_no_archive_is_refused_without_advice_to_unpickle(
     with pytest.raises(DataError, match=r"it is not a \.npz archive, or it is damaged") as e:
         load_data(str(path))
     assert "pickle" not in str(e.value)
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_a_datasets_fractional_labels_are_refused_not_truncated(
+    streamed: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from torch.utils.data import TensorDataset
+
+    from autotune.load import tasks
+
+    if streamed:  # too large to hold: its labels are read apart from its inputs
+        monkeypatch.setattr(tasks, "resident_limit", lambda: 0)
+    x, y = blobs(40)
+    with pytest.raises(DataError, match=r"non-integer labels \(e\.g\. 0\.5\)"):
+        tasks.from_datasets(TensorDataset(x, y.float() + 0.5))  # int() read 1.5 as class 1
+    # Labels of shape (1,), as some Datasets give them, are still class indices.
+    data = tasks.from_datasets(TensorDataset(x, y.unsqueeze(1)))
+    assert torch.equal(torch.cat([data.y_train, data.y_val]).sort().values, y.sort().values)

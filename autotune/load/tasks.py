@@ -146,7 +146,7 @@ def from_datasets(
         try:
             pairs = [dataset[i] for i in range(len(dataset))]  # type: ignore[arg-type]
             xs = torch.stack([torch.as_tensor(p[0], dtype=torch.float32) for p in pairs])
-            ys = torch.as_tensor([int(p[1]) for p in pairs])
+            ys = torch.stack([torch.as_tensor(p[1]).reshape(()) for p in pairs])  # not int(): 1.5
         except Exception as e:
             raise DataError(
                 f"the {name} dataset must give (input tensor, integer label) pairs of one shape "
@@ -173,7 +173,7 @@ def _streamed_datasets(
     def split(dataset: torch.utils.data.Dataset, name: str) -> tuple[Streamed, torch.Tensor]:
         x = Streamed(dataset, range(len(dataset)), shape, workers)  # type: ignore[arg-type]
         try:
-            y = torch.as_tensor([int(dataset[i][1]) for i in range(len(x))])
+            y = torch.stack([torch.as_tensor(dataset[i][1]).reshape(()) for i in range(len(x))])
         except Exception as e:
             raise DataError(
                 f"the {name} dataset must give (input tensor, integer label) pairs: {first_line(e)}"
