@@ -15,6 +15,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from autotune.config import AnalysisOptions, Explainer, SearchSettings
+from autotune.errors import DataError, ModelLoadError
 from autotune.interrupts import deferred
 from autotune.load.job import DataSpec, Job, ModelSpec, in_memory
 from autotune.load.models import LoadedModel
@@ -96,7 +97,7 @@ class SearchResult(JupyterMixin):
 
 def search(
     model: str | Path | ModelSpec | nn.Module | torch.export.ExportedProgram | LoadedModel,
-    data: str | DataSpec | TaskData | Dataset,
+    data: str | Path | DataSpec | TaskData | Dataset,
     *,
     space: str | Path | Mapping[str, Any] | SearchSpace = "auto",
     trials: int = 20,
@@ -180,7 +181,7 @@ def search(
 
 def analyze(
     model: str | Path | ModelSpec | nn.Module | torch.export.ExportedProgram | LoadedModel,
-    data: str | DataSpec | TaskData | Dataset,
+    data: str | Path | DataSpec | TaskData | Dataset,
     *,
     method: str = "shap",
     samples: int = 128,
@@ -213,13 +214,27 @@ def analyze(
 
 def make_job(
     model: str | Path | ModelSpec | nn.Module | torch.export.ExportedProgram | LoadedModel,
-    data: str | DataSpec | TaskData | Dataset,
+    data: str | Path | DataSpec | TaskData | Dataset,
 ) -> Job:
     """Load what is given as a path or spec; check the model and data fit each other.
 
     ``data`` may also be a torch ``Dataset`` of ``(input, label)`` pairs: its validation split is
     carved out with a fixed seed.
     """
+    # Anything else failed deep inside as "'tuple' object has no attribute 'x_train'".
+    models = (str, Path, ModelSpec, nn.Module, torch.export.ExportedProgram, LoadedModel)
+    if not isinstance(model, models):
+        raise ModelLoadError(
+            f"model= of type {type(model).__name__!r} is no model: pass a model file path, "
+            "'demo', an nn.Module, an ExportedProgram, a ModelSpec or a LoadedModel"
+        )
+    data = str(data) if isinstance(data, Path) else data  # a path, as model= takes one
+    if not isinstance(data, (str, DataSpec, TaskData, Dataset)):
+        raise DataError(
+            f"data= of type {type(data).__name__!r} is no data: pass a path, 'sklearn:NAME', "
+            "'demo', a torch Dataset or a TaskData (autotune.from_tensors(x, y) makes one from "
+            "arrays)"
+        )
     if isinstance(data, Dataset):
         data = from_datasets(data)
     model_spec = ModelSpec(str(model)) if isinstance(model, (str, Path)) else model
@@ -227,7 +242,7 @@ def make_job(
     loaded = model_spec.load() if isinstance(model_spec, ModelSpec) else model_spec
     if not isinstance(loaded, LoadedModel):
         loaded = in_memory(loaded)
-    module = loaded.module if isinstance(loaded, LoadedModel) else loaded
+    module = loaded.module
     task = data_spec.load(module) if isinstance(data_spec, DataSpec) else data_spec
     return Job.from_objects(
         loaded,

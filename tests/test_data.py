@@ -368,3 +368,30 @@ def test_a_datasets_fractional_labels_are_refused_not_truncated(
     # Labels of shape (1,), as some Datasets give them, are still class indices.
     data = tasks.from_datasets(TensorDataset(x, y.unsqueeze(1)))
     assert torch.equal(torch.cat([data.y_train, data.y_val]).sort().values, y.sort().values)
+
+
+@pytest.mark.parametrize(
+    ("model", "data", "refusal"),
+    [
+        (None, "sklearn:wine", r"^model= of type 'NoneType' is no model: pass a model file path"),
+        ("MODEL", ("x", "y"), r"^data= of type 'tuple' is no data: pass .*autotune\.from_tensors"),
+        ("MODEL", {"x_train": 0}, r"^data= of type 'dict' is no data"),
+    ],
+)
+def test_the_python_api_names_a_model_or_data_of_the_wrong_type(
+    model: object, data: object, refusal: str
+) -> None:
+    from autotune import AutotuneError, make_job
+
+    model = TinyNet().eval() if model == "MODEL" else model
+    with pytest.raises(AutotuneError, match=refusal):
+        make_job(model, data)  # type: ignore[arg-type]
+
+
+def test_the_python_api_takes_the_data_as_a_path(tmp_path: Path) -> None:
+    from autotune import make_job
+
+    x, y = blobs(40)
+    torch.save({"x_train": x, "y_train": y}, tmp_path / "d.pt")
+    job = make_job(TinyNet().eval(), tmp_path / "d.pt")  # as model= takes one
+    assert job.data.spec == str(tmp_path / "d.pt") and job.data_spec is not None
