@@ -383,3 +383,12 @@ def test_an_arch_with_no_module_or_class_or_whose_class_fails_is_one_line(
             load_model(tmp_path / "net.pt", arch=arch.format(file=file))
     finally:
         sys.modules.pop("nets", None)  # no later test sees it imported
+
+
+@pytest.mark.parametrize("count", [-1, 0, 1])
+def test_a_class_count_under_two_is_refused_before_the_network_is_built(
+    tmp_path: Path, count: int
+) -> None:
+    torch.save({"fc.weight": torch.ones(3, 8)}, tmp_path / "net.pt")
+    with pytest.raises(ModelLoadError, match=rf"^--num-classes {count}: a classifier tells 2 or"):
+        load_model(tmp_path / "net.pt", arch="torchvision:resnet18", num_classes=count)

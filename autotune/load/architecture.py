@@ -82,6 +82,11 @@ def build_arch(arch: str, num_classes: int | None = None) -> nn.Module:
         raise ModelLoadError(
             f"--arch {arch!r} is not of the form torchvision:NAME or package.module:ClassName"
         )
+    if num_classes is not None and num_classes < 2:  # -1 was a traceback from nn.Linear
+        raise ModelLoadError(
+            f"--num-classes {num_classes}: a classifier tells 2 or more classes apart: give the "
+            "number of classes of the data"
+        )
     kwargs: dict[str, Any] = {} if num_classes is None else {"num_classes": num_classes}
     if where == "torchvision":
         import torchvision
