@@ -392,3 +392,15 @@ def test_a_class_count_under_two_is_refused_before_the_network_is_built(
     torch.save({"fc.weight": torch.ones(3, 8)}, tmp_path / "net.pt")
     with pytest.raises(ModelLoadError, match=rf"^--num-classes {count}: a classifier tells 2 or"):
         load_model(tmp_path / "net.pt", arch="torchvision:resnet18", num_classes=count)
+
+
+def test_a_code_file_that_calls_sys_exit_is_named_not_left_to_end_autotune(tmp_path: Path) -> None:
+    from autotune.load.architecture import import_code
+
+    script = tmp_path / "train_script.py"
+    script.write_text("import sys\nsys.exit(3)  # a training script's end\n")
+    try:
+        with pytest.raises(ModelLoadError, match=r"^importing --code file .* failed: SystemExit"):
+            import_code(script)
+    finally:
+        sys.modules.pop("train_script", None)

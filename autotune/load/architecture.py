@@ -66,7 +66,7 @@ def import_code(path: str | Path, option: str = "--code") -> types.ModuleType:
     sys.modules[path.stem] = module
     try:
         spec.loader.exec_module(module)
-    except Exception as e:
+    except (Exception, SystemExit) as e:  # a script's sys.exit() ended autotune without a word
         del sys.modules[path.stem]
         raise ModelLoadError(
             f"importing {option} file {str(path)!r} failed: {e!r}; fix the file, or put the "
