@@ -301,3 +301,17 @@ def test_a_nan_in_streamed_inputs_is_refused_up_front_like_a_resident_one(
         from_datasets(TensorDataset(x, y), TensorDataset(x[:8].nan_to_num(), y[:8]), workers=0)
     x[17] = 0.5
     assert from_datasets(TensorDataset(x, y), workers=0).streamed
+
+
+@pytest.mark.parametrize("value", ["abc", "-5", "nan", "inf"])
+def test_a_resident_limit_that_is_no_size_is_named_in_one_line(
+    value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from autotune.errors import DataError
+    from autotune.load.streams import resident_limit
+
+    monkeypatch.setenv("AUTOTUNE_RESIDENT_MB", value)
+    with pytest.raises(DataError, match=rf"^AUTOTUNE_RESIDENT_MB='{value}' is not a size in"):
+        resident_limit()
+    monkeypatch.setenv("AUTOTUNE_RESIDENT_MB", "0.5")
+    assert resident_limit() == 2**19

@@ -9,12 +9,15 @@ model) reads the same either way. Loops over the whole split go through ``loader
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+from autotune.errors import DataError
 
 RESIDENT_LIMIT_MB = 512
 """Data whose decoded float32 inputs would take more than this stays on disk and streams
@@ -27,7 +30,17 @@ SPREAD = 64
 
 def resident_limit() -> int:
     """The size in bytes above which data streams."""
-    return int(float(os.environ.get("AUTOTUNE_RESIDENT_MB", RESIDENT_LIMIT_MB)) * 2**20)
+    text = os.environ.get("AUTOTUNE_RESIDENT_MB", str(RESIDENT_LIMIT_MB))
+    try:
+        megabytes = float(text)
+    except ValueError:
+        megabytes = math.nan
+    if not 0 <= megabytes < math.inf:  # 'abc' was a ValueError traceback
+        raise DataError(
+            f"AUTOTUNE_RESIDENT_MB={text!r} is not a size in megabytes: give one like "
+            f"{RESIDENT_LIMIT_MB}, or unset it"
+        )
+    return int(megabytes * 2**20)
 
 
 def default_workers() -> int:
