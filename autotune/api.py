@@ -28,7 +28,7 @@ from autotune.paths import (
     study_file,
 )
 from autotune.rank.analysis import Analysis
-from autotune.rank.analyze import analyze_job
+from autotune.rank.analyze import analyze_job, check_cache
 from autotune.results.export import ExportResult, export_trial
 from autotune.results.finish import finish, workspace
 from autotune.results.leaderboard import Leaderboard
@@ -152,6 +152,8 @@ def search(
             said = f"space: {space} ({why}{hint})"
             console.print(said, highlight=False)
         the_space = space if isinstance(space, SearchSpace) else load_space(space)
+        if the_space.uses_rankings():
+            check_cache()  # before the study: an error in its analysis ends in several lines
         display = LiveLeaderboard(console, the_settings.metric, the_settings.trials)
         run = Search(
             job, the_space, the_settings, console=console, command=command, display=display

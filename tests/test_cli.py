@@ -589,6 +589,31 @@ def test_analyze_refuses_an_out_it_cannot_write_before_the_analysis(tmp_path: Pa
     )  # one line, before any analysis line: it was a NotADirectoryError traceback after it
 
 
+@pytest.mark.parametrize("command", ["search", "analyze"])
+def test_an_analysis_cache_that_cannot_be_written_is_refused_before_the_analysis(
+    tmp_path: Path, command: str
+) -> None:
+    import torch
+    from conftest import TinyNet, blobs
+
+    (tmp_path / "file").write_text("")
+    cache = tmp_path / "file" / "cache"  # AUTOTUNE_CACHE_DIR under a file
+    torch.save(TinyNet().state_dict(), tmp_path / "net.pt")
+    x, y = blobs(60)
+    torch.save({"x_train": x, "y_train": y}, tmp_path / "data.pt")
+    args = [command, "--model", str(tmp_path / "net.pt"), "--arch", "conftest:TinyNet"]
+    args += ["--data", str(tmp_path / "data.pt"), "--out", str(tmp_path / "out")]
+    extra = ["--trials", "1", "--epochs", "1"] if command == "search" else ["--samples", "8"]
+    result = runner.invoke(app, [*args, *extra], env={"AUTOTUNE_CACHE_DIR": str(cache)})
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert errors == [
+        f"error: the analysis cache {str(cache / 'analysis')!r} cannot be written (Not a "
+        "directory): set AUTOTUNE_CACHE_DIR to a folder you can write to"
+    ]  # it was a NotADirectoryError traceback after the analysis
+    assert "Traceback" not in result.output and "nothing exported" not in result.output
+
+
 def test_analyze_refuses_an_unknown_method(tmp_path: Path) -> None:
     result = runner.invoke(app, ["analyze", "--model", "demo", "--method", "magic"])
     assert result.exit_code == 2  # refused by the argument parser, listing the methods

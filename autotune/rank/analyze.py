@@ -19,7 +19,7 @@ from autotune.config import AnalysisOptions
 from autotune.errors import AutotuneError
 from autotune.load.anatomy import layers
 from autotune.load.job import Job
-from autotune.paths import cache_dir
+from autotune.paths import cache_dir, check_writable
 from autotune.rank.analysis import FORMAT_VERSION, Analysis
 from autotune.rank.methods import METHODS, score
 
@@ -32,6 +32,13 @@ def check_analyzable(job: Job) -> None:
             "hooks and cannot be resized): pass a state_dict with --arch, or a pickled module "
             "with --trust-model"
         )
+
+
+def check_cache() -> None:
+    """Fail before the analysis when its result could not be cached: it was lost to a
+    traceback after it."""
+    fix = "set AUTOTUNE_CACHE_DIR to a folder you can write to"
+    check_writable(cache_dir() / "analysis", "the analysis cache", fix)
 
 
 def cache_key(job: Job, method: str, options: AnalysisOptions) -> str:
@@ -69,6 +76,8 @@ def analyze_job(
             return cached
         except AutotuneError:
             path.unlink(missing_ok=True)  # a stale or broken entry is recomputed
+    if cache:
+        check_cache()
     data = job.data
     order = torch.randperm(len(data.x_val), generator=torch.Generator().manual_seed(options.seed))
     chosen = order[: options.samples]
