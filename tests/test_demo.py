@@ -37,3 +37,15 @@ def test_readme_demo_gives_a_large_real_gain(tmp_path: Path) -> None:
     with torch.no_grad():
         accuracy = (program(data["x_val"]).argmax(1) == data["y_val"]).double().mean().item()
     assert accuracy == pytest.approx(metrics["val_accuracy"], abs=1e-9)
+
+
+def test_a_demo_cache_folder_that_cannot_be_written_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    cache = tmp_path / "file" / "cache"  # AUTOTUNE_CACHE_DIR under a file
+    args = ["search", "--model", "demo", "--trials", "1", "--out", str(tmp_path / "out")]
+    result = CliRunner().invoke(app, args, env={"AUTOTUNE_CACHE_DIR": str(cache)})
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().startswith(
+        f"error: the demo's cache folder '{cache}/demo-"
+    )  # before the demo is built: it was a NotADirectoryError traceback
+    assert "cannot be written (Not a directory): set AUTOTUNE_CACHE_DIR" in result.output

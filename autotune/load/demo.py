@@ -18,7 +18,7 @@ from torch import nn
 
 from autotune.errors import ModelLoadError
 from autotune.load.architecture import given
-from autotune.paths import cache_dir, write_atomically
+from autotune.paths import cache_dir, check_writable, write_atomically
 
 DEMO_ARCH = "autotune.load.demo:DigitsCNN"
 _VERSION = "v1"  # bump when the demo model or data change, so caches rebuild
@@ -63,7 +63,9 @@ def demo_files() -> DemoFiles:
     folder = cache_dir() / f"demo-{_VERSION}"
     files = DemoFiles(folder / "model.pt", folder / "data.pt")
     if not (files.model.is_file() and files.data.is_file()):
-        folder.mkdir(parents=True, exist_ok=True)
+        # Made and checked before the build: a folder it cannot write was a traceback.
+        fix = "set AUTOTUNE_CACHE_DIR to a folder you can write to"
+        check_writable(folder, "the demo's cache folder", fix)
         state, data = build_demo()
         # Several workers may build the demo at once: each writes a file of its own and
         # renames it.
