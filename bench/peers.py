@@ -264,8 +264,12 @@ def count_params(model: nn.Module) -> int:
 def l1_prune(model: nn.Module, example: torch.Tensor, target: int) -> tuple[nn.Module, float]:
     """Uniform L1-magnitude channel pruning, the ratio bisected to the largest model <= target."""
     import torch_pruning as tp
+    from torchvision.models.vision_transformer import VisionTransformer
 
     classifier = last_linear(model)
+    # torchvision's ViT as torch-pruning's own torchvision example prunes it: widths rounded to
+    # a multiple of the heads, and the hidden_dim its forward reshapes with set afterwards.
+    vit = isinstance(model, VisionTransformer)
 
     def pruned(ratio: float) -> nn.Module:
         net = copy.deepcopy(model).eval()
@@ -276,7 +280,10 @@ def l1_prune(model: nn.Module, example: torch.Tensor, target: int) -> tuple[nn.M
                 importance=tp.importance.MagnitudeImportance(p=1),
                 pruning_ratio=ratio,
                 ignored_layers=[net.get_submodule(classifier)],
+                round_to=net.encoder.layers[0].num_heads if vit else None,
             ).step()
+            if vit:
+                net.hidden_dim = net.conv_proj.out_channels
         return net
 
     if count_params(model) <= target:

@@ -8,7 +8,7 @@ Methods are ``bench/peers.py``'s, run the same way (each its own process, its wh
 measured, one torch thread): P0 the source, P1 the standard fine-tune, P2 the plain Optuna
 script with the same number of trials, autotune's default search, autotune with
 ``--max-params`` (0.3 here), and P3, L1 pruning to that run's parameter count + P1's fine-tune
-(to the budget's count when ``--methods`` leaves that run out).
+(to the budget's count when ``--methods`` leaves that run out, or it exported nothing).
 
 ``--parallel 2`` runs two methods at once on a two-core machine: autotune beside P2, then the
 ``--max-params`` search beside P1, then P3 beside P0. The two processes of a pair share the
@@ -194,8 +194,11 @@ def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]
                     wanted = [m for m in pair if m in args.methods]
                     runs = [(m, task, seed, slim_params) for m in wanted]
                     for record in pool.map(lambda run: one(*run), runs):
-                        if record["method"] == "autotune-slim" and record.get("rc") == 0:
-                            slim_params = record.get("params")
+                        if record["method"] == "autotune-slim":
+                            # P3 prunes to the size it exported; to the budget's count when it
+                            # exported nothing (a budget the space cannot reach).
+                            ok = record.get("rc") == 0 and record.get("params")
+                            slim_params = record["params"] if ok else budget(specs[task], args)
     done = {"done": time.perf_counter() - start}
     records.append(done)
     with results.open("a") as f:
