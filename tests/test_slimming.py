@@ -451,3 +451,48 @@ def test_a_slimmed_child_that_keeps_nearly_all_of_its_parent_is_not_trained(
         assert t.user_attrs["stop_reason"].startswith(reason)
     exported = exported_trial(result.study)
     assert exported is not None and trials[exported].user_attrs["stage"] == 1
+
+
+def test_a_budget_only_a_global_ranking_can_meet_is_noted_before_the_analysis(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A --max-params above the floor but under what pruning every layer by the space's highest
+    ratio leaves: on a ViT such a search ran its first half, then exported nothing."""
+    import numpy as np
+
+    from autotune.config import TrialConfig
+    from autotune.rank.analysis import Analysis
+    from autotune.rank.gates import sites
+    from autotune.search import runner
+    from autotune.search.size_floor import pruned_by_highest
+    from autotune.search.space import load_space
+    from autotune.trial.build import build
+
+    model, data = _mlp(), _wide_data()
+    space = {"lr": 1e-3, "prune": {"low": 0.0, "high": 0.7}, "prune_scope": ["layer", "global"]}
+    x = data.x_val[:2]
+    left = pruned_by_highest(model, load_space(space), x)
+    # What a trial pruning every layer by 0.7 builds, whatever its rankings say.
+    gen = np.random.default_rng(0)
+    channels = {s.layer: list(gen.random(s.channels)) for s in sites(model, x) if s.prunable}
+    analysis = Analysis("shap", channels, None, None)
+    built, _ = build(model, TrialConfig(prune=0.7), {"shap": analysis}, x)
+    assert left == sum(p.numel() for p in built.parameters()) == 201
+
+    class Analysed(Exception):
+        pass
+
+    def analysed(*args: object, **kwargs: object) -> None:
+        raise Analysed
+
+    monkeypatch.setattr(runner, "run_analyses", analysed)
+    for budget, noted in (("150", True), ("201", False)):
+        console = _quiet()
+        with pytest.raises(Analysed):  # the note comes before the analysis
+            search(model, data, space=space, trials=2, out=tmp_path / budget, console=console,
+                   max_params=budget)  # fmt: skip
+        said = console.file.getvalue()  # type: ignore[attr-defined]
+        assert (
+            "leaves 201 parameters (13.9% of the source), over --max-params '150'" in said
+        ) == noted
+        assert ("only trials that rank the channels globally can go under it" in said) == noted

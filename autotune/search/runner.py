@@ -83,7 +83,7 @@ class Search:
         self.space, notes = adapt_space(self.space, self.job)
         for note in notes:
             self.console.print(f"note: {note} of the search")
-        check_params_budget(self.settings, self.job, self.space)  # before analysis and trials
+        check_params_budget(self.settings, self.job, self.space, self.console.print)  # first
         self.source_macs = check_macs_budget(self.settings, self.job, self.space)  # and the study
         self.maker = make_maker(self.job, self.settings)
         self.device = self.maker.device

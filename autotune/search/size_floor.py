@@ -16,6 +16,7 @@ sizes) is so counted in full.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,17 +44,31 @@ class Floor:
     """The space removes nothing from this model: every model it builds has ``params``."""
 
 
-def check_params_budget(settings: SearchSettings, job: Job, space: SearchSpace) -> None:
+def check_params_budget(
+    settings: SearchSettings, job: Job, space: SearchSpace, say: Callable[[str], object] = print
+) -> None:
     """Refuse ``settings.max_params`` before the analysis when it allows no parameter (a share
     of the source that comes to less than one) or less than ``smallest_params``; ``space`` is
-    the space as the model takes it (``prepare.adapt_space``)."""
+    the space as the model takes it (``prepare.adapt_space``). A budget above that bound but
+    under what pruning every layer by the space's highest ratio leaves gets a note (``say``):
+    only a global ranking can then meet it, if any trial does."""
     if settings.max_params is None:
         return
     module, text = job.model.module, settings.max_params
     source = sum(p.numel() for p in module.parameters())
     limit = parse_budget(text, source, "params")
-    floor = smallest_params(module, space, job.data.x_val[:2].cpu())
+    example = job.data.x_val[:2].cpu()
+    floor = smallest_params(module, space, example)
     if floor is None or floor.params <= limit:
+        left = pruned_by_highest(module, space, example)
+        if left is not None and left > limit:
+            say(
+                f"note: pruning every layer by the space's highest ratio leaves {left:,} "
+                f"parameters ({left / source:.1%} of the source), over --max-params {text!r} "
+                f"({limit:,}): only trials that rank the channels globally can go under it, "
+                "and maybe none does (the search then exports nothing); allow more, or a "
+                "higher prune in a space file (docs/search-space.md)"
+            )
         return
     allows = f"--max-params {text!r} allows {limit:,} parameters"
     if floor.exact:
@@ -131,6 +146,28 @@ def smallest_params(module: nn.Module, space: SearchSpace, example: torch.Tensor
             d if d == c else min(c, 1) for d, c in zip(param.shape, cut.shape, strict=True)
         )
     return Floor(floor, exact=floor == total)
+
+
+def pruned_by_highest(module: nn.Module, space: SearchSpace, example: torch.Tensor) -> int | None:
+    """The parameters left when every prunable layer (and attention module) loses the space's
+    highest ``prune`` ratio, as a trial with ``prune_scope: layer`` at that ratio builds it,
+    whatever the rankings; None where the space's trials remove units otherwise (per-layer
+    ratios, input features) or the copy cannot be cut down."""
+    param = space.params.get("prune")
+    others = ("prune_layers", "drop_features")
+    if param is None or not space.may_be_nonzero("prune") or any(map(space.may_be_nonzero, others)):
+        return None
+    values = (param.high,) if param.low is not None else space.values_of("prune")
+    high = max(float(v) for v in values if isinstance(v, (int, float)))
+    model = copy_model(module).cpu()
+    scores = {
+        site.layer: np.zeros(site.channels) for site in sites(module, example) if site.prunable
+    }
+    try:
+        prune(model, scores, example, ratio=min(high, MAX_RATIO))
+    except Exception:  # torch-pruning fails on some models: a trial says why, as it always has
+        return None
+    return sum(p.numel() for p in model.parameters())
 
 
 def _probe(module: nn.Module, space: SearchSpace, example: torch.Tensor) -> nn.Module:
