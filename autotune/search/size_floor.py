@@ -28,7 +28,7 @@ from autotune.errors import AutotuneError
 from autotune.load.anatomy import copy_model
 from autotune.load.architecture import OWN_NETWORK
 from autotune.load.job import Job
-from autotune.rank.gates import sites
+from autotune.rank.gates import Site, sites
 from autotune.search.space import SearchSpace
 from autotune.search.values import RATIOS
 from autotune.trial.cost import count_macs, parse_budget
@@ -160,11 +160,8 @@ def pruned_by_highest(module: nn.Module, space: SearchSpace, example: torch.Tens
     values = (param.high,) if param.low is not None else space.values_of("prune")
     high = max(float(v) for v in values if isinstance(v, (int, float)))
     model = copy_model(module).cpu()
-    scores = {
-        site.layer: np.zeros(site.channels) for site in sites(module, example) if site.prunable
-    }
     try:
-        prune(model, scores, example, ratio=min(high, MAX_RATIO))
+        _prune_evenly(model, sites(module, example), example, min(high, MAX_RATIO))
     except Exception:  # torch-pruning fails on some models: a trial says why, as it always has
         return None
     return sum(p.numel() for p in model.parameters())
@@ -183,6 +180,12 @@ def _probe(module: nn.Module, space: SearchSpace, example: torch.Tensor) -> nn.M
         drop_features(model, keep, example)
         example = example[:, keep]
     if space.may_be_nonzero("prune") or space.may_be_nonzero("prune_layers"):
-        scores = {site.layer: np.zeros(site.channels) for site in found if site.prunable}
-        prune(model, scores, example, ratio=0.5)
+        _prune_evenly(model, found, example, 0.5)
     return model
+
+
+def _prune_evenly(model: nn.Module, found: list[Site], example: torch.Tensor, ratio: float) -> None:
+    """Prune ``ratio`` of every prunable site's channels (heads) in ``model``, in place: with
+    equal scores, what a layer loses does not depend on any ranking."""
+    scores = {site.layer: np.zeros(site.channels) for site in found if site.prunable}
+    prune(model, scores, example, ratio=ratio)
