@@ -43,9 +43,10 @@ PRETRAIN_EPOCHS = {"resnet18": 8, "mobilenet_v3_small": 15, "vit": 30}
 class SmallViT(VisionTransformer):
     """A ViT sized for 32x32 inputs: 8x8 patches (16 tokens), 6 blocks of 4 heads, width 128.
 
-    4x4 patches (64 tokens) cost 4x the time an epoch (19.9 s against 4.9 s for 3,000 images
-    on one thread) for the same 1.2M parameters: a 30-trial search beside P2 then took about
-    four hours on two cores, more than these machines are held for.
+    With 4x4 patches (64 tokens), for the same 1.2M parameters, the default search's recipe
+    trial beside P2 took 36 s an epoch against 5.5 s with 8x8 (BENCHMARKS.md, the ViT's
+    section): a 30-trial search beside P2 would have taken about four hours on two cores, more
+    than these machines are held for.
     """
 
     PATCHES = 4
