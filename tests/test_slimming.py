@@ -16,6 +16,7 @@ from autotune import search
 from autotune.load.tasks import TaskData, from_tensors
 from autotune.paths import checkpoints_dir
 from autotune.search.selection import exported_trial
+from autotune.search.study import LIMITS, feasible
 
 ANALYSIS = {"samples": 32, "background": 8, "nsamples": 4}
 
@@ -70,8 +71,12 @@ def test_budgeted_search_prunes_drops_features_and_documents_the_inputs(tmp_path
     tuned = [t for t in trials[1:5] if t.state == TrialState.COMPLETE]
     # The parent is the best on accuracy; ties go to the lower validation loss.
     assert parent == max(tuned, key=lambda t: (t.values[0], -t.user_attrs["val_loss"])).number
+    limits = result.study.user_attrs[LIMITS]
     for t in trials[1:5]:
-        assert t.user_attrs["total_params"] == original and t.constraints["params"] > 0
+        # Over the budget, never exported; but no constraint for the sampler, which would rank
+        # every full-size trial alike (test_a_size_budget_leaves_stage_one_sampling_as_without_it).
+        assert t.user_attrs["total_params"] == original and not feasible(t, limits)
+        assert "params" not in t.constraints
         assert "prune" not in t.params
     for t in trials[5:]:
         assert t.user_attrs["parent"] == parent and "prune" in t.params
@@ -496,3 +501,24 @@ def test_a_budget_only_a_global_ranking_can_meet_is_noted_before_the_analysis(
             "leaves 201 parameters (13.9% of the source), over --max-params '150'" in said
         ) == noted
         assert ("only trials that rank the channels globally can go under it" in said) == noted
+
+
+def test_a_size_budget_leaves_stage_one_sampling_as_without_it(tmp_path: Path) -> None:
+    # Stage 1 tunes full-size models whatever the budget: the same seed must try the same
+    # configurations with a budget as without one, its sampler led by their accuracy alone.
+    space = {
+        "lr": {"low": 1e-3, "high": 1e-1, "log": True},
+        "weight_decay": {"low": 1e-6, "high": 1e-2, "log": True},
+        "prune": {"low": 0.2, "high": 0.6},
+        "fit": {"max_epochs": 2, "patience": 2},
+        "analysis": ANALYSIS,
+    }
+
+    def stage_one(budget: str | None, out: Path) -> list[dict[str, float]]:
+        result = search(_mlp(), _wide_data(), space=space, trials=16, out=out,
+                        console=_quiet(), pruner="none", max_params=budget)  # fmt: skip
+        return [t.params for t in result.study.trials if t.user_attrs.get("stage") == 1]
+
+    free, budgeted = stage_one(None, tmp_path / "free"), stage_one("0.7", tmp_path / "budget")
+    assert len(free) == 8
+    assert budgeted == free

@@ -123,10 +123,14 @@ class Objective:
         record(trial, config=dataclasses.asdict(config), **built)
         started = time.perf_counter()
         over = self.budgets.violations(cost)
-        for key, value in over.items():
-            trial.set_constraint(key, value)
         # Stage 1 trains full-size models whatever the budget: stage 2 slims the best of them.
-        if any(v > 0 for v in over.values()) and not (self.staged and stage == 1):
+        tuning = self.staged and stage == 1
+        # Nor does it record the budget as a constraint: every stage-1 model has the source's
+        # size, and Optuna's TPE orders infeasible trials by how far over they are before their
+        # value, so each would rank as bad as the next and stage 1 would sample blind.
+        for key, value in ({} if tuning else over).items():
+            trial.set_constraint(key, value)
+        if any(v > 0 for v in over.values()) and not tuning:
             # Over budget: no point training it. The sampler learns from the constraint.
             untrained: str | None = f"over budget: {self.budgets.over(cost)}"
         else:
