@@ -23,6 +23,9 @@ Run: python bench/real_scale.py [--archs resnet18 mobilenet_v3_small vit] [--see
          (the reviewed section's generated parts in place: its Command, Machine and Seeds
          lines, tables, targets and where each search's trials went; its title, prose and
          per-seed tables are the reader's)
+     python bench/real_scale.py --table-only FILE --save bench/results/real-scale/NAME.jsonl
+         (a run's results kept in the repository, with each search's stages and leaderboard:
+         what the table and its prose quote, after the run folders are gone)
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import shutil
 import sys
 import tempfile
 import time
@@ -182,7 +186,9 @@ def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]
     print(f"work folder {work}; results {results}", flush=True)
 
     def one(method: str, task: str, seed: int, slim_params: int | None) -> dict[str, Any]:
-        record = peers.run_one(method, task, specs[task], seed, args, work, slim_params)
+        record = with_stages(
+            peers.run_one(method, task, specs[task], seed, args, work, slim_params)
+        )
         peers.keep(record, records, results, peers.label(method, meta))
         return record
 
@@ -221,42 +227,99 @@ def merged(paths: list[Path]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
             machines.append(other["machine"])
         records += [{**r, "run": run} for r in more if "method" in r]
     meta["machine"] = "; or ".join(machines)
-    records = [peers.with_epochs(r) for r in records]
+    records = [with_stages(peers.with_epochs(r)) for r in records]
     if len(paths) > 1:  # runs made apart: their whole-run times add up to no one wall
         records = [r for r in records if "done" not in r]
     return records, meta
 
 
-def stage_lines(records: list[dict[str, Any]]) -> list[str]:
-    """Where each autotune search's trials went, by stage, read off its study (while its run
-    folder exists): trials, how many stopped early, epochs, trial seconds per epoch; the
-    parent stage 2 slimmed and the trial exported. What the prose of a review quotes."""
+def stages(out: Path) -> dict[str, Any] | None:
+    """Where the search in ``out`` spent its trials, read off its ``leaderboard.csv``: per stage
+    its trials, how many stopped early or were not trained, its epochs and trial seconds; the
+    parent stage 2 slimmed and the trial exported. None without the leaderboard."""
     import csv
 
+    board = out / "leaderboard.csv"
+    if not board.is_file():
+        return None
+    with board.open() as f:
+        rows = list(csv.DictReader(f))
+    per_stage = []
+    for stage in ("1", "2"):
+        mine = [row for row in rows if row["stage"] == stage]
+        # A pruned trial with no epoch was not trained (a near copy, over a budget).
+        cut = [int(row["epochs"] or 0) for row in mine if row["state"] == "PRUNED"]
+        per_stage.append(
+            {
+                "stage": stage,
+                "trials": len(mine),
+                "stopped_early": sum(e > 0 for e in cut),
+                "not_trained": cut.count(0),
+                "epochs": sum(int(row["epochs"] or 0) for row in mine),
+                "seconds": sum(float(row["seconds"] or 0) for row in mine),
+            }
+        )
+    return {
+        "stages": per_stage,
+        "parents": sorted({row["parent"] for row in rows if row["parent"]}),
+        "exported": [row["trial"] for row in rows if row["exported"] == "True"],
+        "board": str(board),
+    }
+
+
+def with_stages(record: dict[str, Any]) -> dict[str, Any]:
+    """An autotune record with ``stages``' summary of its search, read while its run folder
+    exists: a results file that holds it needs nothing else to rebuild the table."""
+    if not record.get("method", "").startswith("autotune") or "stages" in record:
+        return record
+    out = peers.run_folder(record)
+    summary = stages(out) if out is not None else None
+    return {**record, "stages": summary} if summary else record
+
+
+def save(results: Path, to: Path) -> None:
+    """Keep a bench run's ``results`` in the repository as ``to``: each search's epochs and
+    stages filled in, and its ``leaderboard.csv`` copied into the folder named as ``to`` less
+    its suffix, so that the table and what its prose quotes outlive the run folders (kept in a
+    machine's /tmp, the first real-scale runs' files were lost with it)."""
+    records, _ = peers.read_results(results)
+    boards = to.with_suffix("")
+    kept = []
+    for record in records:
+        record = with_stages(peers.with_epochs(record))
+        summary = record.get("stages")
+        if summary:
+            board = Path(summary["board"])
+            copy = boards / f"{board.parent.name}-leaderboard.csv"
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(board, copy)
+            record = {**record, "stages": {**summary, "board": str(copy)}}
+        kept.append(record)
+    to.parent.mkdir(parents=True, exist_ok=True)
+    to.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    print(f"kept {len(kept)} lines in {to}, leaderboards in {boards}/")
+
+
+def stage_lines(records: list[dict[str, Any]]) -> list[str]:
+    """Where each autotune search's trials went, by stage (``stages``): trials, how many
+    stopped early, epochs, trial seconds per epoch; the parent stage 2 slimmed and the trial
+    exported. What the prose of a review quotes."""
     lines = []
     for r in records:
-        out = peers.run_folder(r) if r.get("method", "").startswith("autotune") else None
-        board = out / "leaderboard.csv" if out is not None else None
-        if board is None or not board.is_file():
+        summary = r.get("stages")
+        if not summary:
             continue
-        with board.open() as f:
-            rows = list(csv.DictReader(f))
         said = []
-        for stage in ("1", "2"):
-            mine = [row for row in rows if row["stage"] == stage]
-            epochs = sum(int(row["epochs"] or 0) for row in mine)
-            seconds = sum(float(row["seconds"] or 0) for row in mine)
-            # A pruned trial with no epoch was not trained (a near copy, over a budget).
-            cut = [int(row["epochs"] or 0) for row in mine if row["state"] == "PRUNED"]
-            stops = f"{sum(e > 0 for e in cut)} stopped early, {cut.count(0)} not trained"
-            per = f", {seconds / epochs:.1f} s an epoch" if epochs else ""
-            said.append(f"stage {stage} {len(mine)} trials ({stops}), {epochs} epochs{per}")
-        parents = sorted({row["parent"] for row in rows if row["parent"]})
-        exported = [row["trial"] for row in rows if row["exported"] == "True"]
+        for st in summary["stages"]:
+            stops = f"{st['stopped_early']} stopped early, {st['not_trained']} not trained"
+            per = f", {st['seconds'] / st['epochs']:.1f} s an epoch" if st["epochs"] else ""
+            said.append(
+                f"stage {st['stage']} {st['trials']} trials ({stops}), {st['epochs']} epochs{per}"
+            )
         lines.append(
             f"- {r['task']} {r['method']} seed {r['seed']}: {'; '.join(said)}; parent "
-            f"{', '.join(parents) or '-'}; exported {', '.join(exported) or '-'} "
-            f"(`{board}`)"
+            f"{', '.join(summary['parents']) or '-'}; exported "
+            f"{', '.join(summary['exported']) or '-'} (`{summary['board']}`)"
         )
     return (
         ["", "Where the searches' trials went (each search's `leaderboard.csv`):", "", *lines]
@@ -323,8 +386,17 @@ def main() -> None:
     parser.add_argument(
         "--refresh", type=Path, help="with --table-only: update the reviewed section in place"
     )
+    parser.add_argument(
+        "--save",
+        type=Path,
+        help="with one --table-only file: keep it whole in FILE (bench/results/)",
+    )
     args = parser.parse_args()
     args.quick, args.max_epochs, args.patience = False, peers.MAX_EPOCHS, peers.PATIENCE
+    if args.save is not None:
+        if len(args.table_only or []) != 1:
+            parser.error("--save takes exactly one --table-only results file")
+        return save(args.table_only[0], args.save)
     if args.table_only:
         records, meta = merged(args.table_only)
     else:
