@@ -522,3 +522,33 @@ def test_a_size_budget_leaves_stage_one_sampling_as_without_it(tmp_path: Path) -
     free, budgeted = stage_one(None, tmp_path / "free"), stage_one("0.7", tmp_path / "budget")
     assert len(free) == 8
     assert budgeted == free
+
+
+def test_a_search_whose_trials_are_all_over_the_budget_says_how_close_they_came(
+    tmp_path: Path,
+) -> None:
+    from autotune.search.size_floor import pruned_by_highest
+    from autotune.search.space import load_space
+
+    model, data = _mlp(), _wide_data()
+    space = {
+        "lr": {"low": 1e-3, "high": 1e-2, "log": True},
+        "prune": {"low": 0.0, "high": 0.3},
+        "prune_scope": "layer",
+        "fit": {"max_epochs": 2, "patience": 2},
+        "analysis": ANALYSIS,
+    }
+    # Above the floor, so not refused up front, but under what pruning 0.3 of each layer leaves.
+    least = pruned_by_highest(model, load_space(space), data.x_val[:2])
+    assert least is not None
+    console = _quiet()
+    result = search(model, data, space=space, trials=6, out=tmp_path, console=console,
+                    max_params=str(least - 10))  # fmt: skip
+    assert result.best is None
+    built = [t.user_attrs["total_params"] for t in result.study.trials[1:]]
+    assert min(built) == least
+    said = console.file.getvalue()  # type: ignore[attr-defined]
+    assert (
+        f"has no completed trial within its budgets to export: the smallest model its trials "
+        f"built has {least:,} parameters, over the {least - 10:,} --max-params allows: allow more"
+    ) in " ".join(said.split())

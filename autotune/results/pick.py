@@ -43,7 +43,8 @@ def pick_trial(study: optuna.Study, number: int | None) -> FrozenTrial:
         best = chosen_trial(study)
         if best is None:
             raise AutotuneError(
-                f"study {study.study_name!r} has no completed trial within its budgets to export"
+                f"study {study.study_name!r} has no completed trial within its budgets to "
+                f"export: {none_within(study)}"
             )
         return best
     trials = study.get_trials(deepcopy=False)
@@ -61,6 +62,37 @@ def pick_trial(study: optuna.Study, number: int | None) -> FrozenTrial:
             "only completed trials have a model to export"
         )
     return trial
+
+
+LIMIT_WORDS = {
+    "params": ("the smallest model its trials built has {:,.0f} parameters", "--max-params"),
+    "macs": ("the smallest model its trials built has {:,.0f} MACs", "--max-macs"),
+    "latency_ratio": ("the fastest model its trials built ran at {:.2f}x the source's latency",
+                      "--max-latency"),
+}  # fmt: skip
+"""How ``none_within`` says the least of each limited size its trials reached."""
+
+
+def none_within(study: optuna.Study) -> str:
+    """Why no completed trial is within the search's budgets, and what to do: the size limit
+    every trial built was over (with the least any reached), else that the trials within the
+    size limits stopped early, failed or broke more than the flip budget allows."""
+    limits = study.user_attrs.get(LIMITS) or {}
+    trials = [t for t in study.get_trials(deepcopy=False) if not TrialRecord.from_trial(t).baseline]
+    for what, cap in limits.items():
+        sizes = [s for t in trials if (s := recorded_sizes(t).get(what)) is not None]
+        if sizes and min(sizes) > cap:
+            reached, flag = LIMIT_WORDS[what]
+            allowed = f"{cap:.2g}x" if what == "latency_ratio" else f"{cap:,.0f}"
+            return (
+                f"{reached.format(min(sizes))}, over the {allowed} {flag} allows: allow more, "
+                "or let the space remove more (a higher prune: docs/search-space.md)"
+            )
+    return (
+        "the trials within its size budgets were stopped early, failed, or broke more "
+        "validation samples than --max-flips allows: run more trials (the same command with "
+        "a larger --trials continues the study), or allow more"
+    )
 
 
 def over_budgets(study: optuna.Study, trial: FrozenTrial) -> str | None:
