@@ -168,7 +168,9 @@ def search(
             # A full disk or a lost storage would fail each file too: the next run writes them.
             raise_outage(e)
             # Interrupted (Ctrl-C) or broken after trials ran: still write what they give.
-            if run.study is not None and run.exports:
+            # Before them (an error in the analysis), "nothing exported" and Optuna's warning
+            # of no complete trials only came before the error itself.
+            if run.study is not None and run.exports and run.trials_began:
                 finish(run, run.study)
             raise
         if not run.exports:

@@ -614,6 +614,33 @@ def test_an_analysis_cache_that_cannot_be_written_is_refused_before_the_analysis
     assert "Traceback" not in result.output and "nothing exported" not in result.output
 
 
+def test_an_error_in_the_analysis_is_the_only_thing_said_after_the_header(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    import torch
+    from conftest import TinyNet, blobs
+
+    import autotune.rank.analyze
+
+    def fails(*args: object, **kwargs: object) -> None:
+        raise ValueError("the model fails in the analysis only")
+
+    monkeypatch.setattr(autotune.rank.analyze, "score", fails)
+    torch.save(TinyNet().state_dict(), tmp_path / "net.pt")
+    x, y = blobs(60)
+    torch.save({"x_train": x, "y_train": y}, tmp_path / "data.pt")
+    args = ["search", "--model", str(tmp_path / "net.pt"), "--arch", "conftest:TinyNet"]
+    args += ["--data", str(tmp_path / "data.pt"), "--out", str(tmp_path / "out")]
+    env = {"AUTOTUNE_CACHE_DIR": str(tmp_path / "cache")}
+    result = runner.invoke(app, [*args, "--trials", "1", "--epochs", "1"], env=env)
+    assert result.exit_code == 2, result.output
+    said = result.output + "".join(capfd.readouterr())  # Optuna's warnings go to stderr
+    assert said.strip().splitlines()[-1] == "error: the model fails in the analysis only"
+    # Nothing ran to export: it said "nothing exported" and Optuna's "[W ...] There are no
+    # complete trials." (from the report) before the error.
+    assert "nothing exported" not in said and "no complete trials" not in said
+
+
 def test_analyze_refuses_an_unknown_method(tmp_path: Path) -> None:
     result = runner.invoke(app, ["analyze", "--model", "demo", "--method", "magic"])
     assert result.exit_code == 2  # refused by the argument parser, listing the methods

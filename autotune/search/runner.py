@@ -101,6 +101,9 @@ class Search:
         """The study, once opened: what an interrupted search still exports."""
         self.stopped: str | None = None
         """Why this worker stopped the study early (failures in a row), if it did."""
+        self.trials_began = False
+        """Whether this run got as far as its trials: a search that fails or is stopped before
+        (in the analysis, say) has nothing of its own to export."""
         if self.settings.workers > 1 and (
             self.job.model_spec is None or self.job.data_spec is None
         ):
@@ -269,6 +272,7 @@ class Search:
         objective = self.objective()
         specs = (self.job.model_spec, self.job.data_spec)  # what this command loaded, as it did
         others = [(dataclasses.replace(s, worker=i), *specs) for i in range(1, s.workers)]
+        self.trials_began = True
         with self.display.session(study):
             if s.worker == 0 and others:
                 workers_dir(s.out).mkdir(parents=True, exist_ok=True)
