@@ -404,3 +404,31 @@ def test_a_code_file_that_calls_sys_exit_is_named_not_left_to_end_autotune(tmp_p
             import_code(script)
     finally:
         sys.modules.pop("train_script", None)
+
+
+def _said_of_model(path: Path, *flags: str) -> str:
+    """The one line ``autotune search --model PATH`` says of a model file it refuses."""
+    from typer.testing import CliRunner
+
+    from autotune.cli import app
+
+    args = ["search", "--model", str(path), "--data", "demo", *flags]
+    result = CliRunner().invoke(app, [*args, "--out", str(path.parent / "out")])
+    assert result.exit_code == 2, result.output
+    (line,) = result.output.strip().splitlines()
+    assert not (path.parent / "out").exists()
+    return line
+
+
+@pytest.mark.parametrize("arch", [None, "conftest:TinyNet"])
+def test_a_data_file_given_as_the_model_is_called_a_data_file(
+    tmp_path: Path, arch: str | None
+) -> None:
+    # It read as a state_dict (tensors by name): "holds only weights (a state_dict): pass
+    # --arch", or with --arch, "the weights do not fit".
+    path = tmp_path / "data.pt"
+    torch.save({"x_train": torch.randn(6, 8), "y_train": torch.arange(6) % 3}, path)
+    assert _said_of_model(path, *(["--arch", arch] if arch else [])) == (
+        f"error: model file {str(path)!r} looks like a data file (it holds x_train and y_train), "
+        "not a model: pass it as --data, and the model as --model"
+    )

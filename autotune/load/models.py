@@ -189,6 +189,8 @@ def _load_pickle_file(
         # The safe reader runs no code from the file, so whatever else it raises is the file's
         # fault: a text or CSV file fails as a KeyError or IndexError of its unpickler.
         raise _unreadable(path, e) from e
+    if isinstance(obj, Mapping) and {"x_train", "y_train"} <= set(obj):
+        raise _data_file(path)
     state = _find_state_dict(obj)
     if state is None:
         raise ModelLoadError(
@@ -218,6 +220,14 @@ def _load_pickle_file(
             "check --arch and --num-classes"
         ) from e
     return LoadedModel(module, str(path), "state_dict", file_sha256(path), arch)
+
+
+def _data_file(path: Path) -> ModelLoadError:
+    """A tensors file of data given as the model: it read as a state_dict (tensors by name)."""
+    return ModelLoadError(
+        f"model file {str(path)!r} looks like a data file (it holds x_train and y_train), not a "
+        "model: pass it as --data, and the model as --model"
+    )
 
 
 # torch's two wordings: "Unsupported global: GLOBAL m.C was not an allowed global by default"
