@@ -4,6 +4,7 @@ import copy
 import subprocess
 import sys
 import textwrap
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -432,3 +433,23 @@ def test_a_data_file_given_as_the_model_is_called_a_data_file(
         f"error: model file {str(path)!r} looks like a data file (it holds x_train and y_train), "
         "not a model: pass it as --data, and the model as --model"
     )
+
+
+def test_a_zip_archive_pytorch_did_not_write_is_one_line_naming_the_formats(
+    tmp_path: Path,
+) -> None:
+    import numpy as np
+
+    path = tmp_path / "plain.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("hello.txt", "hi")
+    # It was torch's "cannot read model file ...: [enforce fail at inline_container.cc:180] .
+    # file in archive is not in a subdirectory: hello.txt".
+    assert _said_of_model(path) == (
+        f"error: model file {str(path)!r} is a zip archive that PyTorch did not write (it holds "
+        "hello.txt): pass a model saved with torch.save (a state_dict or a module), "
+        "torch.jit.save or torch.export.save"
+    )
+    data = tmp_path / "data.npz"  # a zip of .npy files
+    np.savez(data, x_train=np.zeros((6, 8)), y_train=np.zeros(6))
+    assert "looks like a data file (it holds x_train and y_train)" in _said_of_model(data)

@@ -124,6 +124,15 @@ def _sniff_format(path: Path) -> str:
         return "export"
     if any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names):
         return "torchscript"
+    if not any(n.endswith("/data.pkl") for n in names):  # torch.load's "[enforce fail at ...]"
+        if {"x_train", "y_train"} <= {Path(n).stem for n in names}:  # an .npz of data
+            raise _data_file(path)
+        held = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+        raise ModelLoadError(
+            f"model file {str(path)!r} is a zip archive that PyTorch did not write (it holds "
+            f"{held or 'nothing'}): pass a model saved with torch.save (a state_dict or a "
+            "module), torch.jit.save or torch.export.save"
+        )
     return "torch.save"
 
 
