@@ -5,6 +5,7 @@ import subprocess
 import sys
 import textwrap
 import zipfile
+from collections import OrderedDict
 from pathlib import Path
 
 import pytest
@@ -453,3 +454,27 @@ def test_a_zip_archive_pytorch_did_not_write_is_one_line_naming_the_formats(
     data = tmp_path / "data.npz"  # a zip of .npy files
     np.savez(data, x_train=np.zeros((6, 8)), y_train=np.zeros(6))
     assert "looks like a data file (it holds x_train and y_train)" in _said_of_model(data)
+
+
+@pytest.mark.parametrize(
+    ("saved", "kind"),
+    [({}, "dict"), (OrderedDict(), "OrderedDict"), ({"state_dict": OrderedDict()}, "OrderedDict")],
+)
+def test_an_empty_state_dict_is_said_to_hold_no_weights(
+    tmp_path: Path, saved: object, kind: str
+) -> None:
+    path = tmp_path / "empty.pt"
+    torch.save(saved, path)
+    # It was "holds a OrderedDict that is neither a state_dict nor a module".
+    assert _said_of_model(path) == (
+        f"error: model file {str(path)!r} holds no weights (an empty {kind}): save "
+        "model.state_dict() of the trained network, or the module itself"
+    )
+
+
+def test_what_is_neither_a_state_dict_nor_a_module_is_named_with_its_article(
+    tmp_path: Path,
+) -> None:
+    torch.save(3, tmp_path / "int.pt")
+    with pytest.raises(ModelLoadError, match=r"holds an int that is neither a state_dict nor a"):
+        load_model(tmp_path / "int.pt")

@@ -202,9 +202,15 @@ def _load_pickle_file(
         raise _data_file(path)
     state = _find_state_dict(obj)
     if state is None:
+        name = type(obj).__name__
         raise ModelLoadError(
-            f"{str(path)!r} holds a {type(obj).__name__} that is neither a state_dict nor a "
-            "module: save model.state_dict() or the module itself"
+            f"{str(path)!r} holds {'an' if name[0] in 'AEIOUaeiou' else 'a'} {name} that is "
+            "neither a state_dict nor a module: save model.state_dict() or the module itself"
+        )
+    if not state:  # torch.save({}), or the state_dict of a network with no weights
+        raise ModelLoadError(
+            f"model file {str(path)!r} holds no weights (an empty {type(state).__name__}): "
+            "save model.state_dict() of the trained network, or the module itself"
         )
     if arch is None:
         raise ModelLoadError(
@@ -286,7 +292,7 @@ def _pickle_with(code_module: types.ModuleType | None) -> types.ModuleType:
 
 def _find_state_dict(obj: Any) -> Mapping[str, torch.Tensor] | None:
     if isinstance(obj, Mapping):
-        if obj and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+        if all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
             return obj
         for key in ("state_dict", "model_state_dict", "model"):
             if key in obj:
