@@ -641,6 +641,22 @@ def test_an_error_in_the_analysis_is_the_only_thing_said_after_the_header(
     assert "nothing exported" not in said and "no complete trials" not in said
 
 
+@pytest.mark.parametrize("value", ["1.5", "0", "nan"])
+def test_a_val_fraction_outside_0_to_1_is_named_as_the_flag_before_the_model_loads(
+    tmp_path: Path, value: str
+) -> None:
+    missing = tmp_path / "missing.pt"  # never read: the refusal comes first
+    args = ["search", "--model", str(missing), "--data", "demo", "--val-fraction", value]
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    # It was "val_fraction must be in (0, 1), but got 1.5", after the model loaded.
+    assert result.output.strip() == (
+        f"error: --val-fraction must be between 0 and 1 (the share of the training data held "
+        f"out for validation), got {float(value)!r}: use a fraction such as 0.2"
+    )
+    assert not (tmp_path / "out").exists()
+
+
 def test_analyze_refuses_an_unknown_method(tmp_path: Path) -> None:
     result = runner.invoke(app, ["analyze", "--model", "demo", "--method", "magic"])
     assert result.exit_code == 2  # refused by the argument parser, listing the methods

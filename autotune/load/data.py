@@ -20,6 +20,15 @@ from autotune.load.readers import load_csv, load_sklearn, read_tensors_file
 from autotune.load.tasks import SKLEARN_SETS, SPLITS, TaskData, from_mapping, validate
 
 
+def check_val_fraction(value: float) -> None:
+    """Refuse a ``--val-fraction`` no split can be carved with, before anything loads."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 < value < 1.0:
+        raise DataError(
+            f"--val-fraction must be between 0 and 1 (the share of the training data held out "
+            f"for validation), got {value!r}: use a fraction such as 0.2"
+        )
+
+
 def load_data(
     spec: str,
     *,
@@ -46,8 +55,7 @@ def load_data(
             default) or ``MEAN,STD`` (see ``images.parse_normalize``).
         workers: Loader worker processes when the data streams (default: up to 4).
     """
-    if not 0.0 < val_fraction < 1.0:
-        raise DataError(f"val_fraction must be in (0, 1), but got {val_fraction!r}")
+    check_val_fraction(val_fraction)
     # An option for another kind of data would be ignored without a word.
     folder = Path(spec).is_dir()
     for flag, value, applies, kind, fix in (

@@ -18,7 +18,7 @@ from autotune.errors import DataError, ModelLoadError
 from autotune.load.anatomy import copy_model, set_training
 from autotune.load.architecture import OWN_NETWORK
 from autotune.load.attention import split_attention
-from autotune.load.data import check_model_fits, load_data
+from autotune.load.data import check_model_fits, check_val_fraction, load_data
 from autotune.load.images import model_normalization
 from autotune.load.models import LoadedModel, file_sha256, load_model
 from autotune.load.tasks import IN_MEMORY, TaskData
@@ -67,6 +67,9 @@ class DataSpec:
     was trained with (``images.model_normalization``), else none."""
     workers: int | None = None
     """Loader worker processes when the data streams (default: up to 4)."""
+
+    def __post_init__(self) -> None:
+        check_val_fraction(self.val_fraction)  # before the model loads
 
     def load(self, model: nn.Module | None = None) -> TaskData:
         channels = self.channels
