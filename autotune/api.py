@@ -42,6 +42,7 @@ from autotune.search.runner import Search
 from autotune.search.space import SearchSpace, load_space
 from autotune.search.storage import local_file, probe_storage
 from autotune.search.study_file import settle
+from autotune.trial.devices import resolve_device
 from autotune.trial.fit import configure_threads
 
 if TYPE_CHECKING:
@@ -130,7 +131,7 @@ def search(
     the_settings = SearchSettings.of(trials=trials, out=folder, study_name=study_name, **settings)
     # Mistakes in the settings end the search before the model loads and before any folder
     # is made; the space's fit section, read later, only fills in what is not given.
-    the_settings.resolved({})
+    resolve_device(the_settings.resolved({}).device)  # --device gpu: before the model loads
     export_formats(the_settings.export)  # a missing autotune[onnx] too
     storage = the_settings.storage
     check_storage(storage)  # a mistyped URL: refused before any folder is made

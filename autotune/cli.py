@@ -678,6 +678,7 @@ def export(
     from autotune.results.pick import over_budgets, pick_trial
     from autotune.results.summary import file_lines
     from autotune.search.study import load_study, space_of, study_record
+    from autotune.trial.devices import resolve_device
 
     if to is not None and to.exists() and not to.is_dir():
         raise AutotuneError(f"--to {str(to)!r} is a file: choose a folder to export into")
@@ -685,6 +686,7 @@ def export(
     if out.exists() and not out.is_dir():  # with --storage, nothing else looks at it first
         raise AutotuneError(f"--out {str(out)!r} is a file: pass the output folder of a search")
     formats = checked_formats(tuple(export_formats or ()))  # before the model loads
+    resolve_device(device)  # as is --device gpu
     study = load_study(storage, out, study_name)
     pick_trial(study, trial)  # a trial with nothing to export: refused before the model loads
     # Where export_trial writes: a folder it cannot make is refused before the rebuild, and

@@ -558,6 +558,25 @@ def test_a_device_this_pytorch_cannot_use_is_refused_in_one_line(
     assert not (out / "analysis").exists()  # refused before the analysis
 
 
+def test_an_unknown_device_is_refused_before_the_model_loads(tmp_path: Path) -> None:
+    import torch
+
+    # A pickled module, refused when it loads (no --trust-model): it was that refusal, and a
+    # model that loads was refused --device gpu only after it had loaded.
+    torch.save(torch.nn.Linear(8, 3), tmp_path / "net.pt")
+    refusal = "error: --device 'gpu' is not a device: use auto, cpu or cuda[:N]"
+    args = ["--model", str(tmp_path / "net.pt"), "--data", "demo", "--device", "gpu"]
+    result = runner.invoke(app, ["search", *args, "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == refusal
+    assert not (tmp_path / "out").exists()
+    # autotune export too, before it reads the study (and then the model).
+    (tmp_path / "empty").mkdir()
+    result = runner.invoke(app, ["export", "--out", str(tmp_path / "empty"), "--device", "gpu"])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == refusal
+
+
 def test_analyze_writes_rankings_and_charts(tmp_path: Path) -> None:
     from autotune.rank.analysis import Analysis
 
