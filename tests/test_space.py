@@ -131,6 +131,45 @@ def test_a_yaml_tag_is_refused_in_one_line_naming_file_line_and_tag(tmp_path: Pa
     assert "!!python/object/apply:os.system is not allowed" in message
 
 
+@pytest.mark.parametrize(
+    ("text", "key", "lines"),
+    [
+        ("lr: {low: 1.0e-3, high: 1.0e-2}\nbatch_size: [32]\nlr: 0.01\n", "lr", (1, 3)),
+        ("lr: 0.01\nfit:\n  max_epochs: 4\n  max_epochs: 2\n", "max_epochs", (3, 4)),
+    ],
+)
+def test_a_key_given_twice_is_refused_naming_it_and_its_lines(
+    tmp_path: Path, text: str, key: str, lines: tuple[int, int]
+) -> None:
+    from typer.testing import CliRunner
+
+    from autotune.cli import app
+
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    # YAML kept the last without a word: lr 0.01, or 2 epochs.
+    refusal = (
+        f"search space {str(path)!r}, line {lines[1]}: {key!r} is given twice (first on line "
+        f"{lines[0]}), and YAML keeps the last without a word: keep one"
+    )
+    with pytest.raises(SpaceError) as info:
+        load_space(path)
+    assert str(info.value) == refusal
+    args = ["search", "--model", "demo", "--space", str(path), "--out", str(tmp_path / "out")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == f"error: {refusal}"
+
+
+def test_a_yaml_merge_key_may_still_be_overridden() -> None:
+    import yaml
+
+    from autotune.search.values import SpaceLoader
+
+    text = "base: &fit {max_epochs: 4, patience: 2}\nfit: {<<: *fit, patience: 3}\n"
+    assert yaml.load(text, Loader=SpaceLoader)["fit"] == {"max_epochs": 4, "patience": 3}
+
+
 @pytest.mark.parametrize("content", [b"\xff\xfe lr: 0.01", b"PK\x03\x04\x80\x02 a model's bytes"])
 def test_a_space_file_that_is_not_utf8_text_is_one_line(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "space.yaml"

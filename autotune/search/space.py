@@ -22,7 +22,14 @@ import yaml
 
 from autotune.config import TrialConfig
 from autotune.errors import SpaceError
-from autotune.search.values import CHOICES, INT_PARAMS, RATIOS, SpaceLoader, check_value
+from autotune.search.values import (
+    CHOICES,
+    INT_PARAMS,
+    RATIOS,
+    DuplicateKey,
+    SpaceLoader,
+    check_value,
+)
 from autotune.trial.losses import DISTILLATION
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrialConfig)}
@@ -202,6 +209,11 @@ def _yaml_problem(source: str, e: yaml.YAMLError) -> str:
     mark = getattr(e, "problem_mark", None)
     where = f"{source!r}, line {mark.line + 1}" if mark is not None else repr(source)
     problem = str(getattr(e, "problem", None) or e).splitlines()[0]
+    if isinstance(e, DuplicateKey):
+        return (
+            f"search space {where}: {e.key!r} is given twice (first on line {e.first.line + 1}), "
+            "and YAML keeps the last without a word: keep one"
+        )
     tag = re.search(r"tag '(?:tag:yaml\.org,2002:)?([^']+)'", problem)
     if isinstance(e, yaml.constructor.ConstructorError) and tag:
         return (

@@ -23,6 +23,31 @@ class SpaceLoader(yaml.SafeLoader):
     (``1.0e-3``), and without one a learning rate was refused as "'1e-3' is not a number"."""
 
 
+class DuplicateKey(yaml.constructor.ConstructorError):
+    """A key given twice in one mapping: YAML keeps the last without a word."""
+
+    def __init__(self, key: Any, first: yaml.Mark, again: yaml.Mark) -> None:
+        super().__init__(problem=f"{key!r} given twice", problem_mark=again)
+        self.key = key
+        self.first = first
+
+
+def _unique_keys(loader: SpaceLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    seen: dict[Any, yaml.Mark] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # "<<: *base" may be overridden
+            continue
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            first = seen.setdefault(key, key_node.start_mark)
+        except TypeError:  # an unhashable key: the constructor says so
+            continue
+        if first is not key_node.start_mark:
+            raise DuplicateKey(key, first, key_node.start_mark)
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+SpaceLoader.add_constructor("tag:yaml.org,2002:map", _unique_keys)
 SpaceLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
