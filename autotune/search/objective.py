@@ -122,12 +122,9 @@ class Objective:
         built["precision"] = maker.accel(model).describe()
         record(trial, config=dataclasses.asdict(config), **built)
         started = time.perf_counter()
-        over = self.budgets.violations(cost)
-        # Stage 1 trains full-size models whatever the budget: stage 2 slims the best of them.
-        tuning = self.staged and stage == 1
-        # Nor does it record the budget as a constraint: every stage-1 model has the source's
-        # size, and Optuna's TPE orders infeasible trials by how far over they are before their
-        # value, so each would rank as bad as the next and stage 1 would sample blind.
+        over, tuning = self.budgets.violations(cost), self.staged and stage == 1
+        # Stage 1 trains full-size models whatever the budget (stage 2 slims the best), and does
+        # not record it: TPE ranks infeasible trials by how far over (here all alike), not value.
         for key, value in ({} if tuning else over).items():
             trial.set_constraint(key, value)
         if any(v > 0 for v in over.values()) and not tuning:

@@ -101,12 +101,8 @@ class Search:
         """The study, once opened: what an interrupted search still exports."""
         self.stopped: str | None = None
         """Why this worker stopped the study early (failures in a row), if it did."""
-        self.trials_began = False
-        """Whether this run got as far as its trials: a search that fails or is stopped before
-        (in the analysis, say) has nothing of its own to export."""
-        if self.settings.workers > 1 and (
-            self.job.model_spec is None or self.job.data_spec is None
-        ):
+        self.trials_began = False  # before its trials (in the analysis) it has nothing to export
+        if self.settings.workers > 1 and None in (self.job.model_spec, self.job.data_spec):
             raise AutotuneError(
                 f"--workers {self.settings.workers} needs the model and data as files or specs "
                 "(each worker loads them again), not objects passed in memory: use workers=1"

@@ -210,10 +210,7 @@ def _yaml_problem(source: str, e: yaml.YAMLError) -> str:
     where = f"{source!r}, line {mark.line + 1}" if mark is not None else repr(source)
     problem = str(getattr(e, "problem", None) or e).splitlines()[0]
     if isinstance(e, DuplicateKey):
-        return (
-            f"search space {where}: {e.key!r} is given twice (first on line {e.first.line + 1}), "
-            "and YAML keeps the last without a word: keep one"
-        )
+        return f"search space {where}: {e.said()}"
     tag = re.search(r"tag '(?:tag:yaml\.org,2002:)?([^']+)'", problem)
     if isinstance(e, yaml.constructor.ConstructorError) and tag:
         return (

@@ -31,6 +31,12 @@ class DuplicateKey(yaml.constructor.ConstructorError):
         self.key = key
         self.first = first
 
+    def said(self) -> str:
+        return (
+            f"{self.key!r} is given twice (first on line {self.first.line + 1}), and YAML keeps "
+            "the last without a word: keep one"
+        )
+
 
 def _unique_keys(loader: SpaceLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
     seen: dict[Any, yaml.Mark] = {}
