@@ -31,6 +31,7 @@ Run: python bench/real_scale.py [--archs resnet18 mobilenet_v3_small vit] [--see
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import shlex
 import shutil
@@ -279,9 +280,9 @@ def with_stages(record: dict[str, Any]) -> dict[str, Any]:
 
 def save(results: Path, to: Path) -> None:
     """Keep a bench run's ``results`` in the repository as ``to``: each search's epochs and
-    stages filled in, and its ``leaderboard.csv`` copied into the folder named as ``to`` less
-    its suffix, so that the table and what its prose quotes outlive the run folders (kept in a
-    machine's /tmp, the first real-scale runs' files were lost with it)."""
+    stages filled in, and its ``leaderboard.csv`` and study (gzipped) copied into the folder
+    named as ``to`` less its suffix, so that the table and what its prose quotes outlive the
+    run folders (kept in a machine's /tmp, the first real-scale runs' files were lost with it)."""
     records, _ = peers.read_results(results)
     boards = to.with_suffix("")
     kept = []
@@ -293,6 +294,14 @@ def save(results: Path, to: Path) -> None:
             copy = boards / f"{board.parent.name}-leaderboard.csv"
             copy.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(board, copy)
+            # The study itself, for replays of its pruners on the recorded curves (gunzip it).
+            journal = board.parent / "study.journal"
+            if journal.is_file():
+                with (
+                    journal.open("rb") as f,
+                    gzip.open(boards / f"{board.parent.name}.journal.gz", "wb") as z,
+                ):
+                    shutil.copyfileobj(f, z)
             record = {**record, "stages": {**summary, "board": str(copy)}}
         kept.append(record)
     to.parent.mkdir(parents=True, exist_ok=True)
