@@ -66,8 +66,14 @@ MUTATIONS: dict[str, tuple[str, str, str, str]] = {
     ),
     "over-budget trials trained anyway": (
         "autotune/search/objective.py",
-        "        if any(v > 0 for v in over.values()) and not (self.staged and stage == 1):\n",
+        "        if any(v > 0 for v in over.values()) and not tuning:\n",
         "        if False:\n",
+        "tests/test_slimming.py",
+    ),
+    "stage 1 recorded as over the budget": (
+        "autotune/search/objective.py",
+        "        for key, value in ({} if tuning else over).items():\n",
+        "        for key, value in over.items():\n",
         "tests/test_slimming.py",
     ),
     "gate placed before the layer's normalisation": (
