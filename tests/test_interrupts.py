@@ -34,6 +34,15 @@ QUICK = {"lr": {"low": 1e-3, "high": 3e-2, "log": True}, "fit": {"max_epochs": 2
 LONGER = {**QUICK, "fit": {"max_epochs": 4, "patience": 4}}
 
 
+@pytest.fixture(autouse=True)
+def ctrl_c_heard() -> Iterator[None]:
+    """A Ctrl-C raises ``KeyboardInterrupt``, as in a terminal: a process a shell without job
+    control started in the background inherits SIGINT ignored, and these tests then failed."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def _study(out: Path) -> optuna.Study:
     """The study a search left in its default study file in ``out``."""
     return load_study(None, out)
