@@ -44,6 +44,12 @@ OUTAGE = 4
 finished trials are kept, and the same command goes on from them."""
 
 
+def flag(*names: str, **kwargs: Any) -> Any:
+    """``typer.Option`` for an on/off switch: typer's help would show it as ``<bool>``, as if it
+    took a value (``--verbose true`` is then refused as an extra argument)."""
+    return typer.Option(*names, metavar="", **kwargs)
+
+
 def _print_version(value: bool) -> None:
     if not value:
         return
@@ -56,7 +62,7 @@ def _print_version(value: bool) -> None:
 def _options(
     version: Annotated[
         bool,
-        typer.Option(
+        flag(
             "--version",
             callback=_print_version,
             is_eager=True,  # answered before a command is looked for, as --help is
@@ -143,7 +149,7 @@ NumClasses = Annotated[
 ]
 Trust = Annotated[
     bool,
-    typer.Option(
+    flag(
         "--trust-model",
         help="Allow loading a pickled module, or a .pt2 that unpickles: runs code from the file.",
         rich_help_panel="Model and data",
@@ -195,7 +201,7 @@ LoaderWorkers = Annotated[
 ]
 ExportPreprocessing = Annotated[
     bool,
-    typer.Option(
+    flag(
         "--export-preprocessing",
         help="Put the input normalisation inside model.pt2 (and model.onnx): they then take "
         "images in [0, 1].",
@@ -284,7 +290,7 @@ OUT_HELP = f"Output folder of a search (default: {DEFAULT_OUT})."
 # if they had typed it.
 SearchOut = Annotated[Path | None, typer.Argument(help=OUT_HELP, show_default=False)]
 Verbose = Annotated[
-    bool, typer.Option("--verbose", help="Keep Optuna's own log lines.", rich_help_panel="Output")
+    bool, flag("--verbose", help="Keep Optuna's own log lines.", rich_help_panel="Output")
 ]
 MaxParams = Annotated[
     str | None,
@@ -370,7 +376,7 @@ def search(
     pareto: Pareto = None,
     refit: Annotated[
         bool,
-        typer.Option(
+        flag(
             "--refit",
             help="Export the chosen configuration trained again on training + validation data "
             "for its best epoch count (its validation score is then not held out).",
@@ -451,7 +457,7 @@ def search(
     ] = None,
     allow_changes: Annotated[
         bool,
-        typer.Option(
+        flag(
             "--allow-changes",
             help="Continue a study made with other settings (epochs, seed, budgets...); the new "
             "ones then apply to its old trials too.",
@@ -574,9 +580,7 @@ def analyze(
     out: Annotated[
         Path, typer.Option(help="Folder for the JSON rankings and the PNG charts.")
     ] = Path("runs/analysis"),
-    cache: Annotated[
-        bool, typer.Option(help="Reuse a cached analysis of this model and data.")
-    ] = True,
+    cache: Annotated[bool, flag(help="Reuse a cached analysis of this model and data.")] = True,
 ) -> None:
     """Rank MODEL's channels, layers and input features on DATA; save JSON and charts."""
     from autotune.api import analyze as run_analyze
@@ -650,7 +654,7 @@ def export(
     ] = None,
     retrain: Annotated[
         bool,
-        typer.Option(
+        flag(
             "--retrain",
             help="Retrain from the stored parameters even when the trial's weights were saved.",
         ),

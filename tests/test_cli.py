@@ -694,6 +694,16 @@ def test_help_lists_the_choices_of_each_setting() -> None:
     assert "<shap|taylor|l1|random>" in analyze.output and "<gradient|deep>" in analyze.output
 
 
+def test_help_shows_on_off_switches_without_a_value_to_give() -> None:
+    # typer shows a bool option as "<bool>", and a user who writes "--verbose true" is refused.
+    for command in (["search"], ["analyze"], ["export"], ["demo"], []):
+        lines = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "200"}).output
+        switches = [line for line in lines.splitlines() if "<bool>" in line]
+        assert all("--help" in line for line in switches), (command, switches)
+    search = runner.invoke(app, ["search", "--help"], env={"COLUMNS": "200"}).output
+    assert "--trust-model " in search and "--refit " in search and "--verbose " in search
+
+
 def test_version_prints_the_installed_version_and_help_lists_it() -> None:
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0, result.output
