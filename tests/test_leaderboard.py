@@ -354,3 +354,15 @@ def test_a_surplus_trial_is_not_counted_and_a_study_past_the_total_says_what_was
     # Continued with a lower --trials: nothing runs, and the line is no "3/2".
     fewer = Leaderboard.from_study(study, "accuracy", planned=2)
     assert fewer.progress_line().startswith("trials 3 done (2 asked): 2 complete")
+
+
+def test_printing_the_leaderboard_in_a_script_shows_the_table_autotune_show_prints() -> None:
+    board = Leaderboard.from_study(_study(), "accuracy")
+    shown = io.StringIO()
+    # As `autotune show` prints it to a log or a pipe (pytest's stdout is no terminal).
+    Console(file=shown, width=160, soft_wrap=True, color_system=None).print(board)
+    text = str(board)
+    assert text == shown.getvalue().rstrip("\n")  # plain text: no escape codes, no dataclass fields
+    assert [row[1] for row in _rows(text)] == ["1", "2", "0"]
+    assert "TrialRow(" not in repr(board) and len(repr(board)) < 200
+    assert "accuracy" in repr(board) and "trial 1" in repr(board)

@@ -28,6 +28,7 @@ from autotune.results.cells import (
     share,
 )
 from autotune.results.rows import ROW_STATES, TrialRow, row_of
+from autotune.search.display import output_console
 from autotune.search.record import TrialRecord
 from autotune.search.selection import exported_trial
 from autotune.search.study import LIMITS
@@ -87,11 +88,12 @@ def _differing(board: Leaderboard, row: TrialRow) -> str:
     return (f"slims {row.parent}: " if row.parent is not None else "") + text
 
 
-@dataclass
+@dataclass(repr=False)
 class Leaderboard(JupyterMixin):
     """Every trial of a study, best first; renders as a rich table plus a progress line.
 
-    In a notebook it renders as that table in the cell's output (rich's Jupyter support).
+    In a notebook it renders as that table in the cell's output (rich's Jupyter support); in a
+    script, ``print`` shows it as plain text (``__str__``).
     """
 
     rows: list[TrialRow]
@@ -249,6 +251,21 @@ class Leaderboard(JupyterMixin):
         yield self.table(options.max_width)
         yield self.legend()
         yield Text(self.progress_line())
+
+    def __str__(self) -> str:
+        """The table, legend and progress line that ``autotune show`` prints, as plain text:
+        ``print(result.leaderboard)`` in a script shows the table, not every row's fields."""
+        shown = output_console()  # the terminal's width; 160 columns in a log or a pipe
+        text = io.StringIO()
+        Console(file=text, width=shown.width, soft_wrap=shown.soft_wrap, color_system=None).print(
+            self
+        )
+        return text.getvalue().rstrip("\n")  # print adds its own
+
+    def __repr__(self) -> str:
+        best = self.best()
+        top = "none trained" if best is None else f"best trial {best.number}"
+        return f"<Leaderboard: {len(self.rows)} trials, validation {self.metric}, {top}>"
 
     def plain_line(self, row: TrialRow) -> str:
         """One finished trial as a log line (CI logs, pipes)."""
