@@ -220,6 +220,15 @@ def test_frame_lists_every_trial_best_first() -> None:
     assert frame.loc[0, "gain"] == 0.91 - 0.30
 
 
+def test_the_frames_rank_is_a_whole_number_and_missing_for_a_trial_not_ranked() -> None:
+    import pandas as pd
+
+    frame = Leaderboard.from_study(_study(), "accuracy").to_frame()
+    assert frame["rank"].dtype == "Int64"  # 1, 2, 3 rather than 1.0, 2.0, 3.0
+    assert frame["rank"].tolist()[:3] == [1, 2, 3]
+    assert frame["rank"].tolist()[3] is pd.NA  # the failed trial
+
+
 @pytest.mark.parametrize("metric", ["accuracy", "loss"])
 def test_equal_scores_rank_by_the_other_score_as_the_search_does(metric: str) -> None:
     from autotune.search.study import best_trial

@@ -317,4 +317,7 @@ class Leaderboard(JupyterMixin):
         """All trials, ranked ones first, as a pandas DataFrame."""
         import pandas as pd
 
-        return pd.DataFrame.from_records(self.records())
+        frame = pd.DataFrame.from_records(self.records())
+        # Trials not ranked (stopped, failed) have none: nullable, else pandas makes it float.
+        frame["rank"] = frame["rank"].astype("Int64")
+        return frame
