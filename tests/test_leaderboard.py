@@ -375,3 +375,17 @@ def test_printing_the_leaderboard_in_a_script_shows_the_table_autotune_show_prin
     assert [row[1] for row in _rows(text)] == ["1", "2", "0"]
     assert "TrialRow(" not in repr(board) and len(repr(board)) < 200
     assert "accuracy" in repr(board) and "trial 1" in repr(board)
+
+
+def test_a_trial_not_trained_is_counted_apart_from_those_stopped_early() -> None:
+    study = _study()  # the baseline, two complete, one failed
+    # Stopped by the pruner after 3 epochs; skipped before any epoch as a near copy.
+    study.add_trial(
+        create_trial(state=TrialState.PRUNED, intermediate_values={1: 0.5, 2: 0.6, 3: 0.6})
+    )
+    near = "not trained: a near copy of trial 1, it keeps 98% of its parameters"
+    study.add_trial(create_trial(state=TrialState.PRUNED, user_attrs={"stop_reason": near}))
+    board = Leaderboard.from_study(study, "accuracy", planned=5)
+    assert board.progress_line().startswith(
+        "trials 5/5 done: 2 complete, 1 stopped early, 1 not trained, 1 failed, 0 running"
+    )

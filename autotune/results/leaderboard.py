@@ -153,10 +153,11 @@ class Leaderboard(JupyterMixin):
             done = f"{finished}/{self.planned} done"
         elif self.planned is not None:  # a continued study holds more than this command asks
             done += f" ({self.planned} asked)"
-        line = (
-            f"trials {done}: {c['COMPLETE']} complete, "
-            f"{c['PRUNED']} stopped early, {c['FAIL']} failed, {c['RUNNING']} running"
-        )
+        untrained = sum(r.untrained for r in self.rows)
+        line = f"trials {done}: {c['COMPLETE']} complete, {c['PRUNED'] - untrained} stopped early, "
+        if untrained:  # pruned by Optuna's count, yet never trained: not "stopped early"
+            line += f"{untrained} not trained, "
+        line += f"{c['FAIL']} failed, {c['RUNNING']} running"
         if c["INTERRUPTED"]:  # not counted toward --trials: each is run again
             line += f", {c['INTERRUPTED']} interrupted and run again"
         if c["ORPHANED"]:  # running no more: the next run fails it (``search.trials``)

@@ -63,6 +63,12 @@ class TrialRow:
     exported: bool = False
     """The trial in ``OUT/best`` (not always the top one: ``search.selection``)."""
 
+    @property
+    def untrained(self) -> bool:
+        """Pruned before its first epoch (over a budget, or a near copy of its parent): not
+        trained at all, where a trial stopped early trained some epochs."""
+        return self.state == "PRUNED" and not self.epochs
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "trial": self.number,
