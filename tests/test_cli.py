@@ -48,7 +48,10 @@ def searched(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert result.exit_code == 0, result.output
     # Not a terminal: one plain line per finished trial instead of a live table.
     assert "trial   1 complete accuracy=" in result.output
-    assert "exported to" in result.output
+    # The summary names each file written in best/ (the image grid too), and no other.
+    listed = next(s for s in result.output.splitlines() if s.startswith("exported to "))
+    written = sorted(p.name for p in (out / "best").iterdir())
+    assert sorted(listed.partition(": ")[2].split(", ")) == written, listed
     config = yaml.safe_load((out / "best" / "config.yaml").read_text())
     assert f"exported: trial {config['trial']}, val accuracy" in result.output
     source = config["metrics"]["baseline_test_accuracy"]

@@ -54,6 +54,13 @@ def test_with_no_model_file_written_the_summary_lists_the_files_that_were() -> N
     assert "model.pt not written: pickling failed (a lambda)" in lines
 
 
+def test_the_summary_lists_the_error_grid_drawn_for_image_data() -> None:
+    exported = _exported(val_samples=12, gain=0.25)
+    exported.config["errors"]["grid"] = "errors.png"  # as results.errors records it
+    lines = summary_lines(exported, top=None)
+    assert "exported to runs/x/best: model.pt, errors.png, config.yaml, README.md" in lines
+
+
 def test_a_gain_the_validation_split_can_resolve_gets_no_note() -> None:
     assert noise_note(_exported(val_samples=2000, gain=0.05).config) is None
     note = noise_note(_exported(val_samples=100, gain=0.05).config)

@@ -4,6 +4,8 @@ card and the ONNX export tell the two apart the same way."""
 
 from __future__ import annotations
 
+from typing import Any
+
 NOT_WRITTEN = "not written"
 
 
@@ -20,3 +22,16 @@ def is_written(how: str) -> bool:
 def written(files: dict[str, str]) -> list[str]:
     """The names of the files written, in the list's order."""
     return [name for name, how in files.items() if is_written(how)]
+
+
+def bundle(config: dict[str, Any]) -> list[str]:
+    """The files an export wrote in its folder, read off its ``config.yaml``: the model files
+    written (sorted), the grid of fixed and broken samples when one was drawn (``errors.grid``,
+    image data), then the config itself and the model card made from it."""
+    grid = (config.get("errors") or {}).get("grid")
+    return [
+        *sorted(written(config["files"])),
+        *([grid] if grid else []),
+        "config.yaml",
+        "README.md",
+    ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from autotune.results.bundle_files import is_written, written
+from autotune.results.bundle_files import bundle, is_written
 from autotune.results.export import ExportResult
 from autotune.results.notes import latency_text, noise_note
 from autotune.results.onnx_export import onnx_line
@@ -50,8 +50,7 @@ def summary_lines(best: ExportResult, top: TrialRow | None) -> list[str]:
         f"size: {params['model']:,} parameters ({params['model'] / params['source']:.0%} "
         f"of the source), {counted}latency {latency_text(size['latency_ms'])}"
     )
-    files = [*sorted(written(best.config["files"])), "config.yaml", "README.md"]
-    lines.append(f"exported to {best.folder}: {', '.join(files)}")
+    lines.append(f"exported to {best.folder}: {', '.join(bundle(best.config))}")
     return lines + file_lines(best.config)
 
 
