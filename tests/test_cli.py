@@ -90,8 +90,12 @@ def test_search_writes_the_bundle(searched: Path) -> None:
     assert set(config["params"]) >= {"lr", "batch_size", "unfreeze", "dropout", "loss"}
     assert (searched / "leaderboard.csv").read_text().count("\n") == 5  # header, baseline, 3 trials
     with (searched / "leaderboard.csv").open() as f:
-        exported = [int(r["trial"]) for r in csv.DictReader(f) if r["exported"] == "True"]
-    assert exported == [config["trial"]]
+        exported = [r for r in csv.DictReader(f) if r["exported"] == "True"]
+    assert [int(r["trial"]) for r in exported] == [config["trial"]]
+    # The latency the export measured and the summary quoted, not an empty cell.
+    latency = config["structure"]["latency_ms"]
+    assert float(exported[0]["latency_ms"]) == latency["model"]
+    assert float(exported[0]["latency_ratio"]) == latency["ratio"]
 
 
 def test_a_finished_search_is_one_journal_file_that_opens_alone_and_read_only(

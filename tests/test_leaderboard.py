@@ -268,6 +268,17 @@ def test_the_exported_trial_is_marked_in_the_table_and_the_frame() -> None:
     assert frame.loc[frame["exported"], "trial"].tolist() == [2]
 
 
+def test_the_exported_trials_row_carries_the_latency_its_export_measured() -> None:
+    study = _study()  # no trial timed during the search (no latency budget)
+    measured = {"model": 1.156, "source": 1.2, "ratio": 0.9622, "ratio_spread": 0.01}
+    study.set_user_attr("best_export", {"trial": 2, "latency_ms": measured})
+    board = Leaderboard.from_study(study, "accuracy")
+    frame = board.to_frame().set_index("trial")
+    assert frame.loc[2, ["latency_ms", "latency_ratio"]].tolist() == [1.156, 0.9622]
+    assert frame.loc[1, ["latency_ms", "latency_ratio"]].isna().all()  # not exported, not timed
+    assert "0.96x±0.01" in str(board)
+
+
 def test_after_a_tighter_budget_the_leaderboard_report_and_export_agree(
     tmp_path: Path, tiny_model: torch.nn.Module, tiny_data: TaskData
 ) -> None:

@@ -206,9 +206,12 @@ def export_trial(
     write_text_atomically(folder / "config.yaml", text, keep_old=False)
     write_card(folder, config)
     if number is None:
-        # The held-out split is read for the chosen model only; the dashboard shows it here.
+        # The held-out split is read for the chosen model only; the dashboard shows it here, and
+        # leaderboard.csv the latency measured above (``results.rows.with_export_latency``).
+        latency = structure["latency_ms"]
         study.set_user_attr(
-            "best_export", {"trial": trial.number, **config["metrics"], "errors": errors}
+            "best_export",
+            {"trial": trial.number, **config["metrics"], "errors": errors, "latency_ms": latency},
         )
     try:
         write_leaderboard(study, work.settings.metric, leaderboard_csv(out))

@@ -27,10 +27,10 @@ from autotune.results.cells import (
     latency,
     share,
 )
-from autotune.results.rows import ROW_STATES, TrialRow, row_of
+from autotune.results.rows import ROW_STATES, TrialRow, row_of, with_export_latency
 from autotune.search.display import output_console
 from autotune.search.record import TrialRecord
-from autotune.search.selection import exported_trial
+from autotune.search.selection import BEST_EXPORT, exported_trial
 from autotune.search.study import LIMITS
 from autotune.search.trials import retried
 
@@ -123,6 +123,8 @@ class Leaderboard(JupyterMixin):
         limits, exported = study.user_attrs.get(LIMITS), exported_trial(study)
         again = frozenset(retried(trials))
         rows = [row_of(t, baseline, metric, front, limits, exported, again) for t in trials]
+        measured = study.user_attrs.get(BEST_EXPORT, {}).get("latency_ms")
+        rows = [with_export_latency(r, measured) if r.exported else r for r in rows]
         return cls(rows, metric, direction, **kwargs)
 
     @property

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -152,4 +153,19 @@ def row_of(
         flips=(rec.fixed or 0, rec.broken) if rec.broken is not None else None,
         score=None if value is None else trial_score(value, trial.user_attrs, metric),
         exported=trial.number == exported,
+    )
+
+
+def with_export_latency(row: TrialRow, measured: dict[str, Any] | None) -> TrialRow:
+    """The exported trial's ``row`` with the latency its export ``measured`` against the source
+    (``config.yaml``'s ``structure.latency_ms``, a second of timing): the figure the summary and
+    the model card quote. A search times its trials only under a latency budget or front, and
+    for less long, so the row's own figure (if any) gives way to it."""
+    if measured is None:
+        return row
+    return dataclasses.replace(
+        row,
+        latency_ms=measured["model"],
+        latency_ratio=measured["ratio"],
+        latency_ratio_spread=measured["ratio_spread"],
     )

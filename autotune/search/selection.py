@@ -24,7 +24,7 @@ SELECT = "autotune_select"
 """Study user attribute: the latest run's ``--select`` rule (``config.SELECT_RULES``)."""
 BEST_EXPORT = "best_export"
 """Study user attribute: the trial the latest export wrote to ``OUT/best``, its metrics (the
-held-out ones included) and its errors (``results.export``)."""
+held-out ones included), its errors and its latency (``results.export``)."""
 
 
 def exported_trial(study: optuna.Study) -> int | None:
