@@ -279,6 +279,18 @@ def test_the_exported_trials_row_carries_the_latency_its_export_measured() -> No
     assert "0.96x±0.01" in str(board)
 
 
+def test_the_pareto_front_column_marks_the_front_the_reports_size_chart_draws() -> None:
+    study = optuna.create_study(direction="maximize")  # no --pareto: one objective
+    for value, size in ((0.30, 1000), (0.90, 1000), (0.85, 500), (0.80, 800), (0.60, 200)):
+        study.add_trial(create_trial(value=value, user_attrs={"total_params": size}))
+    frame = Leaderboard.from_study(study, "accuracy").to_frame()
+    # 800 parameters for 0.80 is beaten by 500 for 0.85, as 1000 for 0.30 is by all the others.
+    assert sorted(frame.loc[frame["pareto_front"], "trial"]) == [1, 2, 4]
+    from autotune.results.study_data import size_front
+
+    assert sorted(p[2] for p in size_front(study)) == [1, 2, 4]  # the chart's front
+
+
 def test_after_a_tighter_budget_the_leaderboard_report_and_export_agree(
     tmp_path: Path, tiny_model: torch.nn.Module, tiny_data: TaskData
 ) -> None:

@@ -28,6 +28,7 @@ from autotune.results.cells import (
     share,
 )
 from autotune.results.rows import ROW_STATES, TrialRow, row_of, with_export_latency
+from autotune.results.study_data import size_front
 from autotune.search.display import output_console
 from autotune.search.record import TrialRecord
 from autotune.search.selection import BEST_EXPORT, exported_trial
@@ -42,7 +43,7 @@ COLUMNS: tuple[Column[Leaderboard, TrialRow], ...] = (
     # Adding a column is one entry: its header, its priority and how a row reads in it.
     Column("#", 0, lambda b, r: str(b.rank(r))),
     Column("trial", 1, lambda b, r: str(r.number)),
-    Column("state", 2, lambda b, r: _state(r), "left"),
+    Column("state", 2, lambda b, r: _state(r, b.pareto is not None), "left"),
     Column("{metric}", 3, lambda b, r: fmt(r.value)),
     Column("gain", 4, lambda b, r: "" if r.state == "BASELINE" else gain(r.gain)),
     Column("fixed/broken", 7, lambda b, r: "" if r.flips is None else "/".join(map(str, r.flips))),
@@ -67,10 +68,12 @@ LEGEND = {
 }
 
 
-def _state(row: TrialRow) -> str:
+def _state(row: TrialRow, marked: bool = False) -> str:
+    """The short word for ``row``'s state; with ``marked`` (a --pareto study, whose title says
+    so), a ``*`` on the front."""
     short = "src" if row.state == "BASELINE" else ("ok" if row.feasible else "over")
     short = "exp" if row.exported else short
-    return short + ("*" if row.front else "")
+    return short + ("*" if marked and row.front else "")
 
 
 def _latency(row: TrialRow) -> str:
@@ -114,9 +117,9 @@ class Leaderboard(JupyterMixin):
         trials = study.get_trials(deepcopy=False)
         base = next((t for t in trials if TrialRecord.from_trial(t).baseline), None)
         baseline = base.values[0] if base is not None and base.values else None
-        front: frozenset[int] = frozenset()
+        # The front the report draws: a --pareto study's own, else accuracy against size.
+        front = frozenset(p[2] for p in size_front(study))
         if len(study.directions) > 1:
-            front = frozenset(t.number for t in study.best_trials)
             kwargs.setdefault(
                 "pareto", study.user_attrs.get("autotune", {}).get("settings", {}).get("pareto")
             )
@@ -237,8 +240,8 @@ class Leaderboard(JupyterMixin):
     def legend(self) -> Text:
         """What the short words mean (those in the table), and where the rest of the trials are."""
         shown = self.shown()
-        used = {"size", *(_state(r).rstrip("*") for r in shown)}
-        if any(r.front for r in shown):
+        used = {"size", *(_state(r) for r in shown)}
+        if self.pareto and any(r.front for r in shown):
             used.add("*")
         if any(r.parent is not None for r in shown):
             used.add("slims N")

@@ -36,7 +36,7 @@ from autotune.results.cells import KEY_PARAMS
 from autotune.results.charts import analysis_charts, plot_analysis, plot_study
 from autotune.results.errors import GRID, errors_html
 from autotune.results.leaderboard import Leaderboard
-from autotune.results.study_data import completed, front, shown_trial, size_points
+from autotune.results.study_data import completed, shown_trial, size_front, size_points
 from autotune.search.record import TrialRecord
 from autotune.search.selection import BEST_EXPORT, exported_trial
 from autotune.search.study import best_trial, load_study, metric_sign, study_record
@@ -109,7 +109,7 @@ def _sections(
         figures += _importances(study, first, name)
     points = size_points(study)
     if points:
-        edge = front(points, metric_sign(study))
+        edge = size_front(study)
         fig = go.Figure()
         fig.add_scatter(
             x=[p[0] for p in points],

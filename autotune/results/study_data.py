@@ -8,7 +8,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autotune.search.record import TrialRecord
 from autotune.search.selection import exported_trial
-from autotune.search.study import best_trial
+from autotune.search.study import best_trial, metric_sign
 
 
 def completed(study: optuna.Study) -> list[FrozenTrial]:
@@ -41,6 +41,17 @@ def size_points(study: optuna.Study) -> list[tuple[float, float, int]]:
         for t in completed(study)
         if (size := TrialRecord.from_trial(t).total_params) is not None
     ]
+
+
+def size_front(study: optuna.Study) -> list[tuple[float, float, int]]:
+    """The front the report's size chart draws and ``leaderboard.csv``'s ``pareto_front``
+    marks, as ``size_points`` in order of size: a ``--pareto`` study's own front (its best
+    trials on the metric and its second objective), else ``front``, on parameters."""
+    points = size_points(study)
+    if len(study.directions) > 1:
+        on = {t.number for t in study.best_trials}
+        return sorted((p for p in points if p[2] in on), key=lambda p: p[0])
+    return front(points, metric_sign(study))
 
 
 def shown_trial(study: optuna.Study) -> tuple[FrozenTrial | None, str]:
