@@ -58,11 +58,16 @@ TARGETS = [
 """The issue's targets, printed next to the numbers; nothing here is tuned toward them."""
 
 
-def goals(tasks: list[str], ok: dict[tuple[str, str], list[dict[str, Any]]]) -> list[str]:
+def goals(
+    tasks: list[str],
+    ok: dict[tuple[str, str], list[dict[str, Any]]],
+    failed: dict[tuple[str, str], dict[int, int]],
+) -> list[str]:
     """The targets judged on each task's successful runs, each method on the seeds autotune's
     run (default, or ``--max-params``) had: peers run on more seeds are not compared on them.
     Each task gets its own verdict; a task without the runs a target needs is named as not
-    judged, not counted as missing it."""
+    judged, not counted as missing it, except where autotune ran and failed on every seed
+    (``failed``: each run's exit code by seed), which misses the target."""
 
     def seeds_of(task: str, method: str) -> set[int]:
         return {r["seed"] for r in ok[(task, method)]}
@@ -73,6 +78,12 @@ def goals(tasks: list[str], ok: dict[tuple[str, str], list[dict[str, Any]]]) -> 
     def missing(task: str, means: dict[str, float | None]) -> str:
         """Names what a target lacks: autotune's run, or a peer's on autotune's seeds."""
         first = next(iter(means))
+        codes = failed.get((task, first))
+        if means[first] is None and codes:
+            return (
+                f"{task}: the {first} search failed on seeds {sorted(codes)} (exit codes "
+                f"{sorted(set(codes.values()))}; 3: nothing exported): **not met**"
+            )
         if means[first] is None:
             return f"{task}: not judged (no {first} run)"
         absent = ", ".join(m for m, v in means.items() if v is None)
@@ -410,7 +421,16 @@ def main() -> None:
         records, meta = merged(args.table_only)
     else:
         records, meta = run(args)
-    lines = peers.table(records, meta, title="autotune at real scale", goals=goals)
+    failed: dict[tuple[str, str], dict[int, int]] = {}
+    for r in records:
+        if "method" in r and r.get("rc") != 0:
+            failed.setdefault((r["task"], r["method"]), {})[r["seed"]] = r.get("rc")
+    lines = peers.table(
+        records,
+        meta,
+        title="autotune at real scale",
+        goals=lambda tasks, ok: goals(tasks, ok, failed),
+    )
     lines += stage_lines(records)
     emit(lines, args.write)
     if args.refresh is not None:
