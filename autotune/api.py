@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 
-@dataclass
+@dataclass(repr=False)
 class SearchResult(JupyterMixin):
     """A finished search: the study, its leaderboard, and the exported best model."""
 
@@ -94,6 +94,14 @@ class SearchResult(JupyterMixin):
 
     def __rich__(self) -> Leaderboard:
         return self.leaderboard
+
+    def __str__(self) -> str:
+        """``print(result)`` in a script: the leaderboard, and where the best model went."""
+        where = f"\nexported to {self.best.folder}" if self.best is not None else ""
+        return f"{self.leaderboard}{where}"
+
+    def __repr__(self) -> str:
+        return f"<SearchResult: study {self.study.study_name!r}, {self.leaderboard!r}>"
 
 
 def search(

@@ -177,10 +177,20 @@ def test_export_with_storage_and_an_out_that_does_not_exist_writes_the_bundle(
 
 
 @pytest.mark.parametrize(
-    ("state", "said"),
-    [("FAIL", "--trial 1 failed"), ("PRUNED", "--trial 1 was stopped early")],
-)
-def test_a_trial_without_a_model_is_named_in_words(state: str, said: str) -> None:
+    ("state", "attrs", "said"),
+    [
+        ("FAIL", {"epochs": 2}, "--trial 1 failed"),
+        ("PRUNED", {"epochs": 3}, "--trial 1 was stopped early"),
+        # Skipped before its first epoch: "stopped early (not trained: ...)" contradicted itself.
+        ("PRUNED", {"stop_reason": "not trained: a near copy of trial 1"},
+         r"--trial 1 was never trained \(a near copy of trial 1\)"),
+        ("PRUNED", {"stop_reason": "over budget: params 900 > 500"},
+         r"--trial 1 was never trained \(over budget: params 900 > 500\)"),
+    ],
+)  # fmt: skip
+def test_a_trial_without_a_model_is_named_in_words(
+    state: str, attrs: dict[str, object], said: str
+) -> None:
     import optuna
     from optuna.trial import TrialState
 
@@ -189,6 +199,8 @@ def test_a_trial_without_a_model_is_named_in_words(state: str, said: str) -> Non
 
     study = optuna.create_study()
     study.add_trial(optuna.trial.create_trial(value=0.5, user_attrs={"baseline": True}))
-    study.add_trial(optuna.trial.create_trial(state=TrialState[state], value=None))
+    study.add_trial(
+        optuna.trial.create_trial(state=TrialState[state], value=None, user_attrs=attrs)
+    )
     with pytest.raises(AutotuneError, match=f"^{said}: only completed trials have a model"):
         pick_trial(study, 1)

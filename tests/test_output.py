@@ -224,3 +224,16 @@ def test_a_search_from_python_into_a_log_keeps_each_line_whole(
     lines = capsys.readouterr().out.splitlines()
     opening = next(line for line in lines if line.startswith("model "))
     assert len(opening) > 80 and opening.endswith(f"in {out / 'study.journal'}"), lines
+
+
+def test_printing_a_search_result_in_a_script_shows_its_leaderboard_and_export(
+    tmp_path: Path, tiny_data: TaskData
+) -> None:
+    torch.manual_seed(0)
+    quiet = Console(file=io.StringIO())
+    result = search(TinyNet().eval(), tiny_data, space=SPACE, trials=2, out=tmp_path, console=quiet)
+    assert result.best is not None
+    shown = str(result)  # what print(result) writes
+    assert shown.startswith(str(result.leaderboard)) and "TrialRow(" not in shown
+    assert shown.endswith(f"exported to {result.best.folder}")
+    assert len(repr(result)) < 300 and repr(result.leaderboard) in repr(result)

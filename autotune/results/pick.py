@@ -56,8 +56,12 @@ def pick_trial(study: optuna.Study, number: int | None) -> FrozenTrial:
     if trial.state != TrialState.COMPLETE:
         rec = TrialRecord.from_trial(trial)
         reason = rec.fail_reason or rec.stop_reason or ""
+        said = STATES.get(trial.state, "is " + trial.state.name.lower())
+        if trial.state == TrialState.PRUNED and not rec.epochs:
+            said = "was never trained"  # over a budget, or a near copy of its parent
+            reason = reason.removeprefix("not trained: ")
         raise AutotuneError(
-            f"--trial {number} {STATES.get(trial.state, 'is ' + trial.state.name.lower())}"
+            f"--trial {number} {said}"
             f"{f' ({reason})' if reason else ''}: "
             "only completed trials have a model to export"
         )
