@@ -14,7 +14,8 @@ from rich.jupyter import JupyterMixin
 from torch import nn
 from torch.utils.data import Dataset
 
-from autotune.config import AnalysisOptions, Explainer, SearchSettings
+from autotune.budget_text import check_constrains
+from autotune.config import BUDGETS, AnalysisOptions, Explainer, SearchSettings
 from autotune.errors import DataError, ModelLoadError
 from autotune.interrupts import deferred
 from autotune.load.job import DataSpec, Job, ModelSpec, in_memory
@@ -140,6 +141,8 @@ def search(
     # Mistakes in the settings end the search before the model loads and before any folder
     # is made; the space's fit section, read later, only fills in what is not given.
     resolve_device(the_settings.resolved({}).device)  # --device gpu: before the model loads
+    for what in BUDGETS:  # a share of 100% or more (a count is checked once the model loads)
+        check_constrains(getattr(the_settings, f"max_{what}"), what)
     export_formats(the_settings.export)  # a missing autotune[onnx] too
     storage = the_settings.storage
     check_storage(storage)  # a mistyped URL: refused before any folder is made

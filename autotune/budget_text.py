@@ -8,12 +8,14 @@ import re
 from autotune.errors import AutotuneError
 
 _SUFFIX = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9}
+_NOUN = {"params": "parameters", "macs": "MACs"}
 
 
 def budget_parts(text: str | float | int, what: str) -> tuple[float, str]:
     """A ``--max-params`` / ``--max-macs`` / ``--max-flips`` budget as (number, unit): unit
     ``%``, ``k``, ``m``, ``g``, or ``""`` (a share when at most 1, else a count). Every budget
-    takes this one grammar (a share above 100% allows more than there is: no limit)."""
+    takes this one grammar (a share above 100% allows more than there is: no limit, which
+    ``check_constrains`` refuses for a model's size)."""
     raw = str(text).strip().lower()
     match = re.fullmatch(r"([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*(%|k|m|g)?", raw)
     # A flip budget is a share of the validation samples or a few of them, not a model's size.
@@ -28,11 +30,14 @@ def budget_parts(text: str | float | int, what: str) -> tuple[float, str]:
     number, unit = float(match.group(1)), match.group(2) or ""
     if unit == "" and number > 1 and "." in match.group(1) and "e" not in match.group(1):
         # 2.0 reads as two parameters, which nobody means: ask which was meant.
-        noun = {"params": "parameters", "macs": "MACs"}.get(what, what)
-        count = f"{number:.0f} ({noun})" if number.is_integer() else "a whole count"
+        count = (
+            f"{number:.0f} ({_NOUN.get(what, what)})" if number.is_integer() else "a whole count"
+        )
+        # A size budget's share of 100% or more is refused below: offer only the count.
+        share = f"{number * 100:g}%" if what == "flips" else "a share below 1 (0.5 or 50%)"
         raise AutotuneError(
             f"--max-{what} {text!r} is ambiguous: a fraction is at most 1; write {count} or "
-            f"{number * 100:g}% (a share of {of})"
+            f"{share} (a share of {of})"
         )
     if number == 0 and what != "flips":  # no flips is a budget; no parameters is no model
         raise AutotuneError(
@@ -63,3 +68,24 @@ def budget_limit(text: str | float | int, whole: int, what: str) -> float:
     if unit == "" and number <= 1:
         return whole * number
     return number * _SUFFIX[unit]
+
+
+def check_constrains(text: str | float | int | None, what: str, source: int | None = None) -> None:
+    """Refuse a ``--max-params`` / ``--max-macs`` budget that allows all of the source model or
+    more: trials only remove units, so every trial would be within it, and such a budget is
+    likely a mistyped share or count. A share is checked without the model (``source`` None),
+    before it loads; a count needs the source's size, so it is checked once the model is."""
+    if text is None:
+        return
+    number, unit = budget_parts(text, what)
+    share = number / 100 if unit == "%" else number if unit == "" and number <= 1 else None
+    if share is not None and share >= 1:
+        allows = f"{share:.0%} of the source model's {_NOUN[what]}"
+    elif source is not None and (limit := budget_limit(text, source, what)) >= source:
+        allows = f"{limit:,.0f} {_NOUN[what]}, at least the source model's {source:,}"
+    else:
+        return
+    raise AutotuneError(
+        f"--max-{what} {text!r} allows {allows}, so it limits nothing (trials only remove "
+        f"units): give a share below 1 (0.5 or 50%) or a smaller count, or leave --max-{what} out"
+    )

@@ -254,6 +254,17 @@ def test_rerun_continues_instead_of_starting_over(searched: Path) -> None:
             ["search", "--model", "demo", "--max-macs", "1e-12"],
             "--max-macs '1e-12' allows no macs at all (that share of the source model's 635,658",
         ),
+        # A share of the whole source limits nothing: refused before the model loads.
+        (
+            ["search", "--model", "x.pt", "--data", "demo", "--max-params", "150%"],
+            "--max-params '150%' allows 150% of the source model's parameters, so it limits "
+            "nothing",
+        ),
+        (
+            ["search", "--model", "demo", "--max-macs", "1M"],
+            "--max-macs '1M' allows 1,000,000 MACs, at least the source model's 635,658, so it "
+            "limits nothing",
+        ),
         (["search", "--model", "x.pt"], "--data is missing"),
         (["export", "--out", "no/such/run"], "no study in 'no/such/run'"),
     ],

@@ -183,9 +183,10 @@ def test_a_study_stopped_by_failures_exits_3_and_exports_no_untouched_baseline(
 def test_a_budget_above_one_with_a_decimal_point_is_refused_with_both_readings() -> None:
     from autotune.config import SearchSettings
 
-    with pytest.raises(AutotuneError, match=r"write 2 \(parameters\) or 200%"):
+    # Not "or 200%": a share of the whole source or more is refused (it limits nothing).
+    with pytest.raises(AutotuneError, match=r"write 2 \(parameters\) or a share below 1"):
         SearchSettings(max_params="2.0").resolved({})
-    with pytest.raises(AutotuneError, match="150%"):
+    with pytest.raises(AutotuneError, match="write a whole count or a share below 1"):
         SearchSettings(max_macs=1.5).resolved({})
     for fine in ("0.5", "50%", "2", "250k", "1.5M", "1e6"):
         assert SearchSettings(max_params=fine).resolved({}).max_params == fine

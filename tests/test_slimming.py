@@ -219,6 +219,41 @@ def test_a_size_budget_no_model_of_the_space_meets_is_refused_before_the_analysi
     assert not out.exists()  # refused before the study was stored: no folder left
 
 
+@pytest.mark.parametrize(
+    ("option", "budget", "allows"),
+    [
+        ("params", "150%", "150% of the source model's parameters"),
+        ("params", "1", "100% of the source model's parameters"),
+        ("params", "2k", "2,000 parameters, at least the source model's 1,443"),
+        ("macs", "100%", "100% of the source model's MACs"),
+        ("macs", "1507", "1,507 MACs, at least the source model's 1,507"),
+    ],
+)
+def test_a_size_budget_that_limits_nothing_is_refused_before_the_analysis(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, option: str, budget: str, allows: str
+) -> None:
+    """Trials only remove units, so a budget of the whole source or more limits nothing: it
+    was searched and exported at full size, with the budget shown in the header as if it
+    applied. A share is refused before the model loads, a count once it has."""
+    from autotune import AutotuneError
+    from autotune.search import runner
+
+    def analysed(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the analysis ran")
+
+    monkeypatch.setattr(runner, "run_analyses", analysed)
+    out = tmp_path / "out"
+    with pytest.raises(AutotuneError) as refused:
+        search(
+            _mlp(), _wide_data(), space=SLIMS, trials=2, out=out, console=_quiet(),
+            **{f"max_{option}": budget},
+        )  # fmt: skip
+    said = str(refused.value)
+    assert said.startswith(f"--max-{option} '{budget}' allows {allows}, so it limits nothing")
+    assert f"or leave --max-{option} out" in said
+    assert not out.exists()
+
+
 def test_a_space_that_removes_nothing_builds_models_of_the_source_macs() -> None:
     """What a trial that removes no unit changes (a Dropout added before the classifier, the
     layers it trains) leaves the MACs as the source's: the floor of --max-macs for such a space."""

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from autotune.budget_text import check_constrains
 from autotune.config import MAX_RATIO, SearchSettings
 from autotune.errors import AutotuneError
 from autotune.load.anatomy import copy_model
@@ -48,7 +49,8 @@ def check_params_budget(
     settings: SearchSettings, job: Job, space: SearchSpace, say: Callable[[str], object] = print
 ) -> None:
     """Refuse ``settings.max_params`` before the analysis when it allows no parameter (a share
-    of the source that comes to less than one) or less than ``smallest_params``; ``space`` is
+    of the source that comes to less than one), less than ``smallest_params``, or all of the
+    source (``check_constrains``); ``space`` is
     the space as the model takes it (``prepare.adapt_space``). A budget above that bound but
     under what pruning every layer by the space's highest ratio leaves gets a note (``say``):
     only a global ranking can then meet it, if any trial does."""
@@ -57,6 +59,7 @@ def check_params_budget(
     module, text = job.model.module, settings.max_params
     source = sum(p.numel() for p in module.parameters())
     limit = parse_budget(text, source, "params")
+    check_constrains(text, "params", source)
     example = job.data.x_val[:2].cpu()
     floor = smallest_params(module, space, example)
     if floor is None or floor.params <= limit:
@@ -87,9 +90,9 @@ def check_params_budget(
 def check_macs_budget(settings: SearchSettings, job: Job, space: SearchSpace) -> int | None:
     """Refuse ``--max-macs`` or ``--pareto macs`` before the analysis where the source's MACs
     cannot be counted (a TorchScript or torch.export program), and a ``--max-macs`` that allows
-    no MAC or, for a space that removes nothing, fewer than the source has. Returns the source's
-    MACs where either option asks for them, else None: the search measures the source with
-    this count rather than count again.
+    no MAC, all of the source's (``check_constrains``) or, for a space that removes nothing,
+    fewer than the source has. Returns the source's MACs where either option asks for them,
+    else None: the search measures the source with this count rather than count again.
 
     A space that prunes gets no floor here: the op counter applies each module kind's own
     formula (output positions, an attention's inner width), which the weights' shapes the
@@ -109,6 +112,7 @@ def check_macs_budget(settings: SearchSettings, job: Job, space: SearchSpace) ->
     if settings.max_macs is None:
         return macs
     limit = parse_budget(settings.max_macs, macs, "macs")
+    check_constrains(settings.max_macs, "macs", macs)
     if limit < macs and removes_nothing(space):
         # What trials do without removing units (dropout, training) leaves the count as it is.
         raise AutotuneError(
