@@ -1,12 +1,18 @@
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import optuna
 import pytest
+import yaml
+from rich.console import Console
+from torch import nn
 
+from autotune import search
 from autotune.config import TrialConfig
 from autotune.errors import SpaceError
+from autotune.load.tasks import TaskData
 from autotune.search.space import builtin_spaces, load_space
 
 
@@ -192,3 +198,40 @@ def test_a_number_in_e_notation_without_a_dot_is_a_number(tmp_path: Path) -> Non
     path.write_text("optimizer: 1e3x\n")  # not a number: still text, refused as a choice
     with pytest.raises(SpaceError, match="'1e3x' is not one of"):
         load_space(path)
+
+
+@pytest.mark.parametrize(
+    ("chosen", "applied", "unused"),
+    [
+        (
+            {"optimizer": "adamw", "loss": "cross_entropy"},
+            set(),
+            {"momentum", "label_smoothing", "focal_gamma", "distill_weight", "distill_temperature"},
+        ),
+        (
+            {"optimizer": "sgd", "loss": "focal"},
+            {"momentum", "focal_gamma"},
+            {"label_smoothing", "distill_weight", "distill_temperature"},
+        ),
+    ],
+)
+def test_config_yaml_lists_only_the_parameters_the_trial_applied(
+    tiny_model: nn.Module,
+    tiny_data: TaskData,
+    tmp_path: Path,
+    chosen: dict[str, str],
+    applied: set[str],
+    unused: set[str],
+) -> None:
+    """An adamw trial's config.yaml said ``momentum: 0.9``, a cross_entropy one's
+    ``label_smoothing: 0.1`` and ``focal_gamma: 2.0``: read as settings it trained with."""
+    space = {"lr": 1e-2, **chosen, "fit": {"max_epochs": 1, "patience": 1}}
+    console = Console(file=io.StringIO())
+    result = search(tiny_model, tiny_data, space=space, trials=1, out=tmp_path, console=console)
+    again = result.export(tmp_path / "again", trial=1)  # rebuilt from the study, as before
+    for bundle in (tmp_path / "best", tmp_path / "again"):
+        params = yaml.safe_load((bundle / "config.yaml").read_text())["params"]
+        assert {"lr", "optimizer", "loss", *applied} <= set(params)
+        assert not unused & set(params)
+        assert {k: params[k] for k in chosen} == chosen
+    assert again.config["metrics"]["reproduces_study_value"]

@@ -1,12 +1,11 @@
 """The exported bundle: the model (pickled module and torch.export program), config, leaderboard.
 
-``config.yaml`` holds every parameter, the metrics (validation and test), the source model's
-hash, the data spec, the seed, the autotune version and the commands that reproduce it.
+``config.yaml`` holds the parameters the trial applied, the metrics (validation and test), the
+source's hash, the data spec, the seed, the autotune version and the commands that reproduce it.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from autotune.results.leaderboard import Leaderboard
 from autotune.results.onnx_export import export_formats, save_onnx
 from autotune.results.pick import over_budgets, pick_trial
 from autotune.results.reproduce import reproduce_command
+from autotune.search.conditions import applied_values
 from autotune.search.prepare import adapt_space, make_maker, run_analyses, study_checkpoints
 from autotune.search.record import TrialRecord
 from autotune.search.selection import choice_note
@@ -298,7 +298,7 @@ def _config(
     value = val.metric(metric)
     trainable, total = count_parameters(model)
     is_baseline = TrialRecord.from_trial(trial).baseline
-    params = {} if is_baseline else dataclasses.asdict(config_of(trial, work.space))
+    params = {} if is_baseline else applied_values(config_of(trial, work.space))
     value_of_trial = trial.values[0] if trial.values else None
     out = str(s.out)
     return {

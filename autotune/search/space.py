@@ -22,6 +22,7 @@ import yaml
 
 from autotune.config import TrialConfig
 from autotune.errors import SpaceError
+from autotune.search.conditions import applies
 from autotune.search.values import (
     CHOICES,
     INT_PARAMS,
@@ -30,18 +31,8 @@ from autotune.search.values import (
     SpaceLoader,
     check_value,
 )
-from autotune.trial.losses import DISTILLATION
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrialConfig)}
-# Parameters that matter only under another parameter's value: sampled only then, so TPE
-# and the dashboard see no meaningless values.
-_CONDITIONS = {
-    "momentum": ("optimizer", ("sgd",)),
-    "label_smoothing": ("loss", ("label_smoothing",)),
-    "focal_gamma": ("loss", ("focal",)),
-    "distill_weight": ("loss", DISTILLATION),
-    "distill_temperature": ("loss", DISTILLATION),
-}
 _DISTILL_PARAMS = {"distill_weight", "distill_temperature"}
 _FIT_KEYS = {"max_epochs", "patience"}
 _ANALYSIS_KEYS = {"samples", "background", "nsamples", "seed", "explainer"}
@@ -101,13 +92,8 @@ class SearchSpace:
         """Sample one configuration; conditional parameters only where they apply."""
         values: dict[str, Any] = {}
         for name, param in self.params.items():
-            condition = _CONDITIONS.get(name)
-            if condition is not None:
-                parent, wanted = condition
-                parent_value = values.get(parent, getattr(TrialConfig(), parent))
-                if parent_value not in wanted:
-                    continue
-            values[name] = param.sample(trial, n_layers, prunable)
+            if applies(name, values):  # conditional parameters only where they apply
+                values[name] = param.sample(trial, n_layers, prunable)
         return config_from(values)
 
     def uses_rankings(self) -> bool:
