@@ -108,3 +108,41 @@ def test_config_yaml_writes_every_value_out_with_no_anchors(bundle: tuple[Path, 
     assert "&id" not in text and "*id" not in text
     inputs = config["structure"]["inputs"]
     assert inputs["columns"] == inputs["indices"] == list(range(len(inputs["indices"])))
+
+
+def test_the_card_names_the_folder_an_arch_files_class_imports_from(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--arch models/wine_net.py:Net`` pickles the class under the bare module ``wine_net``:
+    the card said only "needs the classes it was built from importable", and its snippet,
+    run from the bundle's folder as it says, failed with No module named 'wine_net'."""
+    from conftest import NET_SOURCE, blobs
+
+    from autotune.load.job import ModelSpec
+    from autotune.load.tasks import from_tensors
+
+    monkeypatch.chdir(tmp_path)
+    Path("models").mkdir()
+    Path("models/wine_net.py").write_text(NET_SOURCE)
+    torch.manual_seed(0)
+    body, out = torch.nn.Linear(8, 16), torch.nn.Linear(16, 3)
+    state = {f"body.0.{k}": v for k, v in body.state_dict().items()}
+    torch.save(state | {f"out.{k}": v for k, v in out.state_dict().items()}, "net.pt")
+    x, y = blobs(200)
+    result = search(
+        ModelSpec("net.pt", arch="models/wine_net.py:Net"), from_tensors(x, y), space=SPACE,
+        trials=1, out="run", console=Console(file=io.StringIO()),
+    )  # fmt: skip
+    assert result.best is not None
+    card = (result.best.folder / "README.md").read_text()
+    folder = tmp_path.resolve() / "models"
+    assert f"module wine_net from {folder}: run with PYTHONPATH={folder}" in card
+    code = SNIPPET.search(card)
+    assert code is not None and code["file"] == "model.pt"
+    # As the card says: from the bundle's folder, with that PYTHONPATH (and no other).
+    env = {**os.environ, "PYTHONPATH": str(folder)}
+    done = subprocess.run(
+        [sys.executable, "-c", code["code"]], cwd=result.best.folder, env=env,
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]

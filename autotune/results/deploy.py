@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
+import shlex
+import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -98,6 +101,7 @@ def save_model(
             lambda f: torch.save(model, f),
             "torch.load('model.pt', weights_only=False)  # a pickled module: needs the classes "
             "it was built from importable"
+            + _class_folders(model)
             + _autotune_classes(model)
             + _model_takes(preprocessing, columns),
             "pickling",
@@ -108,6 +112,29 @@ def save_model(
         folder / "model.pt2", lambda f: _save_program(program, inputs, f), how, "torch.export"
     )
     return files
+
+
+def _class_folders(model: nn.Module) -> str:
+    """Which of ``model``'s modules outside torch and autotune unpickle only with their folder
+    on the import path, and that folder: a class read from ``--arch net.py:Net`` is pickled
+    under the bare module name ``net``, which the bundle's folder does not hold. Modules
+    installed as packages import anywhere they are installed: not named."""
+    folders: dict[str, Path] = {}
+    for name in sorted({type(m).__module__ for m in model.modules()}):
+        file = getattr(sys.modules.get(name), "__file__", None)
+        # A script's __main__ classes import from no folder: the loading script must define them.
+        if name.split(".")[0] in ("torch", "autotune", "__main__") or file is None:
+            continue
+        path = Path(file).resolve()
+        # The folder that holds the top package: pkg/sub.py's parent's parent for pkg.sub.
+        folder = path.parents[name.count(".") + (path.name == "__init__.py")]
+        if not {"site-packages", "dist-packages"} & set(folder.parts):
+            folders[name] = folder
+    if not folders:
+        return ""
+    search_path = os.pathsep.join(dict.fromkeys(str(f) for f in folders.values()))
+    names = ", ".join(f"{name} from {folder}" for name, folder in folders.items())
+    return f" (module {names}: run with PYTHONPATH={shlex.quote(search_path)})"
 
 
 def _autotune_classes(model: nn.Module) -> str:
