@@ -47,8 +47,8 @@ def adapt_space(space: SearchSpace, job: Job) -> tuple[SearchSpace, list[str]]:
             space = space.without(name)
 
     if not can_set_dropout(job.model.module) and "dropout" in space.params:
-        why = (
-            f"{fmt} models keep their dropout"
+        why = (  # true of a program with no dropout too: not "keep their dropout"
+            f"dropout cannot be set in or added to {job.model.kind}"
             if job.model.is_program
             else "the model has no Dropout, nor a module around its classifier to add one to"
         )
