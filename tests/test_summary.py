@@ -83,3 +83,20 @@ def test_a_csv_users_note_says_a_csv_file_holds_no_test_split() -> None:
     note = noise_note(exported.config)
     assert note is not None and "a CSV file holds none" in note
     assert "a .pt or .npz data file" in note and "test/ folder" not in note
+
+
+def test_with_no_test_split_the_summary_says_the_validation_score_chose_the_trial() -> None:
+    """On wine.csv the only score at the end was the validation one that picked the trial,
+    with nothing saying it was not held out."""
+    exported = _exported(val_samples=2000, gain=0.05)  # a gain the split resolves: no noise note
+    exported.config["metrics"]["test_accuracy"] = None
+    exported.config["data"] = {"spec": "wine.csv"}
+    lines = summary_lines(exported, top=None)
+    assert "held-out" not in lines[0]
+    assert lines[1] == (
+        "note: no test split, so val accuracy is the score that chose this trial (optimistic, "
+        "not held out): hold out a test split (a CSV file holds none: give x_test, y_test beside "
+        "the rest in a .pt or .npz data file) for a held-out score"
+    )
+    with_test = summary_lines(_exported(val_samples=2000, gain=0.05), top=None)
+    assert not any("no test split" in line for line in with_test)

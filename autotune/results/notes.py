@@ -27,22 +27,35 @@ def noise_note(config: dict[str, Any]) -> str | None:
     if abs(m["gain"]) >= NOISE_ERRORS * error:
         return None
     # Without a test split there is no held-out score to trust instead: hold one out.
-    if m.get("test_accuracy") is not None:
-        instead = "trust the held-out test score"
-    elif str(config.get("data", {}).get("spec", "")).lower().endswith(".csv"):
-        instead = (
-            "hold out a test split (a CSV file holds none: give x_test, y_test beside the rest "
-            "in a .pt or .npz data file)"
-        )
-    else:
-        instead = (
-            "hold out a test split (x_test, y_test in a .pt or .npz data file; a test/ folder)"
-        )
+    has_test = m.get("test_accuracy") is not None
+    instead = "trust the held-out test score" if has_test else _hold_out(config)
     return (
         f"note: on {samples} validation samples this gain is measured to ±{error:.3f} (one "
         f"standard error), so {m['gain']:+.4f} is within noise: {instead}, or give more "
         "validation data (--val-fraction)"
     )
+
+
+def no_test_note(config: dict[str, Any]) -> str | None:
+    """A note where the data has no test split: the one score left is the validation score
+    that picked the trial out of the others, which flatters it. None with a test split."""
+    m = config["metrics"]
+    if m.get("test_accuracy") is not None:
+        return None
+    return (
+        f"note: no test split, so val {m['metric']} is the score that chose this trial "
+        f"(optimistic, not held out): {_hold_out(config)} for a held-out score"
+    )
+
+
+def _hold_out(config: dict[str, Any]) -> str:
+    """How to give the data a test split, for a CSV file (which holds none) or any other."""
+    if str(config.get("data", {}).get("spec", "")).lower().endswith(".csv"):
+        return (
+            "hold out a test split (a CSV file holds none: give x_test, y_test beside the rest "
+            "in a .pt or .npz data file)"
+        )
+    return "hold out a test split (x_test, y_test in a .pt or .npz data file; a test/ folder)"
 
 
 def latency_text(latency: dict[str, Any]) -> str:

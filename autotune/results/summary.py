@@ -7,7 +7,7 @@ from typing import Any
 
 from autotune.results.bundle_files import bundle, is_written
 from autotune.results.export import ExportResult
-from autotune.results.notes import latency_text, noise_note
+from autotune.results.notes import latency_text, no_test_note, noise_note
 from autotune.results.onnx_export import onnx_line
 from autotune.results.rows import TrialRow
 
@@ -34,9 +34,9 @@ def summary_lines(best: ExportResult, top: TrialRow | None) -> list[str]:
                 f"{m['test_fixed']} fixed, {m['test_broken']} broken)"
             )
     lines = [line]
-    note = noise_note(best.config)
-    if note:
-        lines.append(note)
+    for note in (no_test_note(best.config), noise_note(best.config)):
+        if note:
+            lines.append(note)
     if top is not None and top.number != best.trial:  # say why the top one was not exported
         lines.append(f"chosen as {best.config['chosen']}")
     size = best.config["structure"]
