@@ -101,7 +101,7 @@ def save_model(
             lambda f: torch.save(model, f),
             "torch.load('model.pt', weights_only=False)  # a pickled module: needs the classes "
             "it was built from importable"
-            + _class_folders(model)
+            + _class_folders(model, folder)
             + _autotune_classes(model)
             + _model_takes(preprocessing, columns),
             "pickling",
@@ -114,12 +114,14 @@ def save_model(
     return files
 
 
-def _class_folders(model: nn.Module) -> str:
+def _class_folders(model: nn.Module, bundle: Path) -> str:
     """Which of ``model``'s modules outside torch and autotune unpickle only with their folder
-    on the import path, and that folder: a class read from ``--arch net.py:Net`` is pickled
-    under the bare module name ``net``, which the bundle's folder does not hold. Modules
-    installed as packages import anywhere they are installed: not named."""
-    folders: dict[str, Path] = {}
+    on the import path, and that folder relative to the ``bundle``'s (the card says to run from
+    there; a bundle is shared, so no absolute path of this machine is written): a class read
+    from ``--arch net.py:Net`` is pickled under the bare module name ``net``, which the
+    bundle's folder does not hold. Modules installed as packages import anywhere they are
+    installed: not named."""
+    folders: dict[str, str] = {}
     for name in sorted({type(m).__module__ for m in model.modules()}):
         file = getattr(sys.modules.get(name), "__file__", None)
         # A script's __main__ classes import from no folder: the loading script must define them.
@@ -129,10 +131,10 @@ def _class_folders(model: nn.Module) -> str:
         # The folder that holds the top package: pkg/sub.py's parent's parent for pkg.sub.
         folder = path.parents[name.count(".") + (path.name == "__init__.py")]
         if not {"site-packages", "dist-packages"} & set(folder.parts):
-            folders[name] = folder
+            folders[name] = os.path.relpath(folder, bundle.resolve())
     if not folders:
         return ""
-    search_path = os.pathsep.join(dict.fromkeys(str(f) for f in folders.values()))
+    search_path = os.pathsep.join(dict.fromkeys(folders.values()))
     names = ", ".join(f"{name} from {folder}" for name, folder in folders.items())
     return f" (module {names}: run with PYTHONPATH={shlex.quote(search_path)})"
 
