@@ -76,7 +76,7 @@ def replay(out: Path, margin: float, same_epoch: bool = False) -> None:
             continue
         floor = under_top(_top([u for u in done if u.number < t.number]), margin)
         assert floor is not None  # every trial records its sample count, as ``final`` did
-        best_at_warmup = max(v for e, v in curve.items() if e <= warmup)
+        best_at_warmup = best_by(curve, warmup)
         reach = OutOfReach(floor, warmup)  # the search's own rule, told the epochs in order
         stops = any(reach.stops(e, v) for e, v in sorted(curve.items()))
         other = ""
