@@ -7,7 +7,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autotune.errors import AutotuneError
 from autotune.search.budgets import over_words
-from autotune.search.record import TrialRecord
+from autotune.search.record import TrialRecord, never_trained
 from autotune.search.selection import chosen_trial
 from autotune.search.study import LIMITS, feasible, recorded_sizes
 
@@ -57,8 +57,8 @@ def pick_trial(study: optuna.Study, number: int | None) -> FrozenTrial:
         rec = TrialRecord.from_trial(trial)
         reason = rec.fail_reason or rec.stop_reason or ""
         said = STATES.get(trial.state, "is " + trial.state.name.lower())
-        if trial.state == TrialState.PRUNED and not rec.epochs:
-            said = "was never trained"  # over a budget, or a near copy of its parent
+        if never_trained(trial):
+            said = "was never trained"
             reason = reason.removeprefix("not trained: ")
         raise AutotuneError(
             f"--trial {number} {said}"

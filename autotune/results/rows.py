@@ -9,7 +9,7 @@ from typing import Any
 from optuna.trial import FrozenTrial
 
 from autotune.config import sign
-from autotune.search.record import TrialRecord
+from autotune.search.record import TrialRecord, never_trained
 from autotune.search.study import feasible, trial_score
 from autotune.search.trials import orphaned, retries_left
 
@@ -63,12 +63,8 @@ class TrialRow:
     then the other validation score for ties."""
     exported: bool = False
     """The trial in ``OUT/best`` (not always the top one: ``search.selection``)."""
-
-    @property
-    def untrained(self) -> bool:
-        """Pruned before its first epoch (over a budget, or a near copy of its parent): not
-        trained at all, where a trial stopped early trained some epochs."""
-        return self.state == "PRUNED" and not self.epochs
+    untrained: bool = False
+    """Never trained (``search.record.never_trained``), where a trial stopped early trained."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -153,6 +149,7 @@ def row_of(
         flips=(rec.fixed or 0, rec.broken) if rec.broken is not None else None,
         score=None if value is None else trial_score(value, trial.user_attrs, metric),
         exported=trial.number == exported,
+        untrained=never_trained(trial),
     )
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import optuna
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
 from autotune.search import optuna_internals
 
@@ -104,3 +104,10 @@ def record(trial: optuna.Trial, **values: Any) -> None:
     if unknown:
         raise TypeError(f"not fields of TrialRecord: {sorted(unknown)}")
     optuna_internals.set_user_attrs(trial, values)
+
+
+def never_trained(trial: FrozenTrial) -> bool:
+    """Pruned before its first epoch (over a budget, or a near copy of its parent): not trained
+    at all, where a trial stopped early trained some epochs."""
+    epochs = TrialRecord.from_trial(trial).epochs or trial.intermediate_values
+    return trial.state == TrialState.PRUNED and not epochs
