@@ -106,7 +106,7 @@ def plot_study(study: optuna.Study, metric: str, folder: Path) -> list[Path]:
         written.append(save_figure(fig, folder / "history.png"))
     points = size_points(study)
     if points:
-        edge = size_front(study)
+        edge = size_front(study, points)
         fig, ax = plt.subplots(figsize=(7, 4))
         ax.plot([p[0] for p in points], [p[1] for p in points], "o", alpha=0.6, label="trials")
         ax.step([p[0] for p in edge], [p[1] for p in edge], "-", where="post", label="front")

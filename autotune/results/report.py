@@ -109,7 +109,7 @@ def _sections(
         figures += _importances(study, first, name)
     points = size_points(study)
     if points:
-        edge = size_front(study)
+        edge = size_front(study, points)
         fig = go.Figure()
         fig.add_scatter(
             x=[p[0] for p in points],

@@ -43,11 +43,14 @@ def size_points(study: optuna.Study) -> list[tuple[float, float, int]]:
     ]
 
 
-def size_front(study: optuna.Study) -> list[tuple[float, float, int]]:
+def size_front(
+    study: optuna.Study, points: list[tuple[float, float, int]] | None = None
+) -> list[tuple[float, float, int]]:
     """The front the report's size chart draws and ``leaderboard.csv``'s ``pareto_front``
     marks, as ``size_points`` in order of size: a ``--pareto`` study's own front (its best
-    trials on the metric and its second objective), else ``front``, on parameters."""
-    points = size_points(study)
+    trials on the metric and its second objective), else ``front``, on parameters; of
+    ``points`` where the caller has them already."""
+    points = size_points(study) if points is None else points
     if len(study.directions) > 1:
         on = {t.number for t in study.best_trials}
         return sorted((p for p in points if p[2] in on), key=lambda p: p[0])
