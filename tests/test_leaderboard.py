@@ -291,6 +291,25 @@ def test_the_pareto_front_column_marks_the_front_the_reports_size_chart_draws() 
     assert sorted(p[2] for p in size_front(study)) == [1, 2, 4]  # the chart's front
 
 
+def test_a_pareto_studys_size_chart_places_its_trials_on_its_own_axis() -> None:
+    """``--pareto macs``: the front is the study's on MACs, so the chart draws it against MACs
+    (against parameters, where MACs and parameters rank trials apart, it did not climb)."""
+    from autotune.results.study_data import size_axis, size_front, size_points
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.set_user_attr("autotune", {"settings": {"pareto": "macs"}})
+    # (accuracy, MACs, parameters): the fewest MACs need not be the fewest parameters.
+    for acc, macs, params in ((0.9, 900, 100), (0.8, 300, 900), (0.7, 100, 500), (0.6, 800, 50)):
+        study.add_trial(create_trial(values=[acc, macs], user_attrs={"total_params": params}))
+    assert size_axis(study) == "MACs"
+    assert sorted(p[0] for p in size_points(study)) == [100, 300, 800, 900]
+    edge = size_front(study)
+    assert [p[2] for p in edge] == [2, 1, 0]  # by MACs, each better than the one before
+    assert [p[1] for p in edge] == sorted(p[1] for p in edge)
+    board = Leaderboard.from_study(study, "accuracy").to_frame()
+    assert sorted(board.loc[board["pareto_front"], "trial"]) == [0, 1, 2]
+
+
 def test_after_a_tighter_budget_the_leaderboard_report_and_export_agree(
     tmp_path: Path, tiny_model: torch.nn.Module, tiny_data: TaskData
 ) -> None:

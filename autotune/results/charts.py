@@ -10,7 +10,7 @@ import optuna
 
 from autotune.paths import write_atomically
 from autotune.rank.analysis import Analysis
-from autotune.results.study_data import completed, shown_trial, size_front, size_points
+from autotune.results.study_data import completed, shown_trial, size_axis, size_front, size_points
 from autotune.search.record import TrialRecord
 from autotune.search.study import metric_sign
 
@@ -110,7 +110,7 @@ def plot_study(study: optuna.Study, metric: str, folder: Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(7, 4))
         ax.plot([p[0] for p in points], [p[1] for p in points], "o", alpha=0.6, label="trials")
         ax.step([p[0] for p in edge], [p[1] for p in edge], "-", where="post", label="front")
-        ax.set_xlabel("parameters")
+        ax.set_xlabel(size_axis(study))
         ax.set_ylabel(f"validation {metric}")
         ax.legend()
         written.append(save_figure(fig, folder / "size_front.png"))

@@ -36,7 +36,14 @@ from autotune.results.cells import KEY_PARAMS
 from autotune.results.charts import analysis_charts, plot_analysis, plot_study
 from autotune.results.errors import GRID, errors_html
 from autotune.results.leaderboard import Leaderboard
-from autotune.results.study_data import completed, shown_trial, size_front, size_points
+from autotune.results.study_data import (
+    AXES,
+    completed,
+    shown_trial,
+    size_axis,
+    size_front,
+    size_points,
+)
 from autotune.search.record import TrialRecord
 from autotune.search.selection import BEST_EXPORT, exported_trial
 from autotune.search.study import best_trial, load_study, metric_sign, study_record
@@ -125,8 +132,10 @@ def _sections(
             name="front",
             line={"shape": "hv"},
         )
-        fig.update_layout(xaxis_title="parameters", yaxis_title=f"validation {metric}")
-        figures.append((f"{metric.capitalize()} vs model size", fig))
+        axis = size_axis(study)
+        fig.update_layout(xaxis_title=axis, yaxis_title=f"validation {metric}")
+        size = "model size" if axis == AXES["params"] else axis
+        figures.append((f"{metric.capitalize()} vs {size}", fig))
     for analysis in analyses:
         scores = analysis.layers or {
             name: sum(values) / len(values) for name, values in analysis.channels.items()

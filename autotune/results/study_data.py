@@ -34,8 +34,26 @@ def front(points: list[tuple[float, float, int]], s: float) -> list[tuple[float,
     return front
 
 
+AXES = {"params": "parameters", "macs": "MACs", "flips": "negative flips",
+        "latency": "latency (x the source's)"}  # fmt: skip
+"""The size chart's horizontal axis for each ``--pareto`` setting."""
+
+
+def size_axis(study: optuna.Study) -> str:
+    """What the size chart's points are placed by: a ``--pareto`` study's second objective,
+    else the parameters."""
+    if len(study.directions) == 1:
+        return AXES["params"]
+    pareto = study.user_attrs.get("autotune", {}).get("settings", {}).get("pareto")
+    return AXES.get(pareto, "second objective")
+
+
 def size_points(study: optuna.Study) -> list[tuple[float, float, int]]:
-    """(parameters, metric, trial) of each completed trial that recorded its size."""
+    """(size, metric, trial) of each completed trial that recorded its size: its parameters,
+    or in a ``--pareto`` study its second objective (MACs, latency ratio or flips), the axis
+    its front lies on."""
+    if len(study.directions) > 1:
+        return [(t.values[1], t.values[0], t.number) for t in completed(study)]
     return [
         (float(size), t.values[0], t.number)
         for t in completed(study)
