@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
+from autotune.results.bundle_files import earlier_bundle, remove_stale
 from autotune.results.deploy import save_model
 
 
@@ -106,3 +108,25 @@ def test_a_model_torch_export_fails_on_says_why_in_one_line_not_its_graph(
     said = capsys.readouterr()
     assert "def forward(" not in said.err + said.out  # the traced graph torch prints
     assert (tmp_path / "model.pt").is_file()
+
+
+def test_only_files_an_earlier_bundle_lists_and_autotune_names_are_removed(tmp_path: Path) -> None:
+    files = {"model.pt": "torch.load(...)", "model.pt2": "torch.export.load(...)"}
+    for name in ("model.pt", "model.pt2", "model.onnx", "errors.png", "notes.txt"):
+        (tmp_path / name).write_text(name)
+    earlier = {"files": {**files, "model.onnx": "onnxruntime...", "notes.txt": "mine"}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"autotune_version": "0.1.0", **earlier}))
+    listed = earlier_bundle(tmp_path)
+    assert listed[:4] == ["model.onnx", "model.pt", "model.pt2", "notes.txt"]
+    remove_stale(tmp_path, listed, {"files": files})
+    # model.onnx was the earlier export's; errors.png it did not list; notes.txt is no name of
+    # autotune's, whatever a config.yaml says.
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == ["config.yaml", "errors.png", "model.pt", "model.pt2", "notes.txt"]
+    # A config.yaml that autotune did not write, or none, lists nothing of autotune's.
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(earlier))
+    assert earlier_bundle(tmp_path) == []
+    (tmp_path / "config.yaml").write_text("- a list\n")
+    assert earlier_bundle(tmp_path) == []
+    (tmp_path / "config.yaml").unlink()
+    assert earlier_bundle(tmp_path) == []

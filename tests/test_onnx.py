@@ -183,3 +183,26 @@ def test_autotune_export_with_export_onnx_prints_the_check_as_the_search_does(
     exported = CliRunner().invoke(app, [*again, "--to", "again"])
     assert exported.exit_code == 0, exported.output
     assert "\nmodel.onnx matches PyTorch (max abs difference " in exported.output, exported.output
+
+
+@needs_onnx
+def test_an_export_into_an_earlier_bundle_removes_the_files_it_no_longer_writes(
+    tmp_path: Path, tensors_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The earlier export's model.onnx stayed in best/ beside a model it was not made from.
+    monkeypatch.chdir(tmp_path)
+    job = write_cli_job(tmp_path, tensors_file, "lr: 1.0e-3\nfit: {max_epochs: 1, patience: 1}\n")
+    searched = CliRunner().invoke(
+        app, ["search", *job, "--trials", "1", "--out", "run", "--export", "onnx"]
+    )
+    assert searched.exit_code == 0, searched.output
+    best = tmp_path / "run" / "best"
+    assert (best / "model.onnx").is_file()
+    (best / "notes.txt").write_text("the user's own file")
+    (best / "model.tflite").write_bytes(b"a file autotune never wrote")
+    exported = CliRunner().invoke(app, ["export", "--out", "run", "--code", "net.py"])
+    assert exported.exit_code == 0, exported.output
+    assert not (best / "model.onnx").exists()
+    names = {p.name for p in best.iterdir()}
+    assert {"model.pt", "model.pt2", "config.yaml", "README.md"} <= names
+    assert {"notes.txt", "model.tflite"} <= names  # not autotune's: left as they were

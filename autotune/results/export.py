@@ -23,6 +23,7 @@ from autotune.load.job import Job
 from autotune.load.tasks import TaskData
 from autotune.paths import export_dir, leaderboard_csv, write_text_atomically
 from autotune.results import yaml_text
+from autotune.results.bundle_files import earlier_bundle, remove_stale
 from autotune.results.card import write_card
 from autotune.results.deploy import save_model
 from autotune.results.errors import error_metrics, exported_errors
@@ -155,6 +156,7 @@ def export_trial(
     out = work.settings.out
     folder = folder or export_dir(out, None if number is None else trial.number)
     folder.mkdir(parents=True, exist_ok=True)
+    earlier = earlier_bundle(folder)  # read before this export writes over any of it
     refit = refit and not TrialRecord.from_trial(trial).baseline
     try:
         rebuilt = rebuild(work, study, trial, refit)
@@ -182,8 +184,7 @@ def export_trial(
     files = save_model(model, data.x_val[:2].cpu(), folder, preprocessing, columns)
     onnx = None
     if "onnx" in export_formats(work.settings.export):
-        example = data.x_val[:batch].cpu()
-        threads = work.settings.threads
+        example, threads = data.x_val[:batch].cpu(), work.settings.threads
         files["model.onnx"], onnx = save_onnx(
             model, example, folder, preprocessing, columns, threads
         )
@@ -202,8 +203,8 @@ def export_trial(
     # One sample's shape, as each file takes it (model.onnx takes what model.pt2 takes).
     config["sample_shape"] = {"model.pt": list(data.x_val.shape[1:])}
     config["sample_shape"]["model.pt2"] = list(work.job.data.x_val.shape[1:])
-    text = yaml_text.dump(config)
-    write_text_atomically(folder / "config.yaml", text, keep_old=False)
+    remove_stale(folder, earlier, config)  # before config.yaml, which no longer lists them
+    write_text_atomically(folder / "config.yaml", yaml_text.dump(config), keep_old=False)
     write_card(folder, config)
     if number is None:
         # The held-out split is read for the chosen model only; the dashboard shows it here, and
