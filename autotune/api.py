@@ -141,7 +141,8 @@ def search(
     # Mistakes in the settings end the search before the model loads and before any folder
     # is made; the space's fit section, read later, only fills in what is not given.
     resolve_device(the_settings.resolved({}).device)  # --device gpu: before the model loads
-    for what in BUDGETS:  # a share of 100% or more (a count is checked once the model loads)
+    # A share of 100% or more (a size count is checked once the model loads).
+    for what in (*BUDGETS, "flips"):
         check_constrains(getattr(the_settings, f"max_{what}"), what)
     export_formats(the_settings.export)  # a missing autotune[onnx] too
     storage = the_settings.storage

@@ -14,8 +14,8 @@ _NOUN = {"params": "parameters", "macs": "MACs"}
 def budget_parts(text: str | float | int, what: str) -> tuple[float, str]:
     """A ``--max-params`` / ``--max-macs`` / ``--max-flips`` budget as (number, unit): unit
     ``%``, ``k``, ``m``, ``g``, or ``""`` (a share when at most 1, else a count). Every budget
-    takes this one grammar (a share above 100% allows more than there is: no limit, which
-    ``check_constrains`` refuses for a model's size)."""
+    takes this one grammar (a share of 100% or more allows all there is: no limit, which
+    ``check_constrains`` refuses)."""
     raw = str(text).strip().lower()
     match = re.fullmatch(r"([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*(%|k|m|g)?", raw)
     # A flip budget is a share of the validation samples or a few of them, not a model's size.
@@ -33,8 +33,8 @@ def budget_parts(text: str | float | int, what: str) -> tuple[float, str]:
         count = (
             f"{number:.0f} ({_NOUN.get(what, what)})" if number.is_integer() else "a whole count"
         )
-        # A size budget's share of 100% or more is refused below: offer only the count.
-        share = f"{number * 100:g}%" if what == "flips" else "a share below 1 (0.5 or 50%)"
+        # A share of 100% or more is refused below: offer only the count.
+        share = "a share below 1 " + ("(0.01 or 1%)" if what == "flips" else "(0.5 or 50%)")
         raise AutotuneError(
             f"--max-{what} {text!r} is ambiguous: a fraction is at most 1; write {count} or "
             f"{share} (a share of {of})"
@@ -71,21 +71,29 @@ def budget_limit(text: str | float | int, whole: int, what: str) -> float:
 
 
 def check_constrains(text: str | float | int | None, what: str, source: int | None = None) -> None:
-    """Refuse a ``--max-params`` / ``--max-macs`` budget that allows all of the source model or
-    more: trials only remove units, so every trial would be within it, and such a budget is
+    """Refuse a budget that allows all there is or more: a ``--max-params`` / ``--max-macs`` of
+    the whole source model (trials only remove units, so every trial would be within it), a
+    ``--max-flips`` of all the validation samples (no model breaks more). Such a budget is
     likely a mistyped share or count. A share is checked without the model (``source`` None),
-    before it loads; a count needs the source's size, so it is checked once the model is."""
+    before it loads; a size count needs the source's size, so it is checked once the model is."""
     if text is None:
         return
     number, unit = budget_parts(text, what)
     share = number / 100 if unit == "%" else number if unit == "" and number <= 1 else None
+    flips = what == "flips"
+    of = "the validation samples" if flips else f"the source model's {_NOUN[what]}"
     if share is not None and share >= 1:
-        allows = f"{share:.0%} of the source model's {_NOUN[what]}"
-    elif source is not None and (limit := budget_limit(text, source, what)) >= source:
+        allows = f"{share:.0%} of {of}"
+    elif not flips and source is not None and (limit := budget_limit(text, source, what)) >= source:
         allows = f"{limit:,.0f} {_NOUN[what]}, at least the source model's {source:,}"
     else:
         return
+    why, fix = (
+        ("no model breaks more than all of them", "a share below 1 (0.01 or 1%) or a count (5)")
+        if flips
+        else ("trials only remove units", "a share below 1 (0.5 or 50%) or a smaller count")
+    )
     raise AutotuneError(
-        f"--max-{what} {text!r} allows {allows}, so it limits nothing (trials only remove "
-        f"units): give a share below 1 (0.5 or 50%) or a smaller count, or leave --max-{what} out"
+        f"--max-{what} {text!r} allows {allows}, so it limits nothing ({why}): give {fix}, or "
+        f"leave --max-{what} out"
     )

@@ -261,6 +261,12 @@ def test_rerun_continues_instead_of_starting_over(searched: Path) -> None:
             "nothing",
         ),
         (
+            ["search", "--model", "x.pt", "--data", "demo", "--max-flips", "100%"],
+            "--max-flips '100%' allows 100% of the validation samples, so it limits nothing (no "
+            "model breaks more than all of them): give a share below 1 (0.01 or 1%) or a count "
+            "(5), or leave --max-flips out",
+        ),
+        (
             ["search", "--model", "demo", "--max-macs", "1M"],
             "--max-macs '1M' allows 1,000,000 MACs, at least the source model's 635,658, so it "
             "limits nothing",

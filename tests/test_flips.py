@@ -62,6 +62,36 @@ def test_flip_budgets_read_as_a_rate_or_a_count() -> None:
         assert "250k" not in str(refused.value)
 
 
+@pytest.mark.parametrize("budget", [1, "1", "1.0", "100%", "150%"])
+def test_a_flip_budget_of_all_the_validation_samples_or_more_is_refused_before_any_work(
+    budget: str | int, tmp_path: Path, tiny_data: TaskData
+) -> None:
+    # No model breaks more samples than there are: such a budget bound nothing, silently.
+    out = tmp_path / "run"
+    with pytest.raises(AutotuneError) as refused:
+        search(
+            TinyNet(),
+            tiny_data,
+            trials=1,
+            out=out,
+            console=Console(file=io.StringIO()),
+            max_flips=budget,
+        )
+    said = str(refused.value)
+    assert said.startswith(f"--max-flips {budget!r} allows ") and "\n" not in said
+    assert "of the validation samples, so it limits nothing" in said
+    assert said.endswith(
+        "give a share below 1 (0.01 or 1%) or a count (5), or leave --max-flips out"
+    )
+    assert not out.exists()
+
+
+def test_an_ambiguous_flip_budget_offers_no_share_that_would_be_refused() -> None:
+    with pytest.raises(AutotuneError) as refused:
+        SearchSettings(max_flips="2.0").resolved({})
+    assert "write 2 (flips) or a share below 1 (0.01 or 1%)" in str(refused.value)
+
+
 @pytest.mark.parametrize(
     ("budget", "share", "count"),
     [("0.25", 50, 50), ("25%", 50, 50), ("40", 40, 40), ("1k", 1000, 1000), ("0", 0, 0)],
