@@ -100,3 +100,15 @@ def test_with_no_test_split_the_summary_says_the_validation_score_chose_the_tria
     )
     with_test = summary_lines(_exported(val_samples=2000, gain=0.05), top=None)
     assert not any("no test split" in line for line in with_test)
+
+
+def test_with_no_test_split_and_a_gain_within_noise_the_summary_asks_for_one_once() -> None:
+    # Both notes said how to hold out a test split, one line under the other.
+    exported = _exported(val_samples=12, gain=0.25)
+    exported.config["metrics"]["test_accuracy"] = None
+    exported.config["data"] = {"spec": "wine.csv"}
+    text = "\n".join(summary_lines(exported, top=None))
+    assert text.count("hold out a test split") == 1, text
+    assert text.count("a CSV file holds none") == 1, text
+    assert "note: no test split, so val accuracy is the score that chose this trial" in text
+    assert "so +0.2500 is within noise: give more validation data (--val-fraction)" in text

@@ -12,12 +12,15 @@ NOISE_ERRORS = 2.0
 """A validation gain under this many of its standard errors is called noise."""
 
 
-def noise_note(config: dict[str, Any]) -> str | None:
+def noise_note(config: dict[str, Any], hold_out: bool = True) -> str | None:
     """A warning when the exported model's validation gain over the source is within
     ``NOISE_ERRORS`` standard errors: the split is too small to tell that gain from luck. The
     gain's standard error is taken as that of a difference of two independent accuracies (the
     two models are scored on the same samples, so this errs on the side of warning). None when
-    the split can tell, or when the metric is not accuracy."""
+    the split can tell, or when the metric is not accuracy.
+
+    Without a test split it says how to hold one out, unless ``hold_out`` is False: the
+    summary's ``no_test_note`` says it just above."""
     m = config["metrics"]
     samples = config.get("errors", {}).get("validation", {}).get("samples")
     if m["metric"] != "accuracy" or not samples or m["gain"] is None:
@@ -29,10 +32,11 @@ def noise_note(config: dict[str, Any]) -> str | None:
     # Without a test split there is no held-out score to trust instead: hold one out.
     has_test = m.get("test_accuracy") is not None
     instead = "trust the held-out test score" if has_test else _hold_out(config)
+    either = f"{instead}, or " if has_test or hold_out else ""
     return (
         f"note: on {samples} validation samples this gain is measured to ±{error:.3f} (one "
-        f"standard error), so {m['gain']:+.4f} is within noise: {instead}, or give more "
-        "validation data (--val-fraction)"
+        f"standard error), so {m['gain']:+.4f} is within noise: {either}give more validation "
+        "data (--val-fraction)"
     )
 
 

@@ -34,7 +34,8 @@ def summary_lines(best: ExportResult, top: TrialRow | None) -> list[str]:
                 f"{m['test_fixed']} fixed, {m['test_broken']} broken)"
             )
     lines = [line]
-    for note in (no_test_note(best.config), noise_note(best.config)):
+    no_test = no_test_note(best.config)  # says how to hold out a test split: said once
+    for note in (no_test, noise_note(best.config, hold_out=no_test is None)):
         if note:
             lines.append(note)
     if top is not None and top.number != best.trial:  # say why the top one was not exported
