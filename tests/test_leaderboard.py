@@ -229,6 +229,30 @@ def test_the_frames_rank_is_a_whole_number_and_missing_for_a_trial_not_ranked() 
     assert frame["rank"].tolist()[3] is pd.NA  # the failed trial
 
 
+def test_the_frames_whole_number_columns_are_whole_numbers_where_some_rows_have_none() -> None:
+    import pandas as pd
+
+    study = _study()  # the baseline and the failed trial have no stage, parent or MACs
+    batch = CategoricalDistribution([16, 32])
+    for number, (stage, parent) in enumerate(((1, None), (2, 4)), start=4):
+        study.add_trial(
+            create_trial(
+                value=0.8 + number / 100,
+                params={"batch_size": 32},
+                distributions={"batch_size": batch},
+                user_attrs={"stage": stage, "parent": parent, "macs": 5000, "epochs": 7},
+            )
+        )
+    frame = Leaderboard.from_study(study, "accuracy").to_frame().set_index("trial")
+    counts = ["parent", "stage", "epochs", "macs", "total_params", "fixed", "param_batch_size"]
+    # 4 rather than 4.0, and <NA> rather than NaN where a row has none.
+    assert {c: str(frame[c].dtype) for c in counts} == dict.fromkeys(counts, "Int64")
+    assert frame.loc[5, ["parent", "stage", "epochs", "macs"]].tolist() == [4, 2, 7, 5000]
+    assert frame.loc[3, "epochs"] is pd.NA and frame.loc[0, "parent"] is pd.NA
+    assert frame.loc[5, "param_batch_size"] == 32 and frame.loc[0, "param_batch_size"] is pd.NA
+    assert frame["value"].dtype == "float64" and frame["feasible"].dtype == "bool"
+
+
 @pytest.mark.parametrize("metric", ["accuracy", "loss"])
 def test_equal_scores_rank_by_the_other_score_as_the_search_does(metric: str) -> None:
     from autotune.search.study import best_trial

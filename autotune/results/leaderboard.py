@@ -27,7 +27,7 @@ from autotune.results.cells import (
     latency,
     share,
 )
-from autotune.results.rows import ROW_STATES, TrialRow, row_of, with_export_latency
+from autotune.results.rows import COUNTS, ROW_STATES, TrialRow, row_of, with_export_latency
 from autotune.results.study_data import size_front
 from autotune.search.display import output_console
 from autotune.search.record import TrialRecord
@@ -320,10 +320,17 @@ class Leaderboard(JupyterMixin):
         return out.getvalue()
 
     def to_frame(self) -> pd.DataFrame:
-        """All trials, ranked ones first, as a pandas DataFrame."""
+        """All trials, ranked ones first, as a pandas DataFrame; whole numbers (``rank``,
+        ``epochs``, ``parent``, an integer parameter) in nullable integer columns."""
         import pandas as pd
 
-        frame = pd.DataFrame.from_records(self.records())
-        # Trials not ranked (stopped, failed) have none: nullable, else pandas makes it float.
-        frame["rank"] = frame["rank"].astype("Int64")
+        records = self.records()
+        frame = pd.DataFrame.from_records(records)
+        # Some rows have none (a trial not ranked, not staged, not trained): nullable, else
+        # pandas makes the column floats (1.0, 2.0, NaN).
+        for column in frame.columns:
+            given = [r[column] for r in records if r.get(column) is not None]
+            ints = all(isinstance(v, int) and not isinstance(v, bool) for v in given)
+            if column in ("rank", *COUNTS) or (given and ints):
+                frame[column] = frame[column].astype("Int64")
         return frame

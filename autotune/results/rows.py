@@ -15,6 +15,11 @@ from autotune.search.trials import orphaned, retries_left
 
 ROW_STATES = ("INTERRUPTED", "ORPHANED", "RETRIED", "SURPLUS")
 """The row's states that are no Optuna state (``TrialRow.state``)."""
+COUNTS = (
+    "trial", "trainable_params", "total_params", "macs", "stage", "parent", "fixed", "broken",
+    "epochs",
+)  # fmt: skip
+"""The columns of ``TrialRow.as_dict`` that hold whole numbers, in the rows that have one."""
 
 
 @dataclass(frozen=True)
