@@ -7,13 +7,14 @@ import re
 
 from autotune.errors import AutotuneError
 
-_SUFFIX = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9}
+_SUFFIX = {"": 1.0, "#": 1.0, "k": 1e3, "m": 1e6, "g": 1e9}
 _NOUN = {"params": "parameters", "macs": "MACs"}
 
 
 def budget_parts(text: str | float | int, what: str) -> tuple[float, str]:
     """A ``--max-params`` / ``--max-macs`` / ``--max-flips`` budget as (number, unit): unit
-    ``%``, ``k``, ``m``, ``g``, or ``""`` (a share when at most 1, else a count). Every budget
+    ``%``, ``k``, ``m``, ``g``, or ``""`` (a share when at most 1, else a count; ``#`` for a
+    ``--max-flips`` of a bare 1, one flip). Every budget
     takes this one grammar (a share of 100% or more allows all there is: no limit, which
     ``check_constrains`` refuses)."""
     raw = str(text).strip().lower()
@@ -28,6 +29,9 @@ def budget_parts(text: str | float | int, what: str) -> tuple[float, str]:
     if match is None:
         raise AutotuneError(f"--max-{what} {text!r} is not a budget: give a share {examples}")
     number, unit = float(match.group(1)), match.group(2) or ""
+    if what == "flips" and raw == "1":
+        # All of the samples would limit nothing: a bare 1 is one flip ("#", a count).
+        return number, "#"
     if unit == "" and number > 1 and "." in match.group(1) and "e" not in match.group(1):
         # 2.0 reads as two parameters, which nobody means: ask which was meant.
         count = (

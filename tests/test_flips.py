@@ -14,6 +14,7 @@ from rich.console import Console
 from torch import nn
 
 from autotune import search
+from autotune.budget_text import check_constrains
 from autotune.config import SearchSettings
 from autotune.errors import AutotuneError
 from autotune.load.job import Job
@@ -62,7 +63,7 @@ def test_flip_budgets_read_as_a_rate_or_a_count() -> None:
         assert "250k" not in str(refused.value)
 
 
-@pytest.mark.parametrize("budget", [1, "1", "1.0", "100%", "150%"])
+@pytest.mark.parametrize("budget", [1.0, "1.0", "100%", "150%"])
 def test_a_flip_budget_of_all_the_validation_samples_or_more_is_refused_before_any_work(
     budget: str | int, tmp_path: Path, tiny_data: TaskData
 ) -> None:
@@ -84,6 +85,14 @@ def test_a_flip_budget_of_all_the_validation_samples_or_more_is_refused_before_a
         "give a share below 1 (0.01 or 1%) or a count (5), or leave --max-flips out"
     )
     assert not out.exists()
+
+
+@pytest.mark.parametrize("budget", [1, "1", " 1 "])
+def test_a_flip_budget_of_a_bare_1_is_one_flip(budget: str | int) -> None:
+    # As a share it would be all of the samples, a budget that limits nothing.
+    assert SearchSettings(max_flips=budget).resolved({}).max_flips == budget
+    assert flip_limit(budget, 40) == 1
+    check_constrains(budget, "flips")  # not refused
 
 
 def test_an_ambiguous_flip_budget_offers_no_share_that_would_be_refused() -> None:
