@@ -78,8 +78,9 @@ def check_constrains(text: str | float | int | None, what: str, source: int | No
     """Refuse a budget that allows all there is or more: a ``--max-params`` / ``--max-macs`` of
     the whole source model (trials only remove units, so every trial would be within it), a
     ``--max-flips`` of all the validation samples (no model breaks more). Such a budget is
-    likely a mistyped share or count. A share is checked without the model (``source`` None),
-    before it loads; a size count needs the source's size, so it is checked once the model is."""
+    likely a mistyped share or count. A share is checked without the model or data (``source``
+    None), before they load; a count needs the whole it is counted against (the source's size,
+    the validation samples), so it is checked once that is known."""
     if text is None:
         return
     number, unit = budget_parts(text, what)
@@ -88,8 +89,9 @@ def check_constrains(text: str | float | int | None, what: str, source: int | No
     of = "the validation samples" if flips else f"the source model's {_NOUN[what]}"
     if share is not None and share >= 1:
         allows = f"{share:.0%} of {of}"
-    elif not flips and source is not None and (limit := budget_limit(text, source, what)) >= source:
-        allows = f"{limit:,.0f} {_NOUN[what]}, at least the source model's {source:,}"
+    elif source is not None and (limit := budget_limit(text, source, what)) >= source:
+        whole = f"the {source:,} validation samples" if flips else f"the source model's {source:,}"
+        allows = f"{limit:,.0f} {_NOUN.get(what, what)}, at least {whole}"
     else:
         return
     why, fix = (

@@ -87,6 +87,23 @@ def test_a_flip_budget_of_all_the_validation_samples_or_more_is_refused_before_a
     assert not out.exists()
 
 
+def test_a_flip_count_of_all_the_validation_samples_or_more_is_refused_before_any_trial(
+    tmp_path: Path, tiny_data: TaskData
+) -> None:
+    out = tmp_path / "run"
+    with pytest.raises(AutotuneError) as refused:
+        search(TinyNet(), tiny_data, trials=1, out=out, console=Console(file=io.StringIO()),
+               max_flips="10k")  # fmt: skip
+    said = str(refused.value)
+    samples = len(tiny_data.x_val)
+    assert said.startswith(
+        f"--max-flips '10k' allows 10,000 flips, at least the {samples} validation samples, "
+        "so it limits nothing"
+    )
+    assert not list(out.glob("**/*.journal"))  # no study, no trial
+    assert flip_limit(str(samples - 1), samples) == samples - 1  # one fewer is a budget
+
+
 @pytest.mark.parametrize("budget", [1, "1", " 1 "])
 def test_a_flip_budget_of_a_bare_1_is_one_flip(budget: str | int) -> None:
     # As a share it would be all of the samples, a budget that limits nothing.

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from autotune.budget_text import latency_budget
+from autotune.budget_text import check_constrains, latency_budget
 from autotune.config import SearchSettings
 from autotune.search.study import within_limits
 from autotune.trial.cost import LATENCY_BATCH, Cost, parse_budget
@@ -35,6 +35,7 @@ class Budgets:
         budgets = cls(pareto=settings.pareto, timed=settings.times_latency)
         budgets.latency_batch = settings.latency_batch
         if settings.max_flips is not None:  # checked here, before any long work
+            check_constrains(settings.max_flips, "flips", val_samples)
             budgets.max_flips = flip_limit(settings.max_flips, val_samples)
         return budgets
 
