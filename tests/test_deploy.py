@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 import warnings
@@ -10,7 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import TinyNet
+from rich.console import Console
 
+from autotune import search
+from autotune.load.tasks import TaskData
 from autotune.results.bundle_files import earlier_bundle, remove_stale
 from autotune.results.deploy import save_model
 
@@ -130,3 +135,20 @@ def test_only_files_an_earlier_bundle_lists_and_autotune_names_are_removed(tmp_p
     assert earlier_bundle(tmp_path) == []
     (tmp_path / "config.yaml").unlink()
     assert earlier_bundle(tmp_path) == []
+
+
+def test_the_dashboard_gets_the_exported_bundle_not_the_users_files_beside_it(
+    tmp_path: Path, tiny_data: TaskData
+) -> None:
+    from optuna.artifacts import get_all_artifact_meta
+
+    out = tmp_path / "run"
+    quiet = {"out": out, "console": Console(file=io.StringIO()), "seed": 0}
+    model = TinyNet()
+    search(model, tiny_data, trials=2, **quiet)
+    (out / "best" / "notes.txt").write_text("the user's own notes")
+    result = search(model, tiny_data, trials=3, **quiet)  # continues: exports again
+    names = {m.filename for m in get_all_artifact_meta(result.study)}
+    exported = {n for n in names if n.startswith("exported-trial_")}
+    assert any(n.endswith("-config.yaml") for n in exported)
+    assert not any(n.endswith("notes.txt") for n in names)

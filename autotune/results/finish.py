@@ -11,6 +11,7 @@ import optuna
 from autotune.errors import first_line
 from autotune.paths import analysis_dir, leaderboard_csv
 from autotune.results.artifacts import attach
+from autotune.results.bundle_files import bundle
 from autotune.results.charts import plot_analysis
 from autotune.results.export import ExportResult, Workspace, export_trial, write_leaderboard
 from autotune.results.finalists import choose
@@ -90,9 +91,9 @@ def _publish(run: Search, study: optuna.Study, best: ExportResult | None) -> Pat
             plot_analysis(analysis, analysis_dir(out))
         if best is not None:
             # Named so that the dashboard says which trial best/ holds.
-            attach(
-                study, sorted(best.folder.iterdir()), out, prefix=f"exported-trial_{best.trial}-"
-            )
+            # The bundle's own files: not whatever else the user keeps in that folder.
+            files = [best.folder / name for name in bundle(best.config)]
+            attach(study, files, out, prefix=f"exported-trial_{best.trial}-")
         attach(study, sorted(analysis_dir(out).glob("*")), out)
     except Exception as e:
         raise_outage(e)
