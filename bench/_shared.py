@@ -42,13 +42,15 @@ def commit_line() -> str:
     return f"At commit `{head}`" + (" with uncommitted changes to autotune/." if dirty else ".")
 
 
-def emit(lines: list[str], write: Path | None) -> None:
+def emit(lines: list[str], write: Path | None, commit: bool = True) -> None:
     """Print a Markdown section, and append it to ``write`` when given.
 
     The commit goes under the heading unless the section already names it: every table in
-    BENCHMARKS.md says which code made it.
+    BENCHMARKS.md says which code made it. ``commit`` False: the section says it itself (a
+    table rebuilt from results files was made by the code of their runs, not of this checkout).
     """
-    if lines and lines[0].startswith("#") and not any("At commit `" in line for line in lines):
+    named = any("At commit `" in line for line in lines)
+    if commit and lines and lines[0].startswith("#") and not named:
         rest = lines[2:] if len(lines) > 1 and not lines[1] else lines[1:]
         lines = [lines[0], "", commit_line() + "  ", *rest]
     text = "\n".join(lines).rstrip("\n") + "\n"

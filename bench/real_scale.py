@@ -45,7 +45,7 @@ from typing import Any
 import peers
 import real_tasks
 import torch
-from _shared import emit
+from _shared import commit_line, emit
 
 PAIRS = (("autotune", "p2"), ("autotune-slim", "p1"), ("p3", "p0"))
 """What runs side by side with ``--parallel 2``; in this order one at a time otherwise (P3
@@ -191,6 +191,7 @@ def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]
         "max_epochs": args.max_epochs,
         "patience": args.patience,
         "max_params": args.max_params,
+        "commit": commit_line(),
         "tasks": {name: task_note(json.loads(path.read_text())) for name, path in specs.items()},
     }
     records: list[dict[str, Any]] = [{"meta": meta}]
@@ -225,20 +226,30 @@ def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]
     return records, meta
 
 
+def ran_at(meta: dict[str, Any], name: str) -> str:
+    """The code a results file's runs measured, as the bench recorded it when they ran
+    (``_shared.commit_line``'s words); files written before it did say so."""
+    said = meta.get("commit")
+    return f"`{name}` {said[0].lower()}{said[1:-1]}" if said else f"`{name}`: commit not recorded"
+
+
 def merged(paths: list[Path]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The runs of several results files under the first one's meta, every command named and
     every machine line that differs (a dependency upgraded between runs) kept."""
     records, meta = peers.read_results(paths[0])
     records = [{**r, "run": 0} if "method" in r else r for r in records]
     machines = [meta["machine"]]
+    commits = [ran_at(meta, paths[0].name)]
     for run, path in enumerate(paths[1:], start=1):
         more, other = peers.read_results(path)
+        commits.append(ran_at(other, path.name))
         meta["command"] += f"` and `{other['command']}"
         meta["tasks"] = {**other.get("tasks", {}), **meta.get("tasks", {})}
         if other["machine"] not in machines:
             machines.append(other["machine"])
         records += [{**r, "run": run} for r in more if "method" in r]
     meta["machine"] = "; or ".join(machines)
+    meta["commit"] = "From " + "; ".join(commits) + "."
     records = [with_stages(peers.with_epochs(r)) for r in records]
     if len(paths) > 1:  # runs made apart: their whole-run times add up to no one wall
         records = [r for r in records if "done" not in r]
@@ -432,7 +443,9 @@ def main() -> None:
         goals=lambda tasks, ok: goals(tasks, ok, failed),
     )
     lines += stage_lines(records)
-    emit(lines, args.write)
+    # The code the runs measured, from their results files: not this checkout's commit.
+    lines[1:1] = ["", meta.get("commit", "Commit not recorded.") + "  "]
+    emit(lines, args.write, commit=False)
     if args.refresh is not None:
         refresh(args.refresh, "\n".join(lines).split("\n"))
 
