@@ -444,7 +444,7 @@ def main() -> None:
     )
     lines += stage_lines(records)
     # The code the runs measured, from their results files: not this checkout's commit.
-    lines[1:1] = ["", meta.get("commit", "Commit not recorded.") + "  "]
+    lines[2:2] = [meta.get("commit", "Commit not recorded.") + "  "]
     emit(lines, args.write, commit=False)
     if args.refresh is not None:
         refresh(args.refresh, "\n".join(lines).split("\n"))
