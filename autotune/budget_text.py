@@ -14,9 +14,8 @@ _NOUN = {"params": "parameters", "macs": "MACs"}
 def budget_parts(text: str | float | int, what: str) -> tuple[float, str]:
     """A ``--max-params`` / ``--max-macs`` / ``--max-flips`` budget as (number, unit): unit
     ``%``, ``k``, ``m``, ``g``, or ``""`` (a share when at most 1, else a count; ``#`` for a
-    ``--max-flips`` of a bare 1, one flip). Every budget
-    takes this one grammar (a share of 100% or more allows all there is: no limit, which
-    ``check_constrains`` refuses)."""
+    ``--max-flips`` of a bare 1, one flip). Every budget takes this one grammar (a share of
+    100% or more allows all there is: no limit, which ``check_constrains`` refuses)."""
     raw = str(text).strip().lower()
     match = re.fullmatch(r"([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*(%|k|m|g)?", raw)
     # A flip budget is a share of the validation samples or a few of them, not a model's size.

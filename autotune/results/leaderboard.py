@@ -28,7 +28,7 @@ from autotune.results.cells import (
     share,
 )
 from autotune.results.rows import COUNTS, ROW_STATES, TrialRow, row_of, with_export_latency
-from autotune.results.study_data import size_front
+from autotune.results.study_data import pareto_setting, size_front
 from autotune.search.display import output_console
 from autotune.search.record import TrialRecord
 from autotune.search.selection import BEST_EXPORT, exported_trial
@@ -120,9 +120,7 @@ class Leaderboard(JupyterMixin):
         # The front the report draws: a --pareto study's own, else accuracy against size.
         front = frozenset(p[2] for p in size_front(study))
         if len(study.directions) > 1:
-            kwargs.setdefault(
-                "pareto", study.user_attrs.get("autotune", {}).get("settings", {}).get("pareto")
-            )
+            kwargs.setdefault("pareto", pareto_setting(study))
         limits, exported = study.user_attrs.get(LIMITS), exported_trial(study)
         again = frozenset(retried(trials))
         rows = [row_of(t, baseline, metric, front, limits, exported, again) for t in trials]

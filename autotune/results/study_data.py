@@ -8,7 +8,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autotune.search.record import TrialRecord
 from autotune.search.selection import exported_trial
-from autotune.search.study import best_trial, metric_sign
+from autotune.search.study import ATTR, best_trial, metric_sign
 
 
 def completed(study: optuna.Study) -> list[FrozenTrial]:
@@ -39,13 +39,20 @@ AXES = {"params": "parameters", "macs": "MACs", "flips": "negative flips",
 """The size chart's horizontal axis for each ``--pareto`` setting."""
 
 
+def pareto_setting(study: optuna.Study) -> str | None:
+    """A ``--pareto`` study's second objective as its settings name it (``params``, ``macs``,
+    ``flips``, ``latency``); None for a study of one objective."""
+    if len(study.directions) == 1:
+        return None
+    return study.user_attrs.get(ATTR, {}).get("settings", {}).get("pareto")
+
+
 def size_axis(study: optuna.Study) -> str:
     """What the size chart's points are placed by: a ``--pareto`` study's second objective,
     else the parameters."""
     if len(study.directions) == 1:
         return AXES["params"]
-    pareto = study.user_attrs.get("autotune", {}).get("settings", {}).get("pareto")
-    return AXES.get(pareto, "second objective")
+    return AXES.get(pareto_setting(study) or "", "second objective")
 
 
 def size_points(study: optuna.Study) -> list[tuple[float, float, int]]:
