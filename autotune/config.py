@@ -103,6 +103,11 @@ class TrialConfig:
     in nats of log-probability)."""
     prune_layers: dict[str, float] | None = None
     """Per-layer fractions (space key ``prune_layers``, trial params ``prune:<layer>``)."""
+    prune_width: float = 0.0
+    """Fraction of a transformer's width (its residual stream's channels, which every block
+    reads and writes) removed, lowest-ranked first (``rank.width``): removes about that
+    fraction of all the parameters. Apart from ``prune``: a stream's channels are ranked among
+    themselves, and no other layer's scores compare with them."""
     importance: str = "shap"
     """The ranking that ``prune`` and ``drop_features`` remove from the bottom of."""
     drop_features: float = 0.0

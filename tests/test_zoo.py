@@ -117,10 +117,14 @@ PRUNED = {
 }
 # ... and what is left unpruned, with the reason the analysis gives.
 UNPRUNED = {
-    "convnext_tiny": ("features.1.0.block.0", "LayerNorm"),  # the residual stream
-    "vit_b_16": ("conv_proj", "LayerNorm"),
-    "vit_small": ("conv_proj", "LayerNorm"),
-    "timm_style_vit": ("patch_embed", "LayerNorm"),
+    "convnext_tiny": ("features.1.0.block.0", "LayerNorm"),  # its stream is read by dwconvs
+}
+# The transformers' residual streams, pruned as their width (``rank.width``): their first
+# writer (whose channels alone are unprunable for the LayerNorms) and their channels.
+WIDTH = {
+    "vit_b_16": ("conv_proj", 768),
+    "vit_small": ("conv_proj", 32),
+    "timm_style_vit": ("patch_embed", 32),
 }
 LIGHT = ["resnet18", "mobilenet_v3_small", "vit_small", "timm_style_vit"]
 
@@ -157,7 +161,7 @@ def test_pruning_equals_gating_and_the_analysis_leaves_the_model_as_it_was(name:
     found = sites(model, x)
     layers = {n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
     # Every conv and linear layer the forward pass calls as a module gets a gate.
-    assert {s.layer for s in found if not s.heads} == layers
+    assert {s.layer for s in found if not s.heads and not s.width} == layers
     # Each attention module's heads get gates and scores, one per head: timm-style ones and
     # torchvision's nn.MultiheadAttention, split into qkv and proj (``load.attention``).
     kinds = (Attention, SelfAttention)
@@ -173,6 +177,18 @@ def test_pruning_equals_gating_and_the_analysis_leaves_the_model_as_it_was(name:
         site = next(s for s in found if s.layer == layer)
         assert not site.prunable and reason in str(site.unsupported).split(", ")
         assert layer not in scores.channels
+    # A transformer's width is ranked, one score per channel of its stream; its writers are
+    # not listed as unpruned (they lose the stream's channels), and a conv net has none.
+    assert {s.layer: s.channels for s in found if s.width} == dict(
+        [WIDTH[name]] if name in WIDTH else []
+    )
+    assert {k: len(v) for k, v in scores.width.items()} == dict(
+        [WIDTH[name]] if name in WIDTH else []
+    )
+    if name in WIDTH:
+        root = WIDTH[name][0]
+        assert not next(s for s in found if s.layer == root).prunable  # alone, it is not
+        assert root not in scores.channels and root not in scores.unpruned
     pruned = copy.deepcopy(model)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -204,6 +220,7 @@ def _vision_space() -> dict:
         batch_size=8,
         # Enough pruning that the child is trained: one keeping 95% of its parent is refused.
         prune={"low": 0.2, "high": 0.7},
+        prune_width={"low": 0.25, "high": 0.5},  # each child narrower where it has a width
         analysis={"samples": 8, "background": 4, "nsamples": 2},
         fit={"max_epochs": 1, "patience": 1},
     )
@@ -252,13 +269,24 @@ def test_a_vision_search_slims_the_model_and_its_program_loads_in_a_clean_proces
     assert slimmed and all(t.state == TrialState.COMPLETE for t in slimmed)
     kinds = (Attention, nn.MultiheadAttention)  # the search splits the latter (load.attention)
     heads = {n: m.num_heads for n, m in model.named_modules() if isinstance(m, kinds)}
-    ranked = f"and the heads of {len(heads)} attention modules," in " ".join(said.split())
+    ranked = f"the heads of {len(heads)} attention modules" in " ".join(said.split())
     assert ranked == bool(heads)  # the analysis line counts them apart from the layers
+    assert ("the width of 1 residual stream," in " ".join(said.split())) == (name in WIDTH)
     if heads:  # whole heads went in the trials that pruned, never a module's last one
         kept = [t.user_attrs["heads_kept"] for t in trials if "heads_kept" in t.user_attrs]
         assert any(k[n] < heads[n] for k in kept for n in heads)
         # Every module named, even one pruned to its last head.
         assert all(k.keys() == heads.keys() and min(k.values()) >= 1 for k in kept)
+    if name in WIDTH:  # the width went too: in every trial that sampled it, by its fraction
+        root, channels = WIDTH[name]
+        widths = [t for t in trials if "prune_width" in t.params]
+        assert widths
+        for t in widths:
+            removed = int(t.params["prune_width"] * channels + 0.5)
+            assert t.user_attrs["width_kept"] == {root: channels - removed}, t.params
+    config = yaml.safe_load((tmp_path / "best" / "config.yaml").read_text())
+    exported = result.study.trials[config["trial"]].user_attrs.get("width_kept", {})
+    assert {k: v["kept"] for k, v in config["structure"]["width"].items()} == exported
     # The exported best model: a program that loads without autotune or the model's code.
     with torch.no_grad():
         assert_program_matches(tmp_path / "best" / "model.pt2", x[32:], result.best_model(x[32:]))

@@ -44,6 +44,13 @@ def layers(model: nn.Module) -> list[Layer]:
     return [Layer(unit[0], tuple(unit)) for unit in units]
 
 
+def out_channels(layer: nn.Module) -> int:
+    """A Linear layer's outputs, a Conv layer's output channels."""
+    if isinstance(layer, nn.Linear):
+        return layer.out_features
+    return int(layer.out_channels)  # type: ignore[arg-type]
+
+
 def classifier_of(model: nn.Module) -> tuple[str, nn.Linear]:
     """The last ``nn.Linear`` in registration order: the classifier of nearly every model."""
     found = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]

@@ -20,9 +20,11 @@ from rich.table import Table
 from autotune.errors import AutotuneError
 from autotune.paths import write_text_atomically
 
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 """2: gates placed by the dependency graph (pre-norm layers, unsupported layers left out);
-3: attention modules' heads scored (``channels`` holds one score per head for them)."""
+3: attention modules' heads scored (``channels`` holds one score per head for them);
+4: torchvision's attention split into heads when loaded; 5: a transformer's width scored
+(``width``)."""
 SHOWN = 3
 """Channels shown at each end of a layer's ranking."""
 
@@ -43,6 +45,9 @@ class Analysis(JupyterMixin):
     features: list[float] | None
     """Importance of each input feature (feature-vector models only)."""
     feature_names: list[str] | None = None
+    width: dict[str, list[float]] = field(default_factory=dict)
+    """A transformer's residual stream, named by its first writer -> importance of each of its
+    channels (``rank.width``); empty for models without one."""
     meta: dict[str, Any] = field(default_factory=dict)
     """Options, timings, hashes: what the analysis was computed from."""
 
@@ -131,25 +136,25 @@ def tables(analysis: Analysis, features: int = 5) -> list[Table]:
     heads = ("#", "layer", "error score", "errors driven", "channels", "lowest (pruned first)")
     for name in (*heads, "highest"):
         layers.add_column(name, justify="left" if "layer" in name or "est" in name else "right")
-    # Attention modules' heads (not layers of the unfreezing order) come after, unranked.
-    rows = [(str(i), name) for i, name in enumerate(order, 1)]
-    rows += [("", name) for name in analysis.head_modules()]
-    for rank, name in rows:
-        scores = analysis.channels.get(name)
-        error = (analysis.layers or {}).get(name)
+    # Attention modules' heads and streams' widths (not layers of the unfreezing order) come
+    # after, unranked.
+    rows = [(str(i), name, name, "") for i, name in enumerate(order, 1)]
+    rows += [("", name, name, " heads") for name in analysis.head_modules()]
+    rows += [("", f"{root} (width)", root, " of the width") for root in analysis.width]
+    for rank, shown, name, unit in rows:
+        scores = analysis.width[name] if unit == " of the width" else analysis.channels.get(name)
+        error = None if rank == "" else (analysis.layers or {}).get(name)
         low = high = ""
         if scores is not None:
-            ranked = analysis.pruning_order(name)
+            ranked = [int(i) for i in np.argsort(scores, kind="stable")]
             low = _units(ranked[:SHOWN], scores)
             high = _units(ranked[::-1][:SHOWN], scores)
         layers.add_row(
             rank,
-            name,
+            shown,
             "-" if error is None else f"{error:.4g}",
-            f"{driven[name]}/{errors}" if name in driven else "-",
-            _count(scores, rank == "")
-            if scores is not None
-            else _unscored(name, all_layers, unpruned),
+            f"{driven[name]}/{errors}" if name in driven and rank else "-",
+            f"{len(scores)}{unit}" if scores is not None else _unscored(name, all_layers, unpruned),
             low,
             high,
         )
@@ -183,10 +188,6 @@ def unpruned_note(unpruned: dict[str, str]) -> str | None:
         f"whose channels pass through {', '.join(kinds)}; see 'Supported architectures' in "
         "the README"
     )
-
-
-def _count(scores: list[float], heads: bool) -> str:
-    return f"{len(scores)} heads" if heads else str(len(scores))
 
 
 def _unscored(name: str, all_layers: list[str], unpruned: dict[str, str]) -> str:

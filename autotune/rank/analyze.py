@@ -103,6 +103,7 @@ def analyze_job(
         layers=scores.layers,
         features=None if scores.features is None else [float(v) for v in scores.features],
         feature_names=list(data.feature_names) if data.feature_names else None,
+        width={k: [float(v) for v in w] for k, w in scores.width.items()},
         meta={
             **dataclasses.asdict(options),
             "samples": len(x),

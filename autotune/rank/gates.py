@@ -3,7 +3,9 @@
 A unit is an output channel of a Conv layer or a neuron of a Linear layer, gated where zeroing
 it is exactly what structural pruning does (``rank.placement``: after the normalisation that
 follows it, or after each one that normalises it later), an attention head (``rank.heads``:
-its slice of the output projection's input), or an input feature of a feature-vector model.
+its slice of the output projection's input), a channel of a transformer's residual stream
+(``rank.width``: inside each LayerNorm that reads it), or an input feature of a feature-vector
+model.
 ``sites`` finds where the gates go;
 ``Gated`` wraps a model so that the gates are its inputs.
 """
@@ -22,6 +24,7 @@ from torch.utils.hooks import RemovableHandle
 from autotune.load.anatomy import classifier_of, device_of, layers
 from autotune.rank.heads import attention_heads
 from autotune.rank.placement import Point, placements
+from autotune.rank.width import masked_layer_norm, residual_streams
 
 _WEIGHTED = (nn.modules.conv._ConvNd, nn.Linear)
 
@@ -42,6 +45,14 @@ class Site:
     """Why the layer is left unpruned: the unsupported module kinds its channels pass through."""
     heads: bool = False
     """The units are the heads of the attention module ``layer`` (``rank.heads``)."""
+    covers: tuple[str, ...] = ()
+    """For a residual stream's width (``rank.width``; ``layer`` is its first writer): the layers
+    whose output channels it is. Empty for every other site."""
+
+    @property
+    def width(self) -> bool:
+        """The units are the channels of a residual stream (``rank.width``)."""
+        return bool(self.covers)
 
 
 def sites(model: nn.Module, example: torch.Tensor) -> list[Site]:
@@ -88,6 +99,11 @@ def sites(model: nn.Module, example: torch.Tensor) -> list[Site]:
         point = Point(heads.proj, -1, None, width=heads.width, before=True)
         prunable = heads.unsupported is None
         found.append(Site(heads.module, (point,), heads.count, prunable, heads.unsupported, True))
+    # Then the widths, whose layers are gated above too (their own outputs, unprunable alone).
+    norms = [s.layer for s in found if s.unsupported and "LayerNorm" in s.unsupported.split(", ")]
+    for stream in residual_streams(model, example, norms):
+        points = tuple(Point(norm, -1, None, norm=True) for norm in stream.norms)
+        found.append(Site(stream.root, points, stream.channels, True, covers=stream.members))
     return found
 
 
@@ -144,8 +160,7 @@ class Gated(nn.Module):
         dim = point.channel_dim
         positions = None if point.positions is None else torch.tensor(point.positions)
 
-        def gated(output: torch.Tensor) -> torch.Tensor:
-            gate = self._gates[index]
+        def gated(output: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
             if point.width > 1:  # one gate per head: its slice of channels
                 gate = gate.repeat_interleave(point.width, dim=1)
             if positions is not None:  # the layer's channels among others (a concatenation)
@@ -155,13 +170,17 @@ class Gated(nn.Module):
             shape[0], shape[dim] = gate.shape[0], gate.shape[1]
             return output * gate.reshape(shape)
 
-        def hook(_module: nn.Module, _inputs: object, output: torch.Tensor) -> torch.Tensor:
-            return gated(output) if self._gates else output  # else: an ungated forward pass
+        def hook(module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor):
+            if not self._gates:  # an ungated forward pass
+                return output
+            if point.norm:  # the LayerNorm again, over the open channels only
+                return masked_layer_norm(module, args[0], self._gates[index])  # type: ignore[arg-type]
+            return gated(output, self._gates[index])
 
         def pre_hook(
             _module: nn.Module, args: tuple[torch.Tensor, ...]
         ) -> tuple[torch.Tensor, ...]:
-            return (gated(args[0]), *args[1:]) if self._gates else args
+            return (gated(args[0], self._gates[index]), *args[1:]) if self._gates else args
 
         return pre_hook if before else hook
 

@@ -3,8 +3,8 @@
 Every method scores the same thing: what removing a unit does to the model's evidence for the
 true class (its log-probability). A unit is an output channel of a Conv layer or a neuron of a
 Linear layer, taken after the normalisation that follows it (so zeroing it is exactly what
-structural pruning does to the next layer), an attention head (``rank.heads``), or an input
-feature of a feature-vector model.
+structural pruning does to the next layer), an attention head (``rank.heads``), a channel of a
+transformer's residual stream (``rank.width``), or an input feature of a feature-vector model.
 
 A multiplicative gate sits on every unit: 1 keeps it, 0 removes it. The methods:
 
@@ -68,6 +68,9 @@ class Scores:
     evidence against the true class than any other layer's (they sum to ``errors``)."""
     unpruned: dict[str, str] = field(default_factory=dict)
     """Layers left unpruned -> the unsupported module kinds their channels pass through."""
+    width: dict[str, np.ndarray] = field(default_factory=dict)
+    """A transformer's residual stream (named by its first writer) -> one importance per
+    channel (``rank.width``)."""
 
 
 def score(
@@ -100,7 +103,9 @@ def score(
     for p in copied.parameters():
         p.requires_grad_(False)
     found = sites(copied, x)
-    unpruned = {s.layer: s.unsupported for s in found if s.unsupported}
+    # A layer whose channels are a residual stream's loses them with the stream's width.
+    covered = {layer for s in found for layer in s.covers}
+    unpruned = {s.layer: s.unsupported for s in found if s.unsupported and s.layer not in covered}
     features = x.ndim == 2
     if method == "l1":
         return dataclasses.replace(_l1(copied, found, features), unpruned=unpruned)
@@ -209,14 +214,20 @@ def _summarise(
     feature_scores = np.abs(phis[0]).mean(0) if features else None
     per_site = phis[1:] if features else phis
     # With no mistakes to explain, the least confident quarter of the samples stands in.
-    channels = {
-        site.layer: np.abs(phi).mean(0)
+    importance = {
+        site: np.abs(phi).mean(0)
         for site, phi in zip(found, per_site, strict=True)
         if site.prunable
     }
-    # Heads rank units within their attention module; the layers' scores come from the layers
-    # (the module's qkv and proj have their own gates).
-    layered = [(site, phi) for site, phi in zip(found, per_site, strict=True) if not site.heads]
+    channels = {site.layer: v for site, v in importance.items() if not site.width}
+    width = {site.layer: v for site, v in importance.items() if site.width}
+    # Heads and widths rank units within their attention module or stream; the layers' scores
+    # come from the layers (the module's qkv and proj, the stream's writers have their own gates).
+    layered = [
+        (site, phi)
+        for site, phi in zip(found, per_site, strict=True)
+        if not (site.heads or site.width)
+    ]
     basis = wrong if wrong.sum() else _least_confident([phi for _, phi in layered], len(wrong))
     layer_scores = {
         site.layer: float(np.clip(-phi[basis], 0, None).sum(1).mean()) for site, phi in layered
@@ -226,7 +237,7 @@ def _summarise(
         against = np.stack([np.clip(-phi[wrong], 0, None).sum(1) for _, phi in layered])
         counts = np.bincount(against.argmax(0), minlength=len(layered))
         driven = {site.layer: int(c) for (site, _), c in zip(layered, counts, strict=True)}
-    return Scores(channels, layer_scores, feature_scores, int(wrong.sum()), driven)
+    return Scores(channels, layer_scores, feature_scores, int(wrong.sum()), driven, width=width)
 
 
 def _least_confident(per_site: list[np.ndarray], n: int) -> np.ndarray:
@@ -238,18 +249,21 @@ def _least_confident(per_site: list[np.ndarray], n: int) -> np.ndarray:
 
 def _l1(model: nn.Module, found: list[Site], features: bool) -> Scores:
     named = dict(model.named_modules())
-    channels = {}
+    channels: dict[str, np.ndarray] = {}
+    width: dict[str, np.ndarray] = {}
     for site in found:
         if site.prunable and site.heads:
             channels[site.layer] = _head_l1(named[site.layer], site.channels)
         elif site.prunable:
+            # A stream's channels by its first writer's weights, as a layer's by its own.
             weight = named[site.layer].weight.detach()
-            channels[site.layer] = weight.abs().flatten(1).sum(1).numpy()
+            scores = weight.abs().flatten(1).sum(1).numpy()
+            (width if site.width else channels)[site.layer] = scores
     feature_scores = None
     if features:
         first = _first_linear(model)
         feature_scores = first.weight.detach().abs().sum(0).numpy() if first is not None else None
-    return Scores(channels, None, feature_scores, 0)
+    return Scores(channels, None, feature_scores, 0, width=width)
 
 
 def _head_l1(attention: nn.Module, heads: int) -> np.ndarray:
@@ -262,10 +276,12 @@ def _head_l1(attention: nn.Module, heads: int) -> np.ndarray:
 
 def _random(model: nn.Module, found: list[Site], x: torch.Tensor, seed: int) -> Scores:
     rng = np.random.default_rng(seed)
-    channels = {s.layer: rng.random(s.channels) for s in found if s.prunable}
+    drawn = {s: rng.random(s.channels) for s in found if s.prunable}
     layer_scores = {unit.name: float(rng.random()) for unit in layers(model)}
     feature_scores = rng.random(x.shape[1]) if x.ndim == 2 else None
-    return Scores(channels, layer_scores, feature_scores, 0)
+    channels = {s.layer: v for s, v in drawn.items() if not s.width}
+    width = {s.layer: v for s, v in drawn.items() if s.width}
+    return Scores(channels, layer_scores, feature_scores, 0, width=width)
 
 
 def _first_linear(model: nn.Module) -> nn.Linear | None:

@@ -71,6 +71,9 @@ class Point:
     """Consecutive channels each gate covers (an attention head's slice)."""
     before: bool = False
     """Gate the module's input rather than its output (the heads entering ``proj``)."""
+    norm: bool = False
+    """The module is a LayerNorm whose statistics the gate masks too (a transformer's width:
+    ``rank.width``)."""
 
 
 @dataclass(frozen=True)

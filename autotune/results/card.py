@@ -78,6 +78,9 @@ def _model(config: dict[str, Any]) -> str:
     heads = [f"{name} keeps {h['kept']}" for name, h in s["heads"].items()]
     if heads:
         changes.append(f"attention heads removed: {'; '.join(heads)}")
+    width = [f"{name} keeps {w['kept']}" for name, w in s.get("width", {}).items()]
+    if width:
+        changes.append(f"width (residual stream channels) removed: {'; '.join(width)}")
     if s.get("inputs") and s["inputs"]["dropped"]:
         changes.append(f"input features dropped: {', '.join(map(str, s['inputs']['dropped']))}")
     lines = [
@@ -85,7 +88,7 @@ def _model(config: dict[str, Any]) -> str:
         f"A copy of `{model.get('path') or 'a model given in memory'}` ({model.get('format')}, "
         f"sha256 `{model.get('sha256')}`), adapted to the data below by autotune "
         f"{config['autotune_version']}: fine-tuned, and slimmed where listed (removed channels, "
-        "heads and inputs are gone from the architecture, not masked).\n",
+        "heads, width and inputs are gone from the architecture, not masked).\n",
         *[f"- {c}" for c in changes],
         f"- weights: {config['weights']}",
         f"- chosen as {config['chosen']}",

@@ -15,6 +15,7 @@ Row = TypeVar("Row")
 
 KEY_PARAMS = (
     "prune",
+    "prune_width",
     "drop_features",
     "importance",
     "lr",
@@ -32,6 +33,7 @@ _SHORT = {
     "optimizer": "opt",
     "unfreeze_order": "order",
     "drop_features": "drop",
+    "prune_width": "width",
     "importance": "rank",
 }
 

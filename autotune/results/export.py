@@ -31,6 +31,7 @@ from autotune.results.leaderboard import Leaderboard
 from autotune.results.onnx_export import export_formats, save_onnx
 from autotune.results.pick import over_budgets, pick_trial
 from autotune.results.reproduce import reproduce_command
+from autotune.results.structure import kept_units
 from autotune.search.conditions import applied_values
 from autotune.search.prepare import adapt_space, make_maker, run_analyses, study_checkpoints
 from autotune.search.record import TrialRecord
@@ -226,7 +227,7 @@ def export_trial(
 
 
 def _structure(work: Workspace, rebuilt: Rebuilt, model: nn.Module) -> dict[str, Any]:
-    """What the exported model is, against the source: size, speed, channels, input columns."""
+    """What the exported model is, against the source: size, speed, and the units it kept."""
     # The search measured the source already; a bare export measures it here.
     device = work.maker.device
     source = work.job.model.module.to(device)
@@ -234,26 +235,8 @@ def _structure(work: Workspace, rebuilt: Rebuilt, model: nn.Module) -> dict[str,
     # The figure the summary quotes: worth a second of timing, not a trial's few milliseconds.
     now = measure(model, rebuilt.data.x_val, source=(source, work.maker.data.x_val), budget_s=1.0)
     assert now.latency_ms is not None and original.latency_ms is not None  # both timed
-    changes = rebuilt.changes
-    names = work.job.data.feature_names
-    width = work.job.data.x_val.shape[1] if work.job.data.x_val.ndim == 2 else None
-    kept = (
-        changes.features
-        if changes.features is not None
-        else (list(range(width)) if width is not None else None)
-    )
-    inputs: dict[str, Any] | None = None
-    if kept is not None and width is not None:
-        dropped = [i for i in range(width) if i not in set(kept)]
-        inputs = {
-            "expects": (
-                f"model.pt2: the data's {width} columns (it selects its {len(kept)} inside); "
-                f"model.pt: the {len(kept)} columns below, in this order"
-            ),
-            "columns": [names[i] for i in kept] if names else kept,
-            "indices": kept,
-            "dropped": [names[i] for i in dropped] if names else dropped,
-        }
+    x_val = work.job.data.x_val
+    columns = x_val.shape[1] if x_val.ndim == 2 else None
     return {
         "params": {"model": now.params, "source": original.params},
         "macs": {"model": now.macs, "source": original.macs},
@@ -267,16 +250,7 @@ def _structure(work: Workspace, rebuilt: Rebuilt, model: nn.Module) -> dict[str,
             "device": str(device),
             "threads": torch.get_num_threads(),
         },
-        "channels": {
-            layer: {"kept": len(kept_channels), "indices": kept_channels}
-            for layer, kept_channels in changes.channels.items()
-        },
-        "heads": {
-            module: {"kept": len(kept_heads), "indices": kept_heads}
-            for module, kept_heads in changes.heads.items()
-        },
-        "trained_layers": changes.unfrozen,
-        "inputs": inputs,
+        **kept_units(rebuilt.changes, columns, work.job.data.feature_names),
     }
 
 

@@ -272,7 +272,7 @@ def _leaderboard_html(study: optuna.Study, metric: str) -> str:
     records = Leaderboard.from_study(study, metric).records()[:25]
     shown = ["rank", "trial", "state", "value", "gain", "fixed", "broken", "total_params", "macs"]
     shown += ["latency_ms", "latency_ratio", "latency_ratio_spread", "epochs", "seconds"]
-    shown += [f"param_{p}" for p in KEY_PARAMS[:8]]
+    shown += [f"param_{p}" for p in KEY_PARAMS[:9]]
     columns = [c for c in shown if any(c in r for r in records)]
     head = "".join(f"<th>{html.escape(c.removeprefix('param_'))}</th>" for c in columns)
     body = "".join(

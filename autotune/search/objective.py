@@ -114,11 +114,7 @@ class Objective:
         model, changes, data = maker.build(config)
         cost = self._cost(model, data)
         trainable, _ = count_parameters(model)
-        built: dict[str, Any] = {"trainable_params": trainable, **cost_attrs(cost)}
-        if changes.features is not None:
-            built["features_kept"] = len(changes.features)
-        if changes.heads:
-            built["heads_kept"] = {n: len(k) for n, k in changes.heads.items()}
+        built = {"trainable_params": trainable, **cost_attrs(cost), **changes.kept()}
         built["precision"] = maker.accel(model).describe()
         record(trial, config=dataclasses.asdict(config), **built)
         started = time.perf_counter()

@@ -17,6 +17,7 @@ from autotune.load.job import Job
 from autotune.paths import analysis_dir
 from autotune.rank.analysis import Analysis, unpruned_note
 from autotune.rank.analyze import analyze_job
+from autotune.rank.gates import sites
 from autotune.search.optuna_internals import storage_of
 from autotune.search.space import SearchSpace
 from autotune.trial.augment import MIN_SIDE, can_augment
@@ -27,7 +28,14 @@ from autotune.trial.freeze import can_set_dropout
 from autotune.trial.maker import TrialMaker
 from autotune.trial.prune import feature_layer
 
-STRUCTURE = ("prune", "prune_layers", "drop_features", "importance", "unfreeze_order")
+STRUCTURE = (
+    "prune",
+    "prune_layers",
+    "prune_width",
+    "drop_features",
+    "importance",
+    "unfreeze_order",
+)
 """Space parameters that change the model's structure (they need an eager, analysable model)."""
 
 
@@ -65,6 +73,14 @@ def adapt_space(space: SearchSpace, job: Job) -> tuple[SearchSpace, list[str]]:
         reason = _why_no_feature_dropping(job)
         if reason:
             leave_out(("drop_features",), reason)
+    if "prune_width" in space.params and not job.model.is_program:
+        module = job.model.module
+        if not any(isinstance(m, nn.LayerNorm) for m in module.modules()):
+            # A conv net: its widths are channels that ``prune`` removes; nothing to say.
+            space = space.without("prune_width")
+        elif not any(site.width for site in sites(module, job.data.x_val[:2].cpu())):
+            why = "the model's residual stream is read outside its LayerNorms (rank.width)"
+            leave_out(("prune_width",), f"its width cannot be removed exactly: {why}")
     return space, notes
 
 
@@ -131,12 +147,13 @@ def run_analyses(
         if say is not None:
             took = time.perf_counter() - started
             how = "cached" if analysis.meta.get("cached") else f"{took:.1f}s"
-            heads = len(analysis.head_modules())
-            ranked = f"{len(analysis.channels) - heads} prunable layers" + (
-                f" and the heads of {heads} attention module{'s' if heads > 1 else ''}"
-                if heads
-                else ""
-            )
+            heads, streams = len(analysis.head_modules()), len(analysis.width)
+            parts = [f"{len(analysis.channels) - heads} prunable layers"]
+            if heads:
+                parts.append(f"the heads of {heads} attention module{'s' if heads > 1 else ''}")
+            if streams:
+                parts.append(f"the width of {streams} residual stream{'s' if streams > 1 else ''}")
+            ranked = ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0]
             say(
                 f"{method} analysis: {ranked}, {analysis.meta.get('errors', 0)} mistakes "
                 f"explained ({how})"

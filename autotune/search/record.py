@@ -46,6 +46,8 @@ class TrialRecord:
     """Input columns kept, when some were dropped."""
     heads_kept: dict[str, int] | None = None
     """Attention module -> heads kept, when heads were pruned."""
+    width_kept: dict[str, int] | None = None
+    """Residual stream (by its first writer) -> channels kept, when its width was pruned."""
     precision: str | None = None
     """The arithmetic it trained in (``trial.accel``)."""
     epochs: int | None = None

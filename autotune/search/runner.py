@@ -90,7 +90,7 @@ class Search:
         module = self.job.model.module
         self.n_layers = len(layers(module))
         self.prunable = (
-            tuple(site.layer for site in sites(module, self.maker.example) if site.prunable)
+            tuple(s.layer for s in sites(module, self.maker.example) if s.prunable and not s.width)
             if self.space.uses_rankings()
             else ()
         )

@@ -21,6 +21,7 @@ RECIPE: dict[str, Any] = {
     "loss": "cross_entropy",
     "unfreeze_order": "output",
     "prune": 0.0,
+    "prune_width": 0.0,
     "drop_features": 0.0,
 }
 """The standard full fine-tune: AdamW at 1e-3 (weight decay 0.01), batch 32, cross-entropy,

@@ -7,8 +7,9 @@ The exact minimum depends on the rankings (a global ranking may leave one layer 
 and another most of its own) and on how torch-pruning rounds each layer (a small layer asked to
 lose nearly all its channels loses none), so the floor is a bound no trial can go under instead:
 a copy of the model loses some of everything the space may remove (input features, channels of
-each prunable layer, heads of each attention module), and each dimension of a parameter counts
-as one unit where that copy shortened it (none where it kept none) and in full where it did not.
+each prunable layer, heads of each attention module, a transformer's width), and each dimension
+of a parameter counts as one unit where that copy shortened it (none where it kept none) and in
+full where it did not.
 What no pruning step touches (the classifier's outputs, layers the space never prunes, kernel
 sizes) is so counted in full.
 """
@@ -33,7 +34,7 @@ from autotune.rank.gates import Site, sites
 from autotune.search.space import SearchSpace
 from autotune.search.values import RATIOS
 from autotune.trial.cost import count_macs, parse_budget
-from autotune.trial.prune import drop_features, prune
+from autotune.trial.prune import drop_features, prune, prune_width
 
 
 @dataclass(frozen=True)
@@ -155,20 +156,30 @@ def smallest_params(module: nn.Module, space: SearchSpace, example: torch.Tensor
 def pruned_by_highest(module: nn.Module, space: SearchSpace, example: torch.Tensor) -> int | None:
     """The parameters left when every prunable layer (and attention module) loses the space's
     highest ``prune`` ratio, as a trial with ``prune_scope: layer`` at that ratio builds it,
-    whatever the rankings; None where the space's trials remove units otherwise (per-layer
-    ratios, input features) or the copy cannot be cut down."""
-    param = space.params.get("prune")
+    whatever the rankings (and a transformer's width its highest ``prune_width``); None where
+    the space's trials remove units otherwise (per-layer ratios, input features) or the copy
+    cannot be cut down."""
     others = ("prune_layers", "drop_features")
-    if param is None or not space.may_be_nonzero("prune") or any(map(space.may_be_nonzero, others)):
+    if not space.may_be_nonzero("prune") or any(map(space.may_be_nonzero, others)):
         return None
-    values = (param.high,) if param.low is not None else space.values_of("prune")
-    high = max(float(v) for v in values if isinstance(v, (int, float)))
     model = copy_model(module).cpu()
     try:
-        _prune_evenly(model, sites(module, example), example, min(high, MAX_RATIO))
+        found = sites(module, example)
+        _prune_evenly(
+            model, found, example, _highest(space, "prune"), _highest(space, "prune_width")
+        )
     except Exception:  # torch-pruning fails on some models: a trial says why, as it always has
         return None
     return sum(p.numel() for p in model.parameters())
+
+
+def _highest(space: SearchSpace, name: str) -> float:
+    """The largest fraction ``name`` takes in ``space`` (0 where it is absent)."""
+    param = space.params.get(name)
+    if param is None or not space.may_be_nonzero(name):
+        return 0.0
+    values = (param.high,) if param.low is not None else space.values_of(name)
+    return min(max(float(v) for v in values if isinstance(v, (int, float))), MAX_RATIO)
 
 
 def _probe(module: nn.Module, space: SearchSpace, example: torch.Tensor) -> nn.Module:
@@ -183,13 +194,20 @@ def _probe(module: nn.Module, space: SearchSpace, example: torch.Tensor) -> nn.M
         keep = list(range(round(MAX_RATIO * count), count))  # as ``trial.build`` caps it
         drop_features(model, keep, example)
         example = example[:, keep]
-    if space.may_be_nonzero("prune") or space.may_be_nonzero("prune_layers"):
-        _prune_evenly(model, found, example, 0.5)
+    channels = space.may_be_nonzero("prune") or space.may_be_nonzero("prune_layers")
+    _prune_evenly(model, found, example, 0.5 * channels, 0.5 * space.may_be_nonzero("prune_width"))
     return model
 
 
-def _prune_evenly(model: nn.Module, found: list[Site], example: torch.Tensor, ratio: float) -> None:
-    """Prune ``ratio`` of every prunable site's channels (heads) in ``model``, in place: with
-    equal scores, what a layer loses does not depend on any ranking."""
-    scores = {site.layer: np.zeros(site.channels) for site in found if site.prunable}
-    prune(model, scores, example, ratio=ratio)
+def _prune_evenly(
+    model: nn.Module, found: list[Site], example: torch.Tensor, ratio: float, width: float = 0.0
+) -> None:
+    """Prune ``ratio`` of every prunable site's channels (heads) in ``model``, and ``width`` of
+    each residual stream's, in place: with equal scores, what a layer loses does not depend on
+    any ranking."""
+    scores = {s.layer: np.zeros(s.channels) for s in found if s.prunable and not s.width}
+    if ratio > 0:
+        prune(model, scores, example, ratio=ratio)
+    if width > 0:
+        streams = {s.layer: np.zeros(s.channels) for s in found if s.width}
+        prune_width(model, streams, example, width)

@@ -37,7 +37,7 @@ from autotune.search.study import rank_key, warmup_epochs
 from autotune.trial.losses import DISTILLATION
 from autotune.trial.maker import TrialMaker
 
-SLIMMING = ("prune", "prune_scope", "prune_layers", "drop_features", "importance")
+SLIMMING = ("prune", "prune_scope", "prune_layers", "prune_width", "drop_features", "importance")
 """Space parameters that remove parts of the model: sampled in stage 2 only."""
 LOSS_PARAMS = ("loss", "label_smoothing", "focal_gamma", "distill_weight", "distill_temperature")
 """Re-sampled in stage 2 when the space offers distillation (``distils``)."""
@@ -56,7 +56,9 @@ recorded searches, at 99% of the source; up to a third of a search's stage-2 epo
 
 def is_staged(space: SearchSpace) -> bool:
     """Whether the space both tunes and slims, so that the two stages apply."""
-    slims = any(space.may_be_nonzero(n) for n in ("prune", "prune_layers", "drop_features"))
+    slims = any(
+        space.may_be_nonzero(n) for n in ("prune", "prune_layers", "prune_width", "drop_features")
+    )
     fixed = space.fixed_values()
     tunes = any(n not in SLIMMING and n not in fixed for n in space.params)
     return slims and tunes

@@ -71,7 +71,7 @@ CHOICES = {
     "augment": AUGMENTS,
     "average": AVERAGES,
 }
-RATIOS = {"prune", "prune_layers", "drop_features"}
+RATIOS = {"prune", "prune_layers", "prune_width", "drop_features"}
 
 
 def check_value(name: str, value: Any, where: str) -> None:

@@ -1,9 +1,10 @@
-"""A trial's model: the source model copied, its input features dropped, its channels and
-attention heads pruned, its layers unfrozen, all read from the analyses' rankings."""
+"""A trial's model: the source model copied, its input features dropped, its channels,
+attention heads and width pruned, its layers unfrozen, all read from the analyses' rankings."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -14,7 +15,7 @@ from autotune.load.anatomy import copy_model, layers
 from autotune.rank.analysis import Analysis
 from autotune.rank.heads import is_attention
 from autotune.trial.freeze import configure
-from autotune.trial.prune import drop_features, prune
+from autotune.trial.prune import drop_features, prune, prune_width
 
 
 @dataclass
@@ -27,7 +28,21 @@ class Changes:
     """Pruned layer -> the channels it kept."""
     heads: dict[str, list[int]] = field(default_factory=dict)
     """Pruned attention module -> the heads it kept."""
+    width: dict[str, list[int]] = field(default_factory=dict)
+    """Narrowed residual stream (by its first writer) -> the channels it kept."""
     unfrozen: list[str] = field(default_factory=list)
+
+    def kept(self) -> dict[str, Any]:
+        """What a trial records of them (``search.record``): how many features, heads and
+        channels of the width were kept, where some were removed."""
+        counts: dict[str, Any] = {}
+        if self.features is not None:
+            counts["features_kept"] = len(self.features)
+        if self.heads:
+            counts["heads_kept"] = {n: len(k) for n, k in self.heads.items()}
+        if self.width:
+            counts["width_kept"] = {n: len(k) for n, k in self.width.items()}
+        return counts
 
 
 def build(
@@ -60,6 +75,10 @@ def build(
         )
         changes.heads = {n: k for n, k in kept.items() if n in attention}
         changes.channels = {n: k for n, k in kept.items() if n not in changes.heads}
+    if config.prune_width > 0:
+        streams = _analysis(analyses, config.importance).width
+        scores = {k: np.asarray(v) for k, v in streams.items()}
+        changes.width = prune_width(model, scores, example, config.prune_width)
     order = None
     if config.unfreeze_order != "output":
         names = [unit.name for unit in layers(model)]

@@ -32,8 +32,8 @@ def prune_heads(
     if global_ranking:
         dropped = _lowest_across(rest, ratio)
     else:
-        dropped = {name: _lowest(row, ratio) for name, row in rest.items()}
-    dropped.update({name: _lowest(scores[name], per_layer[name]) for name in per_layer})
+        dropped = {name: lowest(row, ratio) for name, row in rest.items()}
+    dropped.update({name: lowest(scores[name], per_layer[name]) for name in per_layer})
     dropped = {name: heads for name, heads in dropped.items() if heads}
     calls = module_calls(model, example, {n: modules[n] for n in dropped})
     for name, heads in dropped.items():
@@ -44,7 +44,8 @@ def prune_heads(
     }
 
 
-def _lowest(scores: np.ndarray, ratio: float) -> list[int]:
+def lowest(scores: np.ndarray, ratio: float) -> list[int]:
+    """The lowest-scored ``ratio`` of the units, rounded to whole units, never all of them."""
     count = min(int(ratio * len(scores) + 0.5), len(scores) - 1)
     return [int(h) for h in np.argsort(scores, kind="stable")[: max(count, 0)]]
 

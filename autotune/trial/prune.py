@@ -1,4 +1,5 @@
-"""Structural pruning and input-feature dropping: channels and columns really removed.
+"""Structural pruning and input-feature dropping: channels, heads, a transformer's width and
+input columns really removed.
 
 Pruning goes through torch-pruning's dependency graph, so everything coupled to a removed
 channel (the BatchNorm after it, the next layer's inputs, every member of a residual sum or a
@@ -16,9 +17,10 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from autotune.load.anatomy import classifier_of, device_of
+from autotune.load.anatomy import classifier_of, device_of, out_channels
 from autotune.rank.heads import is_attention
-from autotune.trial.heads import prune_heads
+from autotune.rank.width import remove_width
+from autotune.trial.heads import lowest, prune_heads
 
 # A depthwise conv's channels go through its own handler: without it, a depthwise layer's
 # removed channels were neither scored nor recorded.
@@ -118,7 +120,7 @@ def _prune(
         if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) and names[m] not in scores
     ]
     ignored.append(classifier)
-    sizes = {name: _out_channels(modules[name]) for name in scores}
+    sizes = {name: out_channels(modules[name]) for name in scores}
     pruner = tp.pruner.BasePruner(
         model,
         example,
@@ -141,6 +143,24 @@ def _prune(
         name: [c for c in range(size) if c not in removed.get(name, set())]
         for name, size in sizes.items()
     }
+
+
+def prune_width(
+    model: nn.Module, scores: Mapping[str, np.ndarray], example: torch.Tensor, ratio: float
+) -> dict[str, list[int]]:
+    """Remove the lowest-scored ``ratio`` of each residual stream's channels in place
+    (``scores``: the stream's first writer -> one score per channel, ``rank.width``); returns
+    stream -> the channels kept. Its own pass: ``prune`` leaves the stream's writers out (an
+    unscored layer is ignored, and torch-pruning then skips every group it is in)."""
+    kept = {}
+    for root, row in scores.items():
+        dropped = lowest(row, ratio)
+        if dropped:
+            for param in model.parameters():
+                param.requires_grad_(True)  # traced through autograd, as in ``prune``
+            remove_width(model, root, sorted(dropped), example)
+        kept[root] = [c for c in range(len(row)) if c not in set(dropped)]
+    return kept
 
 
 def input_layer(model: nn.Module, example: torch.Tensor) -> tuple[str, nn.Module]:
@@ -188,12 +208,6 @@ def drop_features(model: nn.Module, keep: list[int], example: torch.Tensor) -> N
     with torch.no_grad():
         layer.weight = nn.Parameter(layer.weight[:, keep].clone())
     layer.in_features = len(keep)
-
-
-def _out_channels(module: nn.Module) -> int:
-    if isinstance(module, nn.Linear):
-        return module.out_features
-    return int(module.out_channels)  # type: ignore[arg-type]
 
 
 def _plain(idxs: object) -> list[int]:
