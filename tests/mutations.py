@@ -266,6 +266,12 @@ MUTATIONS: dict[str, tuple[str, str, str, str]] = {
         "            d if d == c else c for d, c in zip(param.shape, cut.shape, strict=True)\n",
         "tests/test_slimming.py::test_no_model_a_space_builds_is_smaller_than_its_floor",
     ),
+    "a width gate that keeps the LayerNorm's full statistics": (
+        "autotune/rank/width.py",
+        "    mean = (x * g).sum(-1, keepdim=True) / count\n",
+        "    mean = x.mean(-1, keepdim=True)\n",
+        "tests/test_width.py::test_removing_width_channels_equals_closing_their_gates_in_the_layernorms",
+    ),
 }
 
 
