@@ -7,14 +7,18 @@ from __future__ import annotations
 
 import copy
 import io
+import json
+from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from rich.console import Console
 from test_zoo import TimmStyleViT, _build
 from torch import nn
 
 from autotune.config import TrialConfig
+from autotune.errors import AutotuneError
 from autotune.load.attention import split_attention
 from autotune.load.job import Job
 from autotune.load.tasks import from_tensors
@@ -74,6 +78,32 @@ class ReadOutsideTheNorms(TimmStyleViT):
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], 1) + self.pos_embed
         x = self.blocks(x)
         return self.head(x[:, 0] + self.norm(x)[:, 0])
+
+
+def test_a_zero_initialised_head_does_not_hide_a_stream_read_outside_its_norms() -> None:
+    """torchvision's ViT starts with a zero head: every input then scores the same, so the
+    check compares what the classifier reads, not its scores."""
+    x = torch.randn(2, 3, 32, 32)
+    leaky = ReadOutsideTheNorms()
+    nn.init.zeros_(leaky.head.weight)
+    assert not any(s.width for s in sites(leaky, x))
+    model = TimmStyleViT()
+    nn.init.zeros_(model.head.weight)
+    assert [s.layer for s in sites(model, x) if s.width] == ["patch_embed"]
+
+
+def test_an_analysis_written_before_widths_were_ranked_still_loads(tmp_path: Path) -> None:
+    """A study analysed by the previous format (4: no ``width``) still gets its report."""
+    path = tmp_path / "shap.json"
+    analysis = Analysis("shap", {"a": [0.2, 0.1]}, {"a": 1.0}, None)
+    raw = {**analysis.to_dict(), "format_version": 4}
+    del raw["width"]
+    path.write_text(json.dumps(raw))
+    loaded = Analysis.load(path)
+    assert loaded.width == {} and loaded.pruning_order("a") == [1, 0]
+    path.write_text(json.dumps({**raw, "format_version": 3}))
+    with pytest.raises(AutotuneError, match="format 3 is not one this autotune reads"):
+        Analysis.load(path)
 
 
 def _job(model: nn.Module) -> Job:

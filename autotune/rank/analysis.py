@@ -25,6 +25,9 @@ FORMAT_VERSION = 5
 3: attention modules' heads scored (``channels`` holds one score per head for them);
 4: torchvision's attention split into heads when loaded; 5: a transformer's width scored
 (``width``)."""
+READABLE = (4, FORMAT_VERSION)
+"""Formats ``load`` reads: 4 lacks only ``width`` (a report of a study analysed before reads
+it as no width ranked)."""
 SHOWN = 3
 """Channels shown at each end of a layer's ranking."""
 
@@ -93,10 +96,10 @@ class Analysis(JupyterMixin):
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Analysis:
-        if raw.get("format_version") != FORMAT_VERSION:
+        if raw.get("format_version") not in READABLE:
             raise AutotuneError(
-                f"analysis format {raw.get('format_version')!r} is not {FORMAT_VERSION}: "
-                "re-run the analysis"
+                f"analysis format {raw.get('format_version')!r} is not one this autotune reads "
+                f"({', '.join(map(str, READABLE))}): re-run the analysis"
             )
         fields = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in raw.items() if k in fields})

@@ -26,7 +26,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from autotune.load.anatomy import out_channels
+from autotune.load.anatomy import classifier_of, out_channels
 
 WIDTH_ATTRIBUTES = ("hidden_dim", "embed_dim", "num_features")
 """Integer attributes by which a model records its width (torchvision's ViT reshapes its patch
@@ -107,9 +107,12 @@ def remove_width(model: nn.Module, root: str, channels: list[int], example: torc
     graph = _graph(model, example[:2])
     pruner = graph.get_pruner_of_module(layer)
     graph.get_pruning_group(layer, pruner.prune_out_channels, channels).prune()
-    for module in model.modules():
+    # The modules that hold the stream (the root's ancestors), not another of the same width.
+    parts = root.split(".")
+    for module in (model.get_submodule(".".join(parts[:i])) for i in range(len(parts))):
         for attribute in WIDTH_ATTRIBUTES:
-            if getattr(module, attribute, None) == width:
+            value = getattr(module, attribute, None)
+            if isinstance(value, int) and value == width:
                 setattr(module, attribute, width - len(channels))
 
 
@@ -141,25 +144,47 @@ def _stream(
 
 
 def _exact(model: nn.Module, stream: Stream, example: torch.Tensor) -> bool:
-    """Whether removing two of the stream's channels gives what gating them gives."""
+    """Whether removing two of the stream's channels gives what gating them gives, at the
+    classifier's input: its output alone can hide a difference (a zero-initialised head, as
+    torchvision's ViT starts with, scores every input the same)."""
     closed = [0, stream.channels - 1]
     pruned = copy.deepcopy(model).eval()
     gated = copy.deepcopy(model).eval()
+    classifier, _ = classifier_of(model)
     try:
         for p in pruned.parameters():
             p.requires_grad_(True)
         remove_width(pruned, stream.root, closed, example)
-        gate = torch.ones(len(example), stream.channels)
+        gate = torch.ones(len(example), stream.channels, device=example.device)
         gate[:, closed] = 0
         modules = dict(gated.named_modules())
         for norm in stream.norms:
             modules[norm].register_forward_hook(
                 lambda m, args, _out: masked_layer_norm(m, args[0], gate)
             )
-        with torch.no_grad():
-            got, want = pruned(example), gated(example)
+        got = _input_of(pruned, classifier, example)
+        want = _input_of(gated, classifier, example)
     except Exception:  # a forward tied to the width (a reshape by a constant): not prunable
         return False
-    if not isinstance(got, torch.Tensor) or got.shape != want.shape:
+    if want.shape[-1] == stream.channels and got.shape[-1] == stream.channels - len(closed):
+        # The classifier reads the stream: closed, its columns must be zero (else a closed
+        # channel still reaches it), and the others what the narrowed copy gives.
+        if want[..., closed].abs().max() > 1e-6 * float(want.abs().max().clamp_min(1)):
+            return False
+        want = want[..., [c for c in range(stream.channels) if c not in closed]]
+    if got.shape != want.shape:
         return False
     return torch.allclose(got, want, rtol=1e-4, atol=1e-5 * float(want.abs().max().clamp_min(1)))
+
+
+def _input_of(model: nn.Module, name: str, example: torch.Tensor) -> torch.Tensor:
+    """What module ``name`` of ``model`` takes (its first call) in a forward pass on ``example``."""
+    seen: list[torch.Tensor] = []
+    module = model.get_submodule(name)
+    handle = module.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        handle.remove()
+    return seen[0]

@@ -73,7 +73,7 @@ def adapt_space(space: SearchSpace, job: Job) -> tuple[SearchSpace, list[str]]:
         reason = _why_no_feature_dropping(job)
         if reason:
             leave_out(("drop_features",), reason)
-    if "prune_width" in space.params and not job.model.is_program:
+    if space.may_be_nonzero("prune_width") and not job.model.is_program:
         module = job.model.module
         if not any(isinstance(m, nn.LayerNorm) for m in module.modules()):
             # A conv net: its widths are channels that ``prune`` removes; nothing to say.

@@ -42,7 +42,7 @@ def seed_configs(
     wanted: list[dict[str, Any]] = []
     if space.may_be_nonzero("prune") or "prune_layers" in space.params:
         # Remove the bottom quarter, then the bottom half, of every layer's channels.
-        wanted += [{"prune": r, "importance": ranked} for r in (0.25, 0.5)]
+        wanted += [{"prune": r, "prune_width": 0.0, "importance": ranked} for r in (0.25, 0.5)]
     if "shap" in space.values_of("unfreeze_order"):
         # Train only the half of the layers that drive the mistakes most.
         wanted.append({"unfreeze_order": "shap", "unfreeze": max(1, n_layers // 2), "prune": 0.0})

@@ -150,15 +150,17 @@ def prune_width(
 ) -> dict[str, list[int]]:
     """Remove the lowest-scored ``ratio`` of each residual stream's channels in place
     (``scores``: the stream's first writer -> one score per channel, ``rank.width``); returns
-    stream -> the channels kept. Its own pass: ``prune`` leaves the stream's writers out (an
-    unscored layer is ignored, and torch-pruning then skips every group it is in)."""
+    stream -> the channels kept, for the streams that lost some. Its own pass: ``prune`` leaves
+    the stream's writers out (an unscored layer is ignored, and torch-pruning then skips every
+    group it is in)."""
     kept = {}
     for root, row in scores.items():
         dropped = lowest(row, ratio)
-        if dropped:
-            for param in model.parameters():
-                param.requires_grad_(True)  # traced through autograd, as in ``prune``
-            remove_width(model, root, sorted(dropped), example)
+        if not dropped:
+            continue  # a ratio under half a channel
+        for param in model.parameters():
+            param.requires_grad_(True)  # traced through autograd, as in ``prune``
+        remove_width(model, root, sorted(dropped), example)
         kept[root] = [c for c in range(len(row)) if c not in set(dropped)]
     return kept
 
