@@ -235,7 +235,8 @@ def ran_at(meta: dict[str, Any], name: str) -> str:
 
 def merged(paths: list[Path]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The runs of several results files under the first one's meta, every command named and
-    every machine line that differs (a dependency upgraded between runs) kept."""
+    every machine line and task note that differs (a dependency upgraded between runs, a
+    source model trained again on another machine) kept."""
     records, meta = peers.read_results(paths[0])
     records = [{**r, "run": 0} if "method" in r else r for r in records]
     machines = [meta["machine"]]
@@ -244,7 +245,10 @@ def merged(paths: list[Path]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         more, other = peers.read_results(path)
         commits.append(ran_at(other, path.name))
         meta["command"] += f"` and `{other['command']}"
-        meta["tasks"] = {**other.get("tasks", {}), **meta.get("tasks", {})}
+        for task, note in other.get("tasks", {}).items():
+            known = meta.setdefault("tasks", {}).setdefault(task, note)
+            if note not in known:  # a source trained again elsewhere scores otherwise
+                meta["tasks"][task] = f"{known}; in `{path.name}` its own source: {note}"
         if other["machine"] not in machines:
             machines.append(other["machine"])
         records += [{**r, "run": run} for r in more if "method" in r]
