@@ -59,7 +59,7 @@ class Analysis(JupyterMixin):
 
     def pruning_order(self, layer: str) -> list[int]:
         """Channels of ``layer``, least important first."""
-        return [int(i) for i in np.argsort(self.channels[layer], kind="stable")]
+        return least_first(self.channels[layer])
 
     def head_modules(self) -> list[str]:
         """The attention modules whose heads are ranked (``channels`` keys that are not layers
@@ -89,7 +89,7 @@ class Analysis(JupyterMixin):
             raise AutotuneError(
                 "this analysis has no feature scores: the model's input is not a vector"
             )
-        return [int(i) for i in np.argsort(self.features, kind="stable")]
+        return least_first(self.features)
 
     def to_dict(self) -> dict[str, Any]:
         return {"format_version": FORMAT_VERSION, **dataclasses.asdict(self)}
@@ -149,7 +149,7 @@ def tables(analysis: Analysis, features: int = 5) -> list[Table]:
         error = None if rank == "" else (analysis.layers or {}).get(name)
         low = high = ""
         if scores is not None:
-            ranked = [int(i) for i in np.argsort(scores, kind="stable")]
+            ranked = least_first(scores)
             low = _units(ranked[:SHOWN], scores)
             high = _units(ranked[::-1][:SHOWN], scores)
         layers.add_row(
@@ -176,6 +176,11 @@ def tables(analysis: Analysis, features: int = 5) -> list[Table]:
                 table.add_row(end, names[i], f"{analysis.features[i]:.4g}")
         out.append(table)
     return out
+
+
+def least_first(scores: list[float]) -> list[int]:
+    """Units by their scores, the least important first (ties in index order)."""
+    return [int(i) for i in np.argsort(scores, kind="stable")]
 
 
 def unpruned_note(unpruned: dict[str, str]) -> str | None:
