@@ -272,6 +272,12 @@ MUTATIONS: dict[str, tuple[str, str, str, str]] = {
         "    mean = x.mean(-1, keepdim=True)\n",
         "tests/test_width.py::test_removing_width_channels_equals_closing_their_gates_in_the_layernorms",
     ),
+    "an over-budget child not raised to the slimming that fits": (
+        "autotune/search/fit_budget.py",
+        "    if not line or fits(built, sizes) or config.prune_layers:\n",
+        "    if True:\n",
+        "tests/test_fit_budget.py",
+    ),
 }
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -17,9 +16,8 @@ from autotune import search
 from autotune.budget_text import latency_budget
 from autotune.errors import AutotuneError
 from autotune.results.leaderboard import Leaderboard
-from autotune.search import objective as objective_module
+from autotune.search import budgets as budgets_module
 from autotune.search.budgets import Budgets, over_words
-from autotune.search.objective import Objective
 from autotune.trial import cost as cost_module
 from autotune.trial.cost import RETIME_S, Cost
 
@@ -114,15 +112,14 @@ def test_a_ratio_within_its_noise_of_the_budget_is_timed_again(
         calls.append(kw.get("budget_s", 0.0))
         return Cost(10, None, 1.0, 0.52, 0.03)  # 0.52x ± 0.03 against a 0.5x budget
 
-    monkeypatch.setattr(objective_module, "measure", measure)
+    monkeypatch.setattr(budgets_module, "measure", measure)
     budgets = Budgets(limits={"latency_ratio": 0.5}, timed=True)
-    maker = SimpleNamespace(source=nn.Linear(2, 2), data=SimpleNamespace(x_val=None))
-    objective = SimpleNamespace(budgets=budgets, maker=maker)
-    Objective._cost(objective, nn.Linear(2, 2), SimpleNamespace(x_val=None))  # type: ignore[arg-type]
+    source = (nn.Linear(2, 2), torch.zeros(1, 2))
+    budgets.measure(nn.Linear(2, 2), torch.zeros(1, 2), source)
     assert calls == [0.0, RETIME_S]
     calls.clear()
     budgets.limits["latency_ratio"] = 0.8  # far from it: one timing decides
-    Objective._cost(objective, nn.Linear(2, 2), SimpleNamespace(x_val=None))  # type: ignore[arg-type]
+    budgets.measure(nn.Linear(2, 2), torch.zeros(1, 2), source)
     assert calls == [0.0]
 
 

@@ -582,6 +582,12 @@ def test_a_search_whose_trials_are_all_over_the_budget_says_how_close_they_came(
     assert result.best is None
     built = [t.user_attrs["total_params"] for t in result.study.trials[1:]]
     assert min(built) == least
+    # Stage 2's children cannot fit even at the highest prune: pruned untrained, saying why.
+    children = [t for t in result.study.trials if t.user_attrs.get("stage") == 2]
+    assert children and "fitted" not in str([t.user_attrs for t in children])
+    for t in children:
+        assert t.state == TrialState.PRUNED and not t.intermediate_values
+        assert t.user_attrs["stop_reason"].startswith("over budget: params")
     said = console.file.getvalue()  # type: ignore[attr-defined]
     assert (
         f"has no completed trial within its budgets to export: the smallest model its trials "

@@ -141,7 +141,7 @@ def row_of(
         total=rec.total_params,
         epochs=rec.epochs if rec.epochs is not None else len(trial.intermediate_values) or None,
         seconds=seconds,
-        params=dict(trial.params),
+        params=dict(trial.params) | (rec.fitted or {}),  # what it built, where raised
         note=note,
         macs=rec.macs,
         latency_ms=rec.latency_ms,

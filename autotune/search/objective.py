@@ -26,6 +26,7 @@ from autotune.load.job import Job
 from autotune.load.tasks import TaskData
 from autotune.paths import out_of_space, resume_path
 from autotune.search.budgets import Budgets, cost_attrs
+from autotune.search.fit_budget import fit_to_budget
 from autotune.search.record import TrialRecord, record
 from autotune.search.resume_store import ResumeStore, discard
 from autotune.search.selection import may_be_chosen
@@ -47,7 +48,7 @@ from autotune.search.study import best_trial, config_of, rank_key
 from autotune.search.trials import WORKER, continued
 from autotune.trial.accel import release
 from autotune.trial.checkpoints import Checkpoints
-from autotune.trial.cost import RETIME_S, Cost, measure
+from autotune.trial.cost import Cost
 from autotune.trial.fit import EpochCallback, FitResult
 from autotune.trial.flips import Flips, count_flips, flip_violation, predictions
 from autotune.trial.maker import TrialMaker
@@ -111,14 +112,22 @@ class Objective:
         # First, in one write: whether the trial's process lives is read off ``worker``.
         record(trial, worker=WORKER, **staged)
         config, maker = self._configure(trial, parent)
+        tuning = self.staged and stage == 1
         model, changes, data = maker.build(config)
-        cost = self._cost(model, data)
+        if not tuning and not TrialRecord.from_trial(trial).recipe:
+            limits, first = self.budgets.limits, (model, changes, data)
+            config, (model, changes, data), fitted = fit_to_budget(
+                config, first, self.space, limits, maker.build
+            )
+            if fitted:
+                record(trial, fitted=fitted)
+        cost = self.budgets.measure(model, data.x_val, (self.maker.source, self.maker.data.x_val))
         trainable, _ = count_parameters(model)
         built = {"trainable_params": trainable, **cost_attrs(cost), **changes.kept()}
         built["precision"] = maker.accel(model).describe()
         record(trial, config=dataclasses.asdict(config), **built)
         started = time.perf_counter()
-        over, tuning = self.budgets.violations(cost), self.staged and stage == 1
+        over = self.budgets.violations(cost)
         # Stage 1 trains full-size models whatever the budget (stage 2 slims the best), and does
         # not record it: TPE ranks infeasible trials by how far over (here all alike), not value.
         for key, value in ({} if tuning else over).items():
@@ -182,20 +191,6 @@ class Objective:
         self._keep_if_best(trial, scores, model, cost, stage, flips)
         size = self.budgets.size_objective(cost, flips)
         return (result.best, size[0]) if size else result.best
-
-    def _cost(self, model: nn.Module, data: TaskData) -> Cost:
-        """The model's size and, with a latency budget or front, its latency: timed side by
-        side with the source model, a ratio fair to both. A ratio within its noise of the
-        budget is timed again for longer rather than judged on a few milliseconds."""
-        budgets = self.budgets
-        source = (self.maker.source, self.maker.data.x_val)
-        size = budgets.latency_batch
-        cost = measure(model, data.x_val, source=source, batch=size, timed=budgets.timed)
-        limit = budgets.limits.get("latency_ratio")
-        ratio, spread = cost.latency_ratio, cost.ratio_spread
-        if limit is not None and ratio is not None and abs(ratio - limit) <= (spread or 0.0):
-            cost = measure(model, data.x_val, source=source, batch=size, budget_s=RETIME_S)
-        return cost
 
     def _count_flips(
         self, trial: optuna.Trial, model: nn.Module, data: TaskData, done: dict[str, Any]

@@ -48,6 +48,9 @@ class TrialRecord:
     """Attention module -> heads kept, when heads were pruned."""
     width_kept: dict[str, int] | None = None
     """Residual stream (by its first writer) -> channels kept, when its width was pruned."""
+    fitted: dict[str, float] | None = None
+    """The slimming ratios it built where they differ from those sampled: raised to fit a size
+    budget (``search.fit_budget``)."""
     precision: str | None = None
     """The arithmetic it trained in (``trial.accel``)."""
     epochs: int | None = None

@@ -165,15 +165,13 @@ def pruned_by_highest(module: nn.Module, space: SearchSpace, example: torch.Tens
     model = copy_model(module).cpu()
     try:
         found = sites(module, example)
-        _prune_evenly(
-            model, found, example, _highest(space, "prune"), _highest(space, "prune_width")
-        )
+        _prune_evenly(model, found, example, highest(space, "prune"), highest(space, "prune_width"))
     except Exception:  # torch-pruning fails on some models: a trial says why, as it always has
         return None
     return sum(p.numel() for p in model.parameters())
 
 
-def _highest(space: SearchSpace, name: str) -> float:
+def highest(space: SearchSpace, name: str) -> float:
     """The largest fraction ``name`` takes in ``space`` (0 where it is absent)."""
     param = space.params.get(name)
     if param is None or not space.may_be_nonzero(name):
