@@ -172,3 +172,36 @@ def test_no_model_narrowed_by_the_space_is_smaller_than_its_floor() -> None:
             built, changes = build(model, config, {"shap": analysis}, x)
             assert _params(built) >= floor.params, config
             assert len(changes.width["patch_embed"]) == 32 - int(config.prune_width * 32 + 0.5)
+
+
+def test_a_search_finds_the_sites_of_its_model_once_before_the_analysis(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The space's adaptation, the size floor, its note and the runner read the same sites:
+    each finding traces the model and checks every stream's removal on copies of it."""
+    from autotune import search
+    from autotune.load import job as job_module
+    from autotune.search import runner, size_floor
+
+    model = TimmStyleViT().eval()
+    found: list[nn.Module] = []
+
+    def counted(module: nn.Module, example: torch.Tensor) -> list:
+        found.append(module)
+        return sites(module, example)
+
+    class Analysed(Exception):
+        pass
+
+    def analysed(*args: object, **kwargs: object) -> None:
+        raise Analysed
+
+    monkeypatch.setattr(job_module, "sites", counted)
+    monkeypatch.setattr(size_floor, "sites", counted)
+    monkeypatch.setattr(runner, "run_analyses", analysed)
+    data = _job(model).data
+    space = {"prune": {"low": 0.0, "high": 0.5}, "prune_width": {"low": 0.0, "high": 0.5}}
+    with pytest.raises(Analysed):
+        search(model, data, space={**space, "lr": 1e-3}, trials=2, out=tmp_path,
+               console=Console(file=io.StringIO()), max_params="0.5")  # fmt: skip
+    assert len(found) == 1

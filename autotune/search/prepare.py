@@ -17,7 +17,6 @@ from autotune.load.job import Job
 from autotune.paths import analysis_dir
 from autotune.rank.analysis import Analysis, unpruned_note
 from autotune.rank.analyze import analyze_job
-from autotune.rank.gates import sites
 from autotune.search.optuna_internals import storage_of
 from autotune.search.space import SearchSpace
 from autotune.trial.augment import MIN_SIDE, can_augment
@@ -78,7 +77,7 @@ def adapt_space(space: SearchSpace, job: Job) -> tuple[SearchSpace, list[str]]:
         if not any(isinstance(m, nn.LayerNorm) for m in module.modules()):
             # A conv net: its widths are channels that ``prune`` removes; nothing to say.
             space = space.without("prune_width")
-        elif not any(site.width for site in sites(module, job.data.x_val[:2].cpu())):
+        elif not any(site.width for site in job.sites()):
             why = "the model's residual stream is read outside its LayerNorms (rank.width)"
             leave_out(("prune_width",), f"its width cannot be removed exactly: {why}")
     return space, notes

@@ -24,7 +24,6 @@ from autotune.load.anatomy import layers
 from autotune.load.job import DataSpec, Job, ModelSpec
 from autotune.paths import checkpoints_dir, workers_dir
 from autotune.rank.analysis import Analysis
-from autotune.rank.gates import sites
 from autotune.search.budgets import Budgets, cost_attrs
 from autotune.search.display import Display, NoDisplay, header, optuna_quiet, output_console
 from autotune.search.objective import WORKER, Objective
@@ -90,7 +89,7 @@ class Search:
         module = self.job.model.module
         self.n_layers = len(layers(module))
         self.prunable = (
-            tuple(s.layer for s in sites(module, self.maker.example) if s.prunable and not s.width)
+            tuple(s.layer for s in self.job.sites() if s.prunable and not s.width)
             if self.space.uses_rankings()
             else ()
         )

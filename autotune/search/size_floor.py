@@ -61,10 +61,10 @@ def check_params_budget(
     source = sum(p.numel() for p in module.parameters())
     limit = parse_budget(text, source, "params")
     check_constrains(text, "params", source)
-    example = job.data.x_val[:2].cpu()
-    floor = smallest_params(module, space, example)
+    example, found = job.data.x_val[:2].cpu(), None if removes_nothing(space) else job.sites()
+    floor = smallest_params(module, space, example, found)
     if floor is None or floor.params <= limit:
-        left = pruned_by_highest(module, space, example)
+        left = pruned_by_highest(module, space, example, found)
         if left is not None and left > limit:
             say(
                 f"note: pruning every layer by the space's highest ratio leaves {left:,} "
@@ -129,15 +129,18 @@ def removes_nothing(space: SearchSpace) -> bool:
     return not any(space.may_be_nonzero(name) for name in RATIOS)
 
 
-def smallest_params(module: nn.Module, space: SearchSpace, example: torch.Tensor) -> Floor | None:
+def smallest_params(
+    module: nn.Module, space: SearchSpace, example: torch.Tensor, found: list[Site] | None = None
+) -> Floor | None:
     """A bound no model of ``space`` goes under (see the module's docstring); None when the
-    copy cannot be cut down, which the trials that prune then fail on and say why."""
+    copy cannot be cut down, which the trials that prune then fail on and say why. ``found``:
+    the model's sites on ``example``, where they were found already (``Job.sites``)."""
     source = dict(module.named_parameters())
     total = sum(p.numel() for p in source.values())
     if removes_nothing(space):
         return Floor(total, exact=True)
     try:
-        probe = dict(_probe(module, space, example).named_parameters())
+        probe = dict(_probe(module, space, example, found).named_parameters())
     except Exception:  # torch-pruning fails on some models: a trial says why, as it always has
         return None
     floor = 0
@@ -153,18 +156,20 @@ def smallest_params(module: nn.Module, space: SearchSpace, example: torch.Tensor
     return Floor(floor, exact=floor == total)
 
 
-def pruned_by_highest(module: nn.Module, space: SearchSpace, example: torch.Tensor) -> int | None:
+def pruned_by_highest(
+    module: nn.Module, space: SearchSpace, example: torch.Tensor, found: list[Site] | None = None
+) -> int | None:
     """The parameters left when every prunable layer (and attention module) loses the space's
     highest ``prune`` ratio, as a trial with ``prune_scope: layer`` at that ratio builds it,
     whatever the rankings (and a transformer's width its highest ``prune_width``); None where
     the space's trials remove units otherwise (per-layer ratios, input features) or the copy
-    cannot be cut down."""
+    cannot be cut down. ``found``: as ``smallest_params`` takes it."""
     others = ("prune_layers", "drop_features")
     if not space.may_be_nonzero("prune") or any(map(space.may_be_nonzero, others)):
         return None
     model = copy_model(module).cpu()
     try:
-        found = sites(module, example)
+        found = sites(module, example) if found is None else found
         _prune_evenly(model, found, example, highest(space, "prune"), highest(space, "prune_width"))
     except Exception:  # torch-pruning fails on some models: a trial says why, as it always has
         return None
@@ -180,12 +185,14 @@ def highest(space: SearchSpace, name: str) -> float:
     return min(max(float(v) for v in values if isinstance(v, (int, float))), MAX_RATIO)
 
 
-def _probe(module: nn.Module, space: SearchSpace, example: torch.Tensor) -> nn.Module:
+def _probe(
+    module: nn.Module, space: SearchSpace, example: torch.Tensor, found: list[Site] | None
+) -> nn.Module:
     """A copy of ``module`` that lost the most input features a trial drops (where the space
     drops them) and half of each prunable layer's channels and heads (where it prunes): every
     dimension any trial can shorten is shorter here, since a layer of two units or more loses
     one at half, and as short as any trial makes it where that is no unit at all."""
-    found = sites(module, example)
+    found = sites(module, example) if found is None else found
     model = copy_model(module).cpu()
     if space.may_be_nonzero("drop_features"):
         count = example.shape[1]
