@@ -308,6 +308,43 @@ def test_a_slimmed_child_stops_once_it_is_out_of_reach_of_the_export() -> None:
     assert reach_floor(_scored("minimize", [(0.5, 1000), (0.95, 1000)])) is None
 
 
+def test_a_child_keeping_pace_with_the_top_child_at_its_age_goes_on() -> None:
+    """Where the top trial is a stage-2 child, a later child is judged at each epoch against
+    what the top had reached by then: on the ViT the top climbed from 0.866 after its warm-up
+    to 0.906, and the fixed floor stopped children at 0.859-0.863 then."""
+    from autotune.config import SearchSettings
+    from autotune.search.stages import OutOfReach
+
+    study = _scored("maximize", [(0.5, 1000), (0.88, 1000)], samples=1000)
+    climb = [0.70, 0.80, 0.84, 0.85, 0.866, 0.88, 0.89, 0.90, 0.905, 0.906]
+    attrs = {"val_accuracy": 0.906, "total_params": 400, "samples": 1000, "stage": 2}
+    study.add_trial(
+        optuna.trial.create_trial(
+            value=0.906, user_attrs=attrs, intermediate_values=dict(enumerate(climb, 1))
+        )
+    )
+    fixed = 0.906 - 3 * standard_error(0.906, 1000)  # 0.878
+    settings = SearchSettings(max_epochs=20)
+    # At the top's pace, under the fixed floor after 5 epochs: goes on...
+    keeping = OutOfReach.of(study, settings)
+    assert keeping is not None and keeping.leader == 2
+    assert not any(keeping.stops(e, v) for e, v in enumerate(climb[:5], 1))
+    assert keeping.line is not None and keeping.line < fixed
+    # ...and stops once it falls three standard errors behind where the top stood at its age.
+    assert not keeping.stops(6, 0.866) and not keeping.stops(7, 0.866)
+    assert keeping.stops(8, 0.866)  # the top had 0.90 by epoch 8: the line is 0.872
+    assert "under the best trial 2 had reached by epoch 8" in keeping.why(8)
+    # A child far behind the top at the same age stops after its warm-up, as before.
+    behind = OutOfReach.of(study, settings)
+    assert behind is not None
+    assert [behind.stops(e, v) for e, v in enumerate([0.6, 0.7, 0.75, 0.78, 0.80], 1)][-1]
+    # A top trial of stage 1 (its curve starts from the source model) sets no pace.
+    study_one = _scored("maximize", [(0.5, 1000), (0.906, 1000)], samples=1000)
+    plain = OutOfReach.of(study_one, settings)
+    assert plain is not None and plain.pace == {} and plain.floor == pytest.approx(fixed)
+    assert plain.stops(5, 0.866) and "standard errors under the top)" in plain.why(5)
+
+
 def test_a_slimmed_child_that_removes_under_a_twentieth_of_its_parent_is_not_trained() -> None:
     """Stage 2 trains a child that keeps under 95% of its parent's parameters; at 95% or more
     it is its parent trained on, and is refused with the parent and the share it keeps. A
