@@ -278,6 +278,12 @@ MUTATIONS: dict[str, tuple[str, str, str, str]] = {
         "    if True:\n",
         "tests/test_fit_budget.py",
     ),
+    "a stage-2 child judged against the top's final score at every age": (
+        "autotune/search/stages.py",
+        "        return min(self.floor, top - self.margin * standard_error(top, self.samples))\n",
+        "        return self.floor\n",
+        "tests/test_selection.py::test_a_child_keeping_pace_with_the_top_child_at_its_age_goes_on",
+    ),
 }
 
 

@@ -17,7 +17,8 @@ from torch import nn
 from autotune import search
 from autotune.config import TrialConfig
 from autotune.load.tasks import from_tensors
-from autotune.search.fit_budget import STEPS, Built, fit_to_budget
+from autotune.results.report import _in_memory
+from autotune.search.fit_budget import STEPS, Built, allowed, fit_to_budget
 from autotune.search.space import load_space
 from autotune.trial.build import Changes
 
@@ -66,6 +67,38 @@ def test_what_fits_or_cannot_fit_is_left_as_sampled(sampled: TrialConfig, params
     assert raised == sampled and said == {}
 
 
+def test_a_raised_ratio_is_one_the_space_can_sample() -> None:
+    """On a ``step`` grid or a list of choices, the raised value is the next one the space
+    allows, not a point between them (the study's charts refuse values off the grid)."""
+    stepped = load_space({"prune": {"low": 0.0, "high": 0.8, "step": 0.1}})
+    listed = load_space({"prune": [0.0, 0.25, 0.5, 0.75]})
+    for space, grid in ((stepped, [round(0.1 * i, 1) for i in range(9)]), (listed, [0.75])):
+        sampled = TrialConfig(prune=0.0 if space is listed else 0.1)
+        raised, (model, _, _), said = fit_to_budget(
+            sampled, _built(sampled), space, {"params": 70}, _built
+        )
+        assert sum(p.numel() for p in model.parameters()) <= 70
+        assert any(raised.prune == pytest.approx(v) for v in grid), raised.prune
+        assert said == {"prune": raised.prune}
+    assert allowed(stepped.params["prune"], 0.61) == pytest.approx(0.7)
+    assert allowed(listed.params["prune"], 0.3) == 0.5
+
+
+def test_a_raise_that_fails_to_build_leaves_the_trial_as_sampled() -> None:
+    """torch-pruning fails on some models at some ratios: the trial then stays over budget
+    (pruned untrained, as it was), rather than failing, which five times in a row ends a study.
+    """
+
+    def failing(config: TrialConfig) -> Built:
+        if config.prune > 0.5:
+            raise RuntimeError("torch-pruning: no such group")
+        return _built(config)
+
+    sampled = TrialConfig(prune=0.2, prune_width=0.1)
+    raised, _, said = fit_to_budget(sampled, _built(sampled), SPACE, {"params": 60}, failing)
+    assert raised == sampled and said == {}  # the highest fails: nothing to bisect toward
+
+
 def test_a_search_trains_its_over_budget_children_at_the_slimming_that_fits(
     tmp_path: Path,
 ) -> None:
@@ -93,6 +126,11 @@ def test_a_search_trains_its_over_budget_children_at_the_slimming_that_fits(
         assert built > t.params["prune"] and t.user_attrs["config"]["prune"] == built
         # ...and the leaderboard shows the prune it built, not the one sampled.
         assert rows[t.number].params["prune"] == built
+    # The report's parameter importances read what the trials built, as the leaderboard does.
+    held = _in_memory(result.study, fitted)
+    assert [t.params["prune"] for t in held.trials] == [
+        t.user_attrs["fitted"]["prune"] for t in fitted
+    ]
     # No child went untrained for the budget: the highest prune fits it.
     assert not any("over budget" in t.user_attrs.get("stop_reason", "") for t in children)
     best = result.best

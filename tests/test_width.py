@@ -178,17 +178,19 @@ def test_a_search_finds_the_sites_of_its_model_once_before_the_analysis(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """The space's adaptation, the size floor, its note and the runner read the same sites:
-    each finding traces the model and checks every stream's removal on copies of it."""
+    each finding traces the model and checks every stream's removal on copies of it. Counted
+    inside ``sites`` itself, so that a caller tracing them again on its own is counted too."""
     from autotune import search
-    from autotune.load import job as job_module
-    from autotune.search import runner, size_floor
+    from autotune.rank import gates
+    from autotune.search import runner
 
     model = TimmStyleViT().eval()
-    found: list[nn.Module] = []
+    traced: list[nn.Module] = []
+    placements = gates.placements
 
-    def counted(module: nn.Module, example: torch.Tensor) -> list:
-        found.append(module)
-        return sites(module, example)
+    def counted(module: nn.Module, *args: object, **kwargs: object) -> object:
+        traced.append(module)
+        return placements(module, *args, **kwargs)  # type: ignore[arg-type]
 
     class Analysed(Exception):
         pass
@@ -196,12 +198,11 @@ def test_a_search_finds_the_sites_of_its_model_once_before_the_analysis(
     def analysed(*args: object, **kwargs: object) -> None:
         raise Analysed
 
-    monkeypatch.setattr(job_module, "sites", counted)
-    monkeypatch.setattr(size_floor, "sites", counted)
+    monkeypatch.setattr(gates, "placements", counted)
     monkeypatch.setattr(runner, "run_analyses", analysed)
     data = _job(model).data
     space = {"prune": {"low": 0.0, "high": 0.5}, "prune_width": {"low": 0.0, "high": 0.5}}
     with pytest.raises(Analysed):
         search(model, data, space={**space, "lr": 1e-3}, trials=2, out=tmp_path,
                console=Console(file=io.StringIO()), max_params="0.5")  # fmt: skip
-    assert len(found) == 1
+    assert len(traced) == 1

@@ -9,6 +9,7 @@ the same data (``results.study_data``).
 
 from __future__ import annotations
 
+import copy
 import html
 import shutil
 import sys
@@ -44,7 +45,7 @@ from autotune.results.study_data import (
     size_front,
     size_points,
 )
-from autotune.search.record import TrialRecord
+from autotune.search.record import TrialRecord, built_params
 from autotune.search.selection import BEST_EXPORT, exported_trial
 from autotune.search.study import best_trial, load_study, metric_sign, study_record
 
@@ -260,11 +261,21 @@ def _in_memory(study: optuna.Study, trials: list[FrozenTrial]) -> optuna.Study:
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        copy = optuna.create_study(directions=study.directions)
+        held = optuna.create_study(directions=study.directions)
     finally:
         optuna.logging.set_verbosity(verbosity)
-    copy.add_trials(trials)
-    return copy
+    # What each trial built: a ratio raised to fit a size budget is the one it trained.
+    held.add_trials([_as_built(t) for t in trials])
+    return held
+
+
+def _as_built(trial: FrozenTrial) -> FrozenTrial:
+    fitted = built_params(trial)
+    if fitted == trial.params:
+        return trial
+    built = copy.copy(trial)
+    built.params = fitted  # the raised values are ones the space samples (``allowed``)
+    return built
 
 
 def _leaderboard_html(study: optuna.Study, metric: str) -> str:

@@ -9,7 +9,7 @@ from typing import Any
 from optuna.trial import FrozenTrial
 
 from autotune.config import sign
-from autotune.search.record import TrialRecord, never_trained
+from autotune.search.record import TrialRecord, built_params, never_trained
 from autotune.search.study import feasible, trial_score
 from autotune.search.trials import orphaned, retries_left
 
@@ -141,7 +141,7 @@ def row_of(
         total=rec.total_params,
         epochs=rec.epochs if rec.epochs is not None else len(trial.intermediate_values) or None,
         seconds=seconds,
-        params=dict(trial.params) | (rec.fitted or {}),  # what it built, where raised
+        params=built_params(trial),
         note=note,
         macs=rec.macs,
         latency_ms=rec.latency_ms,

@@ -8,7 +8,9 @@ values toward the space's highest, and the trial builds the first point along th
 (bisected on builds of the real model with its real rankings) whose model fits. A trial that
 does not fit even at the highest stays over budget and untrained, as before.
 
-The sampler keeps the values it proposed: it learns that they came to the fitted model's score.
+The raised values are ones the space can sample (a point of a ``step`` grid, one of a list of
+choices), so the study's charts can show them. The sampler keeps the values it proposed: it
+learns that they came to the fitted model's score.
 The trial records the values it built (``TrialRecord.fitted``, and its ``config``), which the
 leaderboard shows and the export rebuilds. A latency budget is not fitted: each step would be
 timed against the source, for longer than a build, and within the timing's noise.
@@ -17,14 +19,16 @@ timed against the source, for longer than a build, and within the timing's noise
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
+from typing import Any
 
 from torch import nn
 
 from autotune.config import TrialConfig
 from autotune.load.tasks import TaskData
 from autotune.search.size_floor import highest
-from autotune.search.space import SearchSpace
+from autotune.search.space import Param, SearchSpace
 from autotune.trial.build import Changes
 from autotune.trial.cost import count_macs
 
@@ -58,11 +62,12 @@ def fit_to_budget(
     low, high, best = 0.0, 1.0, None
     for step in range(STEPS + 1):
         at = high if step == 0 else (low + high) / 2
-        raised = dataclasses.replace(
-            config, **{n: start + at * (top - start) for n, (start, top) in line.items()}
-        )
-        candidate = build(raised)
-        if fits(candidate, sizes):
+        values: dict[str, Any] = {
+            n: allowed(space.params[n], a + at * (b - a)) for n, (a, b) in line.items()
+        }
+        raised = dataclasses.replace(config, **values)
+        candidate = _built_or_none(build, raised)
+        if candidate is not None and fits(candidate, sizes):
             high, best = at, (raised, candidate)
         elif step == 0:
             return config, built, {}  # over budget even at the space's highest
@@ -71,6 +76,27 @@ def fit_to_budget(
     assert best is not None  # the highest fitted
     raised, candidate = best
     return raised, candidate, {name: getattr(raised, name) for name in line}
+
+
+def allowed(param: Param, value: float) -> float:
+    """The least value at or above ``value`` that ``param`` can be sampled at: a point of its
+    ``step`` grid, or one of its choices; ``value`` itself in a continuous range."""
+    if param.choices is not None:
+        above = [c for c in param.choices if isinstance(c, (int, float)) and c >= value - 1e-9]
+        return float(min(above)) if above else value
+    if param.step and param.low is not None and isinstance(param.high, (int, float)):
+        steps = math.ceil((value - param.low) / param.step - 1e-9)
+        return min(param.low + steps * param.step, float(param.high))
+    return value
+
+
+def _built_or_none(build: Callable[[TrialConfig], Built], config: TrialConfig) -> Built | None:
+    """``build(config)``, or None where it fails: raising a ratio is no reason to fail a trial
+    whose sampled configuration builds (torch-pruning fails on some models at some ratios)."""
+    try:
+        return build(config)
+    except Exception:
+        return None
 
 
 def fits(built: Built, sizes: dict[str, float]) -> bool:

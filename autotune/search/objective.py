@@ -1,7 +1,8 @@
 """The objective: one Optuna trial, from sampled parameters to a scored, recorded model.
 
-Sample a configuration, build the slimmed copy, measure it against the budgets (an over-budget
-trial is pruned before training), fine-tune it while reporting every epoch to the pruner, record
+Sample a configuration, build the slimmed copy, measure it against the budgets (a slimming
+trial over a size budget is first raised to fit it, ``search.fit_budget``; one still over is
+pruned before training), fine-tune it while reporting every epoch to the pruner, record
 what it achieved on the trial, and keep its weights when it may be exported.
 """
 
@@ -115,9 +116,10 @@ class Objective:
         tuning = self.staged and stage == 1
         model, changes, data = maker.build(config)
         if not tuning and not TrialRecord.from_trial(trial).recipe:
-            limits, first = self.budgets.limits, (model, changes, data)
+            # The over-budget build is not kept: on a GPU it would stay beside the one trained.
+            limits = self.budgets.limits
             config, (model, changes, data), fitted = fit_to_budget(
-                config, first, self.space, limits, maker.build
+                config, (model, changes, data), self.space, limits, maker.build
             )
             if fitted:
                 record(trial, fitted=fitted)

@@ -111,6 +111,12 @@ def record(trial: optuna.Trial, **values: Any) -> None:
     optuna_internals.set_user_attrs(trial, values)
 
 
+def built_params(trial: FrozenTrial) -> dict[str, Any]:
+    """The trial's parameters as it built them: those sampled, with the ratios it raised to fit
+    a size budget over them (``fitted``, ``search.fit_budget``)."""
+    return dict(trial.params) | (TrialRecord.from_trial(trial).fitted or {})
+
+
 def never_trained(trial: FrozenTrial) -> bool:
     """Pruned before its first epoch (over a budget, or a near copy of its parent): not trained
     at all, where a trial stopped early trained some epochs."""
