@@ -22,7 +22,6 @@ from autotune.load.data import check_model_fits, check_val_fraction, load_data
 from autotune.load.images import model_normalization
 from autotune.load.models import LoadedModel, file_sha256, load_model
 from autotune.load.tasks import IN_MEMORY, TaskData
-from autotune.rank.gates import Site, sites
 
 
 @dataclass(frozen=True)
@@ -108,16 +107,9 @@ class Job:
     """None when the model was passed in memory."""
     data_spec: DataSpec | None = None
     """None when the data was passed in memory."""
-    _sites: list[Site] | None = field(default=None, init=False, repr=False, compare=False)
-
-    def sites(self) -> list[Site]:
-        """The model's gate sites (``rank.gates.sites``, on two validation samples), found once
-        per job: the space's adaptation, the size floor and the runner all read them, and each
-        finding traces the model and checks every residual stream's removal on copies of it
-        (ConvNeXt-tiny at 64 px: about 6 s a time on these 2 cores)."""
-        if self._sites is None:
-            self._sites = sites(self.model.module, self.data.x_val[:2].cpu())
-        return self._sites
+    sites: list[Any] | None = field(default=None, init=False, repr=False, compare=False)
+    """The model's gate sites, once traced (``search.prepare.job_sites``): kept with the job,
+    so that the search's set-up traces them once."""
 
     @classmethod
     def load(

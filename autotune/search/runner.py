@@ -28,7 +28,13 @@ from autotune.search.budgets import Budgets, cost_attrs
 from autotune.search.display import Display, NoDisplay, header, optuna_quiet, output_console
 from autotune.search.objective import WORKER, Objective
 from autotune.search.pool import Pool
-from autotune.search.prepare import adapt_space, make_maker, run_analyses, study_checkpoints
+from autotune.search.prepare import (
+    adapt_space,
+    make_maker,
+    prunable_layers,
+    run_analyses,
+    study_checkpoints,
+)
 from autotune.search.record import TrialRecord
 from autotune.search.resume_store import ResumeStore, checkpoint_kept
 from autotune.search.seeds import recipe, seed_configs
@@ -86,13 +92,8 @@ class Search:
         self.source_macs = check_macs_budget(self.settings, self.job, self.space)  # and the study
         self.maker = make_maker(self.job, self.settings)
         self.device = self.maker.device
-        module = self.job.model.module
-        self.n_layers = len(layers(module))
-        self.prunable = (
-            tuple(s.layer for s in self.job.sites() if s.prunable and not s.width)
-            if self.space.uses_rankings()
-            else ()
-        )
+        self.n_layers = len(layers(self.job.model.module))
+        self.prunable = prunable_layers(self.job, self.space)
         self.original: Cost | None = None
         self.budgets = Budgets.of(self.settings, len(self.maker.data.x_val))
         self.baseline_value: float | None = None

@@ -31,6 +31,7 @@ from autotune.load.anatomy import copy_model
 from autotune.load.architecture import OWN_NETWORK
 from autotune.load.job import Job
 from autotune.rank.gates import Site, sites
+from autotune.search.prepare import job_sites
 from autotune.search.space import SearchSpace
 from autotune.search.values import RATIOS
 from autotune.trial.cost import count_macs, parse_budget
@@ -61,7 +62,7 @@ def check_params_budget(
     source = sum(p.numel() for p in module.parameters())
     limit = parse_budget(text, source, "params")
     check_constrains(text, "params", source)
-    example, found = job.data.x_val[:2].cpu(), None if removes_nothing(space) else job.sites()
+    example, found = job.data.x_val[:2].cpu(), None if removes_nothing(space) else job_sites(job)
     floor = smallest_params(module, space, example, found)
     if floor is None or floor.params <= limit:
         left = pruned_by_highest(module, space, example, found)
@@ -134,7 +135,7 @@ def smallest_params(
 ) -> Floor | None:
     """A bound no model of ``space`` goes under (see the module's docstring); None when the
     copy cannot be cut down, which the trials that prune then fail on and say why. ``found``:
-    the model's sites on ``example``, where they were found already (``Job.sites``)."""
+    the model's sites on ``example``, where they were traced already (``prepare.job_sites``)."""
     source = dict(module.named_parameters())
     total = sum(p.numel() for p in source.values())
     if removes_nothing(space):
