@@ -12,16 +12,22 @@ untrained. Where the search stopped a child, its curve ends there: a verdict of 
 says only that it would have trained longer.
 
 Run: python bench/stage_two_replay.py OUT [OUT ...] [--margin 3]
+     (OUT: a search's output folder, or a study kept as ``*.journal.gz`` under
+     ``bench/results/real-scale/``)
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
+import tempfile
 from pathlib import Path
 
+import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autotune.config import SearchSettings
+from autotune.paths import study_file
 from autotune.search.record import TrialRecord
 from autotune.search.selection import exported_trial, under_top
 from autotune.search.stages import OutOfReach
@@ -42,7 +48,15 @@ def stop_epoch(reach: OutOfReach, curve: dict[int, float]) -> int | None:
 
 
 def replay(out: Path, margin: float) -> None:
-    study = load_study(None, out)
+    if out.name.endswith(".journal.gz"):  # a kept study: read in a folder of its own
+        with tempfile.TemporaryDirectory() as folder:
+            with gzip.open(out) as kept:
+                study_file(Path(folder)).write_bytes(kept.read())
+            return replay_study(load_study(None, Path(folder)), out, margin)
+    return replay_study(load_study(None, out), out, margin)
+
+
+def replay_study(study: optuna.Study, out: Path, margin: float) -> None:
     settings = study_record(study).get("settings", {})
     warmup = warmup_epochs(SearchSettings(max_epochs=settings.get("max_epochs") or 20))
     done = [t for t in study.trials if t.state == TrialState.COMPLETE and t.values]
@@ -54,8 +68,9 @@ def replay(out: Path, margin: float) -> None:
         f"{out}: warm-up {warmup} epochs, {samples} validation samples, "
         f"band {band:.4f} (top trial {final.number}), exported trial {exported_trial(study)}"
     )
-    total = 0
+    total = children = 0
     left = {"pace": 0, "fixed": 0}
+    stopped = {"pace": 0, "fixed": 0}
     for t in study.trials:
         curve = t.intermediate_values
         if TrialRecord.from_trial(t).stage != 2 or not curve:
@@ -70,9 +85,10 @@ def replay(out: Path, margin: float) -> None:
             "pace": stop_epoch(judged, curve),
             "fixed": stop_epoch(OutOfReach(floor, warmup, margin=margin), curve),
         }
-        total += len(curve)
+        total, children = total + len(curve), children + 1
         for rule, at in verdicts.items():
             left[rule] += 0 if at is None else len(curve) - at
+            stopped[rule] += at is not None
         said = {r: "goes on" if at is None else f"stops at {at}" for r, at in verdicts.items()}
         ended = max(curve.values())
         print(
@@ -84,8 +100,9 @@ def replay(out: Path, margin: float) -> None:
             f"{TrialRecord.from_trial(t).total_params or 0:,} params"
         )
     print(
-        f"  stage 2 trained {total} epochs; of them after the stop, with the pace "
-        f"{left['pace']}, with the fixed floor {left['fixed']}"
+        f"  {children} children trained, {total} epochs; stopped with the pace "
+        f"{stopped['pace']} ({left['pace']} epochs trained after the stop), with the fixed "
+        f"floor {stopped['fixed']} ({left['fixed']})"
     )
 
 
