@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import copy
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,6 +15,18 @@ from autotune.load.tasks import TaskData, from_tensors
 from autotune.rank.gates import Gated, Site
 
 torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _hangup_as_a_terminal_gives_it() -> Iterator[None]:
+    # A suite started under nohup inherits SIGHUP ignored, which autotune then leaves ignored
+    # (``interrupts.stop_on_termination``), as do the searches the tests start: the tests of a
+    # closed terminal need it as a terminal gives it.
+    was = signal.getsignal(signal.SIGHUP)
+    if was is signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    yield
+    signal.signal(signal.SIGHUP, was)
 
 
 @pytest.fixture(autouse=True, scope="session")

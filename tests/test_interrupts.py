@@ -281,3 +281,11 @@ def test_a_signal_held_by_a_block_that_fails_still_stops_and_is_not_left_pending
     assert isinstance(stop.value.__context__, OSError)
     with held():
         pass  # no signal pending: nothing raised
+
+
+def test_a_hangup_ignored_by_nohup_stays_ignored(terminations: None) -> None:
+    """``nohup autotune search ...``: the user asked that a closed terminal not stop it."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    stop_on_termination()
+    assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    assert signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN  # still stops the search
