@@ -31,7 +31,7 @@ from autotune.paths import study_file
 from autotune.search.record import TrialRecord
 from autotune.search.selection import exported_trial, under_top
 from autotune.search.stages import OutOfReach
-from autotune.search.study import load_study, study_record, warmup_epochs
+from autotune.search.study import LIMITS, feasible, load_study, study_record, warmup_epochs
 
 
 def _top(trials: list[FrozenTrial]) -> FrozenTrial:
@@ -59,7 +59,14 @@ def replay(out: Path, margin: float) -> None:
 def replay_study(study: optuna.Study, out: Path, margin: float) -> None:
     settings = study_record(study).get("settings", {})
     warmup = warmup_epochs(SearchSettings(max_epochs=settings.get("max_epochs") or 20))
-    done = [t for t in study.trials if t.state == TrialState.COMPLETE and t.values]
+    # Within the study's size budgets, as the search ranks them: under --max-params no trial
+    # of stage 1 is, and a child is judged only once another child has finished.
+    limits = study.user_attrs.get(LIMITS)
+    done = [
+        t
+        for t in study.trials
+        if t.state == TrialState.COMPLETE and t.values and feasible(t, limits)
+    ]
     final = _top(done)
     samples = TrialRecord.from_trial(final).samples
     band = under_top(final)
@@ -75,12 +82,13 @@ def replay_study(study: optuna.Study, out: Path, margin: float) -> None:
         curve = t.intermediate_values
         if TrialRecord.from_trial(t).stage != 2 or not curve:
             continue
-        top = _top([u for u in done if u.number < t.number])
-        floor = under_top(top, margin)
-        assert floor is not None  # every trial records its sample count, as ``final`` did
-        rec = TrialRecord.from_trial(top)
-        pace = dict(top.intermediate_values) if rec.stage == 2 else {}
-        judged = OutOfReach(floor, warmup, pace, int(rec.samples or 0), top.number, margin)
+        before = [u for u in done if u.number < t.number]
+        top = _top(before) if before else None
+        floor = None if top is None else under_top(top, margin)
+        rec = TrialRecord.from_trial(top) if top is not None else TrialRecord()
+        pace = dict(top.intermediate_values) if top is not None and rec.stage == 2 else {}
+        number = None if top is None else top.number
+        judged = OutOfReach(floor, warmup, pace, int(rec.samples or 0), number, margin)
         verdicts = {
             "pace": stop_epoch(judged, curve),
             "fixed": stop_epoch(OutOfReach(floor, warmup, margin=margin), curve),
@@ -93,9 +101,15 @@ def replay_study(study: optuna.Study, out: Path, margin: float) -> None:
         ended = max(curve.values())
         print(
             f"  trial {t.number:3d}: {len(curve):2d} epochs, best by epoch {warmup} "
-            f"{best_by(curve, warmup):.3f}; against trial {top.number}'s pace "
-            f"{'(a stage-2 child)' if pace else '(none: stage 1)'}: {said['pace']}; the fixed "
-            f"floor {floor:.3f}: {said['fixed']}; ended {ended:.3f}, "
+            f"{best_by(curve, warmup):.3f}; "
+            + (
+                "no trial within the budgets to judge it by yet; "
+                if floor is None
+                else f"against trial {number}'s pace "
+                f"{'(a stage-2 child)' if pace else '(none: stage 1)'}: {said['pace']}; "
+                f"the fixed floor {floor:.3f}: {said['fixed']}; "
+            )
+            + f"ended {ended:.3f}, "
             f"{100 * (ended - band):+.1f} points from the band, "
             f"{TrialRecord.from_trial(t).total_params or 0:,} params"
         )
